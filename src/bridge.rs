@@ -1,0 +1,1 @@
+//! Per-bridge br_netfilter switches.

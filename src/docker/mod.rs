@@ -1,0 +1,1 @@
+//! Docker as the inventory source (issue 3).

@@ -1,0 +1,244 @@
+//! `--inventory FILE`: containers described in TOML instead of asked from Docker.
+
+use super::{Container, Endpoint, Inventory, Network};
+use crate::loc::Loc;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use toml::Spanned;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryFileError {
+    #[error("{path}: cannot read inventory: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{loc}: {message}")]
+    Invalid { loc: Loc, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    #[serde(default)]
+    container: Vec<Spanned<FileContainer>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileContainer {
+    name: Spanned<String>,
+    id: Option<String>,
+    #[serde(default)]
+    image: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    endpoint: Vec<Spanned<FileEndpoint>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEndpoint {
+    network: String,
+    network_id: Option<String>,
+    bridge: Spanned<String>,
+    veth: Option<Spanned<String>>,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    mac: Option<String>,
+}
+
+/// Reads and validates an inventory file.
+pub fn load_inventory_file(path: &Path) -> Result<Inventory, InventoryFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| InventoryFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_inventory(path, &text)
+}
+
+/// Parses inventory text; `path` is only used to name locations in errors.
+pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFileError> {
+    let invalid =
+        |span: Option<std::ops::Range<usize>>, message: String| InventoryFileError::Invalid {
+            loc: Loc::of_span(path, text, span),
+            message,
+        };
+    let model: FileModel =
+        toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_string()))?;
+
+    let mut inv = Inventory::default();
+    let mut names = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    let mut veths = BTreeSet::new();
+    let mut networks: BTreeMap<String, String> = BTreeMap::new();
+    for c in model.container {
+        let span = c.span();
+        let c = c.into_inner();
+        let name = c.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(invalid(
+                Some(c.name.span()),
+                "container name must not be empty".into(),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(invalid(
+                Some(c.name.span()),
+                format!("duplicate container name {name:?}"),
+            ));
+        }
+        let id = c.id.unwrap_or_else(|| name.clone());
+        if !ids.insert(id.clone()) {
+            return Err(invalid(
+                Some(span),
+                format!("duplicate container id {id:?}"),
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for ep in c.endpoint {
+            let ep_span = ep.span();
+            let ep = ep.into_inner();
+            if ep.ipv4.is_none() && ep.ipv6.is_none() {
+                return Err(invalid(
+                    Some(ep_span),
+                    "endpoint needs at least one of `ipv4` / `ipv6`".into(),
+                ));
+            }
+            check_ifname(ep.bridge.get_ref())
+                .map_err(|m| invalid(Some(ep.bridge.span()), format!("bridge: {m}")))?;
+            let veth = match ep.veth {
+                Some(v) => {
+                    check_ifname(v.get_ref())
+                        .map_err(|m| invalid(Some(v.span()), format!("veth: {m}")))?;
+                    if !veths.insert(v.get_ref().clone()) {
+                        return Err(invalid(
+                            Some(v.span()),
+                            format!("veth {:?} is used by two endpoints", v.get_ref()),
+                        ));
+                    }
+                    Some(v.into_inner())
+                }
+                None => None,
+            };
+            let bridge = ep.bridge.into_inner();
+            if let Some(prev) = networks.get(&ep.network)
+                && *prev != bridge
+            {
+                return Err(invalid(
+                    Some(ep_span),
+                    format!(
+                        "network {:?} is on bridge {prev:?} elsewhere, not {bridge:?}",
+                        ep.network
+                    ),
+                ));
+            }
+            networks.insert(ep.network.clone(), bridge.clone());
+            endpoints.push(Endpoint {
+                network: ep.network,
+                network_id: ep.network_id,
+                bridge,
+                veth,
+                ipv4: ep.ipv4,
+                ipv6: ep.ipv6,
+                mac: ep.mac,
+            });
+        }
+        inv.containers.push(Container {
+            id,
+            name,
+            image: c.image,
+            labels: c.labels,
+            endpoints,
+        });
+    }
+    inv.networks = networks
+        .into_iter()
+        .map(|(name, bridge)| Network {
+            name,
+            id: None,
+            driver: "bridge".into(),
+            bridge: Some(bridge),
+        })
+        .collect();
+    inv.normalize();
+    Ok(inv)
+}
+
+/// Linux interface names: 1..=15 bytes, no '/', no whitespace, not "." or "..".
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "{name:?} is not a valid interface name (1 to 15 bytes)"
+        ));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("{name:?} is not a valid interface name"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Inventory, String> {
+        parse_inventory(Path::new("inv.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_a_container_with_two_endpoints() {
+        let inv = parse(
+            r#"
+[[container]]
+name = "web-1"
+image = "nginx:1.27"
+labels = { role = "web" }
+[[container.endpoint]]
+network = "front"
+bridge = "br-front"
+veth = "vethA1"
+ipv4 = "10.99.0.11"
+ipv6 = "fd99::11"
+[[container.endpoint]]
+network = "back"
+bridge = "br-back"
+veth = "vethA2"
+ipv4 = "10.98.0.11"
+"#,
+        )
+        .unwrap();
+        assert_eq!(inv.containers.len(), 1);
+        let c = &inv.containers[0];
+        assert_eq!(c.id, "web-1");
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.endpoints[0].network, "back");
+        assert_eq!(inv.networks.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = parse("[[container]]\nname = \"a\"\nfoo = 1\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:3:1:"), "{e}");
+        let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:3:1:") && e.contains("ipv4"), "{e}");
+        let e = parse("[[container]]\nname = \"a\"\n[[container]]\nname = \"a\"\n").unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:4:8:") && e.contains("duplicate"),
+            "{e}"
+        );
+        let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\nipv4 = \"10.0.0.300\"\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:6:8:"), "{e}");
+        let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"a/b\"\nipv4 = \"10.0.0.3\"\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:5:10:"), "{e}");
+    }
+}

@@ -1,0 +1,119 @@
+//! The model of what runs on the host: containers and their network endpoints.
+//!
+//! Both sources (the Docker daemon and an inventory file) produce this same model, so the
+//! plan never knows where its containers came from.
+
+mod file;
+
+pub use file::{InventoryFileError, load_inventory_file, parse_inventory};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Everything netguard knows about the containers on this host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Containers with at least one endpoint (managed or not), sorted by name.
+    pub containers: Vec<Container>,
+    /// Networks known to the source (Docker lists them; an inventory file implies them).
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    /// Containers that cannot be isolated by netguard (host network, macvlan, ...).
+    #[serde(default)]
+    pub unisolable: Vec<Unisolable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One attachment of a container to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Network name, as `settings.networks` matches it.
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_id: Option<String>,
+    /// Host bridge the endpoint hangs on.
+    pub bridge: String,
+    /// Host-side veth; `None` when it could not be resolved (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub veth: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// A network as the source reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Docker driver (`bridge`, `macvlan`, `host`, ...).
+    #[serde(default = "default_driver")]
+    pub driver: String,
+    /// Host bridge for bridge networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+}
+
+fn default_driver() -> String {
+    "bridge".to_string()
+}
+
+/// A container that netguard sees but cannot isolate, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unisolable {
+    pub id: String,
+    pub name: String,
+    pub reason: String,
+}
+
+impl Inventory {
+    /// Sorts containers and networks so that equal inventories compare and plan equally.
+    pub fn normalize(&mut self) {
+        self.containers
+            .sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        for c in &mut self.containers {
+            c.endpoints
+                .sort_by(|a, b| a.network.cmp(&b.network).then(a.bridge.cmp(&b.bridge)));
+        }
+        self.networks.sort_by(|a, b| a.name.cmp(&b.name));
+        self.networks.dedup_by(|a, b| a.name == b.name);
+        self.unisolable
+            .sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    }
+
+    /// Finds a container by exact name, exact id, or unique id prefix (as `docker` does).
+    pub fn find(&self, key: &str) -> Option<&Container> {
+        let key = key.trim_start_matches('/');
+        if let Some(c) = self
+            .containers
+            .iter()
+            .find(|c| c.name == key || c.id == key)
+        {
+            return Some(c);
+        }
+        let mut by_prefix = self
+            .containers
+            .iter()
+            .filter(|c| key.len() >= 4 && c.id.starts_with(key));
+        match (by_prefix.next(), by_prefix.next()) {
+            (Some(c), None) => Some(c),
+            _ => None,
+        }
+    }
+}

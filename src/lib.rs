@@ -1,0 +1,14 @@
+//! netguard: trust-group isolation between containers on one Docker host.
+//!
+//! Data flows one way: `policy` and `inventory` feed the pure `plan`, whose desired
+//! ruleset the `nft` backend reconciles with the kernel. Everything that does I/O
+//! (Docker, netlink, nft) sits behind a small trait so the core stays testable.
+
+pub mod bridge;
+pub mod cli;
+pub mod docker;
+pub mod inventory;
+pub mod loc;
+pub mod nft;
+pub mod plan;
+pub mod policy;

@@ -1,0 +1,90 @@
+//! The policy: trust groups and the flows allowed between them (DESIGN.md section 1).
+//!
+//! `parse` turns TOML into this validated model; everything downstream can rely on its
+//! invariants: every group referenced exists, every glob compiled, every port range valid.
+
+mod glob;
+mod parse;
+mod ports;
+
+pub use glob::{Glob, GlobError};
+pub use parse::{PolicyError, PolicyErrors, load_policy, parse_policy};
+pub use ports::{PortSpec, PortSpecError, Proto};
+
+use crate::loc::Loc;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Policy {
+    pub version: u32,
+    pub settings: Settings,
+    /// Groups by name (sorted, so iteration is deterministic).
+    pub groups: BTreeMap<String, Group>,
+    /// Allow entries in file order.
+    pub allows: Vec<Allow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Settings {
+    /// Globs over Docker network names; a network is managed when any matches.
+    pub networks: Vec<Glob>,
+    pub anti_spoofing: bool,
+    pub log_denied: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            networks: vec![Glob::any()],
+            anti_spoofing: true,
+            log_denied: false,
+        }
+    }
+}
+
+impl Settings {
+    pub fn manages_network(&self, name: &str) -> bool {
+        self.networks.iter().any(|g| g.matches(name))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub name: String,
+    /// A container is a member when ANY selector matches.
+    pub selectors: Vec<Selector>,
+    pub loc: Loc,
+}
+
+/// Inside one selector ALL given keys must match; a selector has at least one key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Selector {
+    pub name: Option<Glob>,
+    pub image: Option<Glob>,
+    /// Label key → glob over its value; `"*"` means "present".
+    pub labels: BTreeMap<String, Glob>,
+    /// Glob over the names of the networks the container is attached to.
+    pub network: Option<Glob>,
+    pub loc: Loc,
+}
+
+/// The side of a flow: any managed container, or members of the listed groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Peers {
+    Any,
+    Groups(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Allow {
+    pub from: Peers,
+    pub to: Peers,
+    /// `true` for a `within = G` entry (then `from == to == Groups([G])`).
+    pub within: bool,
+    /// `None` means all traffic.
+    pub ports: Option<Vec<PortSpec>>,
+    pub comment: Option<String>,
+    pub loc: Loc,
+}
