@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::Instant;
 
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("run docker");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
     if !out.status.success() {
         eprintln!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -65,15 +68,28 @@ async fn main() {
                     let name = format!("{tag}-{i}");
                     let net = if i % 2 == 0 { tag.as_str() } else { "bridge" };
                     docker(&[
-                        "run", "-d", "--name", &name, "--label", tag, "--label",
-                        &format!("idx={i}"), "--network", net, "netguard-busybox:test",
-                        "sleep", "3600",
+                        "run",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--label",
+                        tag,
+                        "--label",
+                        &format!("idx={i}"),
+                        "--network",
+                        net,
+                        "netguard-busybox:test",
+                        "sleep",
+                        "3600",
                     ]);
                 }
             });
         }
     });
-    eprintln!("started {n} containers in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "started {n} containers in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let warm = src.inventory().await.expect("inventory");
     let mine = warm

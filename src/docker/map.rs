@@ -195,7 +195,11 @@ pub fn prepare(
         // HashMap order is random; keep queries and reports deterministic.
         eps.sort_by(|a, b| a.0.cmp(b.0));
         if eps.is_empty() {
-            p.report(&id, &name, format!("no network endpoint (network mode {mode:?})"));
+            p.report(
+                &id,
+                &name,
+                format!("no network endpoint (network mode {mode:?})"),
+            );
         }
         let mut queries = Vec::new();
         for (net_name, ep) in eps {
@@ -214,8 +218,7 @@ pub fn prepare(
                     p.report(
                         &id,
                         &name,
-                        "--network host: shares the host's network stack, no veth to filter"
-                            .into(),
+                        "--network host: shares the host's network stack, no veth to filter".into(),
                     );
                     continue;
                 }
@@ -367,8 +370,12 @@ pub fn finish(mut p: Prepared, answers: Vec<Result<ResolvedVeth, VethError>>) ->
                     .unisolable
                     .iter()
                     .find(|(id, (name, _))| **id == target || *name == target)
-                    .map(|(_, (name, r))| format!("{name}, which cannot be isolated: {}", r.join("; ")))
-                    .unwrap_or_else(|| format!("{target}, which has no isolable endpoint (not running?)"));
+                    .map(|(_, (name, r))| {
+                        format!("{name}, which cannot be isolated: {}", r.join("; "))
+                    })
+                    .unwrap_or_else(|| {
+                        format!("{target}, which has no isolable endpoint (not running?)")
+                    });
                 p.report(
                     &c.id,
                     &c.name,

@@ -262,7 +262,9 @@ fn classify(host: &str, what: &'static str, e: bollard::errors::Error) -> Docker
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return match io.kind() {
-                std::io::ErrorKind::PermissionDenied => DockerError::PermissionDenied { host: host_s },
+                std::io::ErrorKind::PermissionDenied => {
+                    DockerError::PermissionDenied { host: host_s }
+                }
                 std::io::ErrorKind::NotFound => DockerError::SocketMissing {
                     path: host.replacen("unix://", "", 1),
                 },
