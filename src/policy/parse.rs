@@ -1,25 +1,27 @@
 //! TOML → validated [`Policy`], every error located at FILE:LINE:COL.
-//! (Stub: being implemented.)
+//!
+//! We walk `toml`'s spanned document tree (`DeTable`) by hand instead of deriving
+//! `Deserialize`: serde stops at the first problem and its messages name Rust types, while
+//! ops need every mistake in one run, each pointing at the exact string that is wrong.
 
-use super::Policy;
+use super::{Allow, Glob, Group, Peers, Policy, PortSpec, Selector, Settings};
 use crate::loc::Loc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Range;
 use std::path::Path;
+use toml::Spanned;
+use toml::de::{DeArray, DeString, DeTable, DeValue};
 
 /// One problem in a policy file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{loc}: {message}")]
 pub struct PolicyError {
     pub loc: Loc,
     pub message: String,
 }
 
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.loc, self.message)
-    }
-}
-
-/// All problems found in one policy file (at least one).
+/// All problems found in one policy file (at least one), in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyErrors(pub Vec<PolicyError>);
 
@@ -51,13 +53,749 @@ pub fn load_policy(path: &Path) -> Result<Policy, PolicyErrors> {
     parse_policy(path, &text)
 }
 
-pub fn parse_policy(path: &Path, _text: &str) -> Result<Policy, PolicyErrors> {
-    Err(PolicyErrors(vec![PolicyError {
-        loc: Loc {
-            file: path.to_path_buf(),
-            line: 1,
-            col: 1,
-        },
-        message: "not implemented".into(),
-    }]))
+/// Parses and validates policy text; `path` only names locations in errors.
+pub fn parse_policy(path: &Path, text: &str) -> Result<Policy, PolicyErrors> {
+    let root = match DeTable::parse(text) {
+        Ok(root) => root,
+        // After a syntax error the tree is incomplete, so anything we said about its
+        // meaning could be a consequence of the syntax error rather than a real mistake.
+        Err(e) => return Err(PolicyErrors(vec![syntax_error(path, text, &e)])),
+    };
+    let mut p = Parser {
+        path,
+        text,
+        errors: Vec::new(),
+    };
+    let policy = p.policy(root.get_ref());
+    if p.errors.is_empty() {
+        return Ok(policy);
+    }
+    // Stable sort: errors found at one spot keep the order they were found in.
+    p.errors.sort_by_key(|(offset, _)| *offset);
+    Err(PolicyErrors(
+        p.errors
+            .into_iter()
+            .map(|(offset, message)| PolicyError {
+                loc: Loc::at(path, text, offset),
+                message,
+            })
+            .collect(),
+    ))
+}
+
+/// Remarks about a valid policy that are worth showing but do not make it wrong.
+pub fn warnings(policy: &Policy) -> Vec<String> {
+    let used: BTreeSet<&str> = policy
+        .allows
+        .iter()
+        .flat_map(|a| [&a.from, &a.to])
+        .filter_map(|p| match p {
+            Peers::Any => None,
+            Peers::Groups(g) => Some(g),
+        })
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    policy
+        .groups
+        .values()
+        .filter(|g| !used.contains(g.name.as_str()))
+        .map(|g| {
+            format!(
+                "{}: group {:?} is not used by any [[allow]] entry: its members only get what \"*\" gives them",
+                g.loc, g.name
+            )
+        })
+        .collect()
+}
+
+const TOP_KEYS: &[&str] = &["version", "settings", "groups", "allow"];
+const SETTINGS_KEYS: &[&str] = &["networks", "anti_spoofing", "log_denied"];
+const GROUP_KEYS: &[&str] = &["match"];
+const SELECTOR_KEYS: &[&str] = &["name", "image", "network", "label"];
+const ALLOW_KEYS: &[&str] = &["from", "to", "within", "ports", "comment"];
+
+type Value<'i> = Spanned<DeValue<'i>>;
+type Key<'i> = Spanned<DeString<'i>>;
+
+struct Parser<'t> {
+    path: &'t Path,
+    text: &'t str,
+    /// (byte offset, message); turned into locations once, at the end.
+    errors: Vec<(usize, String)>,
+}
+
+impl Parser<'_> {
+    fn loc(&self, offset: usize) -> Loc {
+        Loc::at(self.path, self.text, offset)
+    }
+
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push((span.start, message.into()));
+    }
+
+    /// A table written as a `[header]` is best located at its header; an inline or dotted
+    /// one at the key that names it.
+    fn table_start(&self, key: &Key<'_>, value: &Value<'_>) -> usize {
+        let span = value.span();
+        if self
+            .text
+            .get(span.start..)
+            .is_some_and(|s| s.starts_with('['))
+        {
+            span.start
+        } else {
+            key.span().start
+        }
+    }
+
+    fn unknown_keys(&mut self, table: &DeTable<'_>, expected: &[&str], context: &str) {
+        for (key, _) in table.iter() {
+            let k = key.get_ref().as_ref();
+            if expected.contains(&k) {
+                continue;
+            }
+            let hint = closest(k, expected.iter().copied())
+                .map(|c| format!(" (did you mean {c:?}?)"))
+                .unwrap_or_default();
+            self.err(
+                key.span(),
+                format!(
+                    "unknown key {k:?} {context}{hint}; expected {}",
+                    one_of(expected)
+                ),
+            );
+        }
+    }
+
+    fn type_error(&mut self, key: &str, value: &Value<'_>, expected: &str) {
+        self.err(
+            value.span(),
+            format!(
+                "{key:?} must be {expected}, found {}",
+                describe(value.get_ref())
+            ),
+        );
+    }
+
+    fn policy(&mut self, root: &DeTable<'_>) -> Policy {
+        self.unknown_keys(root, TOP_KEYS, "at the top level");
+        if let Some(v) = root.get("version") {
+            self.version(v);
+        }
+        let settings = match root.get("settings") {
+            Some(v) => self.settings(v),
+            None => Settings::default(),
+        };
+        let groups = match root.get("groups") {
+            Some(v) => self.groups(v),
+            None => BTreeMap::new(),
+        };
+        let allows = match root.get("allow") {
+            Some(v) => self.allows(v, &groups),
+            None => Vec::new(),
+        };
+        Policy {
+            version: 1,
+            settings,
+            groups,
+            allows,
+        }
+    }
+
+    fn version(&mut self, v: &Value<'_>) {
+        match v.get_ref() {
+            DeValue::Integer(i) => {
+                if i64::from_str_radix(i.as_str(), i.radix()) != Ok(1) {
+                    self.err(
+                        v.span(),
+                        format!(
+                            "unsupported policy version {}: this netguard understands version 1 only",
+                            i.as_str()
+                        ),
+                    );
+                }
+            }
+            _ => self.type_error("version", v, "the integer 1"),
+        }
+    }
+
+    fn settings(&mut self, v: &Value<'_>) -> Settings {
+        let mut s = Settings::default();
+        let Some(table) = v.get_ref().as_table() else {
+            self.type_error("settings", v, "a table ([settings])");
+            return s;
+        };
+        self.unknown_keys(table, SETTINGS_KEYS, "in [settings]");
+        if let Some(v) = table.get("networks") {
+            match v.get_ref() {
+                DeValue::Array(items) if items.is_empty() => self.err(
+                    v.span(),
+                    "networks = [] manages no network at all; omit \"networks\" to manage every bridge network",
+                ),
+                DeValue::Array(items) => {
+                    s.networks = items
+                        .iter()
+                        .filter_map(|item| self.glob("networks", item))
+                        .collect();
+                }
+                _ => self.type_error(
+                    "networks",
+                    v,
+                    "a list of network name globs such as [\"app-*\"]",
+                ),
+            }
+        }
+        if let Some(v) = table.get("anti_spoofing") {
+            s.anti_spoofing = self.boolean("anti_spoofing", v).unwrap_or(s.anti_spoofing);
+        }
+        if let Some(v) = table.get("log_denied") {
+            s.log_denied = self.boolean("log_denied", v).unwrap_or(s.log_denied);
+        }
+        s
+    }
+
+    fn boolean(&mut self, key: &str, v: &Value<'_>) -> Option<bool> {
+        let b = v.get_ref().as_bool();
+        if b.is_none() {
+            self.type_error(key, v, "a boolean (true or false)");
+        }
+        b
+    }
+
+    /// A glob from a string value, located at that string when it does not compile.
+    fn glob(&mut self, key: &str, v: &Value<'_>) -> Option<Glob> {
+        let Some(s) = v.get_ref().as_str() else {
+            self.type_error(key, v, "a string (a glob with `*` and `?`)");
+            return None;
+        };
+        match Glob::new(s) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.err(v.span(), format!("bad glob {s:?} in {key:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn groups(&mut self, v: &Value<'_>) -> BTreeMap<String, Group> {
+        let mut groups = BTreeMap::new();
+        let Some(table) = v.get_ref().as_table() else {
+            self.type_error("groups", v, "a table of groups ([groups.NAME])");
+            return groups;
+        };
+        for (key, value) in table.iter() {
+            let name = key.get_ref().as_ref();
+            if let Err(why) = check_group_name(name) {
+                self.err(key.span(), why);
+            }
+            let loc_offset = self.table_start(key, value);
+            let selectors = self.group_body(name, value, loc_offset);
+            groups.insert(
+                name.to_string(),
+                Group {
+                    name: name.to_string(),
+                    selectors,
+                    loc: self.loc(loc_offset),
+                },
+            );
+        }
+        groups
+    }
+
+    fn group_body(&mut self, name: &str, v: &Value<'_>, at: usize) -> Vec<Selector> {
+        let Some(table) = v.get_ref().as_table() else {
+            self.err(
+                v.span(),
+                format!(
+                    "group {name:?} must be a table with a \"match\" key, found {}",
+                    describe(v.get_ref())
+                ),
+            );
+            return Vec::new();
+        };
+        self.unknown_keys(table, GROUP_KEYS, &format!("in group {name:?}"));
+        let Some(m) = table.get("match") else {
+            self.err(
+                at..at,
+                format!(
+                    "group {name:?} has no \"match\": give a selector such as match = {{ label = {{ role = {name:?} }} }}"
+                ),
+            );
+            return Vec::new();
+        };
+        match m.get_ref() {
+            DeValue::Table(t) => self.selector(t, m.span()).into_iter().collect(),
+            DeValue::Array(items) if items.is_empty() => {
+                self.err(
+                    m.span(),
+                    "match = [] matches no container: give a selector or a list of selectors",
+                );
+                Vec::new()
+            }
+            DeValue::Array(items) => items
+                .iter()
+                .filter_map(|item| match item.get_ref() {
+                    DeValue::Table(t) => self.selector(t, item.span()),
+                    _ => {
+                        self.type_error(
+                            "match",
+                            item,
+                            "a list of selector tables such as { name = \"api-*\" }",
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            _ => {
+                self.type_error(
+                    "match",
+                    m,
+                    "a selector table such as { image = \"postgres*\" }, or a list of them",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn selector(&mut self, table: &DeTable<'_>, span: Range<usize>) -> Option<Selector> {
+        if table.is_empty() {
+            // An empty selector would match every container, which is never what was meant.
+            self.err(
+                span,
+                format!(
+                    "empty selector matches nothing useful: give at least one of {}",
+                    list(SELECTOR_KEYS)
+                ),
+            );
+            return None;
+        }
+        self.unknown_keys(table, SELECTOR_KEYS, "in selector");
+        let mut sel = Selector {
+            name: None,
+            image: None,
+            labels: BTreeMap::new(),
+            network: None,
+            loc: self.loc(span.start),
+        };
+        let errors_before = self.errors.len();
+        sel.name = table.get("name").and_then(|v| self.glob("name", v));
+        sel.image = table.get("image").and_then(|v| self.glob("image", v));
+        sel.network = table.get("network").and_then(|v| self.glob("network", v));
+        if let Some(v) = table.get("label") {
+            match v.get_ref() {
+                DeValue::Table(labels) if labels.is_empty() => self.err(
+                    v.span(),
+                    "label = {} requires no label: give at least one KEY = \"GLOB\" (\"*\" means the label is present)",
+                ),
+                DeValue::Table(labels) => {
+                    for (k, lv) in labels.iter() {
+                        if k.get_ref().is_empty() {
+                            self.err(k.span(), "empty label key");
+                            continue;
+                        }
+                        if let Some(g) = self.glob(&format!("label {}", k.get_ref()), lv) {
+                            sel.labels.insert(k.get_ref().to_string(), g);
+                        }
+                    }
+                }
+                _ => self.type_error(
+                    "label",
+                    v,
+                    "a table of label globs such as { role = \"web\" }",
+                ),
+            }
+        }
+        (self.errors.len() == errors_before).then_some(sel)
+    }
+
+    fn allows(&mut self, v: &Value<'_>, groups: &BTreeMap<String, Group>) -> Vec<Allow> {
+        let Some(items) = v.get_ref().as_array() else {
+            self.err(
+                v.span(),
+                format!(
+                    "\"allow\" must be a list of entries, found {}: write [[allow]] (two brackets) before each entry",
+                    describe(v.get_ref())
+                ),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| match item.get_ref() {
+                DeValue::Table(t) => self.allow(t, item.span(), groups),
+                _ => {
+                    self.type_error("allow", item, "a list of tables ([[allow]] entries)");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn allow(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        groups: &BTreeMap<String, Group>,
+    ) -> Option<Allow> {
+        let errors_before = self.errors.len();
+        self.unknown_keys(table, ALLOW_KEYS, "in [[allow]]");
+        let from = table.get_key_value("from");
+        let to = table.get_key_value("to");
+        let within = table.get_key_value("within");
+
+        let (from_peers, to_peers, is_within) = match (from, to, within) {
+            (_, _, Some((wk, wv))) => {
+                if from.is_some() || to.is_some() {
+                    self.err(
+                        wk.span(),
+                        "\"within\" cannot be combined with \"from\"/\"to\": use within = \"GROUP\" for a trust group, or from/to for a one-way flow",
+                    );
+                }
+                let g = self.within(wv, groups);
+                (g.clone(), g, true)
+            }
+            (Some((_, fv)), Some((_, tv)), None) => (
+                self.peers("from", fv, groups),
+                self.peers("to", tv, groups),
+                false,
+            ),
+            (Some((fk, _)), None, None) => {
+                self.err(
+                    fk.span(),
+                    "\"from\" without \"to\": say where the traffic may go (a group, a list of groups, or \"*\")",
+                );
+                (None, None, false)
+            }
+            (None, Some((tk, _)), None) => {
+                self.err(
+                    tk.span(),
+                    "\"to\" without \"from\": say where the traffic may come from (a group, a list of groups, or \"*\")",
+                );
+                (None, None, false)
+            }
+            (None, None, None) => {
+                self.err(
+                    span.clone(),
+                    "allow entry needs \"from\" and \"to\", or \"within\"",
+                );
+                (None, None, false)
+            }
+        };
+
+        // Absent means all traffic; a present but invalid list has been reported, and the
+        // error count below keeps it from turning into "all traffic".
+        let ports = table.get("ports").and_then(|v| self.ports(v));
+        let comment = match table.get("comment") {
+            Some(v) => match v.get_ref().as_str() {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    self.type_error("comment", v, "a string");
+                    None
+                }
+            },
+            None => None,
+        };
+        if self.errors.len() != errors_before {
+            return None;
+        }
+        Some(Allow {
+            from: from_peers?,
+            to: to_peers?,
+            within: is_within,
+            ports,
+            comment,
+            loc: self.loc(span.start),
+        })
+    }
+
+    fn within(&mut self, v: &Value<'_>, groups: &BTreeMap<String, Group>) -> Option<Peers> {
+        match v.get_ref().as_str() {
+            Some("*") => {
+                self.err(
+                    v.span(),
+                    "within = \"*\" would switch isolation off: name one trust group, or write from = \"*\" and to = \"*\" if that is really meant",
+                );
+                None
+            }
+            Some(_) => {
+                let name = self.group_ref("within", v, groups)?;
+                Some(Peers::Groups(vec![name]))
+            }
+            None => {
+                self.type_error("within", v, "one group name (a string)");
+                None
+            }
+        }
+    }
+
+    fn peers(
+        &mut self,
+        key: &str,
+        v: &Value<'_>,
+        groups: &BTreeMap<String, Group>,
+    ) -> Option<Peers> {
+        match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == "*" => Some(Peers::Any),
+            DeValue::String(_) => Some(Peers::Groups(vec![self.group_ref(key, v, groups)?])),
+            DeValue::Array(items) if items.is_empty() => {
+                self.err(
+                    v.span(),
+                    format!(
+                        "{key} = [] names no group, so this entry would allow nothing; use \"*\" for any managed container"
+                    ),
+                );
+                None
+            }
+            DeValue::Array(items) => self.peer_list(key, items, groups),
+            _ => {
+                self.type_error(key, v, "a group name, a list of group names, or \"*\"");
+                None
+            }
+        }
+    }
+
+    fn peer_list(
+        &mut self,
+        key: &str,
+        items: &DeArray<'_>,
+        groups: &BTreeMap<String, Group>,
+    ) -> Option<Peers> {
+        let mut names: Vec<String> = Vec::new();
+        let mut ok = true;
+        for item in items.iter() {
+            match item.get_ref().as_str() {
+                Some("*") => {
+                    ok = false;
+                    self.err(
+                        item.span(),
+                        format!(
+                            "\"*\" already means every managed container and cannot be listed with groups: write {key} = \"*\""
+                        ),
+                    );
+                }
+                Some(_) => match self.group_ref(key, item, groups) {
+                    // Repeats are harmless; dropping them keeps generated sets minimal.
+                    Some(n) if !names.contains(&n) => names.push(n),
+                    Some(_) => {}
+                    None => ok = false,
+                },
+                None => {
+                    ok = false;
+                    self.type_error(key, item, "a list of group names (strings)");
+                }
+            }
+        }
+        ok.then_some(Peers::Groups(names))
+    }
+
+    /// Resolves a string naming a group; `v` must hold a string.
+    fn group_ref(
+        &mut self,
+        key: &str,
+        v: &Value<'_>,
+        groups: &BTreeMap<String, Group>,
+    ) -> Option<String> {
+        let name = v.get_ref().as_str()?;
+        if name.is_empty() {
+            self.err(
+                v.span(),
+                format!("empty group name in {key:?}: name a group, or use \"*\" for any managed container"),
+            );
+            return None;
+        }
+        if groups.contains_key(name) {
+            return Some(name.to_string());
+        }
+        let hint = match closest(name, groups.keys().map(String::as_str)) {
+            Some(c) => format!(" (did you mean {c:?}?)"),
+            None if groups.is_empty() => "; no group is defined (add [groups.NAME])".to_string(),
+            None => format!(
+                "; defined groups: {}",
+                groups.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        self.err(v.span(), format!("unknown group {name:?} in {key:?}{hint}"));
+        None
+    }
+
+    /// The listed specs, or `None` after reporting why there are none.
+    fn ports(&mut self, v: &Value<'_>) -> Option<Vec<PortSpec>> {
+        let Some(items) = v.get_ref().as_array() else {
+            self.type_error("ports", v, "a list of strings such as [\"8080/tcp\"]");
+            return None;
+        };
+        if items.is_empty() {
+            self.err(
+                v.span(),
+                "ports = [] allows nothing; omit ports to allow all traffic",
+            );
+            return None;
+        }
+        let mut specs = Vec::new();
+        let mut ok = true;
+        for item in items.iter() {
+            let Some(s) = item.get_ref().as_str() else {
+                ok = false;
+                self.type_error(
+                    "ports",
+                    item,
+                    "a list of strings such as \"8080/tcp\", \"9000-9100/udp\" or \"icmp\"",
+                );
+                continue;
+            };
+            match PortSpec::parse(s) {
+                Ok(p) if !specs.contains(&p) => specs.push(p),
+                Ok(_) => {}
+                Err(e) => {
+                    ok = false;
+                    self.err(item.span(), e.to_string());
+                }
+            }
+        }
+        ok.then_some(specs)
+    }
+}
+
+/// Group names become parts of nftables set names, whose length and alphabet are limited.
+fn check_group_name(name: &str) -> Result<(), String> {
+    if name == "*" {
+        return Err(
+            "\"*\" is reserved (it means any managed container) and cannot name a group".into(),
+        );
+    }
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if first_ok && rest_ok && name.len() <= 32 {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid group name {name:?}: a group name starts with a letter, has only letters, digits, '_' and '-', and at most 32 characters (it becomes part of an nftables set name)"
+        ))
+    }
+}
+
+fn describe(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("the string {:?}", s.as_ref()),
+        DeValue::Integer(i) => format!("the integer {i}"),
+        DeValue::Float(f) => format!("the float {f}"),
+        DeValue::Boolean(b) => format!("the boolean {b}"),
+        DeValue::Datetime(d) => format!("the datetime {d}"),
+        DeValue::Array(_) => "a list".into(),
+        DeValue::Table(_) => "a table".into(),
+    }
+}
+
+fn list(keys: &[&str]) -> String {
+    keys.iter()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn one_of(keys: &[&str]) -> String {
+    match keys {
+        [only] => format!("only {only:?}"),
+        _ => format!("one of {}", list(keys)),
+    }
+}
+
+/// The candidate within a small edit distance of `word`, for "did you mean" hints.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    // Short words get a hint only when they differ by case alone: at one edit, almost
+    // any short word is "close" to some other.
+    let limit = match word.chars().count() {
+        0..=2 => 0,
+        3..=5 => 1,
+        _ => 2,
+    };
+    candidates
+        .map(|c| (edit_distance(&word.to_lowercase(), &c.to_lowercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
+    let span = e.span();
+    let offset = span.as_ref().map(|s| s.start).unwrap_or(0);
+    let mut message = e.message().trim().to_string();
+    if message == "duplicate key"
+        && let Some(span) = span
+    {
+        message = duplicate_message(path, text, span);
+    }
+    PolicyError {
+        loc: Loc::at(path, text, offset),
+        message,
+    }
+}
+
+/// TOML reports a redefined `[groups.NAME]` as a bare "duplicate key"; say what it means.
+fn duplicate_message(path: &Path, text: &str, span: Range<usize>) -> String {
+    let key = text
+        .get(span.clone())
+        .unwrap_or("")
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'')
+        .to_string();
+    let line_start = text
+        .get(..span.start)
+        .and_then(|s| s.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let before_key = text.get(line_start..span.start).unwrap_or("").trim_start();
+    let is_group = if let Some(header) = before_key.strip_prefix('[') {
+        // `[groups.NAME]`: the duplicate key is the second segment of a header.
+        header.trim_start_matches('[').replace(' ', "") == "groups."
+    } else {
+        // `NAME = {...}` directly below a `[groups]` header.
+        before_key.is_empty() && enclosing_header(text, line_start).as_deref() == Some("groups")
+    };
+    if !is_group {
+        if before_key.is_empty() && key == "allow" {
+            return "duplicate key \"allow\": write [[allow]] (two brackets) before every allow entry".into();
+        }
+        return format!("duplicate key {key:?}");
+    }
+    let first = DeTable::parse_recoverable(text)
+        .0
+        .get_ref()
+        .get("groups")
+        .and_then(|g| g.get_ref().as_table())
+        .and_then(|g| g.get_key_value(key.as_str()))
+        .map(|(k, _)| Loc::at(path, text, k.span().start));
+    match first {
+        Some(loc) => format!(
+            "duplicate group {key:?}: first defined at line {}; a group is defined once (list several selectors in its \"match\" instead)",
+            loc.line
+        ),
+        None => format!("duplicate group {key:?}: a group is defined once"),
+    }
+}
+
+/// The `[header]` (without brackets and spaces) governing the line starting at `line_start`.
+fn enclosing_header(text: &str, line_start: usize) -> Option<String> {
+    text.get(..line_start)?.lines().rev().find_map(|l| {
+        let l = l.trim();
+        let inner = l.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        Some(inner.get(..end)?.trim_start_matches('[').replace(' ', ""))
+    })
 }
