@@ -718,19 +718,31 @@ fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<
         .map(|(_, c)| c)
 }
 
+/// Levenshtein distance where swapping two adjacent characters also counts as one edit
+/// (optimal string alignment), since transposed letters are the most common typo.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
         }
     }
-    row[b.len()]
+    d[a.len()][b.len()]
 }
 
 fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
@@ -769,25 +781,49 @@ fn duplicate_message(path: &Path, text: &str, span: Range<usize>) -> String {
         before_key.is_empty() && enclosing_header(text, line_start).as_deref() == Some("groups")
     };
     if !is_group {
-        if before_key.is_empty() && key == "allow" {
+        if key == "allow" && before_key.trim_start_matches('[').trim().is_empty() {
             return "duplicate key \"allow\": write [[allow]] (two brackets) before every allow entry".into();
         }
         return format!("duplicate key {key:?}");
     }
-    let first = DeTable::parse_recoverable(text)
-        .0
-        .get_ref()
-        .get("groups")
-        .and_then(|g| g.get_ref().as_table())
-        .and_then(|g| g.get_key_value(key.as_str()))
-        .map(|(k, _)| Loc::at(path, text, k.span().start));
-    match first {
-        Some(loc) => format!(
-            "duplicate group {key:?}: first defined at line {}; a group is defined once (list several selectors in its \"match\" instead)",
-            loc.line
+    match first_group_line(text, &key, line_start) {
+        Some(line) => format!(
+            "duplicate group {key:?}: first defined at line {line}; a group is defined once (list several selectors in its \"match\" instead)"
         ),
         None => format!("duplicate group {key:?}: a group is defined once"),
     }
+}
+
+/// The 1-based line where group `name` is first defined, looking only before `end`. The
+/// parse tree cannot tell: after the error it holds the later definition's spans.
+fn first_group_line(text: &str, name: &str, end: usize) -> Option<usize> {
+    let mut header = String::new();
+    for (i, line) in text.get(..end)?.lines().enumerate() {
+        let line = line.trim();
+        if let Some(inner) = line.strip_prefix('[') {
+            header = inner
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .replace([' ', '"', '\''], "");
+            let mut parts = header.split('.');
+            if parts.next() == Some("groups") && parts.next() == Some(name) {
+                return Some(i + 1);
+            }
+        } else if header == "groups" {
+            let key = line
+                .split(['=', '.'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'');
+            if key == name {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
 }
 
 /// The `[header]` (without brackets and spaces) governing the line starting at `line_start`.
@@ -798,4 +834,505 @@ fn enclosing_header(text: &str, line_start: usize) -> Option<String> {
         let end = inner.find(']')?;
         Some(inner.get(..end)?.trim_start_matches('[').replace(' ', ""))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Proto;
+
+    /// Errors as "LINE:COL: message", the file name being always the same here.
+    fn errors(text: &str) -> Vec<String> {
+        match parse_policy(Path::new("p.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(PolicyErrors(es)) => es
+                .into_iter()
+                .map(|e| {
+                    assert_eq!(e.loc.file, Path::new("p.toml"));
+                    format!("{}:{}: {}", e.loc.line, e.loc.col, e.message)
+                })
+                .collect(),
+        }
+    }
+
+    #[track_caller]
+    fn one_error(text: &str) -> String {
+        let es = errors(text);
+        assert_eq!(es.len(), 1, "expected exactly one error, got {es:#?}");
+        es.into_iter().next().unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn ok(text: &str) -> Policy {
+        match parse_policy(Path::new("p.toml"), text) {
+            Ok(p) => p,
+            Err(e) => panic!("unexpected errors:\n{e}"),
+        }
+    }
+
+    const WEB: &str = "[groups.web]\nmatch = { name = \"web-*\" }\n";
+
+    #[test]
+    fn parses_a_full_policy() {
+        let text = r#"version = 1
+
+[settings]
+networks = ["app-*", "front"]
+anti_spoofing = false
+log_denied = true
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.api]
+match = [ { name = "api-*" },
+          { label = { "com.docker.compose.service" = "api", tier = "*" }, network = "back" } ]
+
+[groups.db]
+match = { image = "postgres*" }
+
+[[allow]]
+from = "web"
+to = ["api", "api", "db"]
+ports = ["8080/tcp", "9000-9100/udp", "icmp"]
+comment = "frontend calls the API"
+
+[[allow]]
+within = "db"
+
+[[allow]]
+from = "*"
+to = "web"
+"#;
+        let p = ok(text);
+        assert_eq!(p.version, 1);
+        assert!(!p.settings.anti_spoofing);
+        assert!(p.settings.log_denied);
+        assert!(p.settings.manages_network("app-1"));
+        assert!(!p.settings.manages_network("other"));
+        assert_eq!(p.groups.keys().collect::<Vec<_>>(), ["api", "db", "web"]);
+
+        let api = &p.groups["api"];
+        assert_eq!((api.loc.line, api.loc.col), (11, 1));
+        assert_eq!(api.selectors.len(), 2);
+        assert_eq!(
+            (api.selectors[0].loc.line, api.selectors[0].loc.col),
+            (12, 11)
+        );
+        assert_eq!(
+            api.selectors[0].name.as_ref().map(Glob::as_str),
+            Some("api-*")
+        );
+        let s1 = &api.selectors[1];
+        assert_eq!((s1.loc.line, s1.loc.col), (13, 11));
+        assert_eq!(s1.labels["com.docker.compose.service"].as_str(), "api");
+        assert!(s1.labels["tier"].is_any());
+        assert_eq!(s1.network.as_ref().map(Glob::as_str), Some("back"));
+        assert_eq!(s1.name, None);
+
+        assert_eq!(p.allows.len(), 3);
+        let a = &p.allows[0];
+        assert_eq!((a.loc.line, a.loc.col), (18, 1));
+        assert_eq!(a.from, Peers::Groups(vec!["web".into()]));
+        // repeated names collapse
+        assert_eq!(a.to, Peers::Groups(vec!["api".into(), "db".into()]));
+        assert!(!a.within);
+        assert_eq!(a.comment.as_deref(), Some("frontend calls the API"));
+        let ports = a.ports.clone().unwrap_or_default();
+        assert_eq!(ports.len(), 3);
+        assert_eq!(
+            (ports[1].proto, ports[1].low, ports[1].high),
+            (Proto::Udp, 9000, 9100)
+        );
+        assert_eq!(ports[2].proto, Proto::Icmp);
+
+        let w = &p.allows[1];
+        assert!(w.within);
+        assert_eq!((w.loc.line, w.loc.col), (24, 1));
+        assert_eq!(w.from, Peers::Groups(vec!["db".into()]));
+        assert_eq!(w.to, w.from);
+        assert_eq!(w.ports, None);
+
+        assert_eq!(p.allows[2].from, Peers::Any);
+        assert_eq!(p.allows[2].to, Peers::Groups(vec!["web".into()]));
+    }
+
+    #[test]
+    fn defaults_for_an_empty_file() {
+        let p = ok("");
+        assert_eq!(p.version, 1);
+        assert_eq!(p.settings, Settings::default());
+        assert!(p.groups.is_empty() && p.allows.is_empty());
+    }
+
+    #[test]
+    fn inline_group_is_located_at_its_name() {
+        let p = ok("[groups]\n  web = { match = { name = \"w\" } }\n");
+        let g = &p.groups["web"];
+        assert_eq!((g.loc.line, g.loc.col), (2, 3));
+        assert_eq!((g.selectors[0].loc.line, g.selectors[0].loc.col), (2, 19));
+    }
+
+    #[test]
+    fn example_policy_parses() {
+        let text = include_str!("../../policy.example.toml");
+        let p = ok(text);
+        assert!(p.groups.contains_key("monitoring"));
+        assert!(p.allows.iter().any(|a| a.within));
+        assert!(p.allows.iter().any(|a| a.to == Peers::Any));
+    }
+
+    #[test]
+    fn unknown_keys_everywhere() {
+        assert_eq!(
+            one_error("versoin = 1\n"),
+            "1:1: unknown key \"versoin\" at the top level (did you mean \"version\"?); \
+             expected one of \"version\", \"settings\", \"groups\", \"allow\""
+        );
+        assert_eq!(
+            one_error("[settings]\nanti_spofing = true\n"),
+            "2:1: unknown key \"anti_spofing\" in [settings] (did you mean \"anti_spoofing\"?); \
+             expected one of \"networks\", \"anti_spoofing\", \"log_denied\""
+        );
+        assert_eq!(
+            one_error(&format!("{WEB}matches = 1\n")),
+            "3:1: unknown key \"matches\" in group \"web\" (did you mean \"match\"?); \
+             expected only \"match\""
+        );
+        assert_eq!(
+            one_error("[groups.web]\nmatch = { names = \"w\" }\n"),
+            "2:11: unknown key \"names\" in selector (did you mean \"name\"?); \
+             expected one of \"name\", \"image\", \"network\", \"label\""
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nto = \"*\"\nport = [\"80/tcp\"]\n"),
+            "4:1: unknown key \"port\" in [[allow]] (did you mean \"ports\"?); \
+             expected one of \"from\", \"to\", \"within\", \"ports\", \"comment\""
+        );
+        // No hint when nothing is close.
+        assert_eq!(
+            one_error("color = \"red\"\n"),
+            "1:1: unknown key \"color\" at the top level; \
+             expected one of \"version\", \"settings\", \"groups\", \"allow\""
+        );
+    }
+
+    #[test]
+    fn unknown_groups_in_references() {
+        assert_eq!(
+            one_error(&format!("{WEB}[[allow]]\nfrom = \"wbe\"\nto = \"*\"\n")),
+            "4:8: unknown group \"wbe\" in \"from\" (did you mean \"web\"?)"
+        );
+        assert_eq!(
+            one_error(&format!(
+                "{WEB}[[allow]]\nfrom = \"*\"\nto = [\"web\", \"db\"]\n"
+            )),
+            "5:14: unknown group \"db\" in \"to\"; defined groups: web"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nwithin = \"db\"\n"),
+            "2:10: unknown group \"db\" in \"within\"; no group is defined (add [groups.NAME])"
+        );
+    }
+
+    #[test]
+    fn duplicate_groups() {
+        assert_eq!(
+            one_error(
+                "[groups.web]\nmatch = { name = \"a\" }\n\n[groups.web]\nmatch = { name = \"b\" }\n"
+            ),
+            "4:9: duplicate group \"web\": first defined at line 1; a group is defined once \
+             (list several selectors in its \"match\" instead)"
+        );
+        assert_eq!(
+            one_error(
+                "[groups]\nweb = { match = { name = \"a\" } }\nweb = { match = { name = \"b\" } }\n"
+            ),
+            "3:1: duplicate group \"web\": first defined at line 2; a group is defined once \
+             (list several selectors in its \"match\" instead)"
+        );
+        // Other duplicate keys stay plain, but named.
+        assert_eq!(
+            one_error("[settings]\nlog_denied = true\nlog_denied = false\n"),
+            "3:1: duplicate key \"log_denied\""
+        );
+    }
+
+    #[test]
+    fn from_and_to_go_together() {
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nports = [\"80/tcp\"]\n"),
+            "2:1: \"from\" without \"to\": say where the traffic may go \
+             (a group, a list of groups, or \"*\")"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nto = \"*\"\n"),
+            "2:1: \"to\" without \"from\": say where the traffic may come from \
+             (a group, a list of groups, or \"*\")"
+        );
+        assert_eq!(
+            one_error("[[allow]]\ncomment = \"nothing\"\n"),
+            "1:1: allow entry needs \"from\" and \"to\", or \"within\""
+        );
+        assert_eq!(
+            one_error("allow = [ {} ]\n"),
+            "1:11: allow entry needs \"from\" and \"to\", or \"within\""
+        );
+    }
+
+    #[test]
+    fn peers_must_name_something() {
+        assert_eq!(
+            one_error("[[allow]]\nfrom = []\nto = \"*\"\n"),
+            "2:8: from = [] names no group, so this entry would allow nothing; \
+             use \"*\" for any managed container"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nto = \"\"\n"),
+            "3:6: empty group name in \"to\": name a group, or use \"*\" for any managed container"
+        );
+        assert_eq!(
+            one_error(&format!(
+                "{WEB}[[allow]]\nfrom = [\"web\", \"\"]\nto = \"*\"\n"
+            )),
+            "4:16: empty group name in \"from\": name a group, or use \"*\" for any managed container"
+        );
+        assert_eq!(
+            one_error(&format!(
+                "{WEB}[[allow]]\nfrom = [\"web\", \"*\"]\nto = \"*\"\n"
+            )),
+            "4:16: \"*\" already means every managed container and cannot be listed with groups: \
+             write from = \"*\""
+        );
+    }
+
+    #[test]
+    fn within_excludes_from_and_to() {
+        assert_eq!(
+            one_error(&format!(
+                "{WEB}[[allow]]\nfrom = \"web\"\nwithin = \"web\"\n"
+            )),
+            "5:1: \"within\" cannot be combined with \"from\"/\"to\": use within = \"GROUP\" \
+             for a trust group, or from/to for a one-way flow"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nwithin = \"*\"\n"),
+            "2:10: within = \"*\" would switch isolation off: name one trust group, \
+             or write from = \"*\" and to = \"*\" if that is really meant"
+        );
+        assert_eq!(
+            one_error(&format!("{WEB}[[allow]]\nwithin = [\"web\"]\n")),
+            "4:10: \"within\" must be one group name (a string), found a list"
+        );
+    }
+
+    #[test]
+    fn bad_ports_are_located_at_the_string() {
+        let text = "[[allow]]\nfrom = \"*\"\nto = \"*\"\nports = [\"80/tcp\", \"0/tcp\",\n  \"70000/tcp\", \"20-10/tcp\", \"80/foo\", \"80\", 443]\n";
+        assert_eq!(
+            errors(text),
+            [
+                "4:20: bad port \"0\" in \"0/tcp\": expected a number from 1 to 65535",
+                "5:3: bad port \"70000\" in \"70000/tcp\": expected a number from 1 to 65535",
+                "5:16: bad port range in \"20-10/tcp\": 20 is greater than 10",
+                "5:29: unknown protocol \"foo\" in \"80/foo\": expected tcp, udp or sctp (or the spec \"icmp\")",
+                "5:39: bad port spec \"80\": expected \"PORT/PROTO\", \"LOW-HIGH/PROTO\" or \"icmp\" \
+                 (e.g. \"8080/tcp\", \"9000-9100/udp\")",
+                "5:45: \"ports\" must be a list of strings such as \"8080/tcp\", \"9000-9100/udp\" \
+                 or \"icmp\", found the integer 443",
+            ]
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nto = \"*\"\nports = []\n"),
+            "4:9: ports = [] allows nothing; omit ports to allow all traffic"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nto = \"*\"\nports = \"80/tcp\"\n"),
+            "4:9: \"ports\" must be a list of strings such as [\"8080/tcp\"], found the string \"80/tcp\""
+        );
+    }
+
+    #[test]
+    fn bad_globs_are_located_at_the_string() {
+        assert_eq!(
+            errors(
+                "[settings]\nnetworks = [\"ok\", \"\"]\n[groups.web]\n\
+                 match = { name = \"a[1]\", label = { role = \"{x}\" } }\n"
+            ),
+            [
+                "2:19: bad glob \"\" in \"networks\": empty pattern (use \"*\" to match anything)",
+                "4:18: bad glob \"a[1]\" in \"name\": unsupported character '[' in pattern: \
+                 only `*` and `?` are wildcards",
+                "4:43: bad glob \"{x}\" in \"label role\": unsupported character '{' in pattern: \
+                 only `*` and `?` are wildcards",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_selectors() {
+        assert_eq!(
+            one_error("[groups.web]\nmatch = {}\n"),
+            "2:9: empty selector matches nothing useful: give at least one of \
+             \"name\", \"image\", \"network\", \"label\""
+        );
+        assert_eq!(
+            one_error("[groups.web]\nmatch = [{ name = \"a\" }, {}]\n"),
+            "2:26: empty selector matches nothing useful: give at least one of \
+             \"name\", \"image\", \"network\", \"label\""
+        );
+        assert_eq!(
+            one_error("[groups.web]\nmatch = []\n"),
+            "2:9: match = [] matches no container: give a selector or a list of selectors"
+        );
+        assert_eq!(
+            one_error("[groups.web]\nmatch = { label = {} }\n"),
+            "2:19: label = {} requires no label: give at least one KEY = \"GLOB\" \
+             (\"*\" means the label is present)"
+        );
+        assert_eq!(
+            one_error("[groups.web]\n"),
+            "1:1: group \"web\" has no \"match\": give a selector such as \
+             match = { label = { role = \"web\" } }"
+        );
+    }
+
+    #[test]
+    fn wrong_types() {
+        assert_eq!(
+            one_error("[settings]\nanti_spoofing = \"yes\"\n"),
+            "2:17: \"anti_spoofing\" must be a boolean (true or false), found the string \"yes\""
+        );
+        assert_eq!(
+            one_error("[settings]\nlog_denied = 1\n"),
+            "2:14: \"log_denied\" must be a boolean (true or false), found the integer 1"
+        );
+        assert_eq!(
+            one_error("[settings]\nnetworks = \"app-*\"\n"),
+            "2:12: \"networks\" must be a list of network name globs such as [\"app-*\"], \
+             found the string \"app-*\""
+        );
+        assert_eq!(
+            one_error("settings = true\n"),
+            "1:12: \"settings\" must be a table ([settings]), found the boolean true"
+        );
+        assert_eq!(
+            one_error("[groups]\nweb = \"web-*\"\n"),
+            "2:7: group \"web\" must be a table with a \"match\" key, found the string \"web-*\""
+        );
+        assert_eq!(
+            one_error("[groups.web]\nmatch = \"web-*\"\n"),
+            "2:9: \"match\" must be a selector table such as { image = \"postgres*\" }, \
+             or a list of them, found the string \"web-*\""
+        );
+        assert_eq!(
+            one_error("[groups.web]\nmatch = { label = { role = 1 } }\n"),
+            "2:28: \"label role\" must be a string (a glob with `*` and `?`), found the integer 1"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = 1\nto = \"*\"\n"),
+            "2:8: \"from\" must be a group name, a list of group names, or \"*\", found the integer 1"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nto = \"*\"\ncomment = 5\n"),
+            "4:11: \"comment\" must be a string, found the integer 5"
+        );
+        assert_eq!(
+            one_error("[allow]\nfrom = \"*\"\nto = \"*\"\n"),
+            "1:1: \"allow\" must be a list of entries, found a table: \
+             write [[allow]] (two brackets) before each entry"
+        );
+        assert_eq!(
+            one_error("[[allow]]\nfrom = \"*\"\nto = \"*\"\n[allow]\n"),
+            "4:2: duplicate key \"allow\": write [[allow]] (two brackets) before every allow entry"
+        );
+    }
+
+    #[test]
+    fn only_version_1() {
+        assert_eq!(
+            one_error("version = 2\n"),
+            "1:11: unsupported policy version 2: this netguard understands version 1 only"
+        );
+        assert_eq!(
+            one_error("version = 99999999999999999999\n"),
+            "1:11: unsupported policy version 99999999999999999999: \
+             this netguard understands version 1 only"
+        );
+        assert_eq!(
+            one_error("version = \"1\"\n"),
+            "1:11: \"version\" must be the integer 1, found the string \"1\""
+        );
+        ok("version = 0x1\n");
+    }
+
+    #[test]
+    fn group_names_fit_nftables() {
+        let rule = "a group name starts with a letter, has only letters, digits, '_' and '-', \
+                    and at most 32 characters (it becomes part of an nftables set name)";
+        assert_eq!(
+            one_error("[groups.1web]\nmatch = { name = \"w\" }\n"),
+            format!("1:9: invalid group name \"1web\": {rule}")
+        );
+        assert_eq!(
+            one_error("[groups.\"web.front\"]\nmatch = { name = \"w\" }\n"),
+            format!("1:9: invalid group name \"web.front\": {rule}")
+        );
+        let long = format!("a{}", "b".repeat(32));
+        assert_eq!(
+            one_error(&format!("[groups.{long}]\nmatch = {{ name = \"w\" }}\n")),
+            format!("1:9: invalid group name \"{long}\": {rule}")
+        );
+        ok(&format!(
+            "[groups.a{}]\nmatch = {{ name = \"w\" }}\n",
+            "b".repeat(31)
+        ));
+        ok("[groups.Web_front-2]\nmatch = { name = \"w\" }\n");
+        assert_eq!(
+            one_error("[groups.\"*\"]\nmatch = { name = \"w\" }\n"),
+            "1:9: \"*\" is reserved (it means any managed container) and cannot name a group"
+        );
+    }
+
+    #[test]
+    fn syntax_error_is_the_only_error() {
+        assert_eq!(
+            one_error("versoin = 1\n[settings\nnetworks = []\n"),
+            "2:10: unclosed table, expected `]`"
+        );
+    }
+
+    #[test]
+    fn all_semantic_errors_are_reported_in_file_order() {
+        let text = "version = 3\n[settings]\nanti_spoofing = \"no\"\n\
+                    [groups.web]\nmatch = {}\n[[allow]]\nfrom = \"nope\"\nto = \"*\"\nports = [\"0/tcp\"]\n";
+        let es = errors(text);
+        let at: Vec<&str> = es
+            .iter()
+            .map(|e| e.split(": ").next().unwrap_or_default())
+            .collect();
+        assert_eq!(at, ["1:11", "3:17", "5:9", "7:8", "9:10"]);
+    }
+
+    #[test]
+    fn unused_groups_are_only_warnings() {
+        let p = ok(&format!(
+            "{WEB}[groups.db]\nmatch = {{ image = \"postgres*\" }}\n[[allow]]\nfrom = \"web\"\nto = \"*\"\n"
+        ));
+        assert_eq!(
+            warnings(&p),
+            [
+                "p.toml:3:1: group \"db\" is not used by any [[allow]] entry: \
+              its members only get what \"*\" gives them"
+            ]
+        );
+    }
+
+    #[test]
+    fn typo_distance() {
+        assert_eq!(edit_distance("wbe", "web"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(closest("db", ["dc", "web"].into_iter()), None);
+        assert_eq!(closest("DB", ["db"].into_iter()), Some("db"));
+    }
 }
