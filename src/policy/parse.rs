@@ -752,7 +752,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
     if message == "duplicate key"
         && let Some(span) = span
     {
-        message = duplicate_message(path, text, span);
+        message = duplicate_message(text, span);
     }
     PolicyError {
         loc: Loc::at(path, text, offset),
@@ -761,7 +761,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
 }
 
 /// TOML reports a redefined `[groups.NAME]` as a bare "duplicate key"; say what it means.
-fn duplicate_message(path: &Path, text: &str, span: Range<usize>) -> String {
+fn duplicate_message(text: &str, span: Range<usize>) -> String {
     let key = text
         .get(span.clone())
         .unwrap_or("")
