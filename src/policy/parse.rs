@@ -364,7 +364,7 @@ impl Parser<'_> {
             self.err(
                 span,
                 format!(
-                    "empty selector matches nothing useful: give at least one of {}",
+                    "empty selector: give at least one of {} (without any, it would match every container)",
                     list(SELECTOR_KEYS)
                 ),
             );
@@ -1173,13 +1173,15 @@ to = "web"
     fn empty_selectors() {
         assert_eq!(
             one_error("[groups.web]\nmatch = {}\n"),
-            "2:9: empty selector matches nothing useful: give at least one of \
-             \"name\", \"image\", \"network\", \"label\""
+            "2:9: empty selector: give at least one of \
+             \"name\", \"image\", \"network\", \"label\" \
+             (without any, it would match every container)"
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = [{ name = \"a\" }, {}]\n"),
-            "2:26: empty selector matches nothing useful: give at least one of \
-             \"name\", \"image\", \"network\", \"label\""
+            "2:26: empty selector: give at least one of \
+             \"name\", \"image\", \"network\", \"label\" \
+             (without any, it would match every container)"
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = []\n"),
