@@ -4,7 +4,7 @@
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoBridge, InfoData, LinkAttribute, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkBridge};
+use rtnetlink::Handle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -128,15 +128,31 @@ impl BridgeControl for NetlinkBridges {
     }
 
     async fn enable_nf_call(&self, bridge: &str) -> Result<(), BridgeError> {
-        let msg = LinkBridge::new(bridge)
-            .append_info_data(InfoBridge::NfCallIpTables(true))
-            .append_info_data(InfoBridge::NfCallIp6Tables(true))
-            .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        // An RTM_NEWLINK carrying IFLA_BR_NF_CALL_* built with rtnetlink 0.24 is acknowledged
+        // by this kernel but not applied (verified by reading the flags back), while iproute2's
+        // request is; until that is understood, the switch is flipped with `ip` and verified
+        // over netlink by the caller.
+        let out = tokio::process::Command::new("ip")
+            .args([
+                "link",
+                "set",
+                "dev",
+                bridge,
+                "type",
+                "bridge",
+                "nf_call_iptables",
+                "1",
+                "nf_call_ip6tables",
+                "1",
+            ])
+            .output()
             .await
-            .map_err(|e| BridgeError::Netlink(e.to_string()))
+            .map_err(|e| BridgeError::Netlink(format!("cannot run ip: {e}")))?;
+        if !out.status.success() {
+            return Err(BridgeError::Netlink(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
+        }
+        Ok(())
     }
 }

@@ -364,7 +364,7 @@ impl Parser<'_> {
             self.err(
                 span,
                 format!(
-                    "empty selector matches nothing useful: give at least one of {}",
+                    "empty selector: give at least one of {} (without any, it would match every container)",
                     list(SELECTOR_KEYS)
                 ),
             );
@@ -752,7 +752,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
     if message == "duplicate key"
         && let Some(span) = span
     {
-        message = duplicate_message(path, text, span);
+        message = duplicate_message(text, span);
     }
     PolicyError {
         loc: Loc::at(path, text, offset),
@@ -761,7 +761,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> PolicyError {
 }
 
 /// TOML reports a redefined `[groups.NAME]` as a bare "duplicate key"; say what it means.
-fn duplicate_message(path: &Path, text: &str, span: Range<usize>) -> String {
+fn duplicate_message(text: &str, span: Range<usize>) -> String {
     let key = text
         .get(span.clone())
         .unwrap_or("")
@@ -1173,13 +1173,15 @@ to = "web"
     fn empty_selectors() {
         assert_eq!(
             one_error("[groups.web]\nmatch = {}\n"),
-            "2:9: empty selector matches nothing useful: give at least one of \
-             \"name\", \"image\", \"network\", \"label\""
+            "2:9: empty selector: give at least one of \
+             \"name\", \"image\", \"network\", \"label\" \
+             (without any, it would match every container)"
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = [{ name = \"a\" }, {}]\n"),
-            "2:26: empty selector matches nothing useful: give at least one of \
-             \"name\", \"image\", \"network\", \"label\""
+            "2:26: empty selector: give at least one of \
+             \"name\", \"image\", \"network\", \"label\" \
+             (without any, it would match every container)"
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = []\n"),
