@@ -131,7 +131,10 @@ fn probe(boxes: &[Box_], short: &dyn Fn(&str) -> String) -> BTreeSet<String> {
 fn everything(boxes: &[Box_], short: &dyn Fn(&str) -> String) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
     for src in boxes {
-        for dst in boxes.iter().filter(|d| d.name != src.name && d.network == src.network) {
+        for dst in boxes
+            .iter()
+            .filter(|d| d.name != src.name && d.network == src.network)
+        {
             let fams: &[&str] = if dst.v6.is_some() { &["", "6"] } else { &[""] };
             for fam in fams {
                 let key = format!("{}>{}", short(&src.name), short(&dst.name));
@@ -154,7 +157,11 @@ fn docker_matrix_apply_probe_uninstall() {
     let pid = std::process::id();
     let front = s.network(
         "front",
-        &["--ipv6", "--subnet", &format!("fd42:{:x}:1::/64", pid & 0xffff)],
+        &[
+            "--ipv6",
+            "--subnet",
+            &format!("fd42:{:x}:1::/64", pid & 0xffff),
+        ],
     );
     let pg = s.tag("pg:15");
     let listen = [
@@ -179,21 +186,37 @@ fn docker_matrix_apply_probe_uninstall() {
     // image selector
     run(&mut s, "db", &front, &[], &pg);
     // label "*" selector: any value of `monitor`
-    run(&mut s, "mon", &front, &["--label", "monitor=whatever"], IMAGE);
+    run(
+        &mut s,
+        "mon",
+        &front,
+        &["--label", "monitor=whatever"],
+        IMAGE,
+    );
     // compose-style pair, selected by service label
     let proj = format!("com.docker.compose.project={project}");
     run(
         &mut s,
         "worker-1",
         &front,
-        &["--label", &proj, "--label", "com.docker.compose.service=worker"],
+        &[
+            "--label",
+            &proj,
+            "--label",
+            "com.docker.compose.service=worker",
+        ],
         IMAGE,
     );
     run(
         &mut s,
         "queue-1",
         &front,
-        &["--label", &proj, "--label", "com.docker.compose.service=queue"],
+        &[
+            "--label",
+            &proj,
+            "--label",
+            "com.docker.compose.service=queue",
+        ],
         IMAGE,
     );
     // managed, in no group: reaches no one
@@ -314,9 +337,15 @@ within = "legacy"
     );
 
     drop(guard);
-    let listing = Command::new("nft").args(["list", "tables"]).output().expect("nft");
+    let listing = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
     let listing = String::from_utf8_lossy(&listing.stdout);
-    assert!(!listing.contains("netguard"), "netguard tables left behind:\n{listing}");
+    assert!(
+        !listing.contains("netguard"),
+        "netguard tables left behind:\n{listing}"
+    );
     let tables_after = docker_tables();
     assert_eq!(tables_before, tables_after, "Docker's tables changed");
 
