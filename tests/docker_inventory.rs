@@ -291,3 +291,32 @@ async fn docker_api_version_mismatch_is_a_clear_error() {
     assert!(matches!(err, DockerError::ApiVersion { .. }), "{err:?}");
     assert!(err.to_string().contains("too old"), "{err}");
 }
+
+/// As an unprivileged user the socket (root:docker, 0660) refuses us: the CLI must say so.
+#[test]
+fn docker_permission_denied_is_a_clear_error() {
+    if !docker_available("docker_permission_denied_is_a_clear_error") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ngt-{}-perm", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "[groups.a]\nmatch = { name = \"x*\" }\n").unwrap();
+    // World-readable, so that `nobody` gets as far as asking Docker.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_netguard"))
+        .arg("-c")
+        .arg(&policy)
+        .arg("status")
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("setpriv (util-linux)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
