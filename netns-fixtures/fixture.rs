@@ -43,7 +43,8 @@ pub struct BridgeSpec {
 pub struct ContainerSpec {
     pub name: String,
     pub network: String,
-    /// Host part of its addresses (`10.91.<net>.<host>`, `fd91:0:0:<net>::<host>`).
+    /// Host part of its addresses (`10.91.<net>.<host>`, `fd91:0:0:<net>::<host>`, the
+    /// decimal digits written as hex).
     pub host: u8,
     pub image: String,
     pub labels: Vec<(String, String)>,
@@ -331,7 +332,8 @@ impl Fixture {
                 None,
             )?;
             let ipv4 = Ipv4Addr::new(10, 91, b.index, c.host);
-            let ipv6 = Ipv6Addr::new(0xfd91, 0, 0, b.index as u16, 0, 0, 0, c.host as u16);
+            // The decimal digits of the IPv4 address, read as hex: 10.91.1.11 <-> fd91:0:0:1::11.
+            let ipv6: Ipv6Addr = format!("fd91:0:0:{}::{}", b.index, c.host).parse().unwrap();
             let batch = format!(
                 "addr add {ipv4}/24 dev eth0\naddr add {ipv6}/64 dev eth0 nodad\nlink set eth0 up\n"
             );
