@@ -1,1 +1,357 @@
-//! nftables backend.
+//! The nftables backend: read netguard's live tables, diff them against the plan, apply
+//! the difference as one atomic transaction. Only `inet netguard` and `bridge netguard`
+//! are ever read or written.
+
+pub mod exec;
+pub mod live;
+pub mod render;
+
+use crate::plan::ruleset::*;
+use exec::{ExecError, NftExec};
+use live::LiveTable;
+use nftables::schema::{FlushObject, NfCmd, NfListObject, NfObject, Nftables};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const FAMILIES: [Family; 2] = [Family::Inet, Family::Bridge];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error(transparent)]
+    Parse(#[from] live::ParseError),
+    #[error("cannot encode nft batch: {0}")]
+    Encode(String),
+}
+
+/// The live state of every table netguard owns (absent tables are `None`).
+pub type LiveState = BTreeMap<Family, Option<LiveTable>>;
+
+/// Reads and writes netguard's tables through an [`NftExec`].
+pub struct Backend {
+    exec: Box<dyn NftExec>,
+}
+
+impl Backend {
+    pub fn new(exec: Box<dyn NftExec>) -> Backend {
+        Backend { exec }
+    }
+
+    pub fn system() -> Backend {
+        Backend::new(exec::default_exec())
+    }
+
+    pub fn exec_name(&self) -> &'static str {
+        self.exec.describe()
+    }
+
+    pub fn read_table(&self, family: Family) -> Result<Option<LiveTable>, NftError> {
+        match self
+            .exec
+            .run(&format!("list table {} {}", family.as_str(), TABLE_NAME))
+        {
+            Ok(json) => Ok(Some(live::parse_table(&json)?)),
+            // nft reports a missing table as ENOENT; anything else is a real failure.
+            Err(ExecError::Nft(msg)) if msg.contains("No such file or directory") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn read_live(&self) -> Result<LiveState, NftError> {
+        FAMILIES
+            .iter()
+            .map(|f| Ok((*f, self.read_table(*f)?)))
+            .collect()
+    }
+
+    /// Applies `changes` (computed against the live state just read) in one transaction.
+    pub fn apply(&self, changes: &Changes) -> Result<(), NftError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let json =
+            serde_json::to_string(&changes.batch()).map_err(|e| NftError::Encode(e.to_string()))?;
+        self.exec.run(&json)?;
+        Ok(())
+    }
+
+    /// Reconciles the kernel with `desired`: read, diff, apply. Returns what changed.
+    pub fn reconcile(&self, desired: &Ruleset) -> Result<Changes, NftError> {
+        let live = self.read_live()?;
+        let changes = diff(desired, &live);
+        self.apply(&changes)?;
+        Ok(changes)
+    }
+
+    /// Deletes netguard's own tables, nothing else. Returns the tables removed.
+    pub fn uninstall(&self) -> Result<Vec<Family>, NftError> {
+        let live = self.read_live()?;
+        let present: Vec<Family> = live
+            .iter()
+            .filter(|(_, t)| t.is_some())
+            .map(|(f, _)| *f)
+            .collect();
+        if present.is_empty() {
+            return Ok(present);
+        }
+        let objects: Vec<NfObject> = present
+            .iter()
+            .map(|f| NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(render::table_obj(*f)))))
+            .collect();
+        let json = serde_json::to_string(&Nftables {
+            objects: objects.into(),
+        })
+        .map_err(|e| NftError::Encode(e.to_string()))?;
+        self.exec.run(&json)?;
+        Ok(present)
+    }
+}
+
+/// What one table needs to become the desired one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TableChanges {
+    pub family: Option<Family>,
+    pub create_table: bool,
+    pub delete_table: bool,
+    pub create_sets: Vec<(String, SetKind)>,
+    /// Sets that are obsolete, or whose type was changed by hand (then also re-created).
+    pub delete_sets: Vec<String>,
+    pub create_chains: Vec<String>,
+    pub delete_chains: Vec<String>,
+    /// Chains whose rules are replaced (flush + add, inside the same transaction).
+    pub rewrite_chains: Vec<String>,
+    pub add_elements: BTreeMap<String, Vec<Elem>>,
+    pub delete_elements: BTreeMap<String, Vec<Elem>>,
+    /// For display: rule comments that appear and disappear.
+    pub added_rules: Vec<String>,
+    pub removed_rules: Vec<String>,
+    #[serde(skip)]
+    desired: Option<Table>,
+    #[serde(skip)]
+    live_chains: Vec<String>,
+}
+
+impl TableChanges {
+    pub fn is_empty(&self) -> bool {
+        !self.create_table
+            && !self.delete_table
+            && self.create_sets.is_empty()
+            && self.delete_sets.is_empty()
+            && self.create_chains.is_empty()
+            && self.delete_chains.is_empty()
+            && self.rewrite_chains.is_empty()
+            && self.add_elements.is_empty()
+            && self.delete_elements.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    pub tables: Vec<TableChanges>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(TableChanges::is_empty)
+    }
+
+    /// Number of set elements added and removed.
+    pub fn element_counts(&self) -> (usize, usize) {
+        let count = |m: &BTreeMap<String, Vec<Elem>>| m.values().map(Vec::len).sum::<usize>();
+        self.tables.iter().fold((0, 0), |(a, d), t| {
+            (a + count(&t.add_elements), d + count(&t.delete_elements))
+        })
+    }
+
+    /// The transaction, in an order the kernel accepts: containers before contents, rule
+    /// removal before the removal of what the rules referenced.
+    pub fn batch(&self) -> Nftables<'static> {
+        let mut o: Vec<NfObject<'static>> = Vec::new();
+        let add = |x: NfListObject<'static>| NfObject::CmdObject(NfCmd::Add(x));
+        for t in self.tables.iter().filter(|t| !t.is_empty()) {
+            let Some(f) = t.family else { continue };
+            if t.delete_table {
+                o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(
+                    render::table_obj(f),
+                ))));
+                continue;
+            }
+            let Some(desired) = &t.desired else { continue };
+            o.push(add(NfListObject::Table(render::table_obj(f))));
+            for chain in &t.rewrite_chains {
+                if t.live_chains.contains(chain) {
+                    o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(
+                        render::chain_ref(f, chain),
+                    ))));
+                }
+            }
+            for c in &t.delete_chains {
+                o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Chain(
+                    render::chain_ref(f, c),
+                ))));
+            }
+            for s in &t.delete_sets {
+                o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
+                    Box::new(render::set_obj(f, s, SetKind::Ifname)),
+                ))));
+            }
+            for (name, kind) in &t.create_sets {
+                o.push(add(NfListObject::Set(Box::new(render::set_obj(
+                    f, name, *kind,
+                )))));
+            }
+            for c in desired
+                .chains
+                .iter()
+                .filter(|c| t.create_chains.contains(&c.name))
+            {
+                o.push(add(NfListObject::Chain(render::chain_obj(f, c))));
+            }
+            for (set, elems) in &t.delete_elements {
+                o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(
+                    render::element_obj(f, set, elems.iter()),
+                ))));
+            }
+            for (set, elems) in &t.add_elements {
+                o.push(add(NfListObject::Element(render::element_obj(
+                    f,
+                    set,
+                    elems.iter(),
+                ))));
+            }
+            for c in desired
+                .chains
+                .iter()
+                .filter(|c| t.rewrite_chains.contains(&c.name))
+            {
+                for r in &c.rules {
+                    o.push(add(render::rule_obj(f, &c.name, r)));
+                }
+            }
+        }
+        Nftables { objects: o.into() }
+    }
+}
+
+/// Compares the desired ruleset with the live state. Pure.
+pub fn diff(desired: &Ruleset, live: &LiveState) -> Changes {
+    let mut tables = Vec::new();
+    for f in FAMILIES {
+        let want = desired.table(f);
+        let have = live.get(&f).and_then(|t| t.as_ref());
+        tables.push(diff_table(f, want, have));
+    }
+    Changes { tables }
+}
+
+fn diff_table(f: Family, want: Option<&Table>, have: Option<&LiveTable>) -> TableChanges {
+    let mut c = TableChanges {
+        family: Some(f),
+        ..Default::default()
+    };
+    let Some(want) = want else {
+        c.delete_table = have.is_some();
+        return c;
+    };
+    c.desired = Some(want.clone());
+    let empty = LiveTable::default();
+    c.create_table = have.is_none();
+    let have = have.unwrap_or(&empty);
+    c.live_chains = have.chains.keys().cloned().collect();
+
+    let wanted_sets: BTreeSet<&str> = want.sets.iter().map(|s| s.name.as_str()).collect();
+    for s in &want.sets {
+        match have.sets.get(&s.name) {
+            Some(l) if l.kind == Some(s.kind) => {
+                let add: Vec<Elem> = s.elements.difference(&l.elements).cloned().collect();
+                let del: Vec<Elem> = l.elements.difference(&s.elements).cloned().collect();
+                if !add.is_empty() {
+                    c.add_elements.insert(s.name.clone(), add);
+                }
+                if !del.is_empty() {
+                    c.delete_elements.insert(s.name.clone(), del);
+                }
+            }
+            other => {
+                if other.is_some() {
+                    c.delete_sets.push(s.name.clone());
+                }
+                c.create_sets.push((s.name.clone(), s.kind));
+                if !s.elements.is_empty() {
+                    c.add_elements
+                        .insert(s.name.clone(), s.elements.iter().cloned().collect());
+                }
+            }
+        }
+    }
+    c.delete_sets.extend(
+        have.sets
+            .keys()
+            .filter(|n| !wanted_sets.contains(n.as_str()))
+            .cloned(),
+    );
+
+    let wanted_chains: BTreeSet<&str> = want.chains.iter().map(|c| c.name.as_str()).collect();
+    let mut rebased = Vec::new();
+    for ch in &want.chains {
+        match have.chains.get(&ch.name) {
+            None => c.create_chains.push(ch.name.clone()),
+            Some(l) if l.base != ch.base => {
+                rebased.push(ch.name.clone());
+                c.create_chains.push(ch.name.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    c.delete_chains.extend(
+        have.chains
+            .keys()
+            .filter(|n| !wanted_chains.contains(n.as_str()))
+            .cloned(),
+    );
+    c.delete_chains.extend(rebased.iter().cloned());
+
+    // Rules: compare fingerprints chain by chain. Deleting a set or chain needs every rule
+    // referring to it gone first, so any structural change rewrites every chain.
+    let structural = !c.delete_sets.is_empty() || !c.delete_chains.is_empty();
+    for ch in &want.chains {
+        let desired_fp: Vec<Option<u64>> = ch
+            .rules
+            .iter()
+            .map(|r| Some(render::fingerprint(r)))
+            .collect();
+        let live_rules = have
+            .chains
+            .get(&ch.name)
+            .map(|l| l.rules.as_slice())
+            .unwrap_or(&[]);
+        let live_fp: Vec<Option<u64>> = live_rules
+            .iter()
+            .map(|r| r.comment.as_deref().and_then(render::comment_fingerprint))
+            .collect();
+        let recreated = rebased.contains(&ch.name);
+        if structural || recreated || desired_fp != live_fp {
+            c.rewrite_chains.push(ch.name.clone());
+            let live_set: BTreeSet<Option<u64>> = live_fp.iter().copied().collect();
+            let want_set: BTreeSet<Option<u64>> = desired_fp.iter().copied().collect();
+            for r in &ch.rules {
+                if !live_set.contains(&Some(render::fingerprint(r))) {
+                    c.added_rules.push(format!("{}: {}", ch.name, r.comment));
+                }
+            }
+            for (r, fp) in live_rules.iter().zip(&live_fp) {
+                if !want_set.contains(fp) {
+                    let text = r
+                        .comment
+                        .as_deref()
+                        .unwrap_or("(rule without netguard comment)");
+                    c.removed_rules.push(format!("{}: {}", ch.name, text));
+                }
+            }
+        }
+    }
+    // Chains being deleted and re-created need no flush; the rewrite adds their rules.
+    c.live_chains.retain(|n| !c.delete_chains.contains(n));
+    c
+}

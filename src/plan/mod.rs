@@ -1,1 +1,701 @@
-//! The pure plan.
+//! The pure core: (policy, inventory) → who belongs to which group, which flows are
+//! allowed, and the exact nftables objects that enforce it. No I/O, deterministic.
+
+pub mod ruleset;
+
+use crate::inventory::{Container, Inventory, Unisolable};
+use crate::policy::{Allow, Peers, Policy, PortSpec, Proto, Selector};
+use ruleset::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Prefix of kernel log lines for denied connections (contract, DESIGN.md section 1).
+pub const LOG_PREFIX: &str = "netguard-deny ";
+
+/// Names of netguard's sets. Kept here so the plan, status and tests agree on them.
+pub mod names {
+    pub const BRIDGE_PAIRS: &str = "bridges";
+    pub const ALL_4: &str = "all_4";
+    pub const ALL_6: &str = "all_6";
+    pub const VETHS: &str = "veths";
+    pub const BIND_4: &str = "bind_4";
+    pub const BIND_6: &str = "bind_6";
+    pub const ADDRS_4: &str = "addrs_4";
+    pub const ADDRS_6: &str = "addrs_6";
+    pub const FORWARD: &str = "forward";
+    pub const ISOLATE: &str = "isolate";
+    pub const PREROUTING: &str = "prerouting";
+    pub const POSTROUTING: &str = "postrouting";
+
+    pub fn group_set(group: &str, v6: bool) -> String {
+        format!("g_{group}_{}", if v6 { 6 } else { 4 })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub networks: Vec<PlannedNetwork>,
+    pub containers: Vec<PlannedContainer>,
+    pub unisolable: Vec<Unisolable>,
+    pub flows: Vec<Flow>,
+    pub ruleset: Ruleset,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedNetwork {
+    pub name: String,
+    pub bridge: Option<String>,
+    pub driver: String,
+    pub managed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedContainer {
+    pub id: String,
+    pub name: String,
+    /// Has an endpoint on a managed network.
+    pub managed: bool,
+    pub groups: Vec<String>,
+    pub endpoints: Vec<PlannedEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedEndpoint {
+    pub network: String,
+    pub bridge: String,
+    pub veth: Option<String>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub managed: bool,
+    /// Its addresses are in netguard's sets. A managed endpoint that is not admitted
+    /// reaches no one (fail closed); `reason` says why.
+    pub admitted: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// One allow entry, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    /// Index of the allow entry in the policy.
+    pub index: usize,
+    /// `FILE:LINE` of the entry.
+    pub origin: String,
+    /// Group names, or `["*"]`.
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    pub ports: Option<Vec<PortSpec>>,
+    pub comment: Option<String>,
+}
+
+/// Does `sel` match container `c`? All keys given in the selector must match.
+pub fn selector_matches(sel: &Selector, c: &Container) -> bool {
+    sel.name.as_ref().is_none_or(|g| g.matches(&c.name))
+        && sel.image.as_ref().is_none_or(|g| g.matches(&c.image))
+        && sel
+            .labels
+            .iter()
+            .all(|(k, g)| c.labels.get(k).is_some_and(|v| g.matches(v)))
+        && sel
+            .network
+            .as_ref()
+            .is_none_or(|g| c.endpoints.iter().any(|e| g.matches(&e.network)))
+}
+
+/// Groups `c` belongs to, sorted.
+pub fn groups_of(policy: &Policy, c: &Container) -> Vec<String> {
+    policy
+        .groups
+        .values()
+        .filter(|g| g.selectors.iter().any(|s| selector_matches(s, c)))
+        .map(|g| g.name.clone())
+        .collect()
+}
+
+fn peers_names(p: &Peers) -> Vec<String> {
+    match p {
+        Peers::Any => vec!["*".to_string()],
+        Peers::Groups(g) => g.clone(),
+    }
+}
+
+fn origin(a: &Allow) -> String {
+    let file = a
+        .loc
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned());
+    format!("{}:{}", file.unwrap_or_default(), a.loc.line)
+}
+
+/// The plan. Pure and deterministic: equal inputs give equal output.
+pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
+    let mut warnings = Vec::new();
+
+    // Networks: those the source lists plus those only endpoints mention.
+    let mut networks: BTreeMap<String, PlannedNetwork> = BTreeMap::new();
+    for n in &inventory.networks {
+        networks.insert(
+            n.name.clone(),
+            PlannedNetwork {
+                name: n.name.clone(),
+                bridge: n.bridge.clone(),
+                driver: n.driver.clone(),
+                managed: n.driver == "bridge"
+                    && n.bridge.is_some()
+                    && policy.settings.manages_network(&n.name),
+            },
+        );
+    }
+    for ep in inventory.containers.iter().flat_map(|c| &c.endpoints) {
+        networks
+            .entry(ep.network.clone())
+            .or_insert_with(|| PlannedNetwork {
+                name: ep.network.clone(),
+                bridge: Some(ep.bridge.clone()),
+                driver: "bridge".into(),
+                managed: policy.settings.manages_network(&ep.network),
+            });
+    }
+
+    // Addresses claimed more than once on one bridge cannot be bound to one owner: admit
+    // neither claimant (fail closed) rather than guess.
+    let mut claims: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for ep in inventory.containers.iter().flat_map(|c| &c.endpoints) {
+        for a in ep
+            .ipv4
+            .map(|a| a.to_string())
+            .into_iter()
+            .chain(ep.ipv6.map(|a| a.to_string()))
+        {
+            *claims.entry((ep.bridge.clone(), a)).or_default() += 1;
+        }
+    }
+    let contested =
+        |bridge: &str, a: String| claims.get(&(bridge.to_string(), a)).copied().unwrap_or(0) > 1;
+
+    let anti_spoofing = policy.settings.anti_spoofing;
+    let mut containers = Vec::new();
+    for c in &inventory.containers {
+        let groups = groups_of(policy, c);
+        let mut endpoints = Vec::new();
+        for ep in &c.endpoints {
+            let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
+            let reason = if !managed {
+                None
+            } else if anti_spoofing && ep.veth.is_none() {
+                Some("host-side veth unknown: cannot bind its addresses".to_string())
+            } else if ep
+                .ipv4
+                .is_some_and(|a| contested(&ep.bridge, a.to_string()))
+                || ep
+                    .ipv6
+                    .is_some_and(|a| contested(&ep.bridge, a.to_string()))
+            {
+                Some("address claimed by another endpoint on the same bridge".to_string())
+            } else {
+                None
+            };
+            if let Some(r) = &reason {
+                warnings.push(format!("{} on {}: not admitted: {r}", c.name, ep.network));
+            }
+            endpoints.push(PlannedEndpoint {
+                network: ep.network.clone(),
+                bridge: ep.bridge.clone(),
+                veth: ep.veth.clone(),
+                ipv4: ep.ipv4,
+                ipv6: ep.ipv6,
+                managed,
+                admitted: managed && reason.is_none(),
+                reason,
+            });
+        }
+        containers.push(PlannedContainer {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            managed: endpoints.iter().any(|e| e.managed),
+            groups,
+            endpoints,
+        });
+    }
+
+    let flows: Vec<Flow> = policy
+        .allows
+        .iter()
+        .enumerate()
+        .map(|(index, a)| Flow {
+            index,
+            origin: origin(a),
+            from: peers_names(&a.from),
+            to: peers_names(&a.to),
+            ports: a.ports.clone(),
+            comment: a.comment.clone(),
+        })
+        .collect();
+
+    let ruleset = build_ruleset(policy, &networks, &containers, &flows);
+    Plan {
+        networks: networks.into_values().collect(),
+        containers,
+        unisolable: inventory.unisolable.clone(),
+        flows,
+        ruleset,
+        warnings,
+    }
+}
+
+fn build_ruleset(
+    policy: &Policy,
+    networks: &BTreeMap<String, PlannedNetwork>,
+    containers: &[PlannedContainer],
+    flows: &[Flow],
+) -> Ruleset {
+    let mut sets: BTreeMap<String, SetDef> = BTreeMap::new();
+    let mut new_set = |name: &str, kind: SetKind| {
+        sets.insert(
+            name.to_string(),
+            SetDef {
+                name: name.to_string(),
+                kind,
+                elements: BTreeSet::new(),
+            },
+        );
+    };
+    new_set(names::BRIDGE_PAIRS, SetKind::IfnamePair);
+    new_set(names::ALL_4, SetKind::IfnameV4);
+    new_set(names::ALL_6, SetKind::IfnameV6);
+    for g in policy.groups.keys() {
+        new_set(&names::group_set(g, false), SetKind::IfnameV4);
+        new_set(&names::group_set(g, true), SetKind::IfnameV6);
+    }
+    let mut add = |set: &str, e: Elem| {
+        if let Some(s) = sets.get_mut(set) {
+            s.elements.insert(e);
+        }
+    };
+    for n in networks.values().filter(|n| n.managed) {
+        if let Some(b) = &n.bridge {
+            add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone()));
+        }
+    }
+    let mut bind: Vec<(String, &PlannedEndpoint)> = Vec::new();
+    for c in containers {
+        for ep in c.endpoints.iter().filter(|e| e.admitted) {
+            let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string()))
+                .chain(
+                    c.groups
+                        .iter()
+                        .map(|g| (names::group_set(g, false), names::group_set(g, true))),
+                );
+            for (s4, s6) in targets {
+                if let Some(a) = ep.ipv4 {
+                    add(&s4, Elem::IfnameV4(ep.bridge.clone(), a));
+                }
+                if let Some(a) = ep.ipv6 {
+                    add(&s6, Elem::IfnameV6(ep.bridge.clone(), a));
+                }
+            }
+            if let Some(v) = &ep.veth {
+                bind.push((v.clone(), ep));
+            }
+        }
+    }
+
+    let mut isolate = vec![
+        Rule::new(
+            vec![Match::CtState(vec!["established".into(), "related".into()])],
+            Verdict::Accept,
+            "replies to allowed connections",
+        ),
+        Rule::new(
+            vec![Match::CtState(vec!["invalid".into()])],
+            Verdict::Drop,
+            "invalid",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::Icmpv6Types(
+                [
+                    "nd-neighbor-solicit",
+                    "nd-neighbor-advert",
+                    "nd-router-solicit",
+                    "nd-router-advert",
+                    "mld-listener-query",
+                    "mld-listener-report",
+                    "mld-listener-done",
+                    "mld2-listener-report",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            )],
+            Verdict::Accept,
+            "IPv6 neighbour discovery",
+        ),
+    ];
+    for f in flows {
+        isolate.extend(flow_rules(f));
+    }
+    if policy.settings.log_denied {
+        isolate.push(Rule {
+            matches: vec![],
+            counter: false,
+            log_prefix: Some(LOG_PREFIX.to_string()),
+            verdict: Verdict::Continue,
+            comment: "log denied".into(),
+        });
+    }
+    isolate.push(
+        Rule::new(
+            vec![],
+            Verdict::Drop,
+            "default deny between managed containers",
+        )
+        .counted(),
+    );
+
+    let inet = Table {
+        family: Family::Inet,
+        sets: sets.into_values().collect(),
+        chains: vec![
+            Chain {
+                name: names::FORWARD.into(),
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    priority: -10,
+                }),
+                rules: vec![Rule::new(
+                    vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
+                    Verdict::Jump(names::ISOLATE.into()),
+                    "traffic between two ports of one managed bridge",
+                )],
+            },
+            Chain {
+                name: names::ISOLATE.into(),
+                base: None,
+                rules: isolate,
+            },
+        ],
+    };
+
+    let mut tables = vec![inet];
+    if policy.settings.anti_spoofing {
+        tables.push(bridge_table(&bind));
+    }
+    Ruleset { tables }
+}
+
+fn flow_rules(f: &Flow) -> Vec<Rule> {
+    let set_for = |g: &str, v6: bool| match (g, v6) {
+        ("*", false) => names::ALL_4.to_string(),
+        ("*", true) => names::ALL_6.to_string(),
+        (g, v6) => names::group_set(g, v6),
+    };
+    let ports_text = match &f.ports {
+        None => "all".to_string(),
+        Some(p) => p
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    };
+    // Per protocol, the port ranges of this entry; ICMP has none.
+    let mut by_proto: BTreeMap<Proto, Vec<(u16, u16)>> = BTreeMap::new();
+    if let Some(ports) = &f.ports {
+        for p in ports {
+            by_proto.entry(p.proto).or_default().push((p.low, p.high));
+        }
+    }
+    let mut rules = Vec::new();
+    for from in &f.from {
+        for to in &f.to {
+            let comment = format!("allow {from} -> {to} {ports_text} ({})", f.origin);
+            for (ip, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
+                let base = vec![
+                    Match::SaddrInSet {
+                        ip,
+                        iface: IfSide::Iif,
+                        set: set_for(from, v6),
+                    },
+                    Match::DaddrInSet {
+                        ip,
+                        iface: IfSide::Oif,
+                        set: set_for(to, v6),
+                    },
+                ];
+                if f.ports.is_none() {
+                    rules.push(Rule::new(base.clone(), Verdict::Accept, comment.clone()).counted());
+                    continue;
+                }
+                for (proto, ranges) in &by_proto {
+                    let mut m = base.clone();
+                    if *proto == Proto::Icmp {
+                        m.push(Match::IcmpEcho(ip));
+                    } else {
+                        let mut r = ranges.clone();
+                        r.sort();
+                        r.dedup();
+                        m.push(Match::L4 {
+                            proto: proto.as_str().into(),
+                            dports: r,
+                        });
+                    }
+                    rules.push(Rule::new(m, Verdict::Accept, comment.clone()).counted());
+                }
+            }
+        }
+    }
+    rules
+}
+
+/// Binds each admitted address to its veth, in both directions: a veth may only send from
+/// its own addresses, and a bound address is only ever delivered to its own veth.
+fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
+    let mut sets: BTreeMap<&str, SetDef> = BTreeMap::new();
+    for (name, kind) in [
+        (names::VETHS, SetKind::Ifname),
+        (names::BIND_4, SetKind::IfnameV4),
+        (names::BIND_6, SetKind::IfnameV6),
+        (names::ADDRS_4, SetKind::V4),
+        (names::ADDRS_6, SetKind::V6),
+    ] {
+        sets.insert(
+            name,
+            SetDef {
+                name: name.into(),
+                kind,
+                elements: BTreeSet::new(),
+            },
+        );
+    }
+    let mut add = |set: &str, e: Elem| {
+        if let Some(s) = sets.get_mut(set) {
+            s.elements.insert(e);
+        }
+    };
+    for (veth, ep) in bind {
+        add(names::VETHS, Elem::Ifname(veth.clone()));
+        if let Some(a) = ep.ipv4 {
+            add(names::BIND_4, Elem::IfnameV4(veth.clone(), a));
+            add(names::ADDRS_4, Elem::V4(a));
+        }
+        if let Some(a) = ep.ipv6 {
+            add(names::BIND_6, Elem::IfnameV6(veth.clone(), a));
+            add(names::ADDRS_6, Elem::V6(a));
+        }
+    }
+    use EtherType::*;
+    use IpVersion::*;
+    let ll: Vec<(Ipv6Addr, u8)> = vec![
+        (Ipv6Addr::UNSPECIFIED, 128),
+        ("fe80::".parse().unwrap_or(Ipv6Addr::UNSPECIFIED), 10),
+    ];
+    let pre = vec![
+        Rule::new(
+            vec![
+                Match::EtherType(Ip),
+                Match::SaddrInSet {
+                    ip: V4,
+                    iface: IfSide::Iif,
+                    set: names::BIND_4.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own address",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip),
+                Match::SaddrInSet {
+                    ip: V4,
+                    iface: IfSide::None,
+                    set: names::ADDRS_4.into(),
+                },
+            ],
+            Verdict::Drop,
+            "another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::EtherType(Ip), Match::IifInSet(names::VETHS.into())],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(Arp),
+                Match::ArpSaddrInSet {
+                    iface: IfSide::Iif,
+                    set: names::BIND_4.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own address",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Arp),
+                Match::ArpSaddrInSet {
+                    iface: IfSide::None,
+                    set: names::ADDRS_4.into(),
+                },
+            ],
+            Verdict::Drop,
+            "ARP for another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(Arp),
+                Match::IifInSet(names::VETHS.into()),
+                Match::ArpSaddrIsZero,
+            ],
+            Verdict::Accept,
+            "ARP probe",
+        ),
+        Rule::new(
+            vec![Match::EtherType(Arp), Match::IifInSet(names::VETHS.into())],
+            Verdict::Drop,
+            "managed veth, ARP for an address not its own",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
+            Verdict::Accept,
+            "link-local and unspecified",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip6),
+                Match::SaddrInSet {
+                    ip: V6,
+                    iface: IfSide::Iif,
+                    set: names::BIND_6.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own address",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip6),
+                Match::SaddrInSet {
+                    ip: V6,
+                    iface: IfSide::None,
+                    set: names::ADDRS_6.into(),
+                },
+            ],
+            Verdict::Drop,
+            "another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::EtherType(Ip6), Match::IifInSet(names::VETHS.into())],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+    ];
+    let post = vec![
+        Rule::new(
+            vec![
+                Match::EtherType(Ip),
+                Match::DaddrInSet {
+                    ip: V4,
+                    iface: IfSide::Oif,
+                    set: names::BIND_4.into(),
+                },
+            ],
+            Verdict::Accept,
+            "delivered to its owner",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip),
+                Match::DaddrInSet {
+                    ip: V4,
+                    iface: IfSide::None,
+                    set: names::ADDRS_4.into(),
+                },
+            ],
+            Verdict::Drop,
+            "bound address, wrong veth",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip),
+                Match::OifInSet(names::VETHS.into()),
+                Match::Unicast,
+            ],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
+            Verdict::Accept,
+            "link-local",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip6),
+                Match::DaddrInSet {
+                    ip: V6,
+                    iface: IfSide::Oif,
+                    set: names::BIND_6.into(),
+                },
+            ],
+            Verdict::Accept,
+            "delivered to its owner",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip6),
+                Match::DaddrInSet {
+                    ip: V6,
+                    iface: IfSide::None,
+                    set: names::ADDRS_6.into(),
+                },
+            ],
+            Verdict::Drop,
+            "bound address, wrong veth",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(Ip6),
+                Match::OifInSet(names::VETHS.into()),
+                Match::Unicast,
+            ],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+    ];
+    Table {
+        family: Family::Bridge,
+        sets: sets.into_values().collect(),
+        chains: vec![
+            Chain {
+                name: names::PREROUTING.into(),
+                base: Some(BaseChain {
+                    hook: Hook::Prerouting,
+                    priority: -200,
+                }),
+                rules: pre,
+            },
+            Chain {
+                name: names::POSTROUTING.into(),
+                base: Some(BaseChain {
+                    hook: Hook::Postrouting,
+                    priority: -200,
+                }),
+                rules: post,
+            },
+        ],
+    }
+}

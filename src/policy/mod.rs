@@ -8,7 +8,7 @@ mod parse;
 mod ports;
 
 pub use glob::{Glob, GlobError};
-pub use parse::{PolicyError, PolicyErrors, load_policy, parse_policy};
+pub use parse::{PolicyError, PolicyErrors, load_policy, parse_policy, warnings};
 pub use ports::{PortSpec, PortSpecError, Proto};
 
 use crate::loc::Loc;

@@ -1,0 +1,338 @@
+//! The desired-state model → nftables JSON objects (typed, via the `nftables` crate).
+//! Interface names and addresses travel as JSON values, never as nft text.
+
+use crate::plan::ruleset::*;
+use nftables::expr::{
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+};
+use nftables::schema::{self, NfListObject};
+use nftables::stmt::{self, Counter, JumpTarget, Log, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use std::borrow::Cow;
+
+pub fn nf_family(f: Family) -> NfFamily {
+    match f {
+        Family::Inet => NfFamily::INet,
+        Family::Bridge => NfFamily::Bridge,
+    }
+}
+
+pub fn table_obj(f: Family) -> schema::Table<'static> {
+    schema::Table {
+        family: nf_family(f),
+        name: TABLE_NAME.into(),
+        ..Default::default()
+    }
+}
+
+pub fn chain_obj(f: Family, c: &Chain) -> schema::Chain<'static> {
+    let mut ch = schema::Chain {
+        family: nf_family(f),
+        table: TABLE_NAME.into(),
+        name: c.name.clone().into(),
+        ..Default::default()
+    };
+    if let Some(b) = c.base {
+        ch._type = Some(NfChainType::Filter);
+        ch.hook = Some(match b.hook {
+            Hook::Prerouting => NfHook::Prerouting,
+            Hook::Forward => NfHook::Forward,
+            Hook::Postrouting => NfHook::Postrouting,
+        });
+        ch.prio = Some(b.priority);
+        ch.policy = Some(NfChainPolicy::Accept);
+    }
+    ch
+}
+
+/// A chain named only, for flush/delete.
+pub fn chain_ref(f: Family, name: &str) -> schema::Chain<'static> {
+    schema::Chain {
+        family: nf_family(f),
+        table: TABLE_NAME.into(),
+        name: name.to_string().into(),
+        ..Default::default()
+    }
+}
+
+fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
+    use schema::SetType as T;
+    match k {
+        SetKind::Ifname => schema::SetTypeValue::Single(T::Ifname),
+        SetKind::IfnamePair => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::Ifname].into())
+        }
+        SetKind::IfnameV4 => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::Ipv4Addr].into())
+        }
+        SetKind::IfnameV6 => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::Ipv6Addr].into())
+        }
+        SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
+        SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
+    }
+}
+
+pub fn set_obj(f: Family, name: &str, kind: SetKind) -> schema::Set<'static> {
+    schema::Set {
+        family: nf_family(f),
+        table: TABLE_NAME.into(),
+        name: name.to_string().into(),
+        set_type: set_type(kind),
+        ..Default::default()
+    }
+}
+
+pub fn elem_expr(e: &Elem) -> Expression<'static> {
+    let s = |v: String| Expression::String(Cow::Owned(v));
+    match e {
+        Elem::Ifname(i) => s(i.clone()),
+        Elem::IfnamePair(a, b) => {
+            Expression::Named(NamedExpression::Concat(vec![s(a.clone()), s(b.clone())]))
+        }
+        Elem::IfnameV4(i, a) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(a.to_string()),
+        ])),
+        Elem::IfnameV6(i, a) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(a.to_string()),
+        ])),
+        Elem::V4(a) => s(a.to_string()),
+        Elem::V6(a) => s(a.to_string()),
+    }
+}
+
+pub fn element_obj<'a>(
+    f: Family,
+    set: &str,
+    elems: impl Iterator<Item = &'a Elem>,
+) -> schema::Element<'static> {
+    schema::Element {
+        family: nf_family(f),
+        table: TABLE_NAME.into(),
+        name: set.to_string().into(),
+        elem: elems.map(elem_expr).collect::<Vec<_>>().into(),
+    }
+}
+
+pub fn rule_obj(f: Family, chain: &str, r: &Rule) -> NfListObject<'static> {
+    NfListObject::Rule(schema::Rule {
+        family: nf_family(f),
+        table: TABLE_NAME.into(),
+        chain: chain.to_string().into(),
+        expr: statements(r).into(),
+        handle: None,
+        index: None,
+        comment: Some(rule_comment(r).into()),
+    })
+}
+
+/// Comments carry a fingerprint of the rule so the live chain can be compared with the
+/// desired one without normalising nft's own rewriting of expressions.
+pub fn rule_comment(r: &Rule) -> String {
+    let fp = fingerprint(r);
+    let mut human = r.comment.clone();
+    // nft limits comments to 128 bytes; keep room for the fingerprint.
+    while human.len() > 100 {
+        human.pop();
+    }
+    format!("{human} [ng:{fp:016x}]")
+}
+
+/// Parses the fingerprint back out of a live rule's comment.
+pub fn comment_fingerprint(comment: &str) -> Option<u64> {
+    let start = comment.rfind("[ng:")? + 4;
+    let end = comment[start..].find(']')? + start;
+    u64::from_str_radix(&comment[start..end], 16).ok()
+}
+
+/// FNV-1a over the rule's canonical JSON: stable across builds and platforms.
+pub fn fingerprint(r: &Rule) -> u64 {
+    let text = serde_json::to_string(&(&r.matches, r.counter, &r.log_prefix, &r.verdict))
+        .unwrap_or_default();
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn meta(key: MetaKey) -> Expression<'static> {
+    Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: protocol.into(),
+            field: field.into(),
+        },
+    )))
+}
+
+fn m(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(stmt::Match { left, right, op })
+}
+
+fn set_ref(name: &str) -> Expression<'static> {
+    Expression::String(format!("@{name}").into())
+}
+
+fn s(v: &str) -> Expression<'static> {
+    Expression::String(v.to_string().into())
+}
+
+fn addr(ip: IpVersion, field: &'static str) -> Expression<'static> {
+    match ip {
+        IpVersion::V4 => payload("ip", field),
+        IpVersion::V6 => payload("ip6", field),
+    }
+}
+
+fn keyed(iface: IfSide, value: Expression<'static>) -> Expression<'static> {
+    match iface {
+        IfSide::None => value,
+        IfSide::Iif => {
+            Expression::Named(NamedExpression::Concat(vec![meta(MetaKey::Iifname), value]))
+        }
+        IfSide::Oif => {
+            Expression::Named(NamedExpression::Concat(vec![meta(MetaKey::Oifname), value]))
+        }
+    }
+}
+
+fn anon_set(items: Vec<Expression<'static>>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        items.into_iter().map(SetItem::Element).collect(),
+    ))
+}
+
+fn prefixes(p: &[(std::net::Ipv6Addr, u8)]) -> Expression<'static> {
+    anon_set(
+        p.iter()
+            .map(|(a, len)| {
+                Expression::Named(NamedExpression::Prefix(Prefix {
+                    addr: Box::new(s(&a.to_string())),
+                    len: *len as u32,
+                }))
+            })
+            .collect(),
+    )
+}
+
+fn match_stmt(mt: &Match) -> Statement<'static> {
+    use Operator::EQ;
+    match mt {
+        Match::IfPairIn(set) => m(
+            Expression::Named(NamedExpression::Concat(vec![
+                meta(MetaKey::Iifname),
+                meta(MetaKey::Oifname),
+            ])),
+            EQ,
+            set_ref(set),
+        ),
+        Match::IifInSet(set) => m(meta(MetaKey::Iifname), EQ, set_ref(set)),
+        Match::OifInSet(set) => m(meta(MetaKey::Oifname), EQ, set_ref(set)),
+        Match::EtherType(t) => m(
+            payload("ether", "type"),
+            EQ,
+            s(match t {
+                EtherType::Ip => "ip",
+                EtherType::Ip6 => "ip6",
+                EtherType::Arp => "arp",
+            }),
+        ),
+        Match::SaddrInSet { ip, iface, set } => {
+            m(keyed(*iface, addr(*ip, "saddr")), EQ, set_ref(set))
+        }
+        Match::DaddrInSet { ip, iface, set } => {
+            m(keyed(*iface, addr(*ip, "daddr")), EQ, set_ref(set))
+        }
+        Match::ArpSaddrInSet { iface, set } => {
+            m(keyed(*iface, payload("arp", "saddr ip")), EQ, set_ref(set))
+        }
+        Match::ArpSaddrIsZero => m(payload("arp", "saddr ip"), EQ, s("0.0.0.0")),
+        Match::Saddr6In(p) => m(payload("ip6", "saddr"), EQ, prefixes(p)),
+        Match::Daddr6In(p) => m(payload("ip6", "daddr"), EQ, prefixes(p)),
+        Match::Unicast => m(
+            meta(MetaKey::Pkttype),
+            Operator::NEQ,
+            anon_set(vec![s("broadcast"), s("multicast")]),
+        ),
+        Match::CtState(states) => m(
+            Expression::Named(NamedExpression::CT(CT {
+                key: "state".into(),
+                family: None,
+                dir: None,
+            })),
+            Operator::IN,
+            Expression::List(states.iter().map(|v| s(v)).collect()),
+        ),
+        // The ports follow as a second statement (see `statements`).
+        Match::L4 { proto, .. } => m(meta(MetaKey::L4proto), EQ, s(proto)),
+        Match::IcmpEcho(IpVersion::V4) => m(payload("icmp", "type"), EQ, s("echo-request")),
+        Match::IcmpEcho(IpVersion::V6) => m(payload("icmpv6", "type"), EQ, s("echo-request")),
+        Match::Icmpv6Types(types) => m(
+            payload("icmpv6", "type"),
+            EQ,
+            anon_set(types.iter().map(|t| s(t)).collect()),
+        ),
+    }
+}
+
+fn port_set(dports: &[(u16, u16)]) -> Expression<'static> {
+    anon_set(
+        dports
+            .iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    Expression::Number(*lo as u32)
+                } else {
+                    Expression::Range(Box::new(nftables::expr::Range {
+                        range: [
+                            Expression::Number(*lo as u32),
+                            Expression::Number(*hi as u32),
+                        ],
+                    }))
+                }
+            })
+            .collect(),
+    )
+}
+
+pub fn statements(r: &Rule) -> Vec<Statement<'static>> {
+    let mut out = Vec::new();
+    for mt in &r.matches {
+        out.push(match_stmt(mt));
+        if let Match::L4 { dports, .. } = mt
+            && !dports.is_empty()
+        {
+            out.push(m(payload("th", "dport"), Operator::EQ, port_set(dports)));
+        }
+    }
+    if let Some(prefix) = &r.log_prefix {
+        out.push(Statement::Limit(stmt::Limit {
+            rate: 10,
+            rate_unit: None,
+            per: Some("second".into()),
+            burst: Some(20),
+            burst_unit: None,
+            inv: None,
+        }));
+        let mut log = Log::new(None);
+        log.prefix = Some(prefix.clone().into());
+        out.push(Statement::Log(Some(log)));
+    }
+    if r.counter {
+        out.push(Statement::Counter(Counter::Anonymous(None)));
+    }
+    match &r.verdict {
+        Verdict::Accept => out.push(Statement::Accept(None)),
+        Verdict::Drop => out.push(Statement::Drop(None)),
+        Verdict::Return => out.push(Statement::Return(None)),
+        Verdict::Jump(t) => out.push(Statement::Jump(JumpTarget {
+            target: t.clone().into(),
+        })),
+        Verdict::Continue => {}
+    }
+    out
+}

@@ -1,0 +1,233 @@
+//! The desired nftables objects, as plain data: what `plan` produces and the nft backend
+//! renders, diffs and applies. Nothing here can carry nft syntax: names of interfaces are
+//! values inside typed elements, never text spliced into a rule.
+
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const TABLE_NAME: &str = "netguard";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Inet,
+    Bridge,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Bridge => "bridge",
+        }
+    }
+}
+
+/// netguard's complete desired state: the tables it owns. A family with no table here
+/// means "this table must not exist".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ruleset {
+    pub tables: Vec<Table>,
+}
+
+impl Ruleset {
+    pub fn table(&self, family: Family) -> Option<&Table> {
+        self.tables.iter().find(|t| t.family == family)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Table {
+    pub family: Family,
+    pub sets: Vec<SetDef>,
+    /// In the order they must be created (jump targets before the rules using them does
+    /// not matter in one transaction, but a stable order keeps output deterministic).
+    pub chains: Vec<Chain>,
+}
+
+impl Table {
+    pub fn set(&self, name: &str) -> Option<&SetDef> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetKind {
+    Ifname,
+    IfnamePair,
+    IfnameV4,
+    IfnameV6,
+    V4,
+    V6,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SetDef {
+    pub name: String,
+    pub kind: SetKind,
+    pub elements: BTreeSet<Elem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Elem {
+    Ifname(String),
+    IfnamePair(String, String),
+    IfnameV4(String, Ipv4Addr),
+    IfnameV6(String, Ipv6Addr),
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+impl Elem {
+    pub fn kind(&self) -> SetKind {
+        match self {
+            Elem::Ifname(_) => SetKind::Ifname,
+            Elem::IfnamePair(..) => SetKind::IfnamePair,
+            Elem::IfnameV4(..) => SetKind::IfnameV4,
+            Elem::IfnameV6(..) => SetKind::IfnameV6,
+            Elem::V4(_) => SetKind::V4,
+            Elem::V6(_) => SetKind::V6,
+        }
+    }
+}
+
+impl std::fmt::Display for Elem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Elem::Ifname(i) => write!(f, "{i:?}"),
+            Elem::IfnamePair(a, b) => write!(f, "{a:?} . {b:?}"),
+            Elem::IfnameV4(i, a) => write!(f, "{i:?} . {a}"),
+            Elem::IfnameV6(i, a) => write!(f, "{i:?} . {a}"),
+            Elem::V4(a) => write!(f, "{a}"),
+            Elem::V6(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Prerouting,
+    Forward,
+    Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BaseChain {
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Chain {
+    pub name: String,
+    pub base: Option<BaseChain>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EtherType {
+    Ip,
+    Ip6,
+    Arp,
+}
+
+/// Which interface name (if any) is concatenated in front of the address in a set lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfSide {
+    None,
+    Iif,
+    Oif,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Match {
+    /// `meta iifname . meta oifname @set`
+    IfPairIn(String),
+    IifInSet(String),
+    OifInSet(String),
+    EtherType(EtherType),
+    /// `[iifname .] ip saddr @set` (or `!=` when `negate`).
+    SaddrInSet {
+        ip: IpVersion,
+        iface: IfSide,
+        set: String,
+    },
+    DaddrInSet {
+        ip: IpVersion,
+        iface: IfSide,
+        set: String,
+    },
+    /// `[iifname .] arp saddr ip @set`
+    ArpSaddrInSet {
+        iface: IfSide,
+        set: String,
+    },
+    ArpSaddrIsZero,
+    /// `ip6 saddr { prefixes }`
+    Saddr6In(Vec<(Ipv6Addr, u8)>),
+    Daddr6In(Vec<(Ipv6Addr, u8)>),
+    /// `meta pkttype != { broadcast, multicast }`
+    Unicast,
+    CtState(Vec<String>),
+    /// `meta l4proto NAME` plus `th dport { ranges }` when non-empty.
+    L4 {
+        proto: String,
+        dports: Vec<(u16, u16)>,
+    },
+    /// `icmp type echo-request` / `icmpv6 type echo-request` (and family implied).
+    IcmpEcho(IpVersion),
+    Icmpv6Types(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Return,
+    Jump(String),
+    /// No verdict: evaluation goes on with the next rule (used for log rules).
+    Continue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub counter: bool,
+    /// Rate-limited log with this prefix before the verdict.
+    pub log_prefix: Option<String>,
+    pub verdict: Verdict,
+    /// What a human reading `nft list` should know, e.g. the policy line.
+    pub comment: String,
+}
+
+impl Rule {
+    pub fn new(matches: Vec<Match>, verdict: Verdict, comment: impl Into<String>) -> Rule {
+        Rule {
+            matches,
+            counter: false,
+            log_prefix: None,
+            verdict,
+            comment: comment.into(),
+        }
+    }
+
+    pub fn counted(mut self) -> Rule {
+        self.counter = true;
+        self
+    }
+}
