@@ -445,6 +445,11 @@ impl Fixture {
         self.host_ok(&["nft", "list", "ruleset"])
     }
 
+    /// `nft -s list ruleset` (without counter values) in the host namespace.
+    pub fn ruleset_stateless(&self) -> String {
+        self.host_ok(&["nft", "-s", "list", "ruleset"])
+    }
+
     /// Sets the per-netns `bridge-nf-call-ip{,6}tables` sysctls of the host namespace.
     pub fn set_global_bridge_nf(&self, on: bool) {
         let v = if on { "1" } else { "0" };

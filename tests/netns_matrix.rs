@@ -447,14 +447,19 @@ fn diff_reports_inventory_changes() {
     );
 
     // Applying the change brings the kernel in sync again; the ruleset was untouched by diff.
-    let before = fx.ruleset();
+    let before = fx.ruleset_stateless();
     netguard(&fx, &policy, &inv_changed, &["diff"], 1);
-    assert_eq!(before, fx.ruleset(), "diff must not change the ruleset");
+    assert_eq!(
+        before,
+        fx.ruleset_stateless(),
+        "diff must not change the ruleset"
+    );
     netguard(&fx, &policy, &inv_changed, &["apply"], 0);
     netguard(&fx, &policy, &inv_changed, &["diff"], 0);
     netguard(&fx, &policy, &fx.inventory, &["diff"], 1);
 
-    // Errors: exit 2.
+    // Errors: exit 2, and nothing is applied.
+    let before_bad = fx.ruleset_stateless();
     let bad = fx.write_file(
         "bad.toml",
         "[[allow]]\nfrom = \"nosuchgroup\"\nto = \"x\"\n",
