@@ -467,10 +467,18 @@ fn diff_reports_inventory_changes() {
     netguard(&fx, &bad, &fx.inventory, &["check"], 2);
     netguard(&fx, &bad, &fx.inventory, &["diff"], 2);
     netguard(&fx, &bad, &fx.inventory, &["apply"], 2);
-    assert!(
-        fx.ruleset().contains("10.91.1.121"),
+    let bad_inv = fx.write_file(
+        "bad-inventory.toml",
+        &inventory_toml(&fx.containers).replace("10.91.1.11\"", "10.91.1.311\""),
+    );
+    netguard(&fx, &policy, &bad_inv, &["diff"], 2);
+    netguard(&fx, &policy, &bad_inv, &["apply"], 2);
+    assert_eq!(
+        before_bad,
+        fx.ruleset_stateless(),
         "a failed apply must change nothing"
     );
+    assert!(before_bad.contains("10.91.1.121"));
 }
 
 /// Repeats a request from `from` to `to` every 5 ms until `stop`; returns (sent, lost).
