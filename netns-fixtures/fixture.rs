@@ -127,11 +127,23 @@ impl Topology {
 }
 
 /// A datagram a container's UDP server received.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Datagram {
     pub port: u16,
     pub from: SocketAddr,
     pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Datagram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} from {} to port {}",
+            String::from_utf8_lossy(&self.payload),
+            self.from,
+            self.port
+        )
+    }
 }
 
 /// A container of a running fixture.
@@ -660,6 +672,10 @@ pub fn prerequisites(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{msg} (CI=true: privileged tests must not skip)");
     }
-    eprintln!("\n**************** SKIP {msg} ****************\n");
+    // Straight to stderr, past libtest's output capture, so the skip is seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n**************** SKIP {msg} ****************\n"
+    );
     false
 }
