@@ -199,6 +199,11 @@ fn matrix_policy_a_with_global_bridge_nf_off() {
         (false, false),
         "netguard must not turn on the global bridge-nf-call sysctls (DESIGN §5)"
     );
+    assert_eq!(
+        fx.bridge_nf_flags("br-side"),
+        (false, false),
+        "the unmanaged bridge must be left alone"
+    );
     let t = tables(&fx);
     assert!(
         t.contains("table inet netguard") && t.contains("table bridge netguard"),
