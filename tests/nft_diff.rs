@@ -112,7 +112,9 @@ fn listing(t: &Table) -> Vec<Value> {
         }
         o.push(json!({ "chain": ch }));
         for r in &c.rules {
-            let mut expr = vec![json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "x"}})];
+            let mut expr = vec![
+                json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "x"}}),
+            ];
             if r.counter {
                 expr.push(json!({"counter": {"packets": 3, "bytes": 180}}));
             }
@@ -219,7 +221,10 @@ fn element_changes_only_touch_elements() {
         t.delete_elements,
         [("g_api_4".to_string(), vec![v4("br0", "10.0.0.99")])].into()
     );
-    assert!(t.rewrite_chains.is_empty() && t.added_rules.is_empty(), "{t:#?}");
+    assert!(
+        t.rewrite_chains.is_empty() && t.added_rules.is_empty(),
+        "{t:#?}"
+    );
     assert!(t.create_sets.is_empty() && t.delete_sets.is_empty());
     assert!(t.create_chains.is_empty() && t.delete_chains.is_empty());
     assert!(!t.create_table && !t.delete_table);
@@ -228,7 +233,9 @@ fn element_changes_only_touch_elements() {
 
     let ops = batch_ops(&c);
     assert_eq!(
-        ops.iter().map(|(c, k, f, n)| format!("{c} {k} {f} {n}")).collect::<Vec<_>>(),
+        ops.iter()
+            .map(|(c, k, f, n)| format!("{c} {k} {f} {n}"))
+            .collect::<Vec<_>>(),
         vec![
             "add table inet netguard",
             "delete element inet g_api_4",
@@ -246,10 +253,14 @@ fn changed_rule_rewrites_only_its_chain() {
         .iter_mut()
         .find(|o| {
             o["rule"]["chain"] == "isolate"
-                && o["rule"]["comment"].as_str().unwrap().starts_with("allow web")
+                && o["rule"]["comment"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("allow web")
         })
         .unwrap();
-    r["rule"]["comment"] = json!("allow web -> api 9090/tcp (policy.toml:12) [ng:00000000deadbeef]");
+    r["rule"]["comment"] =
+        json!("allow web -> api 9090/tcp (policy.toml:12) [ng:00000000deadbeef]");
     let mut live = live_of(&want);
     live.insert(Family::Inet, Some(parse(inet)));
 
@@ -283,14 +294,19 @@ fn changed_rule_rewrites_only_its_chain() {
 fn rule_without_netguard_comment_is_removed() {
     let want = desired();
     let mut inet = listing(table_of(&want, Family::Inet));
-    inet.push(json!({"rule": {"family": "inet", "table": "netguard", "chain": "forward",
-        "handle": 99, "expr": [{"accept": null}]}}));
+    inet.push(
+        json!({"rule": {"family": "inet", "table": "netguard", "chain": "forward",
+        "handle": 99, "expr": [{"accept": null}]}}),
+    );
     let mut live = live_of(&want);
     live.insert(Family::Inet, Some(parse(inet)));
     let c = diff(&want, &live);
     let t = changes_for(&c, Family::Inet);
     assert_eq!(t.rewrite_chains, vec!["forward".to_string()]);
-    assert_eq!(t.removed_rules, vec!["forward: (rule without netguard comment)"]);
+    assert_eq!(
+        t.removed_rules,
+        vec!["forward: (rule without netguard comment)"]
+    );
     assert!(t.added_rules.is_empty());
 }
 
@@ -340,7 +356,9 @@ fn obsolete_set_is_deleted_after_every_chain_is_flushed() {
     let del = pos(&ops, "delete", "set", "g_old_4");
     assert!(pos(&ops, "flush", "chain", "forward") < del);
     assert!(pos(&ops, "flush", "chain", "isolate") < del);
-    let first_rule = ops.iter().position(|(c, k, _, _)| c == "add" && k == "rule");
+    let first_rule = ops
+        .iter()
+        .position(|(c, k, _, _)| c == "add" && k == "rule");
     assert!(first_rule.unwrap() > del);
     assert!(changes_for(&c, Family::Bridge).is_empty());
 }
@@ -404,7 +422,11 @@ fn absent_tables_are_created_whole() {
         assert_eq!(t.create_sets.len(), table.sets.len());
         assert_eq!(
             t.create_chains,
-            table.chains.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+            table
+                .chains
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
         );
         assert_eq!(t.rewrite_chains, t.create_chains);
         assert!(t.delete_sets.is_empty() && t.delete_elements.is_empty());
@@ -412,7 +434,10 @@ fn absent_tables_are_created_whole() {
     let ops = batch_ops(&c);
     assert_eq!(ops[0].0, "add");
     assert_eq!(ops[0].1, "table");
-    assert!(!ops.iter().any(|(c, ..)| c == "flush" || c == "delete"), "{ops:#?}");
+    assert!(
+        !ops.iter().any(|(c, ..)| c == "flush" || c == "delete"),
+        "{ops:#?}"
+    );
     // Explicit None entries mean the same as missing ones.
     let none: LiveState = [(Family::Inet, None), (Family::Bridge, None)].into();
     assert_eq!(diff(&want, &none), c);
@@ -561,13 +586,19 @@ fn rebased_chain_is_deleted_and_recreated() {
 fn obsolete_chain_is_deleted() {
     let want = desired();
     let mut inet = listing(table_of(&want, Family::Inet));
-    inet.push(json!({"chain": {"family": "inet", "table": "netguard", "name": "old", "handle": 77}}));
+    inet.push(
+        json!({"chain": {"family": "inet", "table": "netguard", "name": "old", "handle": 77}}),
+    );
     let mut live = live_of(&want);
     live.insert(Family::Inet, Some(parse(inet)));
     let c = diff(&want, &live);
     let t = changes_for(&c, Family::Inet);
     assert_eq!(t.delete_chains, vec!["old".to_string()]);
-    assert_eq!(t.rewrite_chains.len(), 2, "rules may jump to it: relay them");
+    assert_eq!(
+        t.rewrite_chains.len(),
+        2,
+        "rules may jump to it: relay them"
+    );
     let ops = batch_ops(&c);
     assert!(pos(&ops, "flush", "chain", "forward") < pos(&ops, "delete", "chain", "old"));
 }

@@ -356,7 +356,11 @@ fn plan_is_deterministic() {
     for (name, pol, inv) in [
         ("policy.example.toml", EXAMPLE_POLICY, shop_inventory()),
         ("lab.toml", LAB_POLICY, inventory(LAB_INVENTORY)),
-        ("lockdown.toml", LOCKDOWN_POLICY, inventory(LOCKDOWN_INVENTORY)),
+        (
+            "lockdown.toml",
+            LOCKDOWN_POLICY,
+            inventory(LOCKDOWN_INVENTORY),
+        ),
     ] {
         let p = policy(name, pol);
         let a = plan(&p, &inv);

@@ -51,10 +51,17 @@ fn name_glob() {
 fn image_glob() {
     let p = policy("[groups.db]\nmatch = { image = \"postgres*\" }\n");
     for img in ["postgres", "postgres:16", "postgres@sha256:abc"] {
-        assert_eq!(groups(&p, &container("c", img, &[], &["n"])), vec!["db"], "{img}");
+        assert_eq!(
+            groups(&p, &container("c", img, &[], &["n"])),
+            vec!["db"],
+            "{img}"
+        );
     }
     for img in ["", "library/postgres:16", "mypostgres"] {
-        assert!(groups(&p, &container("c", img, &[], &["n"])).is_empty(), "{img}");
+        assert!(
+            groups(&p, &container("c", img, &[], &["n"])).is_empty(),
+            "{img}"
+        );
     }
 }
 
@@ -75,12 +82,21 @@ fn label_star_means_present() {
     let p = policy("[groups.mon]\nmatch = { label = { \"prometheus.io/server\" = \"*\" } }\n");
     for v in ["", "true", "anything at all"] {
         assert_eq!(
-            groups(&p, &container("c", "", &[("prometheus.io/server", v)], &["n"])),
+            groups(
+                &p,
+                &container("c", "", &[("prometheus.io/server", v)], &["n"])
+            ),
             vec!["mon"],
             "value {v:?}"
         );
     }
-    assert!(groups(&p, &container("c", "", &[("prometheus.io/other", "x")], &["n"])).is_empty());
+    assert!(
+        groups(
+            &p,
+            &container("c", "", &[("prometheus.io/other", "x")], &["n"])
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -110,9 +126,24 @@ fn all_keys_inside_one_selector() {
     assert!(selector_matches(sel, &full));
     // Drop any one key's match and the selector fails.
     let misses = [
-        container("pg", "mysql:8", &[("tier", "data"), ("team", "x")], &["back"]),
-        container("pg", "postgres:16", &[("tier", "data"), ("team", "x")], &["front"]),
-        container("pg", "postgres:16", &[("tier", "web"), ("team", "x")], &["back"]),
+        container(
+            "pg",
+            "mysql:8",
+            &[("tier", "data"), ("team", "x")],
+            &["back"],
+        ),
+        container(
+            "pg",
+            "postgres:16",
+            &[("tier", "data"), ("team", "x")],
+            &["front"],
+        ),
+        container(
+            "pg",
+            "postgres:16",
+            &[("tier", "web"), ("team", "x")],
+            &["back"],
+        ),
         container("pg", "postgres:16", &[("tier", "data")], &["back"]),
     ];
     for c in &misses {
