@@ -619,7 +619,6 @@ fn comment_only_changes_are_not_applied() {
 /// right type holding `br0 . 10.0.0.0/8` turns the whole /8 into "web" and netguard
 /// reports the table in sync forever. Expected: the set is replaced.
 #[test]
-#[ignore = "BUG: unreadable live set elements are ignored, never deleted (fixed in the next commit)"]
 fn unreadable_live_element_is_not_ignored() {
     let want = desired();
     let mut inet = listing(table_of(&want, Family::Inet));
