@@ -642,3 +642,27 @@ fn unreadable_live_element_is_not_ignored() {
         vec![("g_web_4".to_string(), SetKind::IfnameV4)]
     );
 }
+
+#[test]
+fn cli_text_for_element_and_rule_changes() {
+    let p = make_plan(POLICY);
+    let mut inet = listing(table_of(&p.ruleset, Family::Inet));
+    set_obj(&mut inet, "g_web_4")
+        .as_object_mut()
+        .unwrap()
+        .remove("elem");
+    inet.push(
+        json!({"rule": {"family": "inet", "table": "netguard", "chain": "isolate",
+        "handle": 99, "comment": "allow web -> db all (policy.toml:3) [ng:0123456789abcdef]",
+        "expr": [{"accept": null}]}}),
+    );
+    let mut live = live_of(&p.ruleset);
+    live.insert(Family::Inet, Some(parse(inet)));
+    let c = diff(&p.ruleset, &live);
+    insta::assert_snapshot!(netguard::cli::render_changes(&p, &c));
+    let synced = diff(&p.ruleset, &live_of(&p.ruleset));
+    assert_eq!(
+        netguard::cli::render_changes(&p, &synced),
+        "in sync: no changes\n"
+    );
+}
