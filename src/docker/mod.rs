@@ -1,21 +1,290 @@
-//! Docker as the inventory source (issue 3). Placeholder until the bollard source lands.
+//! Docker as the inventory source (issue 3).
+//!
+//! One inventory costs `2 + k` API calls: list running containers, list networks (both at
+//! once), and one inspect per container whose list entry lacks something we need — its PID
+//! (to find its host veth) when it has a bridge endpoint, or its configured image when the list
+//! shows an image id. The first inventory also pays one `GET /version` to negotiate the API
+//! version. Veths come from netlink, not from Docker (see [`veth`]).
+
+pub mod map;
+pub mod veth;
+
+pub use map::{bridge_name, finish, map_inventory, needs_inspect, prepare};
+pub use veth::{
+    NetlinkVethResolver, ResolvedVeth, StaticVethResolver, VethError, VethQuery, VethResolver,
+};
 
 use crate::inventory::Inventory;
+use bollard::Docker;
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
+};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Default Docker endpoint when neither `--docker-host` nor `DOCKER_HOST` is set.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Seconds before a Docker request is abandoned.
+const REQUEST_TIMEOUT_SECS: u64 = 30;
+
+/// Inspects in flight at once; enough to hide the daemon's per-request latency without
+/// flooding it.
+const INSPECT_CONCURRENCY: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("the Docker source is not available in this build; use --inventory FILE")]
-    Unavailable,
+    #[error(
+        "Docker socket {path} does not exist: is dockerd running? \
+         (start it, or point --docker-host / DOCKER_HOST elsewhere)"
+    )]
+    SocketMissing { path: String },
+    #[error("cannot reach the Docker daemon at {host}: {detail} (is dockerd running?)")]
+    DaemonDown { host: String, detail: String },
+    #[error(
+        "permission denied on {host}: netguard must run as root \
+         (or as a member of the docker group)"
+    )]
+    PermissionDenied { host: String },
+    #[error("Docker API version mismatch with {host}: {detail}")]
+    ApiVersion { host: String, detail: String },
+    #[error("unsupported Docker host {host:?}: use unix:///path/to/docker.sock or tcp://HOST:PORT")]
+    InvalidHost { host: String },
+    #[error("Docker API error from {host} ({what}): {detail}")]
+    Api {
+        host: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("veth resolution failed: {0}")]
+    Veth(String),
 }
 
-pub struct DockerSource;
+/// A connection to a Docker (or Docker-compatible) daemon.
+pub struct DockerSource {
+    docker: Docker,
+    host: String,
+    calls: Arc<AtomicU64>,
+    negotiated: AtomicBool,
+    resolver: Arc<dyn VethResolver>,
+}
+
+impl std::fmt::Debug for DockerSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerSource")
+            .field("host", &self.host)
+            .field("api_calls", &self.api_calls())
+            .finish()
+    }
+}
 
 impl DockerSource {
-    pub fn connect(_host: Option<&str>) -> Result<DockerSource, DockerError> {
-        Err(DockerError::Unavailable)
+    /// Connects to `host`, else `DOCKER_HOST`, else the default socket. No request is made yet.
+    pub fn connect(host: Option<&str>) -> Result<DockerSource, DockerError> {
+        let host = host
+            .map(str::to_string)
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
+        let version = bollard::API_DEFAULT_VERSION;
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            if !std::path::Path::new(path).exists() {
+                return Err(DockerError::SocketMissing {
+                    path: path.to_string(),
+                });
+            }
+            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version)
+        } else if host.starts_with("tcp://") || host.starts_with("http://") {
+            Docker::connect_with_http(&host, REQUEST_TIMEOUT_SECS, version)
+        } else {
+            return Err(DockerError::InvalidHost { host });
+        }
+        .map_err(|e| classify(&host, "connect", e))?;
+        Ok(DockerSource {
+            docker,
+            host,
+            calls: Arc::new(AtomicU64::new(0)),
+            negotiated: AtomicBool::new(false),
+            resolver: Arc::new(NetlinkVethResolver::default()),
+        })
     }
 
+    /// Replaces the veth resolver (tests, or hosts where netlink is not available).
+    pub fn with_resolver(mut self, resolver: Arc<dyn VethResolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The Docker host this source talks to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Docker API requests made so far by this source.
+    pub fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Settles on the highest API version both sides speak, once per source: bollard
+    /// defaults to a newer version than older engines (Docker 20.10 stops at 1.41) accept,
+    /// and newer engines reject versions that are too old, so no fixed version fits all.
+    async fn negotiate(&self) -> Result<(), DockerError> {
+        if self.negotiated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.count();
+        // bollard keeps the version behind a shared Arc, so the clone negotiates for us too.
+        self.docker
+            .clone()
+            .negotiate_version()
+            .await
+            .map_err(|e| classify(&self.host, "version negotiation", e))?;
+        self.negotiated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Lists the running containers with their endpoints, veths and unisolable reasons.
     pub async fn inventory(&self) -> Result<Inventory, DockerError> {
-        Err(DockerError::Unavailable)
+        self.negotiate().await?;
+        let list_opts = ListContainersOptions {
+            all: false,
+            ..Default::default()
+        };
+        self.count();
+        self.count();
+        let (containers, networks) = futures::join!(
+            self.docker.list_containers(Some(list_opts)),
+            self.docker.list_networks(None::<ListNetworksOptions>),
+        );
+        let containers = containers.map_err(|e| classify(&self.host, "list containers", e))?;
+        let networks = networks.map_err(|e| classify(&self.host, "list networks", e))?;
+
+        let to_inspect: Vec<String> = containers
+            .iter()
+            .filter(|c| needs_inspect(c, &networks))
+            .filter_map(|c| c.id.clone())
+            .collect();
+        let inspected = self.inspect_all(to_inspect).await?;
+
+        let prepared = prepare(&containers, &networks, &inspected);
+        let queries = prepared.queries.clone();
+        let resolver = Arc::clone(&self.resolver);
+        // Netlink work blocks (and enters namespaces on its own threads): keep it off the
+        // async workers.
+        let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
+            .await
+            .map_err(|e| DockerError::Veth(e.to_string()))?;
+        Ok(finish(prepared, answers))
+    }
+
+    async fn inspect_all(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, ContainerInspectResponse>, DockerError> {
+        let results: Vec<_> = futures::stream::iter(ids)
+            .map(|id| {
+                self.count();
+                async move {
+                    let opts = InspectContainerOptions { size: false };
+                    let r = self.docker.inspect_container(&id, Some(opts)).await;
+                    (id, r)
+                }
+            })
+            .buffer_unordered(INSPECT_CONCURRENCY)
+            .collect()
+            .await;
+        let mut out = HashMap::new();
+        for (id, r) in results {
+            match r {
+                Ok(i) => {
+                    // A container that stopped after the list has no netns to look into.
+                    if i.state.as_ref().and_then(|s| s.running) == Some(false) {
+                        tracing::info!(container = %id, "container stopped between list and inspect; skipped");
+                        continue;
+                    }
+                    out.insert(id, i);
+                }
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    tracing::info!(container = %id, "container removed between list and inspect; skipped");
+                }
+                Err(e) => return Err(classify(&self.host, "inspect container", e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Turns bollard's errors into the few situations an operator can act on.
+fn classify(host: &str, what: &'static str, e: bollard::errors::Error) -> DockerError {
+    use bollard::errors::Error as B;
+    let host_s = host.to_string();
+    match &e {
+        B::SocketNotFoundError(path) => {
+            return DockerError::SocketMissing {
+                path: path.replacen("unix://", "", 1),
+            };
+        }
+        B::APIVersionParseError {} => {
+            return DockerError::ApiVersion {
+                host: host_s,
+                detail: "the daemon reported an API version netguard cannot parse".into(),
+            };
+        }
+        B::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            let m = message.to_ascii_lowercase();
+            if m.contains("client version") || m.contains("api version") {
+                return DockerError::ApiVersion {
+                    host: host_s,
+                    detail: message.clone(),
+                };
+            }
+            return DockerError::Api {
+                host: host_s,
+                what,
+                detail: format!("status {status_code}: {message}"),
+            };
+        }
+        _ => {}
+    }
+    // Transport errors wrap an io::Error somewhere down the source chain.
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    DockerError::PermissionDenied { host: host_s }
+                }
+                std::io::ErrorKind::NotFound => DockerError::SocketMissing {
+                    path: host.replacen("unix://", "", 1),
+                },
+                _ => DockerError::DaemonDown {
+                    host: host_s,
+                    detail: io.to_string(),
+                },
+            };
+        }
+        src = s.source();
+    }
+    match e {
+        B::HyperLegacyError { .. } | B::RequestTimeoutError => DockerError::DaemonDown {
+            host: host_s,
+            detail: e.to_string(),
+        },
+        other => DockerError::Api {
+            host: host_s,
+            what,
+            detail: other.to_string(),
+        },
     }
 }

@@ -318,10 +318,10 @@ fn build_ruleset(
         Rule::new(
             vec![Match::Icmpv6Types(
                 [
+                    // Router solicitations and advertisements stay out: a container
+                    // must not become its neighbours' IPv6 router.
                     "nd-neighbor-solicit",
                     "nd-neighbor-advert",
-                    "nd-router-solicit",
-                    "nd-router-advert",
                     "mld-listener-query",
                     "mld-listener-report",
                     "mld-listener-done",

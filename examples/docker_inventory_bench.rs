@@ -1,0 +1,129 @@
+//! Times a full Docker inventory of N running containers.
+//!
+//! `cargo run --release --example docker_inventory_bench [N]` (default 200; root, real dockerd,
+//! image `netguard-busybox:test` from scripts/ensure-docker.sh). Starts N containers spread over
+//! the default bridge and a user network, takes a warm-up inventory (it pays the one-off version
+//! negotiation), then five timed ones, prints wall time and API calls, and removes everything.
+//! `N=0` only prints the inventory of what already runs, as JSON.
+
+use netguard::docker::DockerSource;
+use std::process::Command;
+use std::time::Instant;
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    if !out.status.success() {
+        eprintln!("docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Cleanup(String);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let ids = docker(&["ps", "-aq", "--filter", &format!("label={}", self.0)]);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            docker(&args);
+        }
+        docker(&["network", "rm", &self.0]);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200);
+    let src = DockerSource::connect(None).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    if n == 0 {
+        let inv = src.inventory().await.unwrap_or_else(|e| {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        });
+        println!("{}", serde_json::to_string_pretty(&inv).unwrap_or_default());
+        eprintln!("api calls: {}", src.api_calls());
+        return;
+    }
+    let tag = format!("ngbench-{}", std::process::id());
+    let _cleanup = Cleanup(tag.clone());
+    docker(&["network", "create", &tag]);
+    let t = Instant::now();
+    // docker run is slow (~0.3 s each); start them from a few shells at once.
+    let workers = 16;
+    std::thread::scope(|s| {
+        for w in 0..workers {
+            let tag = &tag;
+            s.spawn(move || {
+                for i in (w..n).step_by(workers) {
+                    let name = format!("{tag}-{i}");
+                    let net = if i % 2 == 0 { tag.as_str() } else { "bridge" };
+                    docker(&[
+                        "run",
+                        "-d",
+                        "--name",
+                        &name,
+                        "--label",
+                        tag,
+                        "--label",
+                        &format!("idx={i}"),
+                        "--network",
+                        net,
+                        "netguard-busybox:test",
+                        "sleep",
+                        "3600",
+                    ]);
+                }
+            });
+        }
+    });
+    eprintln!(
+        "started {n} containers in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let warm = src.inventory().await.expect("inventory");
+    let mine = warm
+        .containers
+        .iter()
+        .filter(|c| c.labels.contains_key(&tag))
+        .count();
+    let resolved = warm
+        .containers
+        .iter()
+        .filter(|c| c.labels.contains_key(&tag))
+        .flat_map(|c| &c.endpoints)
+        .filter(|e| e.veth.is_some())
+        .count();
+    println!(
+        "containers in inventory: {} ({} of ours, {} veths resolved)",
+        warm.containers.len(),
+        mine,
+        resolved
+    );
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let before = src.api_calls();
+        let t = Instant::now();
+        let inv = src.inventory().await.expect("inventory");
+        let dt = t.elapsed();
+        times.push(dt.as_secs_f64() * 1000.0);
+        println!(
+            "inventory of {} containers: {:.1} ms, {} API calls",
+            inv.containers.len(),
+            dt.as_secs_f64() * 1000.0,
+            src.api_calls() - before
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    println!("median {:.1} ms, best {:.1} ms", times[2], times[0]);
+}

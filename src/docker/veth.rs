@@ -1,0 +1,289 @@
+//! Finding the host-side veth of a container endpoint.
+//!
+//! Docker does not say which host veth belongs to which endpoint, so we ask the kernel: inside
+//! the container's network namespace, the interface carrying the endpoint's MAC has an
+//! `IFLA_LINK` naming its peer's ifindex in the host namespace; the host link list turns that
+//! index into the veth name and its master bridge.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+
+/// What the mapping asks the resolver for one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethQuery {
+    pub container_id: String,
+    pub container_name: String,
+    /// Any process of the container; its `/proc/PID/ns/net` is the container's netns.
+    pub pid: u32,
+    pub network: String,
+    /// MAC of the endpoint as Docker reports it (lower case, `aa:bb:..`), if any.
+    pub mac: Option<String>,
+}
+
+/// The host side of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedVeth {
+    pub veth: String,
+    /// Master bridge of the veth on the host, if it has one.
+    pub bridge: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VethError {
+    /// The container's process (and so its namespace) went away while we looked.
+    #[error("container is gone")]
+    Gone,
+    #[error("no interface with MAC {mac} in the container's network namespace")]
+    NoInterface { mac: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Resolves host veths for a batch of endpoints; one answer per query, in query order.
+///
+/// A batch (rather than one call per endpoint) lets the real resolver enter each namespace once
+/// and work on many containers in parallel, while the mapping stays a pure function.
+pub trait VethResolver: Send + Sync {
+    fn resolve(&self, queries: &[VethQuery]) -> Vec<Result<ResolvedVeth, VethError>>;
+}
+
+/// A resolver answering from a fixed table keyed by (container id, network); for tests.
+#[derive(Debug, Default, Clone)]
+pub struct StaticVethResolver {
+    pub answers: HashMap<(String, String), Result<ResolvedVeth, VethError>>,
+}
+
+impl StaticVethResolver {
+    pub fn with(mut self, container_id: &str, network: &str, veth: &str, bridge: &str) -> Self {
+        self.answers.insert(
+            (container_id.to_string(), network.to_string()),
+            Ok(ResolvedVeth {
+                veth: veth.to_string(),
+                bridge: Some(bridge.to_string()),
+            }),
+        );
+        self
+    }
+
+    pub fn with_error(mut self, container_id: &str, network: &str, err: VethError) -> Self {
+        self.answers
+            .insert((container_id.to_string(), network.to_string()), Err(err));
+        self
+    }
+}
+
+impl VethResolver for StaticVethResolver {
+    fn resolve(&self, queries: &[VethQuery]) -> Vec<Result<ResolvedVeth, VethError>> {
+        queries
+            .iter()
+            .map(|q| {
+                self.answers
+                    .get(&(q.container_id.clone(), q.network.clone()))
+                    .cloned()
+                    .unwrap_or_else(|| Err(VethError::Failed("no answer recorded".into())))
+            })
+            .collect()
+    }
+}
+
+/// The real resolver: rtnetlink inside each container's network namespace.
+#[derive(Debug, Clone)]
+pub struct NetlinkVethResolver {
+    /// How many namespaces are entered at once (one short-lived thread each).
+    pub parallelism: usize,
+}
+
+impl Default for NetlinkVethResolver {
+    fn default() -> Self {
+        NetlinkVethResolver { parallelism: 32 }
+    }
+}
+
+/// One link as netlink reports it.
+#[derive(Debug, Clone, Default)]
+struct LinkInfo {
+    index: u32,
+    name: String,
+    mac: Option<String>,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
+    link: Option<u32>,
+    /// `IFLA_MASTER`: the bridge the link is a port of.
+    master: Option<u32>,
+}
+
+fn format_mac(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Dumps the links of a network namespace (the caller's when `netns` is `None`).
+///
+/// Runs on a fresh std thread because `setns` changes the namespace of the calling thread for
+/// good: doing it on a tokio worker would leave that worker (and every task later scheduled on
+/// it) in the container's namespace. The thread dies right after, taking the namespace with it.
+fn dump_links(netns: Option<File>) -> Result<Vec<LinkInfo>, String> {
+    let worker = std::thread::Builder::new()
+        .name("netguard-netns".into())
+        .spawn(move || -> Result<Vec<LinkInfo>, String> {
+            if let Some(fd) = &netns {
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns: {e}"))?;
+            }
+            // The netlink socket is bound to the namespace it is created in, so it must be
+            // opened after setns; an own current-thread runtime keeps it off the caller's.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?;
+            rt.block_on(async {
+                use futures::TryStreamExt;
+                let (conn, handle, _) =
+                    rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+                tokio::spawn(conn);
+                let mut links = Vec::new();
+                let mut stream = handle.link().get().execute();
+                while let Some(msg) = stream
+                    .try_next()
+                    .await
+                    .map_err(|e| format!("netlink link dump: {e}"))?
+                {
+                    use netlink_packet_route::link::LinkAttribute;
+                    let mut info = LinkInfo {
+                        index: msg.header.index,
+                        ..LinkInfo::default()
+                    };
+                    for attr in msg.attributes {
+                        match attr {
+                            LinkAttribute::IfName(n) => info.name = n,
+                            LinkAttribute::Address(a) => info.mac = Some(format_mac(&a)),
+                            LinkAttribute::Link(l) => info.link = Some(l),
+                            LinkAttribute::Controller(m) => info.master = Some(m),
+                            _ => {}
+                        }
+                    }
+                    links.push(info);
+                }
+                Ok(links)
+            })
+        })
+        .map_err(|e| format!("spawning netns thread: {e}"))?;
+    worker
+        .join()
+        .map_err(|_| "netns thread panicked".to_string())?
+}
+
+fn open_netns(pid: u32) -> Result<File, VethError> {
+    File::open(format!("/proc/{pid}/ns/net")).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => VethError::Gone,
+        _ if e.raw_os_error() == Some(libc::ESRCH) => VethError::Gone,
+        _ => VethError::Failed(format!("opening /proc/{pid}/ns/net: {e}")),
+    })
+}
+
+/// Picks the container interface for one endpoint: by MAC, or, without a MAC, the only
+/// veth-like interface there is (`eth0` of a single-network container).
+fn pick_interface<'a>(links: &'a [LinkInfo], q: &VethQuery) -> Result<&'a LinkInfo, VethError> {
+    match &q.mac {
+        Some(mac) => links
+            .iter()
+            .find(|l| l.mac.as_deref() == Some(mac.as_str()))
+            .ok_or_else(|| VethError::NoInterface { mac: mac.clone() }),
+        None => {
+            let mut cands = links.iter().filter(|l| l.link.is_some() && l.name != "lo");
+            match (cands.next(), cands.next()) {
+                (Some(l), None) => Ok(l),
+                _ => Err(VethError::Failed(
+                    "endpoint has no MAC and the container has several interfaces".into(),
+                )),
+            }
+        }
+    }
+}
+
+impl VethResolver for NetlinkVethResolver {
+    fn resolve(&self, queries: &[VethQuery]) -> Vec<Result<ResolvedVeth, VethError>> {
+        if queries.is_empty() {
+            return Vec::new();
+        }
+        // One namespace visit per container, however many endpoints it has.
+        let mut pids: Vec<u32> = queries.iter().map(|q| q.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+
+        let mut per_pid: BTreeMap<u32, Result<Vec<LinkInfo>, VethError>> = BTreeMap::new();
+        let host = std::thread::scope(|s| {
+            let host = s.spawn(|| dump_links(None));
+            for chunk in pids.chunks(self.parallelism.max(1)) {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|&pid| {
+                        (
+                            pid,
+                            s.spawn(move || {
+                                let ns = open_netns(pid)?;
+                                dump_links(Some(ns)).map_err(VethError::Failed)
+                            }),
+                        )
+                    })
+                    .collect();
+                for (pid, h) in handles {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err(VethError::Failed("thread panicked".into())));
+                    per_pid.insert(pid, r);
+                }
+            }
+            host.join()
+                .unwrap_or_else(|_| Err("thread panicked".to_string()))
+        });
+        let host = match host {
+            Ok(h) => h,
+            Err(e) => {
+                let err = VethError::Failed(format!("host link list: {e}"));
+                return queries.iter().map(|_| Err(err.clone())).collect();
+            }
+        };
+        let host_by_index: HashMap<u32, &LinkInfo> = host.iter().map(|l| (l.index, l)).collect();
+
+        queries
+            .iter()
+            .map(|q| {
+                let links = match per_pid.get(&q.pid) {
+                    Some(Ok(l)) => l,
+                    Some(Err(e)) => return Err(e.clone()),
+                    None => return Err(VethError::Failed("namespace not visited".into())),
+                };
+                let inner = pick_interface(links, q)?;
+                let peer = inner.link.ok_or_else(|| {
+                    VethError::Failed(format!("interface {} has no peer link", inner.name))
+                })?;
+                let hv = host_by_index.get(&peer).ok_or_else(|| {
+                    VethError::Failed(format!(
+                        "peer ifindex {peer} of {} is not in the host namespace",
+                        inner.name
+                    ))
+                })?;
+                // ifindexes are per namespace, so a host link with the right index may still be
+                // someone else's: the real peer points back at the container interface.
+                if hv.link != Some(inner.index) {
+                    return Err(VethError::Failed(format!(
+                        "host link {} (ifindex {peer}) is not the peer of {}",
+                        hv.name, inner.name
+                    )));
+                }
+                let bridge = hv
+                    .master
+                    .and_then(|m| host_by_index.get(&m))
+                    .map(|b| b.name.clone());
+                Ok(ResolvedVeth {
+                    veth: hv.name.clone(),
+                    bridge,
+                })
+            })
+            .collect()
+    }
+}
