@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                         println!("in sync: nothing to do");
                     } else {
                         print!("{}", render_changes(&plan, &changes));
-                        println!("applied: {added} elements added, {removed} removed");
+                        println!("applied: {added} set elements added, {removed} removed");
                     }
                 }
                 Output::Json => println!(
@@ -335,7 +335,8 @@ pub fn render_changes(plan: &Plan, changes: &Changes) -> String {
         }
     }
     let (a, d) = changes.element_counts();
-    let _ = writeln!(out, "{a} elements to add, {d} to remove");
+    let plural = |n: usize| if n == 1 { "element" } else { "elements" };
+    let _ = writeln!(out, "{a} {} to add, {d} to remove", plural(a));
     out
 }
 

@@ -114,9 +114,17 @@ pub fn parse_table(json: &str) -> Result<LiveTable, ParseError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let kind = set.get("type").and_then(kind_of);
+            let mut kind = set.get("type").and_then(kind_of);
             let elements = match (kind, set.get("elem").and_then(Value::as_array)) {
-                (Some(k), Some(es)) => es.iter().filter_map(|e| elem_of(k, e)).collect(),
+                (Some(k), Some(es)) => {
+                    let parsed: BTreeSet<Elem> = es.iter().filter_map(|e| elem_of(k, e)).collect();
+                    // An element netguard cannot read (a prefix, a range, ...) was not made
+                    // by netguard and could never be deleted one by one: replace the set.
+                    if es.iter().any(|e| elem_of(k, e).is_none()) {
+                        kind = None;
+                    }
+                    parsed
+                }
                 _ => BTreeSet::new(),
             };
             t.sets.insert(name, LiveSet { kind, elements });

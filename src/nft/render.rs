@@ -254,9 +254,12 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         Match::Saddr6In(p) => m(payload("ip6", "saddr"), EQ, prefixes(p)),
         Match::Daddr6In(p) => m(payload("ip6", "daddr"), EQ, prefixes(p)),
         Match::Unicast => m(
-            meta(MetaKey::Pkttype),
-            Operator::NEQ,
-            anon_set(vec![s("broadcast"), s("multicast")]),
+            Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::AND(
+                payload("ether", "daddr"),
+                s("01:00:00:00:00:00"),
+            ))),
+            EQ,
+            s("00:00:00:00:00:00"),
         ),
         Match::CtState(states) => m(
             Expression::Named(NamedExpression::CT(CT {

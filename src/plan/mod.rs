@@ -318,10 +318,10 @@ fn build_ruleset(
         Rule::new(
             vec![Match::Icmpv6Types(
                 [
+                    // Router solicitations and advertisements stay out: a container
+                    // must not become its neighbours' IPv6 router.
                     "nd-neighbor-solicit",
                     "nd-neighbor-advert",
-                    "nd-router-solicit",
-                    "nd-router-advert",
                     "mld-listener-query",
                     "mld-listener-report",
                     "mld-listener-done",
@@ -490,40 +490,9 @@ fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
     use IpVersion::*;
     let ll: Vec<(Ipv6Addr, u8)> = vec![
         (Ipv6Addr::UNSPECIFIED, 128),
-        ("fe80::".parse().unwrap_or(Ipv6Addr::UNSPECIFIED), 10),
+        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
     ];
-    let pre = vec![
-        Rule::new(
-            vec![
-                Match::EtherType(Ip),
-                Match::SaddrInSet {
-                    ip: V4,
-                    iface: IfSide::Iif,
-                    set: names::BIND_4.into(),
-                },
-            ],
-            Verdict::Accept,
-            "own address",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip),
-                Match::SaddrInSet {
-                    ip: V4,
-                    iface: IfSide::None,
-                    set: names::ADDRS_4.into(),
-                },
-            ],
-            Verdict::Drop,
-            "another container's address",
-        )
-        .counted(),
-        Rule::new(
-            vec![Match::EtherType(Ip), Match::IifInSet(names::VETHS.into())],
-            Verdict::Drop,
-            "managed veth, address not its own",
-        )
-        .counted(),
+    let arp = vec![
         Rule::new(
             vec![
                 Match::EtherType(Arp),
@@ -562,120 +531,22 @@ fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
             "managed veth, ARP for an address not its own",
         )
         .counted(),
-        Rule::new(
-            vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
-            Verdict::Accept,
-            "link-local and unspecified",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip6),
-                Match::SaddrInSet {
-                    ip: V6,
-                    iface: IfSide::Iif,
-                    set: names::BIND_6.into(),
-                },
-            ],
-            Verdict::Accept,
-            "own address",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip6),
-                Match::SaddrInSet {
-                    ip: V6,
-                    iface: IfSide::None,
-                    set: names::ADDRS_6.into(),
-                },
-            ],
-            Verdict::Drop,
-            "another container's address",
-        )
-        .counted(),
-        Rule::new(
-            vec![Match::EtherType(Ip6), Match::IifInSet(names::VETHS.into())],
-            Verdict::Drop,
-            "managed veth, address not its own",
-        )
-        .counted(),
     ];
-    let post = vec![
-        Rule::new(
-            vec![
-                Match::EtherType(Ip),
-                Match::DaddrInSet {
-                    ip: V4,
-                    iface: IfSide::Oif,
-                    set: names::BIND_4.into(),
-                },
-            ],
-            Verdict::Accept,
-            "delivered to its owner",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip),
-                Match::DaddrInSet {
-                    ip: V4,
-                    iface: IfSide::None,
-                    set: names::ADDRS_4.into(),
-                },
-            ],
-            Verdict::Drop,
-            "bound address, wrong veth",
-        )
-        .counted(),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip),
-                Match::OifInSet(names::VETHS.into()),
-                Match::Unicast,
-            ],
-            Verdict::Drop,
-            "managed veth, address not its own",
-        )
-        .counted(),
-        Rule::new(
-            vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
-            Verdict::Accept,
-            "link-local",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip6),
-                Match::DaddrInSet {
-                    ip: V6,
-                    iface: IfSide::Oif,
-                    set: names::BIND_6.into(),
-                },
-            ],
-            Verdict::Accept,
-            "delivered to its owner",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip6),
-                Match::DaddrInSet {
-                    ip: V6,
-                    iface: IfSide::None,
-                    set: names::ADDRS_6.into(),
-                },
-            ],
-            Verdict::Drop,
-            "bound address, wrong veth",
-        )
-        .counted(),
-        Rule::new(
-            vec![
-                Match::EtherType(Ip6),
-                Match::OifInSet(names::VETHS.into()),
-                Match::Unicast,
-            ],
-            Verdict::Drop,
-            "managed veth, address not its own",
-        )
-        .counted(),
-    ];
+    let mut pre = bound_source(Ip, V4, names::BIND_4, names::ADDRS_4);
+    pre.extend(arp);
+    pre.push(Rule::new(
+        vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
+        Verdict::Accept,
+        "link-local and unspecified",
+    ));
+    pre.extend(bound_source(Ip6, V6, names::BIND_6, names::ADDRS_6));
+    let mut post = bound_destination(Ip, V4, names::BIND_4, names::ADDRS_4);
+    post.push(Rule::new(
+        vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
+        Verdict::Accept,
+        "link-local",
+    ));
+    post.extend(bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6));
     Table {
         family: Family::Bridge,
         sets: sets.into_values().collect(),
@@ -698,4 +569,87 @@ fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
             },
         ],
     }
+}
+
+/// A frame may leave a veth only with that veth's own address; a bound address coming from
+/// any other port is someone pretending, and a managed veth has no other address to use.
+fn bound_source(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::SaddrInSet {
+                    ip,
+                    iface: IfSide::Iif,
+                    set: bind.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own address",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::SaddrInSet {
+                    ip,
+                    iface: IfSide::None,
+                    set: addrs.into(),
+                },
+            ],
+            Verdict::Drop,
+            "another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::IifInSet(names::VETHS.into()),
+            ],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+    ]
+}
+
+/// A bound address is delivered only to its own veth, and a managed veth receives unicast
+/// only for its own addresses: a veth that takes over an address gets nothing meant for it.
+fn bound_destination(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::DaddrInSet {
+                    ip,
+                    iface: IfSide::Oif,
+                    set: bind.into(),
+                },
+            ],
+            Verdict::Accept,
+            "delivered to its owner",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::DaddrInSet {
+                    ip,
+                    iface: IfSide::None,
+                    set: addrs.into(),
+                },
+            ],
+            Verdict::Drop,
+            "bound address, wrong veth",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::OifInSet(names::VETHS.into()),
+                Match::Unicast,
+            ],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+    ]
 }

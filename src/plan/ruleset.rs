@@ -180,7 +180,9 @@ pub enum Match {
     /// `ip6 saddr { prefixes }`
     Saddr6In(Vec<(Ipv6Addr, u8)>),
     Daddr6In(Vec<(Ipv6Addr, u8)>),
-    /// `meta pkttype != { broadcast, multicast }`
+    /// `ether daddr & 01:00:00:00:00:00 == 00:00:00:00:00:00`: the group bit of the
+    /// destination MAC, which is right for frames the host sends too (their `pkttype` is
+    /// `host` even when they are multicast).
     Unicast,
     CtState(Vec<String>),
     /// `meta l4proto NAME` plus `th dport { ranges }` when non-empty.
