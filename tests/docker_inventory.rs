@@ -1,8 +1,9 @@
 //! The Docker source against a real dockerd (root; see tests/common/docker.rs).
 //!
-//! Every object is named `ngt-<pid>-inv-...`, so this file may run beside other tests on the
-//! same dockerd; assertions only look at our own containers. Tests in this file run in
-//! parallel safely, `--test-threads=1` is not needed.
+//! Every object is named `ngt-<pid>-<test>-...`, so this file may run beside other tests on
+//! the same dockerd; assertions look at our own containers only. The two tests that create
+//! containers take `SCENE_LOCK`, because the first one counts API calls, which depend on every
+//! running container; so `--test-threads=1` is not needed.
 
 #[path = "common/docker.rs"]
 mod docker_env;
@@ -11,6 +12,9 @@ use docker_env::{IMAGE, Scene, docker_available, docker_ok};
 use netguard::docker::{DockerError, DockerSource};
 use netguard::inventory::{Container, Endpoint, Inventory};
 use serde_json::Value;
+use tokio::sync::Mutex;
+
+static SCENE_LOCK: Mutex<()> = Mutex::const_new(());
 
 fn inspect(name: &str) -> Value {
     let text = docker_ok(&["inspect", name]);
@@ -100,6 +104,7 @@ async fn docker_inventory_matches_docker_and_kernel() {
     if !docker_available("docker_inventory_matches_docker_and_kernel") {
         return;
     }
+    let _serial = SCENE_LOCK.lock().await;
     let mut s = Scene::new("inv");
     let front = s.network("front", &[]);
     let v6_subnet = format!("fd42:{:x}::/64", std::process::id() & 0xffff);
@@ -218,6 +223,7 @@ async fn docker_container_gone_before_inventory_is_not_an_error() {
     if !docker_available("docker_container_gone_before_inventory_is_not_an_error") {
         return;
     }
+    let _serial = SCENE_LOCK.lock().await;
     let mut s = Scene::new("gone");
     let a = s.run("a", &[], IMAGE, &["sleep", "3600"]);
     let b = s.run("b", &[], IMAGE, &["sleep", "3600"]);
