@@ -37,6 +37,11 @@ impl Drop for Cleanup {
 
 #[tokio::main]
 async fn main() {
+    // RUST_LOG=netguard=debug shows the time spent listing, inspecting and resolving veths.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

@@ -152,6 +152,7 @@ impl DockerSource {
     /// Lists the running containers with their endpoints, veths and unisolable reasons.
     pub async fn inventory(&self) -> Result<Inventory, DockerError> {
         self.negotiate().await?;
+        let t0 = std::time::Instant::now();
         let list_opts = ListContainersOptions {
             all: false,
             ..Default::default()
@@ -170,7 +171,9 @@ impl DockerSource {
             .filter(|c| needs_inspect(c, &networks))
             .filter_map(|c| c.id.clone())
             .collect();
+        let t_list = t0.elapsed();
         let inspected = self.inspect_all(to_inspect).await?;
+        let t_inspect = t0.elapsed() - t_list;
 
         let prepared = prepare(&containers, &networks, &inspected);
         let queries = prepared.queries.clone();
@@ -180,7 +183,16 @@ impl DockerSource {
         let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
             .await
             .map_err(|e| DockerError::Veth(e.to_string()))?;
-        Ok(finish(prepared, answers))
+        let inv = finish(prepared, answers);
+        tracing::debug!(
+            containers = inv.containers.len(),
+            inspected = inspected.len(),
+            list_ms = t_list.as_secs_f64() * 1e3,
+            inspect_ms = t_inspect.as_secs_f64() * 1e3,
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "docker inventory"
+        );
+        Ok(inv)
     }
 
     async fn inspect_all(

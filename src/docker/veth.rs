@@ -120,37 +120,20 @@ fn format_mac(bytes: &[u8]) -> String {
         .join(":")
 }
 
-/// Dumps the links of a network namespace (the caller's when `netns` is `None`).
-///
-/// Runs on a fresh std thread because `setns` changes the namespace of the calling thread for
-/// good: doing it on a tokio worker would leave that worker (and every task later scheduled on
-/// it) in the container's namespace. The thread dies right after, taking the namespace with it.
-fn dump_links(netns: Option<File>) -> Result<Vec<LinkInfo>, String> {
-    let worker = std::thread::Builder::new()
-        .name("netguard-netns".into())
-        .spawn(move || -> Result<Vec<LinkInfo>, String> {
-            if let Some(fd) = &netns {
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(|e| format!("setns: {e}"))?;
-            }
-            // The netlink socket is bound to the namespace it is created in, so it must be
-            // opened after setns; an own current-thread runtime keeps it off the caller's.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .map_err(|e| format!("tokio runtime: {e}"))?;
-            rt.block_on(async {
-                use futures::TryStreamExt;
-                let (conn, handle, _) =
-                    rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
-                tokio::spawn(conn);
-                let mut links = Vec::new();
-                let mut stream = handle.link().get().execute();
-                while let Some(msg) = stream
-                    .try_next()
-                    .await
-                    .map_err(|e| format!("netlink link dump: {e}"))?
-                {
+/// Lists the links of the namespace the calling thread is in, over a fresh netlink socket
+/// (a socket stays bound to the namespace it was created in, so it must be opened after
+/// `setns`).
+fn list_links(rt: &tokio::runtime::Runtime) -> Result<Vec<LinkInfo>, String> {
+    rt.block_on(async {
+        use futures::TryStreamExt;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let mut links = Vec::new();
+        let mut stream = handle.link().get().execute();
+        let result = loop {
+            match stream.try_next().await {
+                Ok(Some(msg)) => {
                     use netlink_packet_route::link::LinkAttribute;
                     let mut info = LinkInfo {
                         index: msg.header.index,
@@ -167,13 +150,70 @@ fn dump_links(netns: Option<File>) -> Result<Vec<LinkInfo>, String> {
                     }
                     links.push(info);
                 }
-                Ok(links)
-            })
-        })
-        .map_err(|e| format!("spawning netns thread: {e}"))?;
-    worker
-        .join()
-        .map_err(|_| "netns thread panicked".to_string())?
+                Ok(None) => break Ok(links),
+                Err(e) => break Err(format!("netlink link dump: {e}")),
+            }
+        };
+        // Close this namespace's socket before the thread moves on to the next namespace.
+        drop(stream);
+        drop(handle);
+        conn.abort();
+        result
+    })
+}
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))
+}
+
+/// Lists the links of each container namespace (by PID) with `workers` threads.
+///
+/// `setns` changes the namespace of the calling thread for good: doing it on a tokio worker
+/// would leave that worker, and every task later scheduled on it, in a container's namespace.
+/// So each worker is a short-lived std thread of our own with its own current-thread runtime;
+/// it visits namespaces one after the other and dies when the queue is empty, taking the last
+/// namespace with it.
+fn list_container_links(
+    pids: &[u32],
+    workers: usize,
+) -> BTreeMap<u32, Result<Vec<LinkInfo>, VethError>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(BTreeMap::new());
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, pids.len().max(1)) {
+            s.spawn(|| {
+                let rt = current_thread_runtime();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&pid) = pids.get(i) else { break };
+                    let r = match &rt {
+                        Err(e) => Err(VethError::Failed(e.clone())),
+                        Ok(rt) => open_netns(pid).and_then(|ns| {
+                            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                                .map_err(|e| VethError::Failed(format!("setns: {e}")))?;
+                            list_links(rt).map_err(VethError::Failed)
+                        }),
+                    };
+                    if let Ok(mut m) = results.lock() {
+                        m.insert(pid, r);
+                    }
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_default()
+}
+
+/// Lists the host's links on a thread of our own (never entered any namespace).
+fn list_host_links() -> Result<Vec<LinkInfo>, String> {
+    std::thread::scope(|s| {
+        s.spawn(|| list_links(&current_thread_runtime()?))
+            .join()
+            .unwrap_or_else(|_| Err("netlink thread panicked".to_string()))
+    })
 }
 
 fn open_netns(pid: u32) -> Result<File, VethError> {
@@ -214,31 +254,13 @@ impl VethResolver for NetlinkVethResolver {
         pids.sort_unstable();
         pids.dedup();
 
-        let mut per_pid: BTreeMap<u32, Result<Vec<LinkInfo>, VethError>> = BTreeMap::new();
-        let host = std::thread::scope(|s| {
-            let host = s.spawn(|| dump_links(None));
-            for chunk in pids.chunks(self.parallelism.max(1)) {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|&pid| {
-                        (
-                            pid,
-                            s.spawn(move || {
-                                let ns = open_netns(pid)?;
-                                dump_links(Some(ns)).map_err(VethError::Failed)
-                            }),
-                        )
-                    })
-                    .collect();
-                for (pid, h) in handles {
-                    let r = h
-                        .join()
-                        .unwrap_or_else(|_| Err(VethError::Failed("thread panicked".into())));
-                    per_pid.insert(pid, r);
-                }
-            }
-            host.join()
-                .unwrap_or_else(|_| Err("thread panicked".to_string()))
+        let (host, per_pid) = std::thread::scope(|s| {
+            let host = s.spawn(list_host_links);
+            let per_pid = list_container_links(&pids, self.parallelism);
+            let host = host
+                .join()
+                .unwrap_or_else(|_| Err("netlink thread panicked".to_string()));
+            (host, per_pid)
         });
         let host = match host {
             Ok(h) => h,
