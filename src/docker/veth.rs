@@ -90,7 +90,8 @@ impl VethResolver for StaticVethResolver {
 /// The real resolver: rtnetlink inside each container's network namespace.
 #[derive(Debug, Clone)]
 pub struct NetlinkVethResolver {
-    /// How many namespaces are entered at once (one short-lived thread each).
+    /// Worker threads entering container namespaces at once; each is a short-lived std
+    /// thread that visits namespaces one after the other.
     pub parallelism: usize,
 }
 
