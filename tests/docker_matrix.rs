@@ -127,6 +127,31 @@ fn probe(boxes: &[Box_], short: &dyn Fn(&str) -> String) -> BTreeSet<String> {
     ok
 }
 
+/// Probes until every key of `want` passed, at most three rounds, and returns the union of all
+/// rounds. A probe that should pass may fail once under load (a SYN lost to a busy listener);
+/// a probe that should fail is still caught if it passes in any round, so the union is only
+/// stricter about leaks.
+fn probe_rounds(
+    boxes: &[Box_],
+    short: &dyn Fn(&str) -> String,
+    want: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut got = probe(boxes, short);
+    for round in 2..=3 {
+        let missing: Vec<_> = want.difference(&got).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        eprintln!(
+            "probe round {round}: retrying after {} misses: {missing:?}",
+            missing.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        got.extend(probe(boxes, short));
+    }
+    got
+}
+
 /// Every probe between containers on one network: what an unfiltered Docker allows.
 fn everything(boxes: &[Box_], short: &dyn Fn(&str) -> String) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
@@ -288,7 +313,7 @@ within = "legacy"
 
     // Baseline: Docker alone lets everything through (and every listener answers).
     let all = everything(&boxes, &short);
-    let before = probe(&boxes, &short);
+    let before = probe_rounds(&boxes, &short, &all);
     assert_eq!(
         all.difference(&before).collect::<Vec<_>>(),
         Vec::<&String>::new(),
@@ -327,7 +352,7 @@ within = "legacy"
             expected.insert(format!("{a}>{b}:{what}"));
         }
     }
-    let got = probe(&boxes, &short);
+    let got = probe_rounds(&boxes, &short, &expected);
     let missing: Vec<_> = expected.difference(&got).collect();
     let extra: Vec<_> = got.difference(&expected).collect();
     assert!(
@@ -351,7 +376,7 @@ within = "legacy"
 
     // And Docker alone again lets everything through.
     let after: BTreeMap<_, _> = all
-        .difference(&probe(&boxes, &short))
+        .difference(&probe_rounds(&boxes, &short, &all))
         .map(|k| (k.clone(), ()))
         .collect();
     assert!(after.is_empty(), "blocked after uninstall: {after:?}");
