@@ -384,3 +384,40 @@ fn shuffled_inventory_really_differs_before_normalising() {
     s.normalize();
     assert_eq!(inv, s);
 }
+
+/// `--network container:X` shares X's endpoint (same veth, same addresses): both are
+/// admitted, and the sharer's groups add X's addresses to their sets.
+#[test]
+fn shared_network_namespace_is_one_endpoint_not_a_conflict() {
+    let policy = netguard::policy::parse_policy(
+        std::path::Path::new("p.toml"),
+        "[groups.app]\nmatch = { name = \"app\" }\n[groups.sidecar]\nmatch = { name = \"sidecar\" }\n",
+    )
+    .expect("policy");
+    // An inventory file rejects one veth used twice, so the sharer is built by hand, as
+    // the Docker source does.
+    let mut inv = netguard::inventory::parse_inventory(
+        std::path::Path::new("i.toml"),
+        "[[container]]\nname = \"app\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vethapp\"\nipv4 = \"10.5.0.2\"\n",
+    )
+    .expect("inventory");
+    let mut sidecar = inv.containers[0].clone();
+    sidecar.name = "sidecar".into();
+    sidecar.id = "sidecar".into();
+    inv.containers.push(sidecar);
+    inv.normalize();
+    let p = netguard::plan::plan(&policy, &inv);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    assert!(
+        p.containers
+            .iter()
+            .all(|c| c.endpoints.iter().all(|e| e.admitted))
+    );
+    let inet = p
+        .ruleset
+        .table(netguard::plan::ruleset::Family::Inet)
+        .expect("inet");
+    for g in ["g_app_4", "g_sidecar_4"] {
+        assert_eq!(inet.set(g).map(|s| s.elements.len()), Some(1), "{g}");
+    }
+}

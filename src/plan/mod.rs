@@ -160,21 +160,34 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
             });
     }
 
-    // Addresses claimed more than once on one bridge cannot be bound to one owner: admit
-    // neither claimant (fail closed) rather than guess.
-    let mut claims: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for ep in inventory.containers.iter().flat_map(|c| &c.endpoints) {
-        for a in ep
-            .ipv4
-            .map(|a| a.to_string())
-            .into_iter()
-            .chain(ep.ipv6.map(|a| a.to_string()))
-        {
-            *claims.entry((ep.bridge.clone(), a)).or_default() += 1;
+    // Addresses claimed by two owners on one bridge cannot be bound to either: admit
+    // neither (fail closed) rather than guess. The owner is the veth: a container started
+    // with `--network container:X` shares X's veth, and so X's endpoint, and is no rival.
+    let mut claims: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for c in &inventory.containers {
+        for ep in &c.endpoints {
+            let owner = ep
+                .veth
+                .clone()
+                .unwrap_or_else(|| format!("container {}", c.id));
+            for a in ep
+                .ipv4
+                .map(|a| a.to_string())
+                .into_iter()
+                .chain(ep.ipv6.map(|a| a.to_string()))
+            {
+                claims
+                    .entry((ep.bridge.clone(), a))
+                    .or_default()
+                    .insert(owner.clone());
+            }
         }
     }
-    let contested =
-        |bridge: &str, a: String| claims.get(&(bridge.to_string(), a)).copied().unwrap_or(0) > 1;
+    let contested = |bridge: &str, a: String| {
+        claims
+            .get(&(bridge.to_string(), a))
+            .is_some_and(|o| o.len() > 1)
+    };
 
     let anti_spoofing = policy.settings.anti_spoofing;
     let mut containers = Vec::new();
