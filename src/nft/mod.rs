@@ -152,6 +152,37 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// Set elements to add and to remove, nothing else: what one container event needs
+    /// (see [`crate::plan::container_elements`]). Adding an element that is already there
+    /// succeeds; deleting one that is missing fails the whole transaction.
+    pub fn elements(
+        add: impl IntoIterator<Item = (Family, String, Elem)>,
+        delete: impl IntoIterator<Item = (Family, String, Elem)>,
+    ) -> Changes {
+        let mut tables: Vec<TableChanges> = FAMILIES
+            .iter()
+            .map(|f| TableChanges {
+                family: Some(*f),
+                ..Default::default()
+            })
+            .collect();
+        let slot = |tables: &mut Vec<TableChanges>, f: Family| {
+            tables
+                .iter_mut()
+                .position(|t| t.family == Some(f))
+                .expect("every family has a slot")
+        };
+        for (f, set, e) in add {
+            let i = slot(&mut tables, f);
+            tables[i].add_elements.entry(set).or_default().push(e);
+        }
+        for (f, set, e) in delete {
+            let i = slot(&mut tables, f);
+            tables[i].delete_elements.entry(set).or_default().push(e);
+        }
+        Changes { tables }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tables.iter().all(TableChanges::is_empty)
     }
@@ -177,7 +208,8 @@ impl Changes {
                 ))));
                 continue;
             }
-            let Some(desired) = &t.desired else { continue };
+            // Element-only changes (a container event) carry no desired table.
+            let chains: &[Chain] = t.desired.as_ref().map_or(&[], |d| d.chains.as_slice());
             o.push(add(NfListObject::Table(render::table_obj(f))));
             for chain in &t.rewrite_chains {
                 if t.live_chains.contains(chain) {
@@ -201,11 +233,7 @@ impl Changes {
                     f, name, *kind,
                 )))));
             }
-            for c in desired
-                .chains
-                .iter()
-                .filter(|c| t.create_chains.contains(&c.name))
-            {
+            for c in chains.iter().filter(|c| t.create_chains.contains(&c.name)) {
                 o.push(add(NfListObject::Chain(render::chain_obj(f, c))));
             }
             for (set, elems) in &t.delete_elements {
@@ -220,11 +248,7 @@ impl Changes {
                     elems.iter(),
                 ))));
             }
-            for c in desired
-                .chains
-                .iter()
-                .filter(|c| t.rewrite_chains.contains(&c.name))
-            {
+            for c in chains.iter().filter(|c| t.rewrite_chains.contains(&c.name)) {
                 for r in &c.rules {
                     o.push(add(render::rule_obj(f, &c.name, r)));
                 }

@@ -189,49 +189,12 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
             .is_some_and(|o| o.len() > 1)
     };
 
-    let anti_spoofing = policy.settings.anti_spoofing;
+    let managed_net = |n: &str| networks.get(n).is_some_and(|n| n.managed);
     let mut containers = Vec::new();
     for c in &inventory.containers {
-        let groups = groups_of(policy, c);
-        let mut endpoints = Vec::new();
-        for ep in &c.endpoints {
-            let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
-            let reason = if !managed {
-                None
-            } else if anti_spoofing && ep.veth.is_none() {
-                Some("host-side veth unknown: cannot bind its addresses".to_string())
-            } else if ep
-                .ipv4
-                .is_some_and(|a| contested(&ep.bridge, a.to_string()))
-                || ep
-                    .ipv6
-                    .is_some_and(|a| contested(&ep.bridge, a.to_string()))
-            {
-                Some("address claimed by another endpoint on the same bridge".to_string())
-            } else {
-                None
-            };
-            if let Some(r) = &reason {
-                warnings.push(format!("{} on {}: not admitted: {r}", c.name, ep.network));
-            }
-            endpoints.push(PlannedEndpoint {
-                network: ep.network.clone(),
-                bridge: ep.bridge.clone(),
-                veth: ep.veth.clone(),
-                ipv4: ep.ipv4,
-                ipv6: ep.ipv6,
-                managed,
-                admitted: managed && reason.is_none(),
-                reason,
-            });
-        }
-        containers.push(PlannedContainer {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            managed: endpoints.iter().any(|e| e.managed),
-            groups,
-            endpoints,
-        });
+        let pc = plan_container(policy, c, &managed_net, &contested);
+        warnings.extend(admission_warnings(&pc));
+        containers.push(pc);
     }
 
     let flows: Vec<Flow> = policy
@@ -257,6 +220,114 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
         ruleset,
         warnings,
     }
+}
+
+/// Plans one container: its groups, and for each endpoint whether it is managed and
+/// admitted. `managed_net` says whether a network (by name) is managed; `contested` whether
+/// an address on a bridge is claimed by more than one owner. `plan` uses this for every
+/// container; a controller uses it for the one container an event is about.
+pub fn plan_container(
+    policy: &Policy,
+    c: &Container,
+    managed_net: &dyn Fn(&str) -> bool,
+    contested: &dyn Fn(&str, String) -> bool,
+) -> PlannedContainer {
+    let anti_spoofing = policy.settings.anti_spoofing;
+    let groups = groups_of(policy, c);
+    let mut endpoints = Vec::new();
+    for ep in &c.endpoints {
+        let managed = managed_net(&ep.network);
+        let reason = if !managed {
+            None
+        } else if anti_spoofing && ep.veth.is_none() {
+            Some("host-side veth unknown: cannot bind its addresses".to_string())
+        } else if ep
+            .ipv4
+            .is_some_and(|a| contested(&ep.bridge, a.to_string()))
+            || ep
+                .ipv6
+                .is_some_and(|a| contested(&ep.bridge, a.to_string()))
+        {
+            Some("address claimed by another endpoint on the same bridge".to_string())
+        } else {
+            None
+        };
+        endpoints.push(PlannedEndpoint {
+            network: ep.network.clone(),
+            bridge: ep.bridge.clone(),
+            veth: ep.veth.clone(),
+            ipv4: ep.ipv4,
+            ipv6: ep.ipv6,
+            managed,
+            admitted: managed && reason.is_none(),
+            reason,
+        });
+    }
+    PlannedContainer {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        managed: endpoints.iter().any(|e| e.managed),
+        groups,
+        endpoints,
+    }
+}
+
+fn admission_warnings(c: &PlannedContainer) -> Vec<String> {
+    c.endpoints
+        .iter()
+        .filter_map(|ep| {
+            ep.reason
+                .as_ref()
+                .map(|r| format!("{} on {}: not admitted: {r}", c.name, ep.network))
+        })
+        .collect()
+}
+
+/// The set elements one planned container contributes to the desired tables, by family and
+/// set: exactly what a container event adds (start, connect) or removes (die, disconnect),
+/// so that churn costs one small transaction whatever the number of containers. The union
+/// over all containers equals the sets of [`plan`]'s ruleset (except `bridges`, which
+/// depends on networks only).
+pub fn container_elements(policy: &Policy, c: &PlannedContainer) -> Vec<(Family, String, Elem)> {
+    let mut out = Vec::new();
+    for ep in c.endpoints.iter().filter(|e| e.admitted) {
+        let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string())).chain(
+            c.groups
+                .iter()
+                .filter(|g| policy.groups.contains_key(*g))
+                .map(|g| (names::group_set(g, false), names::group_set(g, true))),
+        );
+        for (s4, s6) in targets {
+            if let Some(a) = ep.ipv4 {
+                out.push((Family::Inet, s4, Elem::IfnameV4(ep.bridge.clone(), a)));
+            }
+            if let Some(a) = ep.ipv6 {
+                out.push((Family::Inet, s6, Elem::IfnameV6(ep.bridge.clone(), a)));
+            }
+        }
+        if policy.settings.anti_spoofing
+            && let Some(v) = &ep.veth
+        {
+            out.push((Family::Bridge, names::VETHS.into(), Elem::Ifname(v.clone())));
+            if let Some(a) = ep.ipv4 {
+                out.push((
+                    Family::Bridge,
+                    names::BIND_4.into(),
+                    Elem::IfnameV4(v.clone(), a),
+                ));
+                out.push((Family::Bridge, names::ADDRS_4.into(), Elem::V4(a)));
+            }
+            if let Some(a) = ep.ipv6 {
+                out.push((
+                    Family::Bridge,
+                    names::BIND_6.into(),
+                    Elem::IfnameV6(v.clone(), a),
+                ));
+                out.push((Family::Bridge, names::ADDRS_6.into(), Elem::V6(a)));
+            }
+        }
+    }
+    out
 }
 
 fn build_ruleset(
