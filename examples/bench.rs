@@ -1,0 +1,1579 @@
+//! netguard's benchmark (issue 6). Run it through `sudo scripts/bench.sh [--full]`, which
+//! builds it and the `netguard` binary, then runs
+//! `cargo run --release --example bench -- [--full]` as root.
+//!
+//! Everything happens in network namespaces named `$NGB_PREFIX-*` (default `ngb<pid>`),
+//! removed on exit, panics included; no nft table outside them is read or written.
+//!
+//! Measured, in this order:
+//! 3. Packet path: iperf3 throughput and short TCP connections per second between two
+//!    allowed containers, with no table, with netguard's tables (applied by the real CLI)
+//!    holding N set entries or N allow lines, and with a naive one-rule-per-pair chain.
+//! 2. Cold reconcile of 1,000 containers and a no-op resync, through libnftables.
+//! 5. The pure plan for 1,000 containers × 50 groups × 200 rules: time and allocations.
+//! 1. Event → enforced: one container's set-element delta as one libnftables transaction
+//!    against tables holding N containers (interleaved across N), and, as the baseline, a
+//!    full re-plan + read + diff + apply per event.
+//!
+//! Results go to stdout, to the generated section of BENCHMARKS.md and to docs/bench.svg.
+//! Flags: `--full` (full sizes and repetitions), `--only 3,2,5,1`, `--no-write`.
+
+use netguard::inventory::{Container, Endpoint, Inventory, parse_inventory};
+use netguard::nft::exec::LibNftables;
+use netguard::nft::{Backend, Changes, diff};
+use netguard::plan::{container_elements, plan, plan_container};
+use netguard::policy::{Policy, parse_policy};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- counting allocator
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+static ALLOC_BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(l.size() as u64, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOC_BYTES.fetch_add(new as u64, Ordering::Relaxed);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// ---------------------------------------------------------------- small helpers
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn sorted(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    s
+}
+
+/// Nearest-rank percentile.
+fn pct(v: &[f64], p: f64) -> f64 {
+    let s = sorted(v);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let s = sorted(v);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn cmd(prog: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{prog}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn must(prog: &str, args: &[&str]) -> String {
+    cmd(prog, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn nsx(ns: &str, args: &[&str]) -> Result<String, String> {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend_from_slice(args);
+    cmd("ip", &a)
+}
+
+/// Moves the calling thread into network namespace `ns` (never call on a shared pool thread).
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("open netns {ns}: {e}"));
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+}
+
+/// Runs `f` on a fresh thread inside `ns`.
+fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns);
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
+}
+
+/// Namespaces and child processes of this run; removed in Drop (panics included).
+struct Lab {
+    prefix: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let prefix =
+            std::env::var("NGB_PREFIX").unwrap_or_else(|_| format!("ngb{}", std::process::id()));
+        Lab {
+            prefix,
+            namespaces: vec![],
+            children: vec![],
+        }
+    }
+
+    fn ns(&mut self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.prefix);
+        must("ip", &["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        must("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        name
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = cmd("ip", &["netns", "delete", ns]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- synthetic inputs
+
+const GROUPS: usize = 50;
+const RULES: usize = 200;
+
+/// `groups` trust groups and `rules` allow lines of mixed shapes (ports, ranges, UDP, ICMP,
+/// `within`, lists of groups).
+fn big_policy(groups: usize, rules: usize) -> String {
+    let mut s = String::from("version = 1\n[settings]\nnetworks = [\"*\"]\n");
+    for g in 0..groups {
+        let _ = write!(
+            s,
+            "\n[groups.g{g:02}]\nmatch = [ {{ label = {{ tier = \"g{g:02}\" }} }}, {{ name = \"svc{g:02}-*\" }} ]\n"
+        );
+    }
+    for r in 0..rules {
+        let (a, b, c) = (r % groups, (r * 7 + 3) % groups, (r * 13 + 5) % groups);
+        s.push_str("\n[[allow]]\n");
+        match r % 4 {
+            0 => {
+                let _ = write!(
+                    s,
+                    "from = \"g{a:02}\"\nto = \"g{b:02}\"\nports = [\"{}/tcp\"]\n",
+                    8000 + r
+                );
+            }
+            1 => {
+                let _ = write!(
+                    s,
+                    "from = \"g{a:02}\"\nto = \"g{b:02}\"\nports = [\"{}-{}/tcp\", \"{}/udp\"]\n",
+                    9000 + r,
+                    9010 + r,
+                    5000 + r
+                );
+            }
+            2 => {
+                let _ = write!(
+                    s,
+                    "from = \"g{a:02}\"\nto = \"g{b:02}\"\nports = [\"icmp\", \"5432/tcp\"]\n"
+                );
+            }
+            _ if r % 20 == 3 => {
+                let _ = write!(s, "within = \"g{a:02}\"\n");
+            }
+            _ => {
+                let _ = write!(
+                    s,
+                    "from = [\"g{a:02}\", \"g{b:02}\"]\nto = \"g{c:02}\"\nports = [\"80/tcp\", \"443/tcp\"]\n"
+                );
+            }
+        }
+    }
+    s
+}
+
+/// Container `i` of the big synthetic host: 4 networks, dual stack, in two groups (one by
+/// name, one by label).
+fn big_container(i: usize) -> Container {
+    let net = i % 4;
+    let mut labels = BTreeMap::new();
+    labels.insert("tier".to_string(), format!("g{:02}", (i * 7 + 1) % GROUPS));
+    labels.insert("app".to_string(), format!("app{}", i % 17));
+    Container {
+        id: format!("{i:064x}"),
+        name: format!("svc{:02}-{i}", i % GROUPS),
+        image: format!("example/img{}:1", i % 10),
+        labels,
+        endpoints: vec![Endpoint {
+            network: format!("net{net}"),
+            network_id: None,
+            bridge: format!("brn{net}"),
+            veth: Some(format!("vc{i}")),
+            ipv4: Some(std::net::Ipv4Addr::new(10, 100 + net as u8, (i / 250) as u8, (i % 250 + 1) as u8)),
+            ipv6: Some(std::net::Ipv6Addr::new(0xfd00, net as u16, 0, 0, 0, 0, (i >> 16) as u16, (i & 0xffff) as u16 + 1)),
+            mac: None,
+        }],
+    }
+}
+
+fn big_inventory(n: usize) -> Inventory {
+    let mut inv = Inventory {
+        containers: (0..n).map(big_container).collect(),
+        ..Default::default()
+    };
+    inv.normalize();
+    inv
+}
+
+fn toml_str(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// The inventory file format of DESIGN.md section 2.
+fn inventory_toml(cs: &[Container]) -> String {
+    let mut s = String::with_capacity(cs.len() * 220);
+    for c in cs {
+        let _ = write!(
+            s,
+            "[[container]]\nname = {}\nid = {}\nimage = {}\n",
+            toml_str(&c.name),
+            toml_str(&c.id),
+            toml_str(&c.image)
+        );
+        if !c.labels.is_empty() {
+            let l: Vec<String> = c
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{} = {}", toml_str(k), toml_str(v)))
+                .collect();
+            let _ = writeln!(s, "labels = {{ {} }}", l.join(", "));
+        }
+        for e in &c.endpoints {
+            let _ = write!(
+                s,
+                "[[container.endpoint]]\nnetwork = {}\nbridge = {}\n",
+                toml_str(&e.network),
+                toml_str(&e.bridge)
+            );
+            if let Some(v) = &e.veth {
+                let _ = writeln!(s, "veth = {}", toml_str(v));
+            }
+            if let Some(a) = e.ipv4 {
+                let _ = writeln!(s, "ipv4 = \"{a}\"");
+            }
+            if let Some(a) = e.ipv6 {
+                let _ = writeln!(s, "ipv6 = \"{a}\"");
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn policy_of(text: &str) -> Policy {
+    parse_policy(Path::new("bench-policy.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ---------------------------------------------------------------- results
+
+#[derive(Clone)]
+struct Row {
+    what: String,
+    target: String,
+    measured: String,
+    pass: Option<bool>,
+}
+
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    /// Packet path: (variant, entries) → (throughput ratio, conn/s ratio) medians.
+    packet: BTreeMap<(String, usize), (f64, f64)>,
+    /// Event path: (variant, containers) → (p50 ms, p99 ms).
+    events: BTreeMap<(String, usize), (f64, f64)>,
+}
+
+impl Results {
+    fn row(&mut self, what: impl Into<String>, target: &str, measured: String, pass: Option<bool>) {
+        let r = Row {
+            what: what.into(),
+            target: target.into(),
+            measured,
+            pass,
+        };
+        println!(
+            "  {:<70} target {:<14} measured {}  {}",
+            r.what,
+            r.target,
+            r.measured,
+            match r.pass {
+                Some(true) => "PASS",
+                Some(false) => "FAIL",
+                None => "",
+            }
+        );
+        self.rows.push(r);
+    }
+}
+
+// ---------------------------------------------------------------- (3) packet path
+
+const A_ADDR: &str = "10.77.255.1";
+const B_ADDR: &str = "10.77.255.2";
+const CONN_PORT: u16 = 7000;
+const IPERF_PORT: u16 = 5201;
+
+struct PacketLab {
+    host: String,
+    a: String,
+    b: String,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PacketLab {
+    fn new(lab: &mut Lab) -> PacketLab {
+        let host = lab.ns("h");
+        // br_netfilter's global switches off, as the netns fixtures do: enforcement must
+        // come from netguard's per-bridge flag.
+        let _ = nsx(
+            &host,
+            &[
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+            ],
+        );
+        must("ip", &["-n", &host, "link", "add", "br0", "type", "bridge"]);
+        must("ip", &["-n", &host, "link", "set", "br0", "up"]);
+        let mut mk = |suffix: &str, veth: &str, addr: &str| {
+            let ns = lab.ns(suffix);
+            must(
+                "ip",
+                &["-n", &host, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &ns],
+            );
+            must("ip", &["-n", &host, "link", "set", veth, "master", "br0", "up"]);
+            must("ip", &["-n", &ns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"]);
+            must("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            ns
+        };
+        let a = mk("a", "va", A_ADDR);
+        let b = mk("b", "vb", B_ADDR);
+        // iperf3 server in b (the child is `ip netns exec`, which execs iperf3: same pid).
+        let child = Command::new("ip")
+            .args(["netns", "exec", &b, "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start iperf3 server");
+        lab.children.push(child);
+        // Connection sink in b: accept and close.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let server = {
+            let b = b.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                enter(&b);
+                let l = TcpListener::bind(("0.0.0.0", CONN_PORT)).expect("bind sink");
+                let _ = ready_tx.send(());
+                for s in l.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    drop(s);
+                }
+            })
+        };
+        let _ = ready_rx.recv();
+        std::thread::sleep(Duration::from_millis(300));
+        PacketLab {
+            host,
+            a,
+            b,
+            stop,
+            server: Some(server),
+        }
+    }
+
+    fn bridge_flag(&self, on: bool) {
+        let v = if on { "1" } else { "0" };
+        must(
+            "ip",
+            &["-n", &self.host, "link", "set", "br0", "type", "bridge", "nf_call_iptables", v, "nf_call_ip6tables", v],
+        );
+    }
+
+    fn clear(&self, netguard: &Path) {
+        let _ = nsx(&self.host, &[netguard.to_str().unwrap_or("netguard"), "uninstall"]);
+        let _ = nsx(&self.host, &["nft", "delete", "table", "inet", "naive"]);
+        self.bridge_flag(false);
+        let _ = nsx(&self.host, &["conntrack", "-F"]);
+    }
+
+    /// Short TCP connections per second from a to b (connect, then close with RST so that
+    /// neither side keeps TIME_WAIT state), over `secs` seconds, one client thread.
+    fn conns_per_sec(&self, secs: f64) -> (f64, u64) {
+        let _ = nsx(&self.host, &["conntrack", "-F"]);
+        let dst: SocketAddr = format!("{B_ADDR}:{CONN_PORT}").parse().expect("addr");
+        in_ns(&self.a, || {
+            // Warm ARP and the path.
+            for _ in 0..20 {
+                let _ = TcpStream::connect_timeout(&dst, Duration::from_millis(500));
+            }
+            let t = Instant::now();
+            let (mut ok, mut failed) = (0u64, 0u64);
+            while t.elapsed().as_secs_f64() < secs {
+                match TcpStream::connect_timeout(&dst, Duration::from_millis(500)) {
+                    Ok(s) => {
+                        let linger = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        // SAFETY: valid socket fd and a properly sized option value.
+                        unsafe {
+                            libc::setsockopt(
+                                s.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                &linger as *const _ as *const libc::c_void,
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            );
+                        }
+                        ok += 1;
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok as f64 / t.elapsed().as_secs_f64(), failed)
+        })
+    }
+
+    fn throughput_gbps(&self, secs: u32) -> f64 {
+        for attempt in 0..3 {
+            match nsx(
+                &self.a,
+                &["iperf3", "-c", B_ADDR, "-p", &IPERF_PORT.to_string(), "-t", &secs.to_string(), "-J"],
+            ) {
+                Ok(out) => {
+                    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+                    if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                        return bps / 1e9;
+                    }
+                }
+                Err(e) if attempt == 2 => eprintln!("iperf3: {e}"),
+                Err(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        f64::NAN
+    }
+}
+
+impl Drop for PacketLab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let dst: SocketAddr = format!("127.0.0.1:{CONN_PORT}").parse().expect("addr");
+        in_ns(&self.b, || {
+            let _ = TcpStream::connect_timeout(&dst, Duration::from_millis(200));
+        });
+        if let Some(h) = self.server.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn pk_container(name: &str, role: &str, veth: &str, addr: std::net::Ipv4Addr) -> Container {
+    let mut labels = BTreeMap::new();
+    labels.insert("role".to_string(), role.to_string());
+    Container {
+        id: name.to_string(),
+        name: name.to_string(),
+        image: "bench:1".into(),
+        labels,
+        endpoints: vec![Endpoint {
+            network: "lab".into(),
+            network_id: None,
+            bridge: "br0".into(),
+            veth: Some(veth.into()),
+            ipv4: Some(addr),
+            ipv6: None,
+            mac: None,
+        }],
+    }
+}
+
+fn synth_addr(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 77, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+fn endpoints_ab() -> Vec<Container> {
+    vec![
+        pk_container("client-a", "client", "va", A_ADDR.parse().expect("a")),
+        pk_container("server-b", "server", "vb", B_ADDR.parse().expect("b")),
+    ]
+}
+
+const PK_PORTS: &str = "ports = [\"5201/tcp\", \"7000/tcp\"]";
+
+/// netguard, "sets": one allow line client → server; `n` containers in the two groups, so
+/// the group sets hold ≈ n entries (the allowed pair among them).
+fn pk_sets(n: usize) -> (String, String) {
+    let policy = format!(
+        "[groups.client]\nmatch = {{ label = {{ role = \"client\" }} }}\n[groups.server]\nmatch = {{ label = {{ role = \"server\" }} }}\n\
+         [[allow]]\nfrom = \"client\"\nto = \"server\"\n{PK_PORTS}\n"
+    );
+    let mut cs = endpoints_ab();
+    for i in 0..n.saturating_sub(2) {
+        let role = if i % 2 == 0 { "client" } else { "server" };
+        cs.push(pk_container(&format!("s{i}"), role, &format!("vs{i}"), synth_addr(i)));
+    }
+    (policy, inventory_toml(&cs))
+}
+
+/// netguard, "rules": `n` allow lines between √n groups, the one for client → server last,
+/// so a new connection walks ≈ 2n rules (IPv4 and IPv6 each) before it is accepted.
+fn pk_rules(n: usize) -> (String, String) {
+    let k = ((n as f64).sqrt().ceil() as usize).max(2);
+    let mut policy = String::new();
+    for g in 0..k {
+        let _ = write!(policy, "[groups.g{g}]\nmatch = {{ label = {{ role = \"g{g}\" }} }}\n");
+    }
+    policy.push_str(
+        "[groups.client]\nmatch = { label = { role = \"client\" } }\n[groups.server]\nmatch = { label = { role = \"server\" } }\n",
+    );
+    for r in 0..n.saturating_sub(1) {
+        let _ = write!(
+            policy,
+            "[[allow]]\nfrom = \"g{}\"\nto = \"g{}\"\n{PK_PORTS}\n",
+            r % k,
+            (r / k) % k
+        );
+    }
+    let _ = write!(policy, "[[allow]]\nfrom = \"client\"\nto = \"server\"\n{PK_PORTS}\n");
+    let mut cs = endpoints_ab();
+    for g in 0..k {
+        cs.push(pk_container(&format!("s{g}"), &format!("g{g}"), &format!("vs{g}"), synth_addr(g)));
+    }
+    (policy, inventory_toml(&cs))
+}
+
+/// The naive alternative: one rule per allowed pair, the pair under test last.
+fn pk_naive(n: usize) -> String {
+    let mut s = String::from(
+        "table inet naive {\n chain forward {\n  type filter hook forward priority -10; policy accept;\n  ct state established,related accept\n",
+    );
+    for i in 0..n.saturating_sub(1) {
+        let _ = writeln!(
+            s,
+            "  ip saddr {} ip daddr {} tcp dport {{ 5201, 7000 }} accept",
+            synth_addr(i),
+            synth_addr(i + 1)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  ip saddr {A_ADDR} ip daddr {B_ADDR} tcp dport {{ 5201, 7000 }} accept\n  drop\n }}\n}}"
+    );
+    s
+}
+
+#[derive(Clone)]
+enum Variant {
+    None,
+    NoneBrnf,
+    Sets(usize),
+    Rules(usize),
+    Naive(usize),
+}
+
+impl Variant {
+    fn key(&self) -> (String, usize) {
+        match self {
+            Variant::None => ("none".into(), 0),
+            Variant::NoneBrnf => ("none+br_netfilter".into(), 0),
+            Variant::Sets(n) => ("netguard sets".into(), *n),
+            Variant::Rules(n) => ("netguard rules".into(), *n),
+            Variant::Naive(n) => ("naive per-pair".into(), *n),
+        }
+    }
+}
+
+fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
+    println!("\n== (3) packet path");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pl = PacketLab::new(lab);
+    let sizes = [10usize, 1000, 10_000];
+    let rule_sizes: &[usize] = if full { &[10, 1000, 10_000] } else { &[10, 1000, 3000] };
+    let mut variants = vec![Variant::None, Variant::NoneBrnf];
+    variants.extend(sizes.iter().map(|n| Variant::Sets(*n)));
+    variants.extend(rule_sizes.iter().map(|n| Variant::Rules(*n)));
+    variants.extend(sizes.iter().map(|n| Variant::Naive(*n)));
+    let rounds = if full { 5 } else { 3 };
+    let t_secs = if full { 3 } else { 1 };
+    let c_secs = if full { 2.0 } else { 1.0 };
+
+    // Files per variant, written once.
+    let mut files: HashMap<(String, usize), (PathBuf, PathBuf)> = HashMap::new();
+    for v in &variants {
+        let (policy, inv) = match v {
+            Variant::Sets(n) => pk_sets(*n),
+            Variant::Rules(n) => pk_rules(*n),
+            Variant::Naive(n) => (pk_naive(*n), String::new()),
+            _ => continue,
+        };
+        let k = v.key();
+        let p = tmp.path().join(format!("{}-{}.conf", k.0.replace(' ', "_"), k.1));
+        let i = tmp.path().join(format!("{}-{}.inv.toml", k.0.replace(' ', "_"), k.1));
+        std::fs::write(&p, policy).expect("write");
+        std::fs::write(&i, inv).expect("write");
+        files.insert(k, (p, i));
+    }
+
+    let mut thr: HashMap<(String, usize), Vec<f64>> = HashMap::new();
+    let mut con: HashMap<(String, usize), Vec<f64>> = HashMap::new();
+    let mut thr_ratio: HashMap<(String, usize), Vec<f64>> = HashMap::new();
+    let mut con_ratio: HashMap<(String, usize), Vec<f64>> = HashMap::new();
+    let mut apply_ms: HashMap<(String, usize), Vec<f64>> = HashMap::new();
+    let mut failures = 0u64;
+    for round in 0..rounds {
+        let mut base = (f64::NAN, f64::NAN);
+        for v in &variants {
+            pl.clear(netguard);
+            let k = v.key();
+            let t0 = Instant::now();
+            match v {
+                Variant::None => {}
+                Variant::NoneBrnf => pl.bridge_flag(true),
+                Variant::Sets(_) | Variant::Rules(_) => {
+                    let (p, i) = &files[&k];
+                    nsx(
+                        &pl.host,
+                        &[
+                            netguard.to_str().expect("path"),
+                            "-c",
+                            p.to_str().expect("path"),
+                            "--inventory",
+                            i.to_str().expect("path"),
+                            "apply",
+                        ],
+                    )
+                    .unwrap_or_else(|e| panic!("netguard apply: {e}"));
+                }
+                Variant::Naive(_) => {
+                    pl.bridge_flag(true);
+                    let (p, _) = &files[&k];
+                    nsx(&pl.host, &["nft", "-f", p.to_str().expect("path")])
+                        .unwrap_or_else(|e| panic!("nft -f naive: {e}"));
+                }
+            }
+            apply_ms.entry(k.clone()).or_default().push(ms(t0.elapsed()));
+            let g = pl.throughput_gbps(t_secs);
+            let (c, f) = pl.conns_per_sec(c_secs);
+            failures += f;
+            if let Variant::None = v {
+                base = (g, c);
+            }
+            println!(
+                "  round {round} {:<18} {:>6}: {:>6.2} Gbit/s  {:>8.0} conn/s{}",
+                k.0,
+                k.1,
+                g,
+                c,
+                if f > 0 { format!("  ({f} failed)") } else { String::new() }
+            );
+            thr.entry(k.clone()).or_default().push(g);
+            con.entry(k.clone()).or_default().push(c);
+            thr_ratio.entry(k.clone()).or_default().push(g / base.0);
+            con_ratio.entry(k.clone()).or_default().push(c / base.1);
+        }
+    }
+    pl.clear(netguard);
+    drop(pl);
+
+    let base_t = median(&thr[&Variant::None.key()]);
+    let base_c = median(&con[&Variant::None.key()]);
+    let spread = |v: &[f64]| {
+        let s = sorted(v);
+        format!("{:.1}–{:.1}", s[0], s[s.len() - 1])
+    };
+    res.row(
+        "3. baseline, no table: throughput (iperf3 -t {t})".replace("{t}", &t_secs.to_string()),
+        "—",
+        format!("median {base_t:.2} Gbit/s (rounds {} Gbit/s)", spread(&thr[&Variant::None.key()])),
+        None,
+    );
+    res.row(
+        "3. baseline, no table: new TCP connections/s",
+        "—",
+        format!(
+            "median {base_c:.0}/s (rounds {}k/s)",
+            spread(&con[&Variant::None.key()].iter().map(|c| c / 1e3).collect::<Vec<_>>())
+        ),
+        None,
+    );
+    for v in &variants[1..] {
+        let k = v.key();
+        let tr = median(&thr_ratio[&k]);
+        let cr = median(&con_ratio[&k]);
+        res.packet.insert(k.clone(), (tr, cr));
+        let label = match v {
+            Variant::NoneBrnf => "no table, br_netfilter on for the bridge".to_string(),
+            Variant::Sets(n) => format!("netguard, {n} containers in the allowed groups' sets"),
+            Variant::Rules(n) => format!("netguard, {n} allow lines (pair under test last)"),
+            Variant::Naive(n) => format!("naive, {n} per-pair rules (pair under test last)"),
+            Variant::None => unreachable!(),
+        };
+        let is_ng = matches!(v, Variant::Sets(_));
+        res.row(
+            format!("3. {label}: throughput vs no table"),
+            if is_ng { "≥ 99 %" } else { "—" },
+            format!("{:.1} % ({:.2} Gbit/s)", tr * 100.0, median(&thr[&k])),
+            is_ng.then_some(tr >= 0.99),
+        );
+        res.row(
+            format!("3. {label}: connections/s vs no table"),
+            if is_ng { "≥ 95 %" } else { "—" },
+            format!("{:.1} % ({:.0}/s)", cr * 100.0, median(&con[&k])),
+            is_ng.then_some(cr >= 0.95),
+        );
+    }
+    let flat = |name: &str, lo: usize, hi: usize| {
+        let a = median(&con[&(name.to_string(), lo)]);
+        let b = median(&con[&(name.to_string(), hi)]);
+        b / a
+    };
+    let f = flat("netguard sets", 10, 10_000);
+    res.row(
+        "3. netguard sets: connections/s at 10,000 entries vs 10 (flat)",
+        "≥ 0.95",
+        format!("{f:.3}"),
+        Some(f >= 0.95),
+    );
+    let f = flat("naive per-pair", 10, 10_000);
+    res.row(
+        "3. naive per-pair: connections/s at 10,000 rules vs 10 (its slope)",
+        "—",
+        format!("{f:.3}"),
+        None,
+    );
+    let hi = *rule_sizes.last().expect("sizes");
+    let f = flat("netguard rules", 10, hi);
+    res.row(
+        format!("3. netguard rules: connections/s at {hi} allow lines vs 10"),
+        "—",
+        format!("{f:.3}"),
+        None,
+    );
+    let ap = |k: (String, usize)| median(&apply_ms[&k]);
+    res.notes.push(format!(
+        "Packet path: {rounds} interleaved rounds (every variant once per round; ratios are taken \
+         against the no-table run of the same round, then the median over rounds), iperf3 -t {t_secs}, \
+         connections for {c_secs} s from one client thread (connect, close with RST); {failures} \
+         connection attempts failed in all. Setting a variant up (real CLI `netguard apply` in the \
+         host namespace, or `nft -f` for the naive chain) took, median: sets 10k {:.0} ms, \
+         rules {hi} {:.0} ms, naive 10k {:.0} ms.",
+        ap(("netguard sets".into(), 10_000)),
+        ap(("netguard rules".into(), hi)),
+        ap(("naive per-pair".into(), 10_000)),
+    ));
+}
+
+// ---------------------------------------------------------------- nft workers
+
+type Job = Box<dyn FnOnce(&Backend) + Send>;
+
+/// A thread living in one network namespace, with its own libnftables context.
+struct Worker {
+    tx: Option<mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn new(ns: String) -> Worker {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let handle = std::thread::spawn(move || {
+            enter(&ns);
+            let lib = LibNftables::load().expect("libnftables.so.1 is needed for this benchmark");
+            let b = Backend::new(Box::new(lib));
+            for job in rx {
+                job(&b);
+            }
+        });
+        Worker {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn call<T: Send + 'static>(&self, f: impl FnOnce(&Backend) -> T + Send + 'static) -> T {
+        let (rtx, rrx) = mpsc::channel();
+        self.tx
+            .as_ref()
+            .expect("worker running")
+            .send(Box::new(move |b| {
+                let _ = rtx.send(f(b));
+            }))
+            .expect("worker alive");
+        rrx.recv().expect("worker answered")
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- (2) reconcile
+
+fn reconcile(lab: &mut Lab, full: bool, res: &mut Results) {
+    println!("\n== (2) cold reconcile and no-op resync, 1,000 containers");
+    let n = 1000;
+    let policy_text = big_policy(GROUPS, RULES);
+    let inv_text = inventory_toml(&big_inventory(n).containers);
+    let w = Worker::new(lab.ns("rec"));
+    let reps = if full { 15 } else { 7 };
+    let out = w.call(move |b| {
+        let mut cold: Vec<[f64; 6]> = vec![];
+        let mut noop: Vec<[f64; 4]> = vec![];
+        for _ in 0..reps {
+            b.uninstall().expect("uninstall");
+            let t = Instant::now();
+            let policy = policy_of(&policy_text);
+            let inv = parse_inventory(Path::new("inv.toml"), &inv_text).expect("inventory");
+            let t1 = t.elapsed();
+            let p = plan(&policy, &inv);
+            let t2 = t.elapsed();
+            let live = b.read_live().expect("read");
+            let t3 = t.elapsed();
+            let changes = diff(&p.ruleset, &live);
+            let t4 = t.elapsed();
+            b.apply(&changes).expect("apply");
+            let t5 = t.elapsed();
+            cold.push([ms(t5), ms(t1), ms(t2 - t1), ms(t3 - t2), ms(t4 - t3), ms(t5 - t4)]);
+        }
+        let policy = policy_of(&policy_text);
+        let inv = parse_inventory(Path::new("inv.toml"), &inv_text).expect("inventory");
+        for _ in 0..reps * 2 {
+            let t = Instant::now();
+            let p = plan(&policy, &inv);
+            let t1 = t.elapsed();
+            let live = b.read_live().expect("read");
+            let t2 = t.elapsed();
+            let changes = diff(&p.ruleset, &live);
+            let t3 = t.elapsed();
+            assert!(changes.is_empty(), "no-op resync found changes");
+            noop.push([ms(t3), ms(t1), ms(t2 - t1), ms(t3 - t2)]);
+        }
+        let p = plan(&policy, &inv);
+        let elems: usize = p
+            .ruleset
+            .tables
+            .iter()
+            .flat_map(|t| &t.sets)
+            .map(|s| s.elements.len())
+            .sum();
+        let rules: usize = p
+            .ruleset
+            .tables
+            .iter()
+            .flat_map(|t| &t.chains)
+            .map(|c| c.rules.len())
+            .sum();
+        b.uninstall().expect("uninstall");
+        (cold, noop, elems, rules)
+    });
+    let (cold, noop, elems, rules) = out;
+    let col = |v: &[[f64; 6]], i: usize| median(&v.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let col4 = |v: &[[f64; 4]], i: usize| median(&v.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let c = col(&cold, 0);
+    res.row(
+        "2. cold reconcile, 1,000 containers (parse → plan → read → diff → one transaction)",
+        "≤ 1 s",
+        format!(
+            "median {c:.0} ms (parse {:.0}, plan {:.0}, read {:.1}, diff {:.1}, transaction {:.0})",
+            col(&cold, 1),
+            col(&cold, 2),
+            col(&cold, 3),
+            col(&cold, 4),
+            col(&cold, 5)
+        ),
+        Some(c <= 1000.0),
+    );
+    let nn = col4(&noop, 0);
+    res.row(
+        "2. no-op resync, 1,000 containers (plan → read live → diff, nothing to apply)",
+        "≤ 100 ms",
+        format!(
+            "median {nn:.1} ms (plan {:.1}, read {:.1}, diff {:.1})",
+            col4(&noop, 1),
+            col4(&noop, 2),
+            col4(&noop, 3)
+        ),
+        Some(nn <= 100.0),
+    );
+    res.notes.push(format!(
+        "Reconcile: {n} containers on 4 networks, dual stack, {GROUPS} groups, {RULES} allow lines \
+         → {elems} set elements and {rules} rules; {reps} cold runs (tables deleted before each) and \
+         {} no-op runs, in a fresh network namespace through libnftables.",
+        reps * 2
+    ));
+}
+
+// ---------------------------------------------------------------- (5) plan alone
+
+fn plan_alone(full: bool, res: &mut Results) {
+    println!("\n== (5) plan alone, 1,000 containers × {GROUPS} groups × {RULES} rules");
+    let policy = policy_of(&big_policy(GROUPS, RULES));
+    let inv = big_inventory(1000);
+    let _ = plan(&policy, &inv);
+    let reps = if full { 100 } else { 30 };
+    let mut times = vec![];
+    let (mut allocs, mut bytes) = (0, 0);
+    for i in 0..reps {
+        let a0 = ALLOCS.load(Ordering::Relaxed);
+        let b0 = ALLOC_BYTES.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let p = plan(&policy, &inv);
+        times.push(ms(t.elapsed()));
+        if i == 0 {
+            allocs = ALLOCS.load(Ordering::Relaxed) - a0;
+            bytes = ALLOC_BYTES.load(Ordering::Relaxed) - b0;
+        }
+        drop(p);
+    }
+    let m = median(&times);
+    res.row(
+        "5. plan alone, 1,000 containers × 50 groups × 200 rules",
+        "—",
+        format!(
+            "median {m:.2} ms, p90 {:.2} ms over {reps}; {allocs} allocations, {:.1} MiB allocated",
+            pct(&times, 90.0),
+            bytes as f64 / 1048576.0
+        ),
+        None,
+    );
+}
+
+// ---------------------------------------------------------------- (1) event → enforced
+
+struct EventState {
+    policy: Policy,
+    inv: Inventory,
+    /// (bridge, address) → owners, as a controller keeps it to spot contested addresses.
+    claims: HashMap<(String, String), usize>,
+    next: usize,
+}
+
+fn claims_of(inv: &Inventory) -> HashMap<(String, String), usize> {
+    let mut m = HashMap::new();
+    for c in &inv.containers {
+        for e in &c.endpoints {
+            for a in e.ipv4.map(|a| a.to_string()).into_iter().chain(e.ipv6.map(|a| a.to_string())) {
+                *m.entry((e.bridge.clone(), a)).or_insert(0) += 1;
+            }
+        }
+    }
+    m
+}
+
+/// One event on the delta path: a container starts (its elements are added) or dies (its
+/// elements are removed); returns the time from having the container to the kernel's answer.
+fn delta_event(b: &Backend, st: &mut EventState, add: bool) -> f64 {
+    let c = if add {
+        st.next += 1;
+        big_container(st.next)
+    } else {
+        big_container(st.next)
+    };
+    let t = Instant::now();
+    let claims = &st.claims;
+    let contested = |bridge: &str, a: String| {
+        claims.get(&(bridge.to_string(), a)).copied().unwrap_or(0) > usize::from(!add)
+    };
+    let pc = plan_container(&st.policy, &c, &|_| true, &contested);
+    let elems = container_elements(&st.policy, &pc);
+    let changes = if add {
+        Changes::elements(elems, vec![])
+    } else {
+        Changes::elements(vec![], elems)
+    };
+    b.apply(&changes).expect("apply delta");
+    let d = ms(t.elapsed());
+    for e in &c.endpoints {
+        for a in e.ipv4.map(|a| a.to_string()).into_iter().chain(e.ipv6.map(|a| a.to_string())) {
+            let k = (e.bridge.clone(), a);
+            if add {
+                *st.claims.entry(k).or_insert(0) += 1;
+            } else {
+                st.claims.remove(&k);
+            }
+        }
+    }
+    d
+}
+
+/// The baseline controller: on every event re-plan everything, read the live tables, diff,
+/// apply.
+fn full_event(b: &Backend, st: &mut EventState, add: bool) -> f64 {
+    let c = if add {
+        st.next += 1;
+        big_container(st.next)
+    } else {
+        big_container(st.next)
+    };
+    let t = Instant::now();
+    if add {
+        st.inv.containers.push(c);
+        st.inv.normalize();
+    } else {
+        st.inv.containers.retain(|x| x.id != c.id);
+    }
+    let p = plan(&st.policy, &st.inv);
+    let ch = b.reconcile(&p.ruleset).expect("reconcile");
+    assert!(!ch.is_empty());
+    ms(t.elapsed())
+}
+
+fn events(lab: &mut Lab, full: bool, res: &mut Results) {
+    println!("\n== (1) event → enforced");
+    let sizes = [10usize, 1000, 5000];
+    let per_size_events = if full { 2000 } else { 600 };
+    let full_events = if full { 60 } else { 20 };
+    let policy_text = big_policy(GROUPS, RULES);
+    let mut workers = vec![];
+    for n in sizes {
+        let w = Worker::new(lab.ns(&format!("ev{n}")));
+        let pt = policy_text.clone();
+        let t = w.call(move |b| {
+            let policy = policy_of(&pt);
+            let inv = big_inventory(n);
+            let p = plan(&policy, &inv);
+            b.uninstall().expect("uninstall");
+            let t = Instant::now();
+            b.reconcile(&p.ruleset).expect("initial reconcile");
+            let d = ms(t.elapsed());
+            let claims = claims_of(&inv);
+            EVENT_STATE.with(|s| {
+                *s.borrow_mut() = Some(EventState {
+                    policy,
+                    inv,
+                    claims,
+                    next: 1_000_000,
+                })
+            });
+            d
+        });
+        println!("  {n} containers installed in {t:.0} ms");
+        workers.push((n, w));
+    }
+    // Warm-up, then interleave the sizes event by event so that noise hits them alike.
+    let mut lat: HashMap<usize, Vec<f64>> = HashMap::new();
+    for i in 0..(per_size_events + 40) {
+        for (n, w) in &workers {
+            let add = i % 2 == 0;
+            let d = w.call(move |b| {
+                EVENT_STATE.with(|s| delta_event(b, s.borrow_mut().as_mut().expect("state"), add))
+            });
+            if i >= 40 {
+                lat.entry(*n).or_default().push(d);
+            }
+        }
+    }
+    let mut full_lat: HashMap<usize, Vec<f64>> = HashMap::new();
+    for i in 0..full_events {
+        for (n, w) in &workers {
+            let add = i % 2 == 0;
+            let d = w.call(move |b| {
+                EVENT_STATE.with(|s| full_event(b, s.borrow_mut().as_mut().expect("state"), add))
+            });
+            full_lat.entry(*n).or_default().push(d);
+        }
+    }
+    for (_, w) in &workers {
+        w.call(|b| {
+            b.uninstall().expect("uninstall");
+        });
+    }
+    drop(workers);
+    for n in sizes {
+        let v = &lat[&n];
+        let (p50, p99) = (pct(v, 50.0), pct(v, 99.0));
+        res.events.insert(("netguard delta".into(), n), (p50, p99));
+        res.row(
+            format!("1. event → enforced, {n} containers in 50 groups: p50"),
+            "≤ 1 ms",
+            format!("{p50:.3} ms"),
+            Some(p50 <= 1.0),
+        );
+        res.row(
+            format!("1. event → enforced, {n} containers in 50 groups: p99"),
+            "≤ 10 ms",
+            format!("{p99:.3} ms (max {:.2})", pct(v, 100.0)),
+            Some(p99 <= 10.0),
+        );
+    }
+    let r = pct(&lat[&5000], 50.0) / pct(&lat[&10], 50.0);
+    res.row(
+        "1. event → enforced: p50 at 5,000 containers / p50 at 10",
+        "≤ 1.2",
+        format!("{r:.2}"),
+        Some(r <= 1.2),
+    );
+    for n in sizes {
+        let v = &full_lat[&n];
+        res.events
+            .insert(("full re-plan per event".into(), n), (pct(v, 50.0), pct(v, 99.0)));
+        res.row(
+            format!("1. baseline: full re-plan + read + diff + apply per event, {n} containers"),
+            "—",
+            format!("p50 {:.2} ms, max {:.2} ms", pct(v, 50.0), pct(v, 100.0)),
+            None,
+        );
+    }
+    res.notes.push(format!(
+        "Event → enforced (daemon not on main yet, so measured as the path the daemon takes per \
+         event): from having the container's record to the kernel's answer: `plan_container` (groups, \
+         admission, contested-address lookup) → `container_elements` → `Changes::elements` → one \
+         libnftables transaction, alternately adding a new container and removing it again, \
+         {per_size_events} events per size after 40 warm-up, the three sizes interleaved event by \
+         event (one namespace and libnftables context each). Baseline: {full_events} events per \
+         size through a full `plan` + `reconcile`."
+    ));
+}
+
+thread_local! {
+    static EVENT_STATE: std::cell::RefCell<Option<EventState>> = const { std::cell::RefCell::new(None) };
+}
+
+// ---------------------------------------------------------------- output
+
+struct Series {
+    name: String,
+    color: &'static str,
+    dash: bool,
+    points: Vec<(f64, f64)>,
+}
+
+fn nice_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let span = (hi - lo).max(1e-9);
+    let raw = span / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| span / s <= 6.0)
+        .unwrap_or(mag * 10.0);
+    let mut t = (lo / step).ceil() * step;
+    let mut out = vec![];
+    while t <= hi + 1e-9 {
+        out.push(t);
+        t += step;
+    }
+    out
+}
+
+fn fmt_num(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{}k", v / 1000.0)
+    } else if v >= 1.0 || v == 0.0 {
+        format!("{}", (v * 100.0).round() / 100.0)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chart(
+    out: &mut String,
+    x0: f64,
+    y0: f64,
+    w: f64,
+    h: f64,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    ylog: bool,
+    yrange: Option<(f64, f64)>,
+) {
+    let (l, r, t, b) = (58.0, 12.0, 30.0, 92.0);
+    let (pw, ph) = (w - l - r, h - t - b);
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite() && p.0 > 0.0)
+        .collect();
+    if pts.is_empty() {
+        return;
+    }
+    let xmin = pts.iter().map(|p| p.0).fold(f64::MAX, f64::min).log10().floor();
+    let xmax = pts.iter().map(|p| p.0).fold(f64::MIN, f64::max).log10().ceil();
+    let (mut ymin, mut ymax) = yrange.unwrap_or_else(|| {
+        let lo = pts.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+        let hi = pts.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+        (lo, hi)
+    });
+    if ylog {
+        ymin = ymin.max(1e-3).log10().floor();
+        ymax = ymax.max(1e-3).log10().ceil();
+        if ymax <= ymin {
+            ymax = ymin + 1.0;
+        }
+    } else if ymax <= ymin {
+        ymax = ymin + 1.0;
+    }
+    let xs = |x: f64| x0 + l + (x.log10() - xmin) / (xmax - xmin).max(1e-9) * pw;
+    let ys = |y: f64| {
+        let v = if ylog { y.max(1e-3).log10() } else { y };
+        y0 + t + ph - (v - ymin) / (ymax - ymin) * ph
+    };
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="14" font-weight="bold">{title}</text>"#,
+        x0 + l,
+        y0 + 18.0
+    );
+    let _ = writeln!(
+        out,
+        r##"<rect x="{}" y="{}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>"##,
+        x0 + l,
+        y0 + t
+    );
+    // x ticks: decades and their 2 and 5 multiples.
+    let mut d = xmin;
+    while d <= xmax + 1e-9 {
+        for m in [1.0, 2.0, 5.0] {
+            let x = 10f64.powf(d) * m;
+            if x.log10() > xmax + 1e-9 {
+                continue;
+            }
+            let px = xs(x);
+            let _ = writeln!(
+                out,
+                r##"<line x1="{px}" y1="{}" x2="{px}" y2="{}" stroke="#eee"/><text x="{px}" y="{}" font-size="11" text-anchor="middle">{}</text>"##,
+                y0 + t,
+                y0 + t + ph,
+                y0 + t + ph + 14.0,
+                fmt_num(x)
+            );
+        }
+        d += 1.0;
+    }
+    let yt: Vec<f64> = if ylog {
+        (ymin as i32..=ymax as i32).map(|e| 10f64.powi(e)).collect()
+    } else {
+        nice_ticks(ymin, ymax)
+    };
+    for y in yt {
+        let py = ys(y);
+        let _ = writeln!(
+            out,
+            r##"<line x1="{}" y1="{py}" x2="{}" y2="{py}" stroke="#eee"/><text x="{}" y="{}" font-size="11" text-anchor="end">{}</text>"##,
+            x0 + l,
+            x0 + l + pw,
+            x0 + l - 4.0,
+            py + 4.0,
+            fmt_num(y)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle">{xlabel}</text>"#,
+        x0 + l + pw / 2.0,
+        y0 + t + ph + 30.0
+    );
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="12" text-anchor="middle" transform="rotate(-90 {} {})">{ylabel}</text>"#,
+        x0 + 14.0,
+        y0 + t + ph / 2.0,
+        x0 + 14.0,
+        y0 + t + ph / 2.0
+    );
+    for (i, s) in series.iter().enumerate() {
+        let p: Vec<String> = s
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|(x, y)| format!("{:.1},{:.1}", xs(*x), ys(*y)))
+            .collect();
+        let dash = if s.dash { r#" stroke-dasharray="6 4""# } else { "" };
+        let _ = writeln!(
+            out,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,
+            p.join(" "),
+            s.color
+        );
+        for q in &p {
+            let (cx, cy) = q.split_once(',').unwrap_or(("0", "0"));
+            let _ = writeln!(out, r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{}"/>"#, s.color);
+        }
+        let ly = y0 + t + ph + 46.0 + 14.0 * i as f64;
+        let _ = writeln!(
+            out,
+            r#"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2"{dash}/><text x="{}" y="{}" font-size="11">{}</text>"#,
+            x0 + l,
+            ly - 4.0,
+            x0 + l + 24.0,
+            ly - 4.0,
+            s.color,
+            x0 + l + 30.0,
+            ly,
+            s.name
+        );
+    }
+}
+
+fn svg(res: &Results, subtitle: &str) -> String {
+    let mut s = String::new();
+    let (w, h) = (1260.0, 420.0);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r##"<text x="10" y="{}" font-size="11" fill="#555">{subtitle}</text>"##,
+        h - 6.0
+    );
+    let ev = |name: &str, p99: bool, color, dash| Series {
+        name: format!("{name} ({})", if p99 { "p99" } else { "p50" }),
+        color,
+        dash,
+        points: res
+            .events
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|((_, c), (a, b))| (*c as f64, if p99 { *b } else { *a }))
+            .collect(),
+    };
+    chart(
+        &mut s,
+        0.0,
+        0.0,
+        420.0,
+        h - 10.0,
+        "Event → enforced latency",
+        "containers in the tables",
+        "milliseconds (log)",
+        &[
+            ev("netguard delta", false, "#1f77b4", false),
+            ev("netguard delta", true, "#1f77b4", true),
+            ev("full re-plan per event", false, "#d62728", false),
+        ],
+        true,
+        None,
+    );
+    let pk = |name: &str, conn: bool, color, dash| Series {
+        name: name.to_string(),
+        color,
+        dash,
+        points: res
+            .packet
+            .iter()
+            .filter(|((n, e), _)| n == name && *e > 0)
+            .map(|((_, e), (t, c))| (*e as f64, 100.0 * if conn { *c } else { *t }))
+            .collect(),
+    };
+    for (i, conn) in [(1.0, true), (2.0, false)] {
+        let series = [
+            pk("netguard sets", conn, "#1f77b4", false),
+            pk("netguard rules", conn, "#2ca02c", true),
+            pk("naive per-pair", conn, "#d62728", false),
+        ];
+        let lo = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .fold(100.0f64, f64::min);
+        chart(
+            &mut s,
+            420.0 * i,
+            0.0,
+            420.0,
+            h - 10.0,
+            if conn {
+                "New TCP connections/s vs no table"
+            } else {
+                "Throughput (iperf3) vs no table"
+            },
+            "allow entries (set elements, allow lines, or per-pair rules)",
+            "% of no table",
+            &series,
+            false,
+            Some(((lo / 10.0).floor() * 10.0, 110.0)),
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+const BEGIN: &str = "<!-- BEGIN generated by scripts/bench.sh: do not edit by hand -->";
+const END: &str = "<!-- END generated by scripts/bench.sh -->";
+
+fn markdown(res: &Results, meta: &str, command: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{BEGIN}\n");
+    let _ = writeln!(s, "## Scaling, latency and packet path (`{command}`)\n");
+    let _ = writeln!(s, "{meta}\n");
+    let _ = writeln!(s, "![latency and packet cost against size](docs/bench.svg)\n");
+    let _ = writeln!(s, "| what | target | measured | result |\n|---|---|---|---|");
+    for r in &res.rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            r.what,
+            r.target,
+            r.measured,
+            match r.pass {
+                Some(true) => "pass",
+                Some(false) => "**fail**",
+                None => "—",
+            }
+        );
+    }
+    s.push('\n');
+    for n in &res.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    let _ = writeln!(s, "\n{END}");
+    s
+}
+
+fn write_markdown(path: &Path, section: &str) {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(a), Some(b)) if b > a => {
+            format!("{}{}{}", &old[..a], section.trim_end(), &old[b + END.len()..])
+        }
+        _ => format!("{}\n{}", old.trim_end(), section),
+    };
+    std::fs::write(path, new).expect("write BENCHMARKS.md");
+}
+
+// ---------------------------------------------------------------- main
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let full = args.iter().any(|a| a == "--full");
+    let no_write = args.iter().any(|a| a == "--no-write");
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect());
+    let want = |s: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == s));
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("bench: run as root (network namespaces, nftables)");
+        std::process::exit(2);
+    }
+    let netguard = PathBuf::from(
+        std::env::var("NETGUARD_BIN").unwrap_or_else(|_| "target/release/netguard".into()),
+    );
+    if want("3") && !netguard.exists() {
+        eprintln!("bench: {} not found (cargo build --release first, or set NETGUARD_BIN)", netguard.display());
+        std::process::exit(2);
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new();
+    let mut res = Results::default();
+    if want("3") {
+        packet_path(&mut lab, full, &netguard, &mut res);
+    }
+    if want("2") {
+        reconcile(&mut lab, full, &mut res);
+    }
+    if want("5") {
+        plan_alone(full, &mut res);
+    }
+    if want("1") {
+        events(&mut lab, full, &mut res);
+    }
+    drop(lab);
+    res.row(
+        "4. daemon RSS and CPU at 1,000 containers, idle and under churn",
+        "—",
+        "not measured: the daemon (`netguard run`) is not on main yet".into(),
+        None,
+    );
+
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = cmd("uname", &["-r"]).unwrap_or_default().trim().to_string();
+    let nftv = cmd("nft", &["--version"]).unwrap_or_default().trim().to_string();
+    let date = cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default().trim().to_string();
+    let commit = cmd("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default().trim().to_string();
+    let dirty = cmd("git", &["status", "--porcelain", "--untracked-files=no"])
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(false);
+    let command = if full { "sudo scripts/bench.sh --full" } else { "sudo scripts/bench.sh" };
+    let meta = format!(
+        "Command `{command}`{}; machine: {cores} cores, Linux {kernel}, {nftv}; date {date}; commit \
+         `{commit}`{}; wall time {:.0} s. The machine is shared and noisy: every figure is a median \
+         or percentile over repeated runs, and comparisons are ratios taken within one run.",
+        only.as_ref().map(|o| format!(" (sections {})", o.join(","))).unwrap_or_default(),
+        if dirty { " plus uncommitted changes" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    println!("\n{meta}");
+    if !no_write {
+        let svg_text = svg(&res, &format!("netguard {commit}, {date}, {cores} cores, Linux {kernel}"));
+        std::fs::create_dir_all("docs").expect("docs/");
+        std::fs::write("docs/bench.svg", svg_text).expect("write docs/bench.svg");
+        write_markdown(Path::new("BENCHMARKS.md"), &markdown(&res, &meta, command));
+        println!("wrote BENCHMARKS.md and docs/bench.svg");
+    }
+    let failed = res.rows.iter().filter(|r| r.pass == Some(false)).count();
+    println!("{failed} target(s) missed");
+    let _ = std::io::stdout().flush();
+}
