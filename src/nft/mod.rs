@@ -4,6 +4,7 @@
 
 pub mod exec;
 pub mod live;
+pub mod netlink;
 pub mod render;
 
 use crate::plan::ruleset::*;
@@ -21,6 +22,8 @@ pub enum NftError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     Parse(#[from] live::ParseError),
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
     #[error("cannot encode nft batch: {0}")]
     Encode(String),
 }
@@ -31,15 +34,30 @@ pub type LiveState = BTreeMap<Family, Option<LiveTable>>;
 /// Reads and writes netguard's tables through an [`NftExec`].
 pub struct Backend {
     exec: Box<dyn NftExec>,
+    netlink_reads: bool,
 }
 
 impl Backend {
+    /// Reads and writes through `exec` (reads as `list table` JSON).
     pub fn new(exec: Box<dyn NftExec>) -> Backend {
-        Backend { exec }
+        Backend {
+            exec,
+            netlink_reads: false,
+        }
     }
 
+    /// libnftables (or the `nft` binary) for writes; reads straight over nfnetlink, which
+    /// is ≈ 10× faster than nft's listing at 1,000 containers (see [`netlink`]).
+    /// `NETGUARD_READ=nft` reads through nft's JSON listing instead.
     pub fn system() -> Backend {
-        Backend::new(exec::default_exec())
+        let netlink_reads = std::env::var("NETGUARD_READ").as_deref() != Ok("nft");
+        Backend::new(exec::default_exec()).netlink_reads(netlink_reads)
+    }
+
+    /// Chooses how live tables are read: nfnetlink dumps (`true`) or nft's JSON listing.
+    pub fn netlink_reads(mut self, on: bool) -> Backend {
+        self.netlink_reads = on;
+        self
     }
 
     pub fn exec_name(&self) -> &'static str {
@@ -47,6 +65,9 @@ impl Backend {
     }
 
     pub fn read_table(&self, family: Family) -> Result<Option<LiveTable>, NftError> {
+        if self.netlink_reads {
+            return Ok(netlink::read_table(family)?);
+        }
         match self
             .exec
             .run(&format!("list table {} {}", family.as_str(), TABLE_NAME))
