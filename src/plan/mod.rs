@@ -149,15 +149,21 @@ pub fn plan_networks(policy: &Policy, inventory: &Inventory) -> BTreeMap<String,
     for ep in inventory.containers.iter().flat_map(|c| &c.endpoints) {
         networks
             .entry(ep.network.clone())
-            .or_insert_with(|| PlannedNetwork {
-                name: ep.network.clone(),
-                bridge: Some(ep.bridge.clone()),
-                driver: "bridge".into(),
-                managed: policy.settings.manages_network(&ep.network),
-            });
+            .or_insert_with(|| implied_network(policy, ep));
     }
 
     networks
+}
+
+/// A network known only through an endpoint on it (an inventory file names no networks):
+/// a bridge network, managed when the policy's globs match its name.
+pub fn implied_network(policy: &Policy, ep: &crate::inventory::Endpoint) -> PlannedNetwork {
+    PlannedNetwork {
+        name: ep.network.clone(),
+        bridge: Some(ep.bridge.clone()),
+        driver: "bridge".into(),
+        managed: policy.settings.manages_network(&ep.network),
+    }
 }
 
 /// The plan. Pure and deterministic: equal inputs give equal output.
