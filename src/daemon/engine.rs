@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 type Key = (Family, String, Elem);
+type BridgeAddr = (String, IpAddr);
 
 /// Set elements to add and delete, per table and set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -253,7 +254,7 @@ impl Engine {
         // Present before: contributed by anyone. Take the touched containers' share out,
         // replan them, put the new share in; the kernel changes where presence flips.
         let before: BTreeSet<Key> = self.snapshot(&touched).into_keys().collect();
-        let mut old_admitted: BTreeMap<String, (BTreeSet<(String, IpAddr)>, Vec<String>)> =
+        let mut old_admitted: BTreeMap<String, (BTreeSet<BridgeAddr>, Vec<String>)> =
             BTreeMap::new();
         for t in &touched {
             let old = self.planned.remove(t);
@@ -308,7 +309,7 @@ impl Engine {
 
         // Still admitted somewhere? Only the claimants of that address can say: looking
         // at them, not at every container, keeps an event's cost flat.
-        let still_admitted = |(bridge, a): &(String, IpAddr)| {
+        let still_admitted = |(bridge, a): &BridgeAddr| {
             self.claimants
                 .get(&(bridge.clone(), *a))
                 .is_some_and(|ids| {
@@ -342,7 +343,7 @@ impl Engine {
     }
 }
 
-fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<(String, IpAddr)> {
+fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<BridgeAddr> {
     pc.endpoints
         .iter()
         .filter(|e| e.admitted)
