@@ -58,8 +58,18 @@ pub enum Command {
     Diff,
     /// Reconcile once (exit 0 done, 2 error).
     Apply,
-    /// The daemon.
-    Run,
+    /// The daemon: follow Docker, keep the tables in step (SIGHUP reloads, SIGTERM leaves the rules).
+    Run {
+        /// Seconds between full resyncs (drift repair).
+        #[arg(long, default_value_t = 300)]
+        resync_interval: u64,
+        /// Milliseconds within which a burst of events is coalesced into one transaction.
+        #[arg(long, default_value_t = 20)]
+        coalesce_ms: u64,
+        /// Where the daemon reports its state for `netguard status`.
+        #[arg(long, default_value = "/run/netguard/state.json")]
+        state_file: PathBuf,
+    },
     /// Networks, containers, groups, addresses, veths, enforcement health.
     Status,
     /// Remove netguard's own tables, nothing else.
@@ -234,9 +244,20 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Run => Err(Failure(vec![
-            "`run` (the daemon) is not implemented yet; use `apply`".into(),
-        ])),
+        Command::Run {
+            resync_interval,
+            coalesce_ms,
+            ref state_file,
+        } => {
+            let mut opts = crate::daemon::Options::new(cli.config.clone());
+            opts.resync = std::time::Duration::from_secs(resync_interval.max(1));
+            opts.coalesce = std::time::Duration::from_millis(coalesce_ms);
+            opts.state_file = Some(state_file.clone());
+            crate::daemon::run(opts, cli.docker_host.clone(), cli.inventory.clone())
+                .await
+                .map_err(Failure)?;
+            Ok(EXIT_OK)
+        }
     }
 }
 

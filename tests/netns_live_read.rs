@@ -3,10 +3,11 @@
 
 use netguard::inventory::parse_inventory;
 use netguard::nft::exec::{LibNftables, NftExec};
-use netguard::nft::{Backend, FAMILIES, diff, live, netlink};
+use netguard::nft::{Backend, Changes, FAMILIES, diff, live, netlink};
 use netguard::plan::plan;
-use netguard::plan::ruleset::Family;
+use netguard::plan::ruleset::{Elem, Family};
 use netguard::policy::parse_policy;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -105,6 +106,109 @@ fn netlink_reader_equals_nft_json_listing() {
             let b = json(f).expect("table present");
             assert_eq!(a, b, "{f:?}");
             assert!(!a.sets.is_empty() && !a.chains.is_empty());
+        }
+        // The structure alone (no elements) equals nft's terse listing.
+        for f in FAMILIES {
+            let a = netlink::read_structure(f)
+                .expect("netlink read")
+                .expect("present");
+            let b = live::parse_table(
+                &lib.run_terse(&format!("list table {} netguard", f.as_str()))
+                    .expect("terse"),
+            )
+            .expect("parse");
+            assert_eq!(a, b, "structure {f:?}");
+        }
+        // Element writes over nfnetlink: every key type, adds and deletes in one batch; the
+        // JSON listing must show exactly the result; a failing batch changes nothing.
+        let v4 = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let adds: Vec<(Family, String, Elem)> = vec![
+            (
+                Family::Inet,
+                "all_4".into(),
+                Elem::IfnameV4("br-front".into(), v4("10.10.9.1")),
+            ),
+            (
+                Family::Inet,
+                "all_6".into(),
+                Elem::IfnameV6("br-front".into(), v6("fd10::9:1")),
+            ),
+            (
+                Family::Inet,
+                "bridges".into(),
+                Elem::IfnamePair("br-x".into(), "br-x".into()),
+            ),
+            (
+                Family::Bridge,
+                "veths".into(),
+                Elem::Ifname("vethnew0123456".into()),
+            ),
+            (Family::Bridge, "addrs_4".into(), Elem::V4(v4("10.10.9.1"))),
+            (Family::Bridge, "addrs_6".into(), Elem::V6(v6("fd10::9:1"))),
+        ];
+        let before = backend.read_live().expect("read");
+        let dels: Vec<(Family, String, Elem)> =
+            before[&Family::Inet].as_ref().unwrap().sets["all_4"]
+                .elements
+                .iter()
+                .take(2)
+                .map(|e| (Family::Inet, "all_4".to_string(), e.clone()))
+                .collect();
+        let group = |v: &[(Family, String, Elem)]| {
+            let mut m: BTreeMap<Family, BTreeMap<String, Vec<Elem>>> = BTreeMap::new();
+            for (f, s, e) in v {
+                m.entry(*f)
+                    .or_default()
+                    .entry(s.clone())
+                    .or_default()
+                    .push(e.clone());
+            }
+            m
+        };
+        let change = Changes::elements_only(group(&adds), group(&dels));
+        assert!(change.only_elements());
+        backend.apply(&change).expect("netlink element batch");
+        let mut want = before.clone();
+        for (f, s, e) in &adds {
+            want.get_mut(f)
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .sets
+                .get_mut(s)
+                .unwrap()
+                .elements
+                .insert(e.clone());
+        }
+        for (f, s, e) in &dels {
+            want.get_mut(f)
+                .unwrap()
+                .as_mut()
+                .unwrap()
+                .sets
+                .get_mut(s)
+                .unwrap()
+                .elements
+                .remove(e);
+        }
+        for f in FAMILIES {
+            assert_eq!(json(f), want[&f].clone(), "after element batch {f:?}");
+        }
+        // Adding again succeeds; deleting a missing element fails and changes nothing.
+        backend
+            .apply(&Changes::elements_only(group(&adds), BTreeMap::new()))
+            .expect("re-add");
+        let missing = Changes::elements_only(
+            group(&[(Family::Bridge, "addrs_4".into(), Elem::V4(v4("10.10.9.2")))]),
+            group(&dels),
+        );
+        assert!(
+            backend.apply(&missing).is_err(),
+            "deleting missing elements must fail"
+        );
+        for f in FAMILIES {
+            assert_eq!(json(f), want[&f].clone(), "after failed batch {f:?}");
         }
         // The diff through netlink reads repairs the odd set and is then empty.
         backend.reconcile(&p.ruleset).expect("repair");

@@ -79,6 +79,41 @@ impl Backend {
         }
     }
 
+    /// netguard's tables without set contents: the structure only.
+    pub fn read_structure(&self) -> Result<LiveState, NftError> {
+        if self.netlink_reads {
+            return FAMILIES
+                .iter()
+                .map(|f| Ok((*f, netlink::read_structure(*f)?)))
+                .collect();
+        }
+        FAMILIES
+            .iter()
+            .map(|f| {
+                let cmd = format!("list table {} {}", f.as_str(), TABLE_NAME);
+                match self.exec.run_terse(&cmd) {
+                    Ok(json) => Ok((*f, Some(live::parse_table(&json)?))),
+                    Err(ExecError::Nft(msg)) if msg.contains("No such file or directory") => {
+                        Ok((*f, None))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the live tables have the desired structure (tables, sets, chains, rules),
+    /// without reading any set element.
+    pub fn structure_in_sync(&self, desired: &Ruleset) -> Result<bool, NftError> {
+        let mut bare = desired.clone();
+        for t in &mut bare.tables {
+            for s in &mut t.sets {
+                s.elements.clear();
+            }
+        }
+        Ok(diff(&bare, &self.read_structure()?).is_empty())
+    }
+
     pub fn read_live(&self) -> Result<LiveState, NftError> {
         FAMILIES
             .iter()
@@ -87,9 +122,34 @@ impl Backend {
     }
 
     /// Applies `changes` (computed against the live state just read) in one transaction.
+    /// Element-only changes (a container event) go straight over nfnetlink when netlink
+    /// is on: ≈ 10× cheaper than libnftables, which lists every set first.
     pub fn apply(&self, changes: &Changes) -> Result<(), NftError> {
         if changes.is_empty() {
             return Ok(());
+        }
+        if self.netlink_reads && changes.only_elements() {
+            let mut ops = Vec::new();
+            for t in &changes.tables {
+                let Some(f) = t.family else { continue };
+                for (set, elems) in &t.delete_elements {
+                    ops.push(netlink::ElementOp {
+                        family: f,
+                        set,
+                        add: false,
+                        elems,
+                    });
+                }
+                for (set, elems) in &t.add_elements {
+                    ops.push(netlink::ElementOp {
+                        family: f,
+                        set,
+                        add: true,
+                        elems,
+                    });
+                }
+            }
+            return Ok(netlink::apply_elements(&ops)?);
         }
         let json =
             serde_json::to_string(&changes.batch()).map_err(|e| NftError::Encode(e.to_string()))?;
@@ -173,39 +233,38 @@ pub struct Changes {
 }
 
 impl Changes {
-    /// Set elements to add and to remove, nothing else: what one container event needs
-    /// (see [`crate::plan::container_elements`]). Adding an element that is already there
-    /// succeeds; deleting one that is missing fails the whole transaction.
-    pub fn elements(
-        add: impl IntoIterator<Item = (Family, String, Elem)>,
-        delete: impl IntoIterator<Item = (Family, String, Elem)>,
+    /// A change of set elements only, for tables that already have the right structure.
+    pub fn elements_only(
+        add: BTreeMap<Family, BTreeMap<String, Vec<Elem>>>,
+        delete: BTreeMap<Family, BTreeMap<String, Vec<Elem>>>,
     ) -> Changes {
-        let mut tables: Vec<TableChanges> = FAMILIES
+        let tables = FAMILIES
             .iter()
             .map(|f| TableChanges {
                 family: Some(*f),
+                add_elements: add.get(f).cloned().unwrap_or_default(),
+                delete_elements: delete.get(f).cloned().unwrap_or_default(),
                 ..Default::default()
             })
             .collect();
-        let slot = |tables: &mut Vec<TableChanges>, f: Family| {
-            tables
-                .iter_mut()
-                .position(|t| t.family == Some(f))
-                .expect("every family has a slot")
-        };
-        for (f, set, e) in add {
-            let i = slot(&mut tables, f);
-            tables[i].add_elements.entry(set).or_default().push(e);
-        }
-        for (f, set, e) in delete {
-            let i = slot(&mut tables, f);
-            tables[i].delete_elements.entry(set).or_default().push(e);
-        }
         Changes { tables }
     }
 
     pub fn is_empty(&self) -> bool {
         self.tables.iter().all(TableChanges::is_empty)
+    }
+
+    /// Only set elements change: no table, set, chain or rule is created or removed.
+    pub fn only_elements(&self) -> bool {
+        self.tables.iter().all(|t| {
+            !t.create_table
+                && !t.delete_table
+                && t.create_sets.is_empty()
+                && t.delete_sets.is_empty()
+                && t.create_chains.is_empty()
+                && t.delete_chains.is_empty()
+                && t.rewrite_chains.is_empty()
+        })
     }
 
     /// Number of set elements added and removed.
@@ -229,8 +288,23 @@ impl Changes {
                 ))));
                 continue;
             }
-            // Element-only changes (a container event) carry no desired table.
-            let chains: &[Chain] = t.desired.as_ref().map_or(&[], |d| d.chains.as_slice());
+            let Some(desired) = &t.desired else {
+                // Element-only change (the daemon's per-event path): sets must exist; if
+                // they do not, the transaction fails whole and the caller reconciles fully.
+                for (set, elems) in &t.delete_elements {
+                    o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(
+                        render::element_obj(f, set, elems.iter()),
+                    ))));
+                }
+                for (set, elems) in &t.add_elements {
+                    o.push(add(NfListObject::Element(render::element_obj(
+                        f,
+                        set,
+                        elems.iter(),
+                    ))));
+                }
+                continue;
+            };
             o.push(add(NfListObject::Table(render::table_obj(f))));
             for chain in &t.rewrite_chains {
                 if t.live_chains.contains(chain) {
@@ -254,7 +328,11 @@ impl Changes {
                     f, name, *kind,
                 )))));
             }
-            for c in chains.iter().filter(|c| t.create_chains.contains(&c.name)) {
+            for c in desired
+                .chains
+                .iter()
+                .filter(|c| t.create_chains.contains(&c.name))
+            {
                 o.push(add(NfListObject::Chain(render::chain_obj(f, c))));
             }
             for (set, elems) in &t.delete_elements {
@@ -269,7 +347,11 @@ impl Changes {
                     elems.iter(),
                 ))));
             }
-            for c in chains.iter().filter(|c| t.rewrite_chains.contains(&c.name)) {
+            for c in desired
+                .chains
+                .iter()
+                .filter(|c| t.rewrite_chains.contains(&c.name))
+            {
                 for r in &c.rules {
                     o.push(add(render::rule_obj(f, &c.name, r)));
                 }

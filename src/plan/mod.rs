@@ -8,7 +8,7 @@ use crate::policy::{Allow, Peers, Policy, PortSpec, Proto, Selector};
 use ruleset::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Prefix of kernel log lines for denied connections (contract, DESIGN.md section 1).
 pub const LOG_PREFIX: &str = "netguard-deny ";
@@ -16,6 +16,7 @@ pub const LOG_PREFIX: &str = "netguard-deny ";
 /// Names of netguard's sets. Kept here so the plan, status and tests agree on them.
 pub mod names {
     pub const BRIDGE_PAIRS: &str = "bridges";
+    pub const UNMANAGED: &str = "unmanaged";
     pub const ALL_4: &str = "all_4";
     pub const ALL_6: &str = "all_6";
     pub const VETHS: &str = "veths";
@@ -130,11 +131,8 @@ fn origin(a: &Allow) -> String {
     format!("{}:{}", file.unwrap_or_default(), a.loc.line)
 }
 
-/// The plan. Pure and deterministic: equal inputs give equal output.
-pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
-    let mut warnings = Vec::new();
-
-    // Networks: those the source lists plus those only endpoints mention.
+/// Networks: those the source lists plus those only endpoints mention, managed or not.
+pub fn plan_networks(policy: &Policy, inventory: &Inventory) -> BTreeMap<String, PlannedNetwork> {
     let mut networks: BTreeMap<String, PlannedNetwork> = BTreeMap::new();
     for n in &inventory.networks {
         networks.insert(
@@ -152,48 +150,37 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
     for ep in inventory.containers.iter().flat_map(|c| &c.endpoints) {
         networks
             .entry(ep.network.clone())
-            .or_insert_with(|| PlannedNetwork {
-                name: ep.network.clone(),
-                bridge: Some(ep.bridge.clone()),
-                driver: "bridge".into(),
-                managed: policy.settings.manages_network(&ep.network),
-            });
+            .or_insert_with(|| implied_network(policy, ep));
     }
 
-    // Addresses claimed by two owners on one bridge cannot be bound to either: admit
-    // neither (fail closed) rather than guess. The owner is the veth: a container started
-    // with `--network container:X` shares X's veth, and so X's endpoint, and is no rival.
-    let mut claims: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for c in &inventory.containers {
-        for ep in &c.endpoints {
-            let owner = ep
-                .veth
-                .clone()
-                .unwrap_or_else(|| format!("container {}", c.id));
-            for a in ep
-                .ipv4
-                .map(|a| a.to_string())
-                .into_iter()
-                .chain(ep.ipv6.map(|a| a.to_string()))
-            {
-                claims
-                    .entry((ep.bridge.clone(), a))
-                    .or_default()
-                    .insert(owner.clone());
-            }
-        }
-    }
-    let contested = |bridge: &str, a: String| {
-        claims
-            .get(&(bridge.to_string(), a))
-            .is_some_and(|o| o.len() > 1)
-    };
+    networks
+}
 
-    let managed_net = |n: &str| networks.get(n).is_some_and(|n| n.managed);
+/// A network known only through an endpoint on it (an inventory file names no networks):
+/// a bridge network, managed when the policy's globs match its name.
+pub fn implied_network(policy: &Policy, ep: &crate::inventory::Endpoint) -> PlannedNetwork {
+    PlannedNetwork {
+        name: ep.network.clone(),
+        bridge: Some(ep.bridge.clone()),
+        driver: "bridge".into(),
+        managed: policy.settings.manages_network(&ep.network),
+    }
+}
+
+/// The plan. Pure and deterministic: equal inputs give equal output.
+pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
+    let mut warnings = Vec::new();
+
+    let networks = plan_networks(policy, inventory);
+    let claims = claims(&inventory.containers);
     let mut containers = Vec::new();
     for c in &inventory.containers {
-        let pc = plan_container(policy, c, &managed_net, &contested);
-        warnings.extend(admission_warnings(&pc));
+        let pc = plan_container(policy, &networks, &claims, c);
+        for ep in &pc.endpoints {
+            if let Some(r) = &ep.reason {
+                warnings.push(format!("{} on {}: not admitted: {r}", c.name, ep.network));
+            }
+        }
         containers.push(pc);
     }
 
@@ -222,31 +209,68 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
     }
 }
 
-/// Plans one container: its groups, and for each endpoint whether it is managed and
-/// admitted. `managed_net` says whether a network (by name) is managed; `contested` whether
-/// an address on a bridge is claimed by more than one owner. `plan` uses this for every
-/// container; a controller uses it for the one container an event is about.
+/// Who claims each address on each bridge. The owner is the veth: a container started with
+/// `--network container:X` shares X's veth, and so X's endpoint, and is no rival.
+pub type Claims = BTreeMap<(String, IpAddr), BTreeSet<String>>;
+
+/// The claims one container makes: ((bridge, address), owner).
+pub fn claims_of(c: &Container) -> Vec<((String, IpAddr), String)> {
+    let mut out = Vec::new();
+    for ep in &c.endpoints {
+        let owner = ep
+            .veth
+            .clone()
+            .unwrap_or_else(|| format!("container {}", c.id));
+        let addrs = ep
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(ep.ipv6.map(IpAddr::V6));
+        for a in addrs {
+            out.push(((ep.bridge.clone(), a), owner.clone()));
+        }
+    }
+    out
+}
+
+pub fn claims(containers: &[Container]) -> Claims {
+    let mut m = Claims::new();
+    for c in containers {
+        for (k, owner) in claims_of(c) {
+            m.entry(k).or_default().insert(owner);
+        }
+    }
+    m
+}
+
+/// One container's groups and endpoints, admitted or not and why. Pure; the daemon calls it
+/// for the containers an event touches, `plan` for all of them.
 pub fn plan_container(
     policy: &Policy,
+    networks: &BTreeMap<String, PlannedNetwork>,
+    claims: &Claims,
     c: &Container,
-    managed_net: &dyn Fn(&str) -> bool,
-    contested: &dyn Fn(&str, String) -> bool,
 ) -> PlannedContainer {
-    let anti_spoofing = policy.settings.anti_spoofing;
-    let groups = groups_of(policy, c);
+    // Addresses claimed by two owners on one bridge cannot be bound to either: admit
+    // neither (fail closed) rather than guess.
+    let contested = |bridge: &str, a: IpAddr| {
+        claims
+            .get(&(bridge.to_string(), a))
+            .is_some_and(|o| o.len() > 1)
+    };
     let mut endpoints = Vec::new();
     for ep in &c.endpoints {
-        let managed = managed_net(&ep.network);
+        let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
         let reason = if !managed {
             None
-        } else if anti_spoofing && ep.veth.is_none() {
+        } else if policy.settings.anti_spoofing && ep.veth.is_none() {
             Some("host-side veth unknown: cannot bind its addresses".to_string())
         } else if ep
             .ipv4
-            .is_some_and(|a| contested(&ep.bridge, a.to_string()))
+            .is_some_and(|a| contested(&ep.bridge, IpAddr::V4(a)))
             || ep
                 .ipv6
-                .is_some_and(|a| contested(&ep.bridge, a.to_string()))
+                .is_some_and(|a| contested(&ep.bridge, IpAddr::V6(a)))
         {
             Some("address claimed by another endpoint on the same bridge".to_string())
         } else {
@@ -267,34 +291,22 @@ pub fn plan_container(
         id: c.id.clone(),
         name: c.name.clone(),
         managed: endpoints.iter().any(|e| e.managed),
-        groups,
+        groups: groups_of(policy, c),
         endpoints,
     }
 }
 
-fn admission_warnings(c: &PlannedContainer) -> Vec<String> {
-    c.endpoints
-        .iter()
-        .filter_map(|ep| {
-            ep.reason
-                .as_ref()
-                .map(|r| format!("{} on {}: not admitted: {r}", c.name, ep.network))
-        })
-        .collect()
-}
-
-/// The set elements one planned container contributes to the desired tables, by family and
-/// set: exactly what a container event adds (start, connect) or removes (die, disconnect),
-/// so that churn costs one small transaction whatever the number of containers. The union
-/// over all containers equals the sets of [`plan`]'s ruleset (except `bridges`, which
-/// depends on networks only).
-pub fn container_elements(policy: &Policy, c: &PlannedContainer) -> Vec<(Family, String, Elem)> {
+/// The set elements one planned container contributes: (table, set, element). Two
+/// containers may contribute the same element (a shared endpoint).
+pub fn container_elements(
+    pc: &PlannedContainer,
+    anti_spoofing: bool,
+) -> Vec<(Family, String, Elem)> {
     let mut out = Vec::new();
-    for ep in c.endpoints.iter().filter(|e| e.admitted) {
+    for ep in pc.endpoints.iter().filter(|e| e.admitted) {
         let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string())).chain(
-            c.groups
+            pc.groups
                 .iter()
-                .filter(|g| policy.groups.contains_key(*g))
                 .map(|g| (names::group_set(g, false), names::group_set(g, true))),
         );
         for (s4, s6) in targets {
@@ -305,9 +317,7 @@ pub fn container_elements(policy: &Policy, c: &PlannedContainer) -> Vec<(Family,
                 out.push((Family::Inet, s6, Elem::IfnameV6(ep.bridge.clone(), a)));
             }
         }
-        if policy.settings.anti_spoofing
-            && let Some(v) = &ep.veth
-        {
+        if let (true, Some(v)) = (anti_spoofing, &ep.veth) {
             out.push((Family::Bridge, names::VETHS.into(), Elem::Ifname(v.clone())));
             if let Some(a) = ep.ipv4 {
                 out.push((
@@ -348,6 +358,7 @@ fn build_ruleset(
         );
     };
     new_set(names::BRIDGE_PAIRS, SetKind::IfnamePair);
+    new_set(names::UNMANAGED, SetKind::Ifname);
     new_set(names::ALL_4, SetKind::IfnameV4);
     new_set(names::ALL_6, SetKind::IfnameV6);
     for g in policy.groups.keys() {
@@ -359,34 +370,13 @@ fn build_ruleset(
             s.elements.insert(e);
         }
     };
-    for n in networks.values().filter(|n| n.managed) {
-        if let Some(b) = &n.bridge {
-            add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone()));
+    for n in networks.values() {
+        match (&n.bridge, n.managed) {
+            (Some(b), true) => add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone())),
+            (Some(b), false) => add(names::UNMANAGED, Elem::Ifname(b.clone())),
+            (None, _) => {}
         }
     }
-    let mut bind: Vec<(String, &PlannedEndpoint)> = Vec::new();
-    for c in containers {
-        for ep in c.endpoints.iter().filter(|e| e.admitted) {
-            let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string()))
-                .chain(
-                    c.groups
-                        .iter()
-                        .map(|g| (names::group_set(g, false), names::group_set(g, true))),
-                );
-            for (s4, s6) in targets {
-                if let Some(a) = ep.ipv4 {
-                    add(&s4, Elem::IfnameV4(ep.bridge.clone(), a));
-                }
-                if let Some(a) = ep.ipv6 {
-                    add(&s6, Elem::IfnameV6(ep.bridge.clone(), a));
-                }
-            }
-            if let Some(v) = &ep.veth {
-                bind.push((v.clone(), ep));
-            }
-        }
-    }
-
     let mut isolate = vec![
         Rule::new(
             vec![Match::CtState(vec!["established".into(), "related".into()])],
@@ -450,11 +440,7 @@ fn build_ruleset(
                     hook: Hook::Forward,
                     priority: -10,
                 }),
-                rules: vec![Rule::new(
-                    vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
-                    Verdict::Jump(names::ISOLATE.into()),
-                    "traffic between two ports of one managed bridge",
-                )],
+                rules: forward_rules(),
             },
             Chain {
                 name: names::ISOLATE.into(),
@@ -466,9 +452,46 @@ fn build_ruleset(
 
     let mut tables = vec![inet];
     if policy.settings.anti_spoofing {
-        tables.push(bridge_table(&bind));
+        tables.push(bridge_table());
+    }
+    // Container elements last, into whichever table holds the set.
+    for c in containers {
+        for (family, set, e) in container_elements(c, policy.settings.anti_spoofing) {
+            if let Some(s) = tables
+                .iter_mut()
+                .find(|t| t.family == family)
+                .and_then(|t| t.sets.iter_mut().find(|s| s.name == set))
+            {
+                s.elements.insert(e);
+            }
+        }
     }
     Ruleset { tables }
+}
+
+/// Docker's bridge names: `docker0` and `br-<id>`. A bridge of that shape that netguard does
+/// not know yet (a network created while netguard was not looking) is judged as if it were
+/// managed, with no members: fail closed until the network is known.
+pub const DOCKER_BRIDGE_PATTERNS: [&str; 2] = ["docker0", "br-*"];
+
+fn forward_rules() -> Vec<Rule> {
+    let mut rules = vec![Rule::new(
+        vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
+        Verdict::Jump(names::ISOLATE.into()),
+        "traffic between two ports of one managed bridge",
+    )];
+    for p in DOCKER_BRIDGE_PATTERNS {
+        rules.push(Rule::new(
+            vec![
+                Match::IifPattern(p.into()),
+                Match::OifPattern(p.into()),
+                Match::IifNotInSet(names::UNMANAGED.into()),
+            ],
+            Verdict::Jump(names::ISOLATE.into()),
+            format!("{p} bridge netguard does not know yet: default deny"),
+        ));
+    }
+    rules
 }
 
 fn flow_rules(f: &Flow) -> Vec<Rule> {
@@ -536,40 +559,22 @@ fn flow_rules(f: &Flow) -> Vec<Rule> {
 
 /// Binds each admitted address to its veth, in both directions: a veth may only send from
 /// its own addresses, and a bound address is only ever delivered to its own veth.
-fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
-    let mut sets: BTreeMap<&str, SetDef> = BTreeMap::new();
-    for (name, kind) in [
-        (names::VETHS, SetKind::Ifname),
-        (names::BIND_4, SetKind::IfnameV4),
-        (names::BIND_6, SetKind::IfnameV6),
+fn bridge_table() -> Table {
+    // Sorted by name, like the inet table's sets.
+    let sets = [
         (names::ADDRS_4, SetKind::V4),
         (names::ADDRS_6, SetKind::V6),
-    ] {
-        sets.insert(
-            name,
-            SetDef {
-                name: name.into(),
-                kind,
-                elements: BTreeSet::new(),
-            },
-        );
-    }
-    let mut add = |set: &str, e: Elem| {
-        if let Some(s) = sets.get_mut(set) {
-            s.elements.insert(e);
-        }
-    };
-    for (veth, ep) in bind {
-        add(names::VETHS, Elem::Ifname(veth.clone()));
-        if let Some(a) = ep.ipv4 {
-            add(names::BIND_4, Elem::IfnameV4(veth.clone(), a));
-            add(names::ADDRS_4, Elem::V4(a));
-        }
-        if let Some(a) = ep.ipv6 {
-            add(names::BIND_6, Elem::IfnameV6(veth.clone(), a));
-            add(names::ADDRS_6, Elem::V6(a));
-        }
-    }
+        (names::BIND_4, SetKind::IfnameV4),
+        (names::BIND_6, SetKind::IfnameV6),
+        (names::VETHS, SetKind::Ifname),
+    ]
+    .into_iter()
+    .map(|(name, kind)| SetDef {
+        name: name.into(),
+        kind,
+        elements: BTreeSet::new(),
+    })
+    .collect::<Vec<_>>();
     use EtherType::*;
     use IpVersion::*;
     let ll: Vec<(Ipv6Addr, u8)> = vec![
@@ -633,7 +638,7 @@ fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
     post.extend(bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6));
     Table {
         family: Family::Bridge,
-        sets: sets.into_values().collect(),
+        sets,
         chains: vec![
             Chain {
                 name: names::PREROUTING.into(),
@@ -736,4 +741,25 @@ fn bound_destination(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -
         )
         .counted(),
     ]
+}
+
+/// Does allow entry `f` let a container in `from_groups` open a `proto`/`port` connection to
+/// one in `to_groups`? (Both managed, admitted and on one network: the caller's part.)
+pub fn flow_permits(
+    f: &Flow,
+    from_groups: &[String],
+    to_groups: &[String],
+    proto: Option<Proto>,
+    port: u16,
+) -> bool {
+    let side =
+        |names: &[String], groups: &[String]| names.iter().any(|n| n == "*" || groups.contains(n));
+    side(&f.from, from_groups)
+        && side(&f.to, to_groups)
+        && match (&f.ports, proto) {
+            (None, _) => true,
+            (Some(specs), Some(p)) => specs.iter().any(|s| s.contains(p, port)),
+            // A protocol no port spec can name is only allowed by "all traffic".
+            (Some(_), None) => false,
+        }
 }
