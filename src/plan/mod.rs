@@ -8,7 +8,7 @@ use crate::policy::{Allow, Peers, Policy, PortSpec, Proto, Selector};
 use ruleset::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Prefix of kernel log lines for denied connections (contract, DESIGN.md section 1).
 pub const LOG_PREFIX: &str = "netguard-deny ";
@@ -130,11 +130,8 @@ fn origin(a: &Allow) -> String {
     format!("{}:{}", file.unwrap_or_default(), a.loc.line)
 }
 
-/// The plan. Pure and deterministic: equal inputs give equal output.
-pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
-    let mut warnings = Vec::new();
-
-    // Networks: those the source lists plus those only endpoints mention.
+/// Networks: those the source lists plus those only endpoints mention, managed or not.
+pub fn plan_networks(policy: &Policy, inventory: &Inventory) -> BTreeMap<String, PlannedNetwork> {
     let mut networks: BTreeMap<String, PlannedNetwork> = BTreeMap::new();
     for n in &inventory.networks {
         networks.insert(
@@ -160,78 +157,24 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
             });
     }
 
-    // Addresses claimed by two owners on one bridge cannot be bound to either: admit
-    // neither (fail closed) rather than guess. The owner is the veth: a container started
-    // with `--network container:X` shares X's veth, and so X's endpoint, and is no rival.
-    let mut claims: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    for c in &inventory.containers {
-        for ep in &c.endpoints {
-            let owner = ep
-                .veth
-                .clone()
-                .unwrap_or_else(|| format!("container {}", c.id));
-            for a in ep
-                .ipv4
-                .map(|a| a.to_string())
-                .into_iter()
-                .chain(ep.ipv6.map(|a| a.to_string()))
-            {
-                claims
-                    .entry((ep.bridge.clone(), a))
-                    .or_default()
-                    .insert(owner.clone());
-            }
-        }
-    }
-    let contested = |bridge: &str, a: String| {
-        claims
-            .get(&(bridge.to_string(), a))
-            .is_some_and(|o| o.len() > 1)
-    };
+    networks
+}
 
-    let anti_spoofing = policy.settings.anti_spoofing;
+/// The plan. Pure and deterministic: equal inputs give equal output.
+pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
+    let mut warnings = Vec::new();
+
+    let networks = plan_networks(policy, inventory);
+    let claims = claims(&inventory.containers);
     let mut containers = Vec::new();
     for c in &inventory.containers {
-        let groups = groups_of(policy, c);
-        let mut endpoints = Vec::new();
-        for ep in &c.endpoints {
-            let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
-            let reason = if !managed {
-                None
-            } else if anti_spoofing && ep.veth.is_none() {
-                Some("host-side veth unknown: cannot bind its addresses".to_string())
-            } else if ep
-                .ipv4
-                .is_some_and(|a| contested(&ep.bridge, a.to_string()))
-                || ep
-                    .ipv6
-                    .is_some_and(|a| contested(&ep.bridge, a.to_string()))
-            {
-                Some("address claimed by another endpoint on the same bridge".to_string())
-            } else {
-                None
-            };
-            if let Some(r) = &reason {
+        let pc = plan_container(policy, &networks, &claims, c);
+        for ep in &pc.endpoints {
+            if let Some(r) = &ep.reason {
                 warnings.push(format!("{} on {}: not admitted: {r}", c.name, ep.network));
             }
-            endpoints.push(PlannedEndpoint {
-                network: ep.network.clone(),
-                bridge: ep.bridge.clone(),
-                veth: ep.veth.clone(),
-                ipv4: ep.ipv4,
-                ipv6: ep.ipv6,
-                managed,
-                admitted: managed && reason.is_none(),
-                reason,
-            });
         }
-        containers.push(PlannedContainer {
-            id: c.id.clone(),
-            name: c.name.clone(),
-            managed: endpoints.iter().any(|e| e.managed),
-            groups,
-            endpoints,
-        });
+        containers.push(pc);
     }
 
     let flows: Vec<Flow> = policy
@@ -257,6 +200,137 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
         ruleset,
         warnings,
     }
+}
+
+/// Who claims each address on each bridge. The owner is the veth: a container started with
+/// `--network container:X` shares X's veth, and so X's endpoint, and is no rival.
+pub type Claims = BTreeMap<(String, IpAddr), BTreeSet<String>>;
+
+/// The claims one container makes: ((bridge, address), owner).
+pub fn claims_of(c: &Container) -> Vec<((String, IpAddr), String)> {
+    let mut out = Vec::new();
+    for ep in &c.endpoints {
+        let owner = ep
+            .veth
+            .clone()
+            .unwrap_or_else(|| format!("container {}", c.id));
+        let addrs = ep
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(ep.ipv6.map(IpAddr::V6));
+        for a in addrs {
+            out.push(((ep.bridge.clone(), a), owner.clone()));
+        }
+    }
+    out
+}
+
+pub fn claims(containers: &[Container]) -> Claims {
+    let mut m = Claims::new();
+    for c in containers {
+        for (k, owner) in claims_of(c) {
+            m.entry(k).or_default().insert(owner);
+        }
+    }
+    m
+}
+
+/// One container's groups and endpoints, admitted or not and why. Pure; the daemon calls it
+/// for the containers an event touches, `plan` for all of them.
+pub fn plan_container(
+    policy: &Policy,
+    networks: &BTreeMap<String, PlannedNetwork>,
+    claims: &Claims,
+    c: &Container,
+) -> PlannedContainer {
+    // Addresses claimed by two owners on one bridge cannot be bound to either: admit
+    // neither (fail closed) rather than guess.
+    let contested = |bridge: &str, a: IpAddr| {
+        claims
+            .get(&(bridge.to_string(), a))
+            .is_some_and(|o| o.len() > 1)
+    };
+    let mut endpoints = Vec::new();
+    for ep in &c.endpoints {
+        let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
+        let reason = if !managed {
+            None
+        } else if policy.settings.anti_spoofing && ep.veth.is_none() {
+            Some("host-side veth unknown: cannot bind its addresses".to_string())
+        } else if ep
+            .ipv4
+            .is_some_and(|a| contested(&ep.bridge, IpAddr::V4(a)))
+            || ep
+                .ipv6
+                .is_some_and(|a| contested(&ep.bridge, IpAddr::V6(a)))
+        {
+            Some("address claimed by another endpoint on the same bridge".to_string())
+        } else {
+            None
+        };
+        endpoints.push(PlannedEndpoint {
+            network: ep.network.clone(),
+            bridge: ep.bridge.clone(),
+            veth: ep.veth.clone(),
+            ipv4: ep.ipv4,
+            ipv6: ep.ipv6,
+            managed,
+            admitted: managed && reason.is_none(),
+            reason,
+        });
+    }
+    PlannedContainer {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        managed: endpoints.iter().any(|e| e.managed),
+        groups: groups_of(policy, c),
+        endpoints,
+    }
+}
+
+/// The set elements one planned container contributes: (table, set, element). Two
+/// containers may contribute the same element (a shared endpoint).
+pub fn container_elements(
+    pc: &PlannedContainer,
+    anti_spoofing: bool,
+) -> Vec<(Family, String, Elem)> {
+    let mut out = Vec::new();
+    for ep in pc.endpoints.iter().filter(|e| e.admitted) {
+        let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string())).chain(
+            pc.groups
+                .iter()
+                .map(|g| (names::group_set(g, false), names::group_set(g, true))),
+        );
+        for (s4, s6) in targets {
+            if let Some(a) = ep.ipv4 {
+                out.push((Family::Inet, s4, Elem::IfnameV4(ep.bridge.clone(), a)));
+            }
+            if let Some(a) = ep.ipv6 {
+                out.push((Family::Inet, s6, Elem::IfnameV6(ep.bridge.clone(), a)));
+            }
+        }
+        if let (true, Some(v)) = (anti_spoofing, &ep.veth) {
+            out.push((Family::Bridge, names::VETHS.into(), Elem::Ifname(v.clone())));
+            if let Some(a) = ep.ipv4 {
+                out.push((
+                    Family::Bridge,
+                    names::BIND_4.into(),
+                    Elem::IfnameV4(v.clone(), a),
+                ));
+                out.push((Family::Bridge, names::ADDRS_4.into(), Elem::V4(a)));
+            }
+            if let Some(a) = ep.ipv6 {
+                out.push((
+                    Family::Bridge,
+                    names::BIND_6.into(),
+                    Elem::IfnameV6(v.clone(), a),
+                ));
+                out.push((Family::Bridge, names::ADDRS_6.into(), Elem::V6(a)));
+            }
+        }
+    }
+    out
 }
 
 fn build_ruleset(
@@ -293,29 +367,6 @@ fn build_ruleset(
             add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone()));
         }
     }
-    let mut bind: Vec<(String, &PlannedEndpoint)> = Vec::new();
-    for c in containers {
-        for ep in c.endpoints.iter().filter(|e| e.admitted) {
-            let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string()))
-                .chain(
-                    c.groups
-                        .iter()
-                        .map(|g| (names::group_set(g, false), names::group_set(g, true))),
-                );
-            for (s4, s6) in targets {
-                if let Some(a) = ep.ipv4 {
-                    add(&s4, Elem::IfnameV4(ep.bridge.clone(), a));
-                }
-                if let Some(a) = ep.ipv6 {
-                    add(&s6, Elem::IfnameV6(ep.bridge.clone(), a));
-                }
-            }
-            if let Some(v) = &ep.veth {
-                bind.push((v.clone(), ep));
-            }
-        }
-    }
-
     let mut isolate = vec![
         Rule::new(
             vec![Match::CtState(vec!["established".into(), "related".into()])],
@@ -395,7 +446,19 @@ fn build_ruleset(
 
     let mut tables = vec![inet];
     if policy.settings.anti_spoofing {
-        tables.push(bridge_table(&bind));
+        tables.push(bridge_table());
+    }
+    // Container elements last, into whichever table holds the set.
+    for c in containers {
+        for (family, set, e) in container_elements(c, policy.settings.anti_spoofing) {
+            if let Some(s) = tables
+                .iter_mut()
+                .find(|t| t.family == family)
+                .and_then(|t| t.sets.iter_mut().find(|s| s.name == set))
+            {
+                s.elements.insert(e);
+            }
+        }
     }
     Ruleset { tables }
 }
@@ -465,40 +528,22 @@ fn flow_rules(f: &Flow) -> Vec<Rule> {
 
 /// Binds each admitted address to its veth, in both directions: a veth may only send from
 /// its own addresses, and a bound address is only ever delivered to its own veth.
-fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
-    let mut sets: BTreeMap<&str, SetDef> = BTreeMap::new();
-    for (name, kind) in [
-        (names::VETHS, SetKind::Ifname),
-        (names::BIND_4, SetKind::IfnameV4),
-        (names::BIND_6, SetKind::IfnameV6),
+fn bridge_table() -> Table {
+    // Sorted by name, like the inet table's sets.
+    let sets = [
         (names::ADDRS_4, SetKind::V4),
         (names::ADDRS_6, SetKind::V6),
-    ] {
-        sets.insert(
-            name,
-            SetDef {
-                name: name.into(),
-                kind,
-                elements: BTreeSet::new(),
-            },
-        );
-    }
-    let mut add = |set: &str, e: Elem| {
-        if let Some(s) = sets.get_mut(set) {
-            s.elements.insert(e);
-        }
-    };
-    for (veth, ep) in bind {
-        add(names::VETHS, Elem::Ifname(veth.clone()));
-        if let Some(a) = ep.ipv4 {
-            add(names::BIND_4, Elem::IfnameV4(veth.clone(), a));
-            add(names::ADDRS_4, Elem::V4(a));
-        }
-        if let Some(a) = ep.ipv6 {
-            add(names::BIND_6, Elem::IfnameV6(veth.clone(), a));
-            add(names::ADDRS_6, Elem::V6(a));
-        }
-    }
+        (names::BIND_4, SetKind::IfnameV4),
+        (names::BIND_6, SetKind::IfnameV6),
+        (names::VETHS, SetKind::Ifname),
+    ]
+    .into_iter()
+    .map(|(name, kind)| SetDef {
+        name: name.into(),
+        kind,
+        elements: BTreeSet::new(),
+    })
+    .collect::<Vec<_>>();
     use EtherType::*;
     use IpVersion::*;
     let ll: Vec<(Ipv6Addr, u8)> = vec![
@@ -562,7 +607,7 @@ fn bridge_table(bind: &[(String, &PlannedEndpoint)]) -> Table {
     post.extend(bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6));
     Table {
         family: Family::Bridge,
-        sets: sets.into_values().collect(),
+        sets,
         chains: vec![
             Chain {
                 name: names::PREROUTING.into(),
