@@ -10,5 +10,6 @@ pub mod docker;
 pub mod inventory;
 pub mod loc;
 pub mod nft;
+pub mod ops;
 pub mod plan;
 pub mod policy;
