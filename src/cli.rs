@@ -64,6 +64,37 @@ pub enum Command {
     Status,
     /// Remove netguard's own tables, nothing else.
     Uninstall,
+    /// Is a new connection FROM → TO allowed, and why (exit 0 allowed, 1 denied, 2 error).
+    Explain {
+        /// Source container: name, id or unique id prefix.
+        from: String,
+        /// Destination container: name, id or unique id prefix.
+        to: String,
+        /// What is opened: `8080/tcp`, `53/udp`, `icmp`; omitted = anything at all.
+        port: Option<String>,
+    },
+    /// Allowed flows as a Graphviz graph (DOT; `--format svg` needs `dot`).
+    Graph {
+        /// `dot` (text, default) or any output format of Graphviz's `dot` (svg, png, pdf).
+        #[arg(long, default_value = "dot")]
+        format: String,
+    },
+    /// Recent denied connections from the kernel log, with container names.
+    Log {
+        /// Show at most the last N denials.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Read a saved log (journalctl -k, dmesg) instead of /dev/kmsg.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Shell completion script for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout.
+    Man,
 }
 
 /// An error for the user: one line, already phrased.
@@ -139,7 +170,7 @@ async fn inventory(cli: &Cli) -> Result<Inventory, Failure> {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    match cli.command {
+    match &cli.command {
         Command::Check => {
             let p = policy(&cli)?;
             match cli.output {
@@ -302,6 +333,67 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 EXIT_PENDING
             })
         }
+        Command::Explain { from, to, port } => {
+            use crate::ops::explain;
+            let p = policy(&cli)?;
+            let inv = inventory(&cli).await?;
+            let plan = plan(&p, &inv);
+            let x = explain::explain(&p, &plan, &inv, from, to, port.as_deref())?;
+            match cli.output {
+                Output::Text => print!(
+                    "{}",
+                    explain::render(&x, crate::ops::style::Style::detect())
+                ),
+                Output::Json => println!("{}", explain::json(&x)),
+            }
+            Ok(if x.allowed { EXIT_OK } else { EXIT_PENDING })
+        }
+        Command::Graph { format } => {
+            let p = policy(&cli)?;
+            let inv = inventory(&cli).await?;
+            let plan = plan(&p, &inv);
+            let dot = crate::ops::graph::dot(&plan);
+            if format == "dot" {
+                print!("{dot}");
+            } else {
+                use std::io::Write;
+                let bytes = crate::ops::graph::render_with_dot(&dot, format)?;
+                std::io::stdout().write_all(&bytes)?;
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Log { lines, file } => {
+            use crate::ops::klog;
+            let p = policy(&cli)?;
+            let inv = inventory(&cli).await?;
+            let plan = plan(&p, &inv);
+            let mut ds = match file {
+                Some(f) => klog::read_file(f)?,
+                None => klog::read_kmsg("/dev/kmsg")?,
+            };
+            let skip = ds.len().saturating_sub(*lines);
+            ds.drain(..skip);
+            for d in &mut ds {
+                klog::resolve(d, &plan);
+            }
+            match cli.output {
+                Output::Text => print!("{}", klog::render(&ds, crate::ops::style::Style::detect())),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({ "ok": true, "log_denied": p.settings.log_denied, "denials": ds })
+                ),
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "netguard", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => {
+            print!("{}", man_page()?);
+            Ok(EXIT_OK)
+        }
         Command::Run => Err(Failure(vec![
             "`run` (the daemon) is not implemented yet; use `apply`".into(),
         ])),
@@ -327,6 +419,14 @@ async fn unflagged_bridges(live: &crate::nft::LiveState) -> std::collections::BT
         }
     }
     out
+}
+
+/// The man page (roff), generated from the command-line definition.
+pub fn man_page() -> Result<String, Failure> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 pub fn managed_bridges(plan: &Plan) -> Vec<String> {

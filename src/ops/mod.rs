@@ -4,5 +4,8 @@
 
 pub mod access;
 pub mod diff;
+pub mod explain;
+pub mod graph;
+pub mod klog;
 pub mod status;
 pub mod style;
