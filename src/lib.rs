@@ -9,6 +9,7 @@ pub mod cli;
 pub mod docker;
 pub mod inventory;
 pub mod loc;
+pub mod metrics;
 pub mod nft;
 pub mod ops;
 pub mod plan;
