@@ -211,7 +211,11 @@ impl Metrics {
             "counter",
             "Packets dropped by the default deny.",
         );
-        let _ = writeln!(out, "netguard_default_deny_packets_total {}", i.default_deny);
+        let _ = writeln!(
+            out,
+            "netguard_default_deny_packets_total {}",
+            i.default_deny
+        );
         out
     }
 }
@@ -272,7 +276,10 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         }
         Ok::<_, std::io::Error>(())
     };
-    if tokio::time::timeout(Duration::from_secs(5), read).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .is_err()
+    {
         return Ok(());
     }
     let head = String::from_utf8_lossy(&buf);

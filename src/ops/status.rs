@@ -236,7 +236,7 @@ pub fn render(
         (None, true) => style.green("reachable"),
         (None, false) => style.red("unreachable"),
     };
-    let _ = writeln!(out, "  {:<13} {src}", health.source.kind);
+    let _ = writeln!(out, "  source        {}: {src}", health.source.kind);
     let d = &health.daemon;
     let daemon = match (&d.state, &d.error) {
         (_, Some(e)) => style.red(&format!("state file {}: {e}", d.state_file)),
