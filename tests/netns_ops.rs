@@ -209,6 +209,16 @@ fn denied_connection_shows_up_in_log() {
         if hit {
             let text = String::from_utf8_lossy(&run(&fx, &policy, &["log"], 0).stdout).into_owned();
             assert!(text.contains("denied web-2 ("), "{text}");
+            // The per-group-pair deny counter (metrics) counted it too.
+            let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 0));
+            let counted: u64 = j["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["rule"] == "denied web -> api")
+                .map(|c| c["packets"].as_u64().unwrap())
+                .sum();
+            assert!(counted >= 1, "{:#}", j["counters"]);
             return;
         }
         last = j;
