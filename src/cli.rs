@@ -194,7 +194,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let backend = Backend::system();
             let live = backend.read_live()?;
             let changes = diff(&plan.ruleset, &live);
-            let unflagged = unflagged_bridges(&live).await;
+            let unflagged = unflagged_bridges(&plan).await;
             let impact = crate::ops::diff::impact(&plan, &live, &unflagged);
             match cli.output {
                 Output::Text => print!(
@@ -400,22 +400,22 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     }
 }
 
-/// Bridges the live table judges but whose traffic the inet hook does not see today
-/// (per-bridge nf_call flags off and the global sysctl off): open, whatever the table says.
-async fn unflagged_bridges(live: &crate::nft::LiveState) -> std::collections::BTreeSet<String> {
+/// Bridges of the plan whose traffic the inet hook does not see today (per-bridge
+/// nf_call flags off and the global sysctls off): open, whatever the live table says.
+/// `apply` turns the flags on for managed bridges, so after it this set is empty for them.
+async fn unflagged_bridges(plan: &Plan) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
-    let view = crate::ops::access::View::from_live(live);
-    if view.judged.is_empty() || crate::ops::status::global_bridge_nf() == Some((true, true)) {
+    if crate::ops::status::global_bridge_nf() == Some((true, true)) {
         return out;
     }
     let Ok(nl) = NetlinkBridges::connect() else {
         return out;
     };
-    for b in view.judged {
-        if let Ok(Some(f)) = nl.nf_call(&b).await
+    for b in plan.networks.iter().filter_map(|n| n.bridge.as_ref()) {
+        if let Ok(Some(f)) = nl.nf_call(b).await
             && !(f.iptables && f.ip6tables)
         {
-            out.insert(b);
+            out.insert(b.clone());
         }
     }
     out

@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod cli;
+pub mod daemon;
 pub mod docker;
 pub mod inventory;
 pub mod loc;

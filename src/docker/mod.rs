@@ -14,11 +14,13 @@ pub use veth::{
     NetlinkVethResolver, ResolvedVeth, StaticVethResolver, VethError, VethQuery, VethResolver,
 };
 
-use crate::inventory::Inventory;
+use crate::inventory::{Container, Inventory, Unisolable};
 use bollard::Docker;
-use bollard::models::ContainerInspectResponse;
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EventMessage, Network as DockerNetwork,
+};
 use bollard::query_parameters::{
-    InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
+    EventsOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
 };
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -61,6 +63,15 @@ pub enum DockerError {
     },
     #[error("veth resolution failed: {0}")]
     Veth(String),
+}
+
+/// What Docker says of one container now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerState {
+    Running(Container),
+    Unisolable(Unisolable),
+    /// Not running (stopped, removed, or not started yet).
+    Gone,
 }
 
 /// A connection to a Docker (or Docker-compatible) daemon.
@@ -193,6 +204,107 @@ impl DockerSource {
             "docker inventory"
         );
         Ok(inv)
+    }
+
+    /// Docker's networks, as the mapping needs them (one call).
+    pub async fn raw_networks(&self) -> Result<Vec<DockerNetwork>, DockerError> {
+        self.negotiate().await?;
+        self.count();
+        self.docker
+            .list_networks(None::<ListNetworksOptions>)
+            .await
+            .map_err(|e| classify(&self.host, "list networks", e))
+    }
+
+    /// One container, as the inventory would hold it: for a daemon event, without listing
+    /// everything (a list filtered on the id, an inspect when needed, its veths). A container
+    /// sharing another's netns (`--network container:X`) brings X's summary along.
+    pub async fn container(
+        &self,
+        id: &str,
+        networks: &[DockerNetwork],
+    ) -> Result<ContainerState, DockerError> {
+        self.negotiate().await?;
+        let mut summaries = self.list_by_id(id).await?;
+        let Some(first) = summaries.first().cloned() else {
+            return Ok(ContainerState::Gone);
+        };
+        let full_id = first.id.clone().unwrap_or_else(|| id.to_string());
+        let mode = first
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.clone())
+            .unwrap_or_default();
+        if let Some(target) = mode.strip_prefix("container:") {
+            summaries.extend(self.list_by_id(target).await?);
+        }
+        let to_inspect: Vec<String> = summaries
+            .iter()
+            .filter(|c| needs_inspect(c, networks))
+            .filter_map(|c| c.id.clone())
+            .collect();
+        let inspected = self.inspect_all(to_inspect).await?;
+        let prepared = prepare(&summaries, networks, &inspected);
+        let queries = prepared.queries.clone();
+        let resolver = Arc::clone(&self.resolver);
+        let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
+            .await
+            .map_err(|e| DockerError::Veth(e.to_string()))?;
+        let inv = finish(prepared, answers);
+        if let Some(c) = inv.containers.into_iter().find(|c| c.id == full_id) {
+            return Ok(ContainerState::Running(c));
+        }
+        if let Some(u) = inv.unisolable.into_iter().find(|u| u.id == full_id) {
+            return Ok(ContainerState::Unisolable(u));
+        }
+        Ok(ContainerState::Gone)
+    }
+
+    async fn list_by_id(&self, id: &str) -> Result<Vec<ContainerSummary>, DockerError> {
+        self.count();
+        let opts = ListContainersOptions {
+            all: false,
+            filters: Some(HashMap::from([("id".to_string(), vec![id.to_string()])])),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| classify(&self.host, "list containers", e))?;
+        // The id filter matches prefixes: keep the exact container.
+        Ok(list
+            .into_iter()
+            .filter(|c| {
+                c.id.as_deref()
+                    .is_some_and(|cid| cid == id || cid.starts_with(id))
+            })
+            .take(1)
+            .collect())
+    }
+
+    /// Container and network events, from now on.
+    pub fn events(
+        &self,
+    ) -> impl futures::Stream<Item = Result<EventMessage, DockerError>> + Send + 'static {
+        let opts = EventsOptions {
+            filters: Some(HashMap::from([(
+                "type".to_string(),
+                vec!["container".to_string(), "network".to_string()],
+            )])),
+            ..Default::default()
+        };
+        let host = self.host.clone();
+        self.count();
+        self.docker
+            .events(Some(opts))
+            .map(move |r| r.map_err(|e| classify(&host, "events", e)))
+    }
+
+    /// Waits until the daemon answers (`GET /version`), for reconnecting.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.negotiated.store(false, Ordering::Release);
+        self.negotiate().await
     }
 
     async fn inspect_all(

@@ -152,6 +152,23 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// A change of set elements only, for tables that already have the right structure.
+    pub fn elements_only(
+        add: BTreeMap<Family, BTreeMap<String, Vec<Elem>>>,
+        delete: BTreeMap<Family, BTreeMap<String, Vec<Elem>>>,
+    ) -> Changes {
+        let tables = FAMILIES
+            .iter()
+            .map(|f| TableChanges {
+                family: Some(*f),
+                add_elements: add.get(f).cloned().unwrap_or_default(),
+                delete_elements: delete.get(f).cloned().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        Changes { tables }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.tables.iter().all(TableChanges::is_empty)
     }
@@ -177,7 +194,23 @@ impl Changes {
                 ))));
                 continue;
             }
-            let Some(desired) = &t.desired else { continue };
+            let Some(desired) = &t.desired else {
+                // Element-only change (the daemon's per-event path): sets must exist; if
+                // they do not, the transaction fails whole and the caller reconciles fully.
+                for (set, elems) in &t.delete_elements {
+                    o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(
+                        render::element_obj(f, set, elems.iter()),
+                    ))));
+                }
+                for (set, elems) in &t.add_elements {
+                    o.push(add(NfListObject::Element(render::element_obj(
+                        f,
+                        set,
+                        elems.iter(),
+                    ))));
+                }
+                continue;
+            };
             o.push(add(NfListObject::Table(render::table_obj(f))));
             for chain in &t.rewrite_chains {
                 if t.live_chains.contains(chain) {

@@ -232,6 +232,9 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         ),
         Match::IifInSet(set) => m(meta(MetaKey::Iifname), EQ, set_ref(set)),
         Match::OifInSet(set) => m(meta(MetaKey::Oifname), EQ, set_ref(set)),
+        Match::IifNotInSet(set) => m(meta(MetaKey::Iifname), Operator::NEQ, set_ref(set)),
+        Match::IifPattern(p) => m(meta(MetaKey::Iifname), EQ, s(p)),
+        Match::OifPattern(p) => m(meta(MetaKey::Oifname), EQ, s(p)),
         Match::EtherType(t) => m(
             payload("ether", "type"),
             EQ,

@@ -51,6 +51,11 @@ pub struct View {
     pub unreadable_rules: Vec<String>,
     /// The inet table exists.
     pub present: bool,
+    /// Docker-shaped bridges (`docker0`, `br-*`) not known yet are judged too (fail
+    /// closed), unless listed in the `unmanaged` set.
+    pub docker_patterns: bool,
+    /// Bridges the inet hook does not see (br_netfilter off for them): never judged.
+    pub unseen: BTreeSet<String>,
 }
 
 fn strip_fingerprint(c: &str) -> String {
@@ -72,6 +77,12 @@ impl View {
             v.sets.insert(s.name.clone(), s.elements.clone());
         }
         v.judged = judged_of(&v.sets);
+        v.docker_patterns = t.chains.iter().any(|c| {
+            c.name == names::FORWARD
+                && c.rules
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| matches!(m, Match::IifPattern(_))))
+        });
         if let Some(ch) = t.chains.iter().find(|c| c.name == names::ISOLATE) {
             for rule in &ch.rules {
                 if rule.verdict != Verdict::Accept {
@@ -131,8 +142,11 @@ impl View {
             v.sets.insert(name.clone(), s.elements.clone());
         }
         // Traffic only reaches `isolate` through the forward chain's jump.
-        if t.chains.contains_key(names::FORWARD) {
+        if let Some(fwd) = t.chains.get(names::FORWARD) {
             v.judged = judged_of(&v.sets);
+            // The rules after the first jump judge Docker-shaped bridges netguard does
+            // not know (see `plan::DOCKER_BRIDGE_PATTERNS`).
+            v.docker_patterns = fwd.rules.len() > 1;
         }
         if let Some(ch) = t.chains.get(names::ISOLATE) {
             for r in &ch.rules {
@@ -156,6 +170,24 @@ impl View {
             }
         }
         v
+    }
+
+    /// Whether traffic between two ports of `bridge` goes through `isolate`.
+    pub fn judges(&self, bridge: &str) -> bool {
+        if self.unseen.contains(bridge) {
+            return false;
+        }
+        if self.judged.contains(bridge) {
+            return true;
+        }
+        self.docker_patterns
+            && crate::plan::DOCKER_BRIDGE_PATTERNS
+                .iter()
+                .any(|p| crate::policy::Glob::new(p).is_ok_and(|g| g.matches(bridge)))
+            && !self
+                .sets
+                .get(names::UNMANAGED)
+                .is_some_and(|s| s.contains(&Elem::Ifname(bridge.to_string())))
     }
 
     /// Sets an endpoint address belongs to, in this view.
@@ -538,7 +570,7 @@ pub fn matrix(view: &View, plan: &Plan, unjudged_open: bool) -> Matrix {
                 continue;
             }
             let v6 = a.addr.is_ipv6();
-            let access = if view.judged.contains(a.bridge) {
+            let access = if view.judges(a.bridge) {
                 let mut acc = Access::default();
                 for r in view.rules.iter().filter(|r| r.v6 == v6) {
                     if a.sets.contains(r.src_set.as_str()) && b.sets.contains(r.dst_set.as_str()) {

@@ -127,7 +127,8 @@ fn group_changes(plan: &Plan, before: &View, after: &View) -> Vec<GroupChange> {
 /// so whatever the live table says, they are open.
 pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Impact {
     let mut before = View::from_live(live);
-    before.judged.retain(|b| !unflagged.contains(b));
+    // Bridges the hook does not see are open whatever the table says.
+    before.unseen = unflagged.clone();
     let after = View::from_ruleset(&plan.ruleset);
     let (allowed, denied) =
         changes_between(&matrix(&before, plan, true), &matrix(&after, plan, true));

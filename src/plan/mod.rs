@@ -16,6 +16,7 @@ pub const LOG_PREFIX: &str = "netguard-deny ";
 /// Names of netguard's sets. Kept here so the plan, status and tests agree on them.
 pub mod names {
     pub const BRIDGE_PAIRS: &str = "bridges";
+    pub const UNMANAGED: &str = "unmanaged";
     pub const ALL_4: &str = "all_4";
     pub const ALL_6: &str = "all_6";
     pub const VETHS: &str = "veths";
@@ -149,15 +150,21 @@ pub fn plan_networks(policy: &Policy, inventory: &Inventory) -> BTreeMap<String,
     for ep in inventory.containers.iter().flat_map(|c| &c.endpoints) {
         networks
             .entry(ep.network.clone())
-            .or_insert_with(|| PlannedNetwork {
-                name: ep.network.clone(),
-                bridge: Some(ep.bridge.clone()),
-                driver: "bridge".into(),
-                managed: policy.settings.manages_network(&ep.network),
-            });
+            .or_insert_with(|| implied_network(policy, ep));
     }
 
     networks
+}
+
+/// A network known only through an endpoint on it (an inventory file names no networks):
+/// a bridge network, managed when the policy's globs match its name.
+pub fn implied_network(policy: &Policy, ep: &crate::inventory::Endpoint) -> PlannedNetwork {
+    PlannedNetwork {
+        name: ep.network.clone(),
+        bridge: Some(ep.bridge.clone()),
+        driver: "bridge".into(),
+        managed: policy.settings.manages_network(&ep.network),
+    }
 }
 
 /// The plan. Pure and deterministic: equal inputs give equal output.
@@ -351,6 +358,7 @@ fn build_ruleset(
         );
     };
     new_set(names::BRIDGE_PAIRS, SetKind::IfnamePair);
+    new_set(names::UNMANAGED, SetKind::Ifname);
     new_set(names::ALL_4, SetKind::IfnameV4);
     new_set(names::ALL_6, SetKind::IfnameV6);
     for g in policy.groups.keys() {
@@ -362,9 +370,11 @@ fn build_ruleset(
             s.elements.insert(e);
         }
     };
-    for n in networks.values().filter(|n| n.managed) {
-        if let Some(b) = &n.bridge {
-            add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone()));
+    for n in networks.values() {
+        match (&n.bridge, n.managed) {
+            (Some(b), true) => add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone())),
+            (Some(b), false) => add(names::UNMANAGED, Elem::Ifname(b.clone())),
+            (None, _) => {}
         }
     }
     let mut isolate = vec![
@@ -431,11 +441,7 @@ fn build_ruleset(
                     hook: Hook::Forward,
                     priority: -10,
                 }),
-                rules: vec![Rule::new(
-                    vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
-                    Verdict::Jump(names::ISOLATE.into()),
-                    "traffic between two ports of one managed bridge",
-                )],
+                rules: forward_rules(),
             },
             Chain {
                 name: names::ISOLATE.into(),
@@ -503,6 +509,31 @@ fn deny_counter_rules(policy: &Policy) -> Vec<Rule> {
                 });
             }
         }
+    }
+    rules
+}
+
+/// Docker's bridge names: `docker0` and `br-<id>`. A bridge of that shape that netguard does
+/// not know yet (a network created while netguard was not looking) is judged as if it were
+/// managed, with no members: fail closed until the network is known.
+pub const DOCKER_BRIDGE_PATTERNS: [&str; 2] = ["docker0", "br-*"];
+
+fn forward_rules() -> Vec<Rule> {
+    let mut rules = vec![Rule::new(
+        vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
+        Verdict::Jump(names::ISOLATE.into()),
+        "traffic between two ports of one managed bridge",
+    )];
+    for p in DOCKER_BRIDGE_PATTERNS {
+        rules.push(Rule::new(
+            vec![
+                Match::IifPattern(p.into()),
+                Match::OifPattern(p.into()),
+                Match::IifNotInSet(names::UNMANAGED.into()),
+            ],
+            Verdict::Jump(names::ISOLATE.into()),
+            format!("{p} bridge netguard does not know yet: default deny"),
+        ));
     }
     rules
 }

@@ -158,7 +158,11 @@ pub enum Match {
     /// `meta iifname . meta oifname @set`
     IfPairIn(String),
     IifInSet(String),
+    IifNotInSet(String),
     OifInSet(String),
+    /// `iifname "br-*"`: an nft interface-name pattern (netguard's own constants only).
+    IifPattern(String),
+    OifPattern(String),
     EtherType(EtherType),
     /// `[iifname .] ip saddr @set` (or `!=` when `negate`).
     SaddrInSet {

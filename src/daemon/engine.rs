@@ -1,0 +1,534 @@
+//! The daemon's incremental core: the current inventory and, per container, the set elements
+//! it contributes. An event recomputes only the containers it touches (the container itself
+//! and those claiming one of its addresses), so its cost does not grow with the number of
+//! containers. `plan()` over the same state gives the same sets: the unit tests check that
+//! after every step.
+
+use crate::inventory::{Container, Inventory, Network, Unisolable};
+use crate::plan::ruleset::{Elem, Family};
+use crate::plan::{
+    Claims, Plan, PlannedContainer, PlannedNetwork, claims_of, container_elements, implied_network,
+    plan, plan_container, plan_networks,
+};
+use crate::policy::Policy;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+type Key = (Family, String, Elem);
+
+/// Set elements to add and delete, per table and set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub add: BTreeMap<Family, BTreeMap<String, Vec<Elem>>>,
+    pub delete: BTreeMap<Family, BTreeMap<String, Vec<Elem>>>,
+    /// Addresses that were admitted before and no longer are anywhere: connections to and
+    /// from them must be cut.
+    pub gone: BTreeSet<IpAddr>,
+    /// Admitted addresses whose groups changed: their container-to-container connections
+    /// must be judged again.
+    pub regrouped: BTreeSet<IpAddr>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.delete.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        let n = |m: &BTreeMap<Family, BTreeMap<String, Vec<Elem>>>| {
+            m.values()
+                .flat_map(|s| s.values())
+                .map(Vec::len)
+                .sum::<usize>()
+        };
+        n(&self.add) + n(&self.delete)
+    }
+}
+
+pub struct Engine {
+    policy: Policy,
+    networks: Vec<Network>,
+    planned_networks: BTreeMap<String, PlannedNetwork>,
+    containers: BTreeMap<String, Container>,
+    unisolable: BTreeMap<String, Unisolable>,
+    claims: Claims,
+    /// Which containers claim each (bridge, address).
+    claimants: HashMap<(String, IpAddr), BTreeSet<String>>,
+    planned: BTreeMap<String, PlannedContainer>,
+    counts: HashMap<Key, u32>,
+}
+
+impl Engine {
+    pub fn new(policy: Policy, inventory: Inventory) -> Engine {
+        let mut e = Engine {
+            policy,
+            networks: Vec::new(),
+            planned_networks: BTreeMap::new(),
+            containers: BTreeMap::new(),
+            unisolable: BTreeMap::new(),
+            claims: Claims::new(),
+            claimants: HashMap::new(),
+            planned: BTreeMap::new(),
+            counts: HashMap::new(),
+        };
+        e.reset(inventory);
+        e
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Replaces the whole state (start, resync, reload, network changes).
+    pub fn reset(&mut self, inventory: Inventory) {
+        self.networks = inventory.networks.clone();
+        self.planned_networks = plan_networks(&self.policy, &inventory);
+        self.containers = inventory
+            .containers
+            .into_iter()
+            .map(|c| (c.id.clone(), c))
+            .collect();
+        self.unisolable = inventory
+            .unisolable
+            .into_iter()
+            .map(|u| (u.id.clone(), u))
+            .collect();
+        self.claims.clear();
+        self.claimants.clear();
+        for c in self.containers.values() {
+            for (k, owner) in claims_of(c) {
+                self.claims.entry(k.clone()).or_default().insert(owner);
+                self.claimants.entry(k).or_default().insert(c.id.clone());
+            }
+        }
+        self.planned.clear();
+        self.counts.clear();
+        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        for id in ids {
+            let pc = self.plan_one(&id);
+            self.count(&pc, 1);
+            if let Some(pc) = pc {
+                self.planned.insert(id, pc);
+            }
+        }
+    }
+
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+        let inv = self.inventory();
+        self.reset(inv);
+    }
+
+    pub fn inventory(&self) -> Inventory {
+        let mut inv = Inventory {
+            containers: self.containers.values().cloned().collect(),
+            networks: self.networks.clone(),
+            unisolable: self.unisolable.values().cloned().collect(),
+        };
+        inv.normalize();
+        inv
+    }
+
+    /// The full plan of the current state.
+    pub fn plan(&self) -> Plan {
+        plan(&self.policy, &self.inventory())
+    }
+
+    pub fn container_count(&self) -> usize {
+        self.containers.len()
+    }
+
+    /// Whether the networks differ from what the engine planned with: then the structure
+    /// (managed bridges) changes and a full reconcile is needed.
+    pub fn networks_differ(&self, networks: &[Network]) -> bool {
+        let mut a = self.networks.clone();
+        let mut b = networks.to_vec();
+        a.sort_by(|x, y| x.name.cmp(&y.name));
+        b.sort_by(|x, y| x.name.cmp(&y.name));
+        a != b
+    }
+
+    /// Does this container sit on a network the engine does not know? (A network created
+    /// after the last full reconcile.)
+    pub fn knows_networks_of(&self, c: &Container) -> bool {
+        c.endpoints
+            .iter()
+            .all(|e| self.planned_networks.contains_key(&e.network))
+    }
+
+    fn plan_one(&self, id: &str) -> Option<PlannedContainer> {
+        let c = self.containers.get(id)?;
+        Some(plan_container(
+            &self.policy,
+            &self.planned_networks,
+            &self.claims,
+            c,
+        ))
+    }
+
+    fn count(&mut self, pc: &Option<PlannedContainer>, add: i32) {
+        let Some(pc) = pc else { return };
+        for (f, s, e) in container_elements(pc, self.policy.settings.anti_spoofing) {
+            let n = self.counts.entry((f, s, e)).or_insert(0);
+            *n = n.saturating_add_signed(add);
+        }
+        self.counts.retain(|_, n| *n > 0);
+    }
+
+    fn claim(&mut self, c: &Container, add: bool) -> Vec<(String, IpAddr)> {
+        let mut keys = Vec::new();
+        for (k, owner) in claims_of(c) {
+            if add {
+                self.claims.entry(k.clone()).or_default().insert(owner);
+                self.claimants
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(c.id.clone());
+            } else {
+                // Another container sharing this owner (same veth) keeps the claim alive.
+                let still_shared = self.claimants.get(&k).is_some_and(|ids| {
+                    ids.iter().any(|other| {
+                        other != &c.id
+                            && self.containers.get(other).is_some_and(|o| {
+                                claims_of(o).iter().any(|(ok, oo)| ok == &k && *oo == owner)
+                            })
+                    })
+                });
+                if !still_shared && let Some(o) = self.claims.get_mut(&k) {
+                    o.remove(&owner);
+                    if o.is_empty() {
+                        self.claims.remove(&k);
+                    }
+                }
+                if let Some(ids) = self.claimants.get_mut(&k) {
+                    ids.remove(&c.id);
+                    if ids.is_empty() {
+                        self.claimants.remove(&k);
+                    }
+                }
+            }
+            keys.push(k);
+        }
+        keys
+    }
+
+    /// A container appeared or changed (start, network connect/disconnect).
+    pub fn upsert(&mut self, c: Container) -> Delta {
+        self.unisolable.remove(&c.id);
+        let id = c.id.clone();
+        self.change(&id, Some(c))
+    }
+
+    /// A container is gone (die, destroy) or cannot be isolated any more.
+    pub fn remove(&mut self, id: &str) -> Delta {
+        self.unisolable.remove(id);
+        self.change(id, None)
+    }
+
+    pub fn set_unisolable(&mut self, u: Unisolable) -> Delta {
+        let id = u.id.clone();
+        let d = self.change(&id, None);
+        self.unisolable.insert(id, u);
+        d
+    }
+
+    fn change(&mut self, id: &str, new: Option<Container>) -> Delta {
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        touched.insert(id.to_string());
+        let mut keys = Vec::new();
+        if let Some(old) = self.containers.remove(id) {
+            // Re-insert so that the claim bookkeeping sees it, then drop it.
+            self.containers.insert(id.to_string(), old.clone());
+            keys.extend(self.claim(&old, false));
+            self.containers.remove(id);
+        }
+        if let Some(c) = &new {
+            for ep in &c.endpoints {
+                if !self.planned_networks.contains_key(&ep.network) {
+                    let n = implied_network(&self.policy, ep);
+                    self.planned_networks.insert(ep.network.clone(), n);
+                }
+            }
+            keys.extend(self.claim(c, true));
+            self.containers.insert(id.to_string(), c.clone());
+        }
+        for k in &keys {
+            if let Some(ids) = self.claimants.get(k) {
+                touched.extend(ids.iter().cloned());
+            }
+        }
+
+        // Present before: contributed by anyone. Take the touched containers' share out,
+        // replan them, put the new share in; the kernel changes where presence flips.
+        let before: BTreeSet<Key> = self.snapshot(&touched).into_keys().collect();
+        let mut old_admitted: BTreeMap<String, (BTreeSet<IpAddr>, Vec<String>)> = BTreeMap::new();
+        for t in &touched {
+            let old = self.planned.remove(t);
+            if let Some(pc) = &old {
+                old_admitted.insert(t.clone(), (admitted_addrs(pc), pc.groups.clone()));
+            }
+            self.count(&old, -1);
+        }
+        let others: HashMap<Key, u32> = before
+            .iter()
+            .map(|k| (k.clone(), self.counts.get(k).copied().unwrap_or(0)))
+            .collect();
+        for t in &touched {
+            let fresh = self.plan_one(t);
+            self.count(&fresh, 1);
+            if let Some(pc) = fresh {
+                self.planned.insert(t.clone(), pc);
+            }
+        }
+        let share = self.snapshot(&touched);
+        let after: BTreeSet<Key> = share.keys().cloned().collect();
+
+        let mut delta = Delta::default();
+        for k in before.difference(&after) {
+            // Still contributed by an untouched container: stays in the kernel.
+            if others.get(k).copied().unwrap_or(0) == 0 {
+                delta
+                    .delete
+                    .entry(k.0)
+                    .or_default()
+                    .entry(k.1.clone())
+                    .or_default()
+                    .push(k.2.clone());
+            }
+        }
+        for k in after.difference(&before) {
+            // Not in `before`, so no touched container had it; present before only if an
+            // untouched one did, which its count minus the touched share tells.
+            let mine = share.get(k).copied().unwrap_or(0);
+            if self.counts.get(k).copied().unwrap_or(0) <= mine {
+                delta
+                    .add
+                    .entry(k.0)
+                    .or_default()
+                    .entry(k.1.clone())
+                    .or_default()
+                    .push(k.2.clone());
+            }
+        }
+        prune(&mut delta.add);
+        prune(&mut delta.delete);
+
+        let now_admitted: BTreeSet<IpAddr> =
+            self.planned.values().flat_map(admitted_addrs).collect();
+        for (t, (addrs, groups)) in &old_admitted {
+            for a in addrs {
+                if !now_admitted.contains(a) {
+                    delta.gone.insert(*a);
+                } else if self.planned.get(t).is_none_or(|pc| &pc.groups != groups) {
+                    delta.regrouped.insert(*a);
+                }
+            }
+        }
+        delta
+    }
+
+    /// Elements contributed by the `touched` containers right now, with multiplicity.
+    fn snapshot(&self, touched: &BTreeSet<String>) -> HashMap<Key, u32> {
+        let mut m: HashMap<Key, u32> = HashMap::new();
+        for pc in touched.iter().filter_map(|t| self.planned.get(t)) {
+            for k in container_elements(pc, self.policy.settings.anti_spoofing) {
+                *m.entry(k).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+}
+
+fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<IpAddr> {
+    pc.endpoints
+        .iter()
+        .filter(|e| e.admitted)
+        .flat_map(|e| {
+            e.ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+        })
+        .collect()
+}
+
+fn prune(m: &mut BTreeMap<Family, BTreeMap<String, Vec<Elem>>>) {
+    for sets in m.values_mut() {
+        for elems in sets.values_mut() {
+            elems.sort();
+            elems.dedup();
+        }
+        sets.retain(|_, e| !e.is_empty());
+    }
+    m.retain(|_, s| !s.is_empty());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Endpoint;
+    use crate::plan::ruleset::Ruleset;
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    type Kernel = BTreeSet<Key>;
+
+    fn kernel_of(r: &Ruleset) -> Kernel {
+        r.tables
+            .iter()
+            .flat_map(|t| {
+                t.sets.iter().flat_map(move |s| {
+                    s.elements
+                        .iter()
+                        .map(move |e| (t.family, s.name.clone(), e.clone()))
+                })
+            })
+            .collect()
+    }
+
+    fn apply(k: &mut Kernel, d: &Delta) {
+        for (f, sets) in &d.delete {
+            for (s, es) in sets {
+                for e in es {
+                    assert!(
+                        k.remove(&(*f, s.clone(), e.clone())),
+                        "deleting a missing element {s} {e}"
+                    );
+                }
+            }
+        }
+        for (f, sets) in &d.add {
+            for (s, es) in sets {
+                for e in es {
+                    assert!(
+                        k.insert((*f, s.clone(), e.clone())),
+                        "adding a present element {s} {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// xorshift: deterministic, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn policy(anti_spoofing: bool) -> Policy {
+        let text = format!(
+            "[settings]\nnetworks = [\"m-*\"]\nanti_spoofing = {anti_spoofing}\n\
+             [groups.a]\nmatch = {{ name = \"a*\" }}\n\
+             [groups.b]\nmatch = [{{ name = \"b*\" }}, {{ network = \"m-2\" }}]\n\
+             [[allow]]\nfrom = \"a\"\nto = \"b\"\n"
+        );
+        parse_policy(Path::new("p.toml"), &text).expect("policy")
+    }
+
+    fn random_container(r: &mut Rng, id: u64) -> Container {
+        let names = ["a1", "a2", "b1", "b2", "c1"];
+        let nets = [("m-1", "br-m1"), ("m-2", "br-m2"), ("u-1", "br-u1")];
+        let mut endpoints = Vec::new();
+        for (net, br) in nets {
+            if r.next(2) == 0 {
+                // Few addresses and veths, so that conflicts and sharing happen.
+                let host = r.next(4) as u8 + 2;
+                endpoints.push(Endpoint {
+                    network: net.into(),
+                    network_id: None,
+                    bridge: br.into(),
+                    veth: if r.next(6) == 0 {
+                        None
+                    } else {
+                        Some(format!("v{}-{host}", &br[3..]))
+                    },
+                    ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, host)),
+                    ipv6: if r.next(2) == 0 {
+                        Some(format!("fd00::{host}").parse().expect("v6"))
+                    } else {
+                        None
+                    },
+                    mac: None,
+                });
+            }
+        }
+        Container {
+            id: format!("c{id}"),
+            name: names[r.next(names.len() as u64) as usize].to_string(),
+            image: String::new(),
+            labels: Default::default(),
+            endpoints,
+        }
+    }
+
+    #[test]
+    fn incremental_deltas_equal_the_full_plan() {
+        for anti_spoofing in [true, false] {
+            let mut r = Rng(0x9e3779b97f4a7c15);
+            let mut engine = Engine::new(policy(anti_spoofing), Inventory::default());
+            let mut kernel = kernel_of(&engine.plan().ruleset);
+            for step in 0..3000 {
+                let id = r.next(8);
+                let delta = match r.next(5) {
+                    0 => engine.remove(&format!("c{id}")),
+                    1 => engine.set_unisolable(Unisolable {
+                        id: format!("c{id}"),
+                        name: "x".into(),
+                        reason: "host".into(),
+                    }),
+                    _ => {
+                        let c = random_container(&mut r, id);
+                        engine.upsert(c)
+                    }
+                };
+                apply(&mut kernel, &delta);
+                let want = kernel_of(&engine.plan().ruleset);
+                // `bridges` and `unmanaged` are structure (networks), not container state.
+                let strip = |k: &Kernel| -> Kernel {
+                    k.iter()
+                        .filter(|x| x.1 != "bridges" && x.1 != "unmanaged")
+                        .cloned()
+                        .collect()
+                };
+                assert_eq!(strip(&kernel), strip(&want), "step {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_departing_address_is_reported_gone_and_a_regrouped_one_regrouped() {
+        let mut engine = Engine::new(policy(true), Inventory::default());
+        let ep = |net: &str, br: &str, host: u8| Endpoint {
+            network: net.into(),
+            network_id: None,
+            bridge: br.into(),
+            veth: Some(format!("v{br}{host}")),
+            ipv4: Some(std::net::Ipv4Addr::new(10, 0, 0, host)),
+            ipv6: None,
+            mac: None,
+        };
+        let mut c = Container {
+            id: "c1".into(),
+            name: "c1".into(),
+            image: String::new(),
+            labels: Default::default(),
+            endpoints: vec![ep("m-1", "br-m1", 5)],
+        };
+        let d = engine.upsert(c.clone());
+        assert!(!d.is_empty() && d.gone.is_empty());
+        // Joining m-2 puts it into group b: its m-1 address is regrouped.
+        c.endpoints.push(ep("m-2", "br-m2", 6));
+        let d = engine.upsert(c.clone());
+        assert!(
+            d.regrouped
+                .contains(&"10.0.0.5".parse::<IpAddr>().expect("ip"))
+        );
+        let d = engine.remove("c1");
+        assert_eq!(d.gone.len(), 2);
+    }
+}

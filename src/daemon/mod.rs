@@ -1,0 +1,3 @@
+//! `netguard run`: the event-driven, fail-closed controller (DESIGN.md section 4).
+
+pub mod engine;
