@@ -31,6 +31,7 @@ pub fn dot(plan: &Plan) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph netguard {{");
     let _ = writeln!(out, "  rankdir=LR;");
+    let _ = writeln!(out, "  graph [fontname=\"Helvetica\"];");
     let _ = writeln!(
         out,
         "  node [shape=box, style=rounded, fontname=\"Helvetica\"];"
