@@ -365,16 +365,24 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Log { lines, file } => {
             use crate::ops::klog;
             let p = policy(&cli)?;
-            let inv = inventory(&cli).await?;
-            let plan = plan(&p, &inv);
+            // Names are a convenience: without Docker the denials are still shown.
+            let plan = match inventory(&cli).await {
+                Ok(inv) => Some(plan(&p, &inv)),
+                Err(f) => {
+                    tracing::warn!("container names not resolved: {}", f.0.join("; "));
+                    None
+                }
+            };
             let mut ds = match file {
                 Some(f) => klog::read_file(f)?,
                 None => klog::read_kmsg("/dev/kmsg")?,
             };
             let skip = ds.len().saturating_sub(*lines);
             ds.drain(..skip);
-            for d in &mut ds {
-                klog::resolve(d, &plan);
+            if let Some(plan) = &plan {
+                for d in &mut ds {
+                    klog::resolve(d, plan);
+                }
             }
             match cli.output {
                 Output::Text => print!("{}", klog::render(&ds, crate::ops::style::Style::detect())),

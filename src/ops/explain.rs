@@ -470,7 +470,7 @@ fn render_side(out: &mut String, s: &Side, style: Style) {
         format!("groups {}", s.groups.join(", "))
     };
     let id = if s.id != s.name {
-        format!(" ({})", &s.id[..s.id.len().min(12)])
+        format!(" ({})", s.id.chars().take(12).collect::<String>())
     } else {
         String::new()
     };
