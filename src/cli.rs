@@ -58,8 +58,18 @@ pub enum Command {
     Diff,
     /// Reconcile once (exit 0 done, 2 error).
     Apply,
-    /// The daemon.
-    Run,
+    /// The daemon: follow Docker, keep the tables in step (SIGHUP reloads, SIGTERM leaves the rules).
+    Run {
+        /// Seconds between full resyncs (drift repair).
+        #[arg(long, default_value_t = 300)]
+        resync_interval: u64,
+        /// Milliseconds within which a burst of events is coalesced into one transaction.
+        #[arg(long, default_value_t = 20)]
+        coalesce_ms: u64,
+        /// Where the daemon reports its state for `netguard status`.
+        #[arg(long, default_value = "/run/netguard/state.json")]
+        state_file: PathBuf,
+    },
     /// Networks, containers, groups, addresses, veths, enforcement health.
     Status,
     /// Remove netguard's own tables, nothing else.
@@ -170,7 +180,7 @@ async fn inventory(cli: &Cli) -> Result<Inventory, Failure> {
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    match &cli.command {
+    match cli.command {
         Command::Check => {
             let p = policy(&cli)?;
             match cli.output {
@@ -333,7 +343,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 EXIT_PENDING
             })
         }
-        Command::Explain { from, to, port } => {
+        Command::Explain {
+            ref from,
+            ref to,
+            ref port,
+        } => {
             use crate::ops::explain;
             let p = policy(&cli)?;
             let inv = inventory(&cli).await?;
@@ -348,7 +362,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(if x.allowed { EXIT_OK } else { EXIT_PENDING })
         }
-        Command::Graph { format } => {
+        Command::Graph { ref format } => {
             let p = policy(&cli)?;
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
@@ -362,7 +376,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Log { lines, file } => {
+        Command::Log { lines, ref file } => {
             use crate::ops::klog;
             let p = policy(&cli)?;
             // Names are a convenience: without Docker the denials are still shown.
@@ -377,7 +391,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 Some(f) => klog::read_file(f)?,
                 None => klog::read_kmsg("/dev/kmsg")?,
             };
-            let skip = ds.len().saturating_sub(*lines);
+            let skip = ds.len().saturating_sub(lines);
             ds.drain(..skip);
             if let Some(plan) = &plan {
                 for d in &mut ds {
@@ -395,16 +409,27 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(*shell, &mut cmd, "netguard", &mut std::io::stdout());
+            clap_complete::generate(shell, &mut cmd, "netguard", &mut std::io::stdout());
             Ok(EXIT_OK)
         }
         Command::Man => {
             print!("{}", man_page()?);
             Ok(EXIT_OK)
         }
-        Command::Run => Err(Failure(vec![
-            "`run` (the daemon) is not implemented yet; use `apply`".into(),
-        ])),
+        Command::Run {
+            resync_interval,
+            coalesce_ms,
+            ref state_file,
+        } => {
+            let mut opts = crate::daemon::Options::new(cli.config.clone());
+            opts.resync = std::time::Duration::from_secs(resync_interval.max(1));
+            opts.coalesce = std::time::Duration::from_millis(coalesce_ms);
+            opts.state_file = Some(state_file.clone());
+            crate::daemon::run(opts, cli.docker_host.clone(), cli.inventory.clone())
+                .await
+                .map_err(Failure)?;
+            Ok(EXIT_OK)
+        }
     }
 }
 

@@ -85,6 +85,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// Read the deny counters from the kernel on every scrape.
+    kernel_counters: bool,
 }
 
 fn escape(v: &str) -> String {
@@ -96,6 +98,39 @@ fn escape(v: &str) -> String {
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics::default()
+    }
+
+    /// A registry whose scrapes also read netguard's live inet table for the deny
+    /// counters (one `list table`, ≈0.2 ms in process). What the daemon uses.
+    pub fn with_kernel_counters() -> Metrics {
+        Metrics {
+            kernel_counters: true,
+            ..Default::default()
+        }
+    }
+
+    /// Refreshes the deny counters from the kernel (when enabled); failures count as
+    /// `errors_total{kind="nft"}` and leave the last values.
+    pub async fn refresh(&self) {
+        if !self.kernel_counters {
+            return;
+        }
+        let read = tokio::task::spawn_blocking(|| {
+            let b = crate::nft::Backend::system();
+            b.read_table(Family::Inet)
+        })
+        .await;
+        match read {
+            Ok(Ok(t)) => {
+                let live: LiveState = [(Family::Inet, t)].into_iter().collect();
+                self.set_denied_from_live(&live);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("metrics: reading nft counters: {e}");
+                self.error("nft");
+            }
+            Err(_) => self.error("nft"),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -287,11 +322,14 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = path.split('?').next().unwrap_or("");
     let (status, ctype, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
+        ("GET" | "HEAD", "/metrics") => {
+            metrics.refresh().await;
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(),
+            )
+        }
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",
@@ -308,4 +346,23 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     }
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// The daemon's hooks feed the registry: `controller.observer = Box::new(metrics.clone())`.
+impl crate::daemon::controller::Observer for Arc<Metrics> {
+    fn reconciled(&self, took: Duration, ok: bool) {
+        Metrics::reconciled(self, took);
+        if !ok {
+            Metrics::error(self, "reconcile");
+        }
+    }
+    fn enforced(&self, event_to_rules: Duration) {
+        self.event_enforced(event_to_rules);
+    }
+    fn containers(&self, n: usize) {
+        self.set_managed_containers(n);
+    }
+    fn error(&self, kind: &'static str) {
+        Metrics::error(self, kind);
+    }
 }

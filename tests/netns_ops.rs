@@ -219,6 +219,25 @@ fn denied_connection_shows_up_in_log() {
                 .map(|c| c["packets"].as_u64().unwrap())
                 .sum();
             assert!(counted >= 1, "{:#}", j["counters"]);
+            // And the metrics read the same counter from the kernel on a scrape.
+            let text = in_netns(&fx.host_ns, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let m = netguard::metrics::Metrics::with_kernel_counters();
+                rt.block_on(m.refresh());
+                m.render()
+            });
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.starts_with(
+                        "netguard_denied_packets_total{from_group=\"web\",to_group=\"api\"}",
+                    )
+                })
+                .unwrap_or_else(|| panic!("{text}"));
+            let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(n >= 1, "{text}");
             return;
         }
         last = j;

@@ -283,11 +283,17 @@ impl DockerSource {
             .collect())
     }
 
-    /// Container and network events, from now on.
-    pub fn events(
+    /// Container and network events from a second ago on: Docker replays what happened
+    /// since then, so a list made after subscribing misses nothing (a duplicate is harmless).
+    pub fn events_since_now(
         &self,
     ) -> impl futures::Stream<Item = Result<EventMessage, DockerError>> + Send + 'static {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1))
+            .unwrap_or(0);
         let opts = EventsOptions {
+            since: Some(since.to_string()),
             filters: Some(HashMap::from([(
                 "type".to_string(),
                 vec!["container".to_string(), "network".to_string()],

@@ -58,6 +58,35 @@ impl Backend {
         }
     }
 
+    /// netguard's tables without set contents: the structure only.
+    pub fn read_structure(&self) -> Result<LiveState, NftError> {
+        FAMILIES
+            .iter()
+            .map(|f| {
+                let cmd = format!("list table {} {}", f.as_str(), TABLE_NAME);
+                match self.exec.run_terse(&cmd) {
+                    Ok(json) => Ok((*f, Some(live::parse_table(&json)?))),
+                    Err(ExecError::Nft(msg)) if msg.contains("No such file or directory") => {
+                        Ok((*f, None))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the live tables have the desired structure (tables, sets, chains, rules),
+    /// without reading any set element.
+    pub fn structure_in_sync(&self, desired: &Ruleset) -> Result<bool, NftError> {
+        let mut bare = desired.clone();
+        for t in &mut bare.tables {
+            for s in &mut t.sets {
+                s.elements.clear();
+            }
+        }
+        Ok(diff(&bare, &self.read_structure()?).is_empty())
+    }
+
     pub fn read_live(&self) -> Result<LiveState, NftError> {
         FAMILIES
             .iter()

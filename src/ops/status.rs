@@ -25,6 +25,11 @@ pub struct DaemonState {
     pub last_reconcile_unix_ms: Option<u64>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The daemon's own view of its Docker connection, when it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -256,7 +261,12 @@ pub fn render(
                 .as_ref()
                 .map(|e| format!(", last error: {}", style.red(e)))
                 .unwrap_or_default();
-            format!("{run}, last reconcile {last}{err}")
+            let docker = match s.connected {
+                Some(true) => ", connected to Docker".to_string(),
+                Some(false) => format!(", {}", style.red("NOT connected to Docker")),
+                None => String::new(),
+            };
+            format!("{run}, last reconcile {last}{docker}{err}")
         }
     };
     let _ = writeln!(out, "  daemon        {daemon}");

@@ -786,3 +786,24 @@ fn bound_destination(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -
         .counted(),
     ]
 }
+
+/// Does allow entry `f` let a container in `from_groups` open a `proto`/`port` connection to
+/// one in `to_groups`? (Both managed, admitted and on one network: the caller's part.)
+pub fn flow_permits(
+    f: &Flow,
+    from_groups: &[String],
+    to_groups: &[String],
+    proto: Option<Proto>,
+    port: u16,
+) -> bool {
+    let side =
+        |names: &[String], groups: &[String]| names.iter().any(|n| n == "*" || groups.contains(n));
+    side(&f.from, from_groups)
+        && side(&f.to, to_groups)
+        && match (&f.ports, proto) {
+            (None, _) => true,
+            (Some(specs), Some(p)) => specs.iter().any(|s| s.contains(p, port)),
+            // A protocol no port spec can name is only allowed by "all traffic".
+            (Some(_), None) => false,
+        }
+}

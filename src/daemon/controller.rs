@@ -1,0 +1,624 @@
+//! The controller loop: events → coalesce → engine delta → one transaction; full syncs at
+//! start, on network changes, reload and reconnect; periodic resync; signals.
+//!
+//! It never removes rules on its way out: SIGTERM leaves the kernel as it is (fail closed),
+//! and a broken Docker stream keeps the rules while it reconnects.
+
+use super::conntrack::{Conntrack, ConntrackTool, revoked};
+use super::engine::{Delta, Engine};
+use super::notify::notify;
+use super::source::{Change, Source};
+use crate::bridge::{BridgeControl, NetlinkBridges};
+use crate::cli::managed_bridges;
+use crate::docker::ContainerState;
+use crate::inventory::Inventory;
+use crate::nft::{Backend, Changes, NftError};
+use crate::plan::Plan;
+use crate::plan::ruleset::{Elem, Family, Ruleset};
+use crate::policy::{Policy, load_policy};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    /// Full resync and drift repair.
+    pub resync: Duration,
+    /// After an apply, changes arriving within this window wait for its end and go in one
+    /// transaction: the first event of a burst is applied at once, the rest coalesce.
+    pub coalesce: Duration,
+    /// Every Nth resync also lists set elements (element drift); the others only check the
+    /// structure, whose cost does not grow with the number of containers.
+    pub element_check_every: u32,
+    pub state_file: Option<PathBuf>,
+}
+
+impl Options {
+    pub fn new(config: PathBuf) -> Options {
+        Options {
+            config,
+            resync: Duration::from_secs(300),
+            coalesce: Duration::from_millis(20),
+            element_check_every: 12,
+            state_file: Some(PathBuf::from("/run/netguard/state.json")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("{0}")]
+    Bridge(String),
+}
+
+/// What the controller does to the kernel. Real: nft + netlink + conntrack; fakes in tests.
+#[allow(async_fn_in_trait)]
+pub trait Enforcer {
+    async fn prepare_bridges(&mut self, bridges: &[String]) -> Result<(), EnforceError>;
+    fn tables_present(&mut self) -> Result<bool, EnforceError>;
+    fn reconcile(&mut self, desired: &Ruleset) -> Result<Changes, EnforceError>;
+    fn apply(&mut self, delta: &Delta) -> Result<(), EnforceError>;
+    fn structure_in_sync(&mut self, desired: &Ruleset) -> Result<bool, EnforceError>;
+    /// Cuts open connections from and to addresses that left.
+    fn cut(&mut self, addrs: &BTreeSet<IpAddr>);
+    /// Cuts open connections the plan no longer allows (all, or those touching `only`).
+    fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>);
+}
+
+pub struct Kernel {
+    backend: Backend,
+    bridges: Option<NetlinkBridges>,
+    conntrack: Box<dyn Conntrack + Send>,
+}
+
+impl Kernel {
+    pub fn new(backend: Backend) -> Kernel {
+        Kernel {
+            backend,
+            bridges: None,
+            conntrack: Box::new(ConntrackTool),
+        }
+    }
+}
+
+/// The per-event kernel path: one transaction of set elements. Public so the benchmarks
+/// measure exactly what the daemon runs.
+pub fn enforce_delta(backend: &Backend, delta: &Delta) -> Result<(), NftError> {
+    backend.apply(&Changes::elements_only(
+        delta.add.clone(),
+        delta.delete.clone(),
+    ))
+}
+
+impl Enforcer for Kernel {
+    async fn prepare_bridges(&mut self, bridges: &[String]) -> Result<(), EnforceError> {
+        if self.bridges.is_none() {
+            self.bridges =
+                Some(NetlinkBridges::connect().map_err(|e| EnforceError::Bridge(e.to_string()))?);
+        }
+        let Some(b) = &self.bridges else {
+            return Ok(());
+        };
+        let missing = b
+            .ensure_nf_call(bridges)
+            .await
+            .map_err(|e| EnforceError::Bridge(e.to_string()))?;
+        for m in missing {
+            tracing::warn!(bridge = %m, "managed bridge does not exist on this host");
+        }
+        Ok(())
+    }
+
+    fn tables_present(&mut self) -> Result<bool, EnforceError> {
+        Ok(self.backend.read_structure()?.values().any(Option::is_some))
+    }
+
+    fn reconcile(&mut self, desired: &Ruleset) -> Result<Changes, EnforceError> {
+        Ok(self.backend.reconcile(desired)?)
+    }
+
+    fn apply(&mut self, delta: &Delta) -> Result<(), EnforceError> {
+        Ok(enforce_delta(&self.backend, delta)?)
+    }
+
+    fn structure_in_sync(&mut self, desired: &Ruleset) -> Result<bool, EnforceError> {
+        Ok(self.backend.structure_in_sync(desired)?)
+    }
+
+    fn cut(&mut self, addrs: &BTreeSet<IpAddr>) {
+        for a in addrs {
+            self.conntrack.delete_address(*a);
+        }
+    }
+
+    fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>) {
+        let entries = self.conntrack.list();
+        for e in revoked(plan, &entries, only) {
+            tracing::info!(proto = %e.proto, src = %e.src, dst = %e.dst, "cutting a connection the policy no longer allows");
+            self.conntrack.delete(&e);
+        }
+    }
+}
+
+/// What the daemon reports to `netguard status` (written to the state file).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct DaemonState {
+    pub pid: u32,
+    pub source: String,
+    pub started_unix_ms: u64,
+    pub last_reconcile_unix_ms: Option<u64>,
+    pub last_event_unix_ms: Option<u64>,
+    pub containers: usize,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub reconciles: u64,
+    pub events: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Hooks for metrics; the default does nothing.
+pub trait Observer {
+    fn reconciled(&self, _took: Duration, _ok: bool) {}
+    fn enforced(&self, _event_to_rules: Duration) {}
+    fn containers(&self, _n: usize) {}
+    fn error(&self, _kind: &'static str) {}
+}
+
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+pub struct Controller<S: Source, E: Enforcer> {
+    pub opts: Options,
+    pub source: S,
+    pub enforcer: E,
+    pub engine: Engine,
+    pub state: DaemonState,
+    pub observer: Box<dyn Observer>,
+    resyncs: u32,
+    /// Something failed since the last full sync; the next resync does a full one.
+    dirty: bool,
+}
+
+/// A batch of changes with the time the first of them was received.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub first: Option<Instant>,
+    /// Last change per container wins (a stop after a start means stopped).
+    pub containers: BTreeMap<String, bool>,
+    pub networks: bool,
+}
+
+impl Batch {
+    pub fn add(&mut self, c: Change, at: Instant) {
+        self.first.get_or_insert(at);
+        match c {
+            Change::Container(id) => {
+                self.containers.insert(id, true);
+            }
+            Change::Gone(id) => {
+                self.containers.insert(id, false);
+            }
+            Change::Networks => self.networks = true,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.containers.is_empty() && !self.networks
+    }
+}
+
+/// The batch an event starts: the first change of a burst goes at once; changes arriving
+/// within `coalesce` of the previous apply wait for the end of that window and go together.
+pub async fn gather(
+    first: Change,
+    rx: &mut mpsc::Receiver<Change>,
+    last_apply: Option<Instant>,
+    coalesce: Duration,
+) -> Batch {
+    let mut batch = Batch::default();
+    batch.add(first, Instant::now());
+    if let Some(t) = last_apply
+        && t.elapsed() < coalesce
+    {
+        tokio::time::sleep(coalesce - t.elapsed()).await;
+    }
+    while let Ok(c) = rx.try_recv() {
+        batch.add(c, Instant::now());
+    }
+    batch
+}
+
+/// Folds `next` into `acc` so that the result is the net change of both, in order.
+pub fn merge(acc: &mut Delta, next: Delta) {
+    type Sets = BTreeMap<Family, BTreeMap<String, Vec<Elem>>>;
+    fn take(m: &mut Sets, f: Family, s: &str, e: &Elem) -> bool {
+        let Some(v) = m.get_mut(&f).and_then(|x| x.get_mut(s)) else {
+            return false;
+        };
+        let before = v.len();
+        v.retain(|x| x != e);
+        before != v.len()
+    }
+    fn put(m: &mut Sets, f: Family, s: &str, e: Elem) {
+        m.entry(f)
+            .or_default()
+            .entry(s.to_string())
+            .or_default()
+            .push(e);
+    }
+    for (f, sets) in next.delete {
+        for (s, elems) in sets {
+            for e in elems {
+                if !take(&mut acc.add, f, &s, &e) {
+                    put(&mut acc.delete, f, &s, e);
+                }
+            }
+        }
+    }
+    for (f, sets) in next.add {
+        for (s, elems) in sets {
+            for e in elems {
+                if !take(&mut acc.delete, f, &s, &e) {
+                    put(&mut acc.add, f, &s, e);
+                }
+            }
+        }
+    }
+    for m in [&mut acc.add, &mut acc.delete] {
+        for sets in m.values_mut() {
+            sets.retain(|_, v| !v.is_empty());
+        }
+        m.retain(|_, s| !s.is_empty());
+    }
+    acc.gone.extend(next.gone);
+    acc.regrouped.extend(next.regrouped);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Policy(String),
+}
+
+impl<S: Source, E: Enforcer> Controller<S, E> {
+    pub fn new(opts: Options, policy: Policy, source: S, enforcer: E) -> Controller<S, E> {
+        let state = DaemonState {
+            pid: std::process::id(),
+            source: source.describe(),
+            started_unix_ms: now_ms(),
+            ..Default::default()
+        };
+        Controller {
+            opts,
+            source,
+            enforcer,
+            engine: Engine::new(policy, Inventory::default()),
+            state,
+            observer: Box::new(NoObserver),
+            resyncs: 0,
+            dirty: false,
+        }
+    }
+
+    fn error(&mut self, kind: &'static str, msg: String) {
+        tracing::error!(kind, "{msg}");
+        self.observer.error(kind);
+        self.state.last_error = Some(msg);
+        self.dirty = true;
+    }
+
+    fn write_state(&self) {
+        let Some(path) = &self.opts.state_file else {
+            return;
+        };
+        let Ok(json) = serde_json::to_vec_pretty(&self.state) else {
+            return;
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = path.with_extension("json.tmp");
+        if std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .is_err()
+        {
+            tracing::debug!(path = %path.display(), "cannot write the state file");
+        }
+    }
+
+    /// Before anything is known: if netguard has no tables, install them from the policy
+    /// alone, so every managed (and every not yet known Docker) bridge is default-deny.
+    /// Existing tables stay as they are: a restart must not open or close anything.
+    pub fn install_skeleton(&mut self) {
+        match self.enforcer.tables_present() {
+            Ok(true) => tracing::info!(
+                "netguard's tables are present; keeping them until the first reconcile"
+            ),
+            Ok(false) => {
+                let plan = self.engine.plan();
+                match self.enforcer.reconcile(&plan.ruleset) {
+                    Ok(_) => {
+                        tracing::info!("installed default-deny tables before reading the inventory")
+                    }
+                    Err(e) => self.error("nft", format!("cannot install netguard's tables: {e}")),
+                }
+            }
+            Err(e) => self.error("nft", format!("cannot read netguard's tables: {e}")),
+        }
+    }
+
+    /// Reads everything, replans, reconciles the kernel, cuts what is no longer allowed.
+    pub async fn full_sync(&mut self) -> Result<(), ()> {
+        let t0 = Instant::now();
+        let inv = match self.source.inventory().await {
+            Ok(i) => i,
+            Err(e) => {
+                self.error(
+                    "source",
+                    format!("cannot read the inventory: {e}; rules stay as they are"),
+                );
+                return Err(());
+            }
+        };
+        self.engine.reset(inv);
+        let plan = self.engine.plan();
+        for w in &plan.warnings {
+            tracing::warn!("{w}");
+        }
+        if let Err(e) = self.enforcer.prepare_bridges(&managed_bridges(&plan)).await {
+            self.error("bridge", e.to_string());
+        }
+        match self.enforcer.reconcile(&plan.ruleset) {
+            Ok(changes) => {
+                let (a, d) = changes.element_counts();
+                tracing::info!(
+                    containers = self.engine.container_count(),
+                    added = a,
+                    removed = d,
+                    took_ms = t0.elapsed().as_secs_f64() * 1e3,
+                    "reconciled"
+                );
+                self.enforcer.rejudge(&plan, None);
+                self.observer.reconciled(t0.elapsed(), true);
+                self.observer.containers(self.engine.container_count());
+                self.state.reconciles += 1;
+                self.state.last_reconcile_unix_ms = Some(now_ms());
+                self.state.containers = self.engine.container_count();
+                self.state.last_error = None;
+                self.dirty = false;
+                self.write_state();
+                Ok(())
+            }
+            Err(e) => {
+                self.observer.reconciled(t0.elapsed(), false);
+                self.error(
+                    "nft",
+                    format!("reconcile failed: {e}; rules stay as they were"),
+                );
+                self.write_state();
+                Err(())
+            }
+        }
+    }
+
+    /// Applies a batch of changes: only the set elements they concern, in one transaction.
+    pub async fn process(&mut self, batch: Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        self.state.events += batch.containers.len() as u64 + batch.networks as u64;
+        self.state.last_event_unix_ms = Some(now_ms());
+        if batch.networks {
+            let _ = self.full_sync().await;
+            return;
+        }
+        let mut delta = Delta::default();
+        let mut full = false;
+        for (id, running) in &batch.containers {
+            let d = if !*running {
+                self.engine.remove(id)
+            } else {
+                match self.source.container(id).await {
+                    Ok(ContainerState::Running(c)) if !self.engine.knows_networks_of(&c) => {
+                        // On a network created since the last full sync: structure changes.
+                        full = true;
+                        continue;
+                    }
+                    Ok(ContainerState::Running(c)) => self.engine.upsert(c),
+                    Ok(ContainerState::Unisolable(u)) => {
+                        tracing::warn!(container = %u.name, "cannot be isolated: {}", u.reason);
+                        self.engine.set_unisolable(u)
+                    }
+                    Ok(ContainerState::Gone) => self.engine.remove(id),
+                    Err(e) => {
+                        self.error("source", format!("cannot read container {id}: {e}"));
+                        continue;
+                    }
+                }
+            };
+            merge(&mut delta, d);
+        }
+        if full {
+            let _ = self.full_sync().await;
+            return;
+        }
+        if !delta.is_empty() {
+            if let Err(e) = self.enforcer.apply(&delta) {
+                // The tables are not what the engine thinks (deleted by hand, or a race):
+                // repair with a full reconcile.
+                tracing::warn!("element update failed ({e}); reconciling fully");
+                let _ = self.full_sync().await;
+                return;
+            }
+            tracing::debug!(elements = delta.len(), "applied");
+        }
+        if let Some(t) = batch.first {
+            self.observer.enforced(t.elapsed());
+        }
+        if !delta.gone.is_empty() {
+            self.enforcer.cut(&delta.gone);
+        }
+        if !delta.regrouped.is_empty() {
+            let plan = self.engine.plan();
+            self.enforcer.rejudge(&plan, Some(&delta.regrouped));
+        }
+        self.state.containers = self.engine.container_count();
+        self.observer.containers(self.engine.container_count());
+    }
+
+    /// SIGHUP: a valid policy replaces the running one atomically; an invalid one is
+    /// rejected with the same errors as `check`, and nothing changes.
+    pub async fn reload(&mut self) {
+        match load_policy(&self.opts.config) {
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!("reload rejected: {e}");
+                }
+                self.state.last_error = Some(format!(
+                    "reload rejected: {}",
+                    errors.0.first().map(|e| e.to_string()).unwrap_or_default()
+                ));
+                self.observer.error("reload");
+                self.write_state();
+            }
+            Ok(p) => {
+                tracing::info!(config = %self.opts.config.display(), "reloading the policy");
+                self.engine.set_policy(p);
+                let _ = self.full_sync().await;
+            }
+        }
+    }
+
+    /// Periodic: repair structure drift at the cost of a listing without set contents;
+    /// re-read the inventory (missed events); every Nth time, compare the elements too.
+    pub async fn resync(&mut self) {
+        self.resyncs = self.resyncs.wrapping_add(1);
+        if self.dirty || self.resyncs % self.opts.element_check_every.max(1) == 0 {
+            let _ = self.full_sync().await;
+            return;
+        }
+        let plan = self.engine.plan();
+        match self.enforcer.structure_in_sync(&plan.ruleset) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("netguard's tables were changed outside netguard; repairing");
+                let _ = self.full_sync().await;
+                return;
+            }
+            Err(e) => {
+                self.error("nft", format!("cannot read netguard's tables: {e}"));
+                return;
+            }
+        }
+        match self.source.inventory().await {
+            Ok(inv) if inv != self.engine.inventory() => {
+                tracing::info!("inventory changed without an event; reconciling");
+                let _ = self.full_sync().await;
+            }
+            Ok(_) => {}
+            Err(e) => self.error("source", format!("cannot read the inventory: {e}")),
+        }
+    }
+
+    /// Subscribes and syncs; returns the change stream, or None if the source is down.
+    pub async fn connect(&mut self) -> Option<mpsc::Receiver<Change>> {
+        match self.source.subscribe().await {
+            Ok(rx) => {
+                self.state.connected = true;
+                let _ = self.full_sync().await;
+                Some(rx)
+            }
+            Err(e) => {
+                self.state.connected = false;
+                self.error(
+                    "source",
+                    format!(
+                        "cannot follow {}: {e}; rules stay as they are",
+                        self.source.describe()
+                    ),
+                );
+                self.write_state();
+                None
+            }
+        }
+    }
+
+    /// The daemon: runs until SIGTERM/SIGINT. Rules stay in place when it returns.
+    pub async fn run(&mut self) -> std::io::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+
+        self.install_skeleton();
+        let mut rx = self.connect().await;
+        notify(&format!(
+            "READY=1\nSTATUS=enforcing {} containers from {}",
+            self.engine.container_count(),
+            self.source.describe()
+        ));
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.opts.resync,
+            self.opts.resync,
+        );
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watchdog_every =
+            super::notify::watchdog_interval().unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval(watchdog_every);
+        let mut backoff = Duration::from_millis(500);
+        let mut last_apply: Option<Instant> = None;
+
+        loop {
+            let connected = rx.is_some();
+            let next = async {
+                match rx.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules stay in place"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: exiting, rules stay in place"); break; }
+                _ = hup.recv() => self.reload().await,
+                _ = watchdog.tick() => notify("WATCHDOG=1"),
+                _ = resync.tick() => self.resync().await,
+                _ = tokio::time::sleep(backoff), if !connected => {
+                    tracing::info!("reconnecting to {}", self.source.describe());
+                    rx = self.connect().await;
+                    backoff = if rx.is_some() { Duration::from_millis(500) } else { (backoff * 2).min(Duration::from_secs(30)) };
+                }
+                change = next => match change {
+                    None => {
+                        self.state.connected = false;
+                        self.error("source", format!("lost {}; rules stay as they are, reconnecting", self.source.describe()));
+                        self.write_state();
+                        notify("STATUS=reconnecting");
+                        rx = None;
+                    }
+                    Some(c) => {
+                        let batch = match rx.as_mut() {
+                            Some(r) => gather(c, r, last_apply, self.opts.coalesce).await,
+                            None => Batch::default(),
+                        };
+                        self.process(batch).await;
+                        last_apply = Some(Instant::now());
+                    }
+                },
+            }
+        }
+        notify("STOPPING=1");
+        self.write_state();
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! Where the daemon learns about containers: Docker (events + targeted refreshes) or an
+//! inventory file (re-read on SIGHUP and resync; no events).
+
+use crate::docker::{ContainerState, DockerError, DockerSource};
+use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
+use bollard::models::{EventMessage, EventMessageTypeEnum, Network as DockerNetwork};
+use futures::StreamExt;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+
+/// What an event asks the controller to look at again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    /// Refresh this container (started, connected, disconnected, renamed).
+    Container(String),
+    /// This container stopped or was removed.
+    Gone(String),
+    /// Networks were created or removed: the structure may change.
+    Networks,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    File(#[from] InventoryFileError),
+}
+
+/// The daemon's view of the world. Implemented for Docker, an inventory file, and fakes.
+#[allow(async_fn_in_trait)]
+pub trait Source {
+    async fn inventory(&mut self) -> Result<Inventory, SourceError>;
+    async fn container(&mut self, id: &str) -> Result<ContainerState, SourceError>;
+    /// Starts following changes. The receiver closes when the stream breaks; changes since a
+    /// moment before the call are included, so that nothing between subscribing and listing
+    /// is missed.
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError>;
+    /// Whether the source is reachable again (for reconnecting).
+    async fn ping(&mut self) -> Result<(), SourceError>;
+    fn describe(&self) -> String;
+}
+
+pub struct Docker {
+    src: DockerSource,
+    networks: Vec<DockerNetwork>,
+}
+
+impl Docker {
+    pub fn new(src: DockerSource) -> Docker {
+        Docker {
+            src,
+            networks: Vec::new(),
+        }
+    }
+}
+
+/// Maps one Docker event to what must be looked at again.
+pub fn change_of(ev: &EventMessage) -> Option<Change> {
+    let action = ev.action.as_deref().unwrap_or_default();
+    let actor = ev.actor.as_ref()?;
+    match ev.typ {
+        Some(EventMessageTypeEnum::CONTAINER) => {
+            let id = actor.id.clone()?;
+            match action {
+                "start" | "rename" | "unpause" | "restart" => Some(Change::Container(id)),
+                "die" | "destroy" | "stop" | "kill" | "oom" => Some(Change::Gone(id)),
+                _ => None,
+            }
+        }
+        Some(EventMessageTypeEnum::NETWORK) => match action {
+            "connect" | "disconnect" => {
+                let c = actor.attributes.as_ref()?.get("container")?.clone();
+                Some(Change::Container(c))
+            }
+            "create" | "destroy" | "remove" => Some(Change::Networks),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Source for Docker {
+    async fn inventory(&mut self) -> Result<Inventory, SourceError> {
+        self.networks = self.src.raw_networks().await?;
+        Ok(self.src.inventory().await?)
+    }
+
+    async fn container(&mut self, id: &str) -> Result<ContainerState, SourceError> {
+        if self.networks.is_empty() {
+            self.networks = self.src.raw_networks().await?;
+        }
+        Ok(self.src.container(id, &self.networks).await?)
+    }
+
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
+        self.src.ping().await?;
+        let (tx, rx) = mpsc::channel(8192);
+        let mut events = Box::pin(self.src.events_since_now());
+        tokio::spawn(async move {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(ev) => {
+                        if let Some(c) = change_of(&ev)
+                            && tx.send(c).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("Docker event stream broke: {e}");
+                        return;
+                    }
+                }
+            }
+            tracing::warn!("Docker event stream ended");
+        });
+        Ok(rx)
+    }
+
+    async fn ping(&mut self) -> Result<(), SourceError> {
+        Ok(self.src.ping().await?)
+    }
+
+    fn describe(&self) -> String {
+        format!("Docker at {}", self.src.host())
+    }
+}
+
+/// An inventory file: no events; the file is read again on reload and resync.
+pub struct File {
+    pub path: PathBuf,
+    current: Inventory,
+    /// Held so that the change channel stays open: a file has no events, and a closed
+    /// channel would read as a broken stream.
+    keep: Option<mpsc::Sender<Change>>,
+}
+
+impl File {
+    pub fn new(path: PathBuf) -> File {
+        File {
+            path,
+            current: Inventory::default(),
+            keep: None,
+        }
+    }
+}
+
+impl Source for File {
+    async fn inventory(&mut self) -> Result<Inventory, SourceError> {
+        self.current = load_inventory_file(&self.path)?;
+        Ok(self.current.clone())
+    }
+
+    async fn container(&mut self, id: &str) -> Result<ContainerState, SourceError> {
+        Ok(match self.current.containers.iter().find(|c| c.id == id) {
+            Some(c) => ContainerState::Running(c.clone()),
+            None => ContainerState::Gone,
+        })
+    }
+
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
+        let (tx, rx) = mpsc::channel(1);
+        self.keep = Some(tx);
+        Ok(rx)
+    }
+
+    async fn ping(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("inventory file {}", self.path.display())
+    }
+}
