@@ -377,3 +377,48 @@ Nov 28 21:50:04 host kernel: [ 814.0] netguard-deny IN=br-back OUT=br-back SRC=1
     }
     insta::assert_snapshot!("log_text", klog::render(&ds, Style::plain()));
 }
+
+#[test]
+fn diff_single_family_pairs_are_not_flagged_as_partial() {
+    let p = policy("[groups.web]\nmatch = { name = \"web*\" }\n");
+    let inv = inventory(
+        r#"
+[[container]]
+name = "web-1"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v1"
+ipv4 = "10.0.0.1"
+ipv6 = "fd00::1"
+
+[[container]]
+name = "api-1"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v2"
+ipv4 = "10.0.0.2"
+
+[[container]]
+name = "web-2"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v3"
+ipv4 = "10.0.0.3"
+ipv6 = "fd00::3"
+"#,
+    );
+    let pl = plan(&p, &inv);
+    let text = diff_text(&pl, &no_tables());
+    assert!(text.contains("  - web-1 → api-1  all\n"), "{text}");
+    assert!(text.contains("  - web-1 → web-2  all\n"), "{text}");
+    let impact = ndiff::impact(&pl, &no_tables(), &BTreeSet::new());
+    let f = impact
+        .denied
+        .iter()
+        .find(|f| f.from == "web-1" && f.to == "api-1")
+        .unwrap();
+    assert_eq!(f.family, "ipv4");
+}

@@ -24,6 +24,9 @@ pub struct FlowChange {
     pub family: String,
     /// `8080/tcp`, `9000-9010/udp`, `icmp`, `all`, `all except 8080/tcp`.
     pub services: Vec<String>,
+    /// The pair also has addresses of the other IP version, where this does not change.
+    #[serde(skip)]
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +63,8 @@ fn changes_between(before: &Matrix, after: &Matrix) -> (Vec<FlowChange>, Vec<Flo
             let d = super::access::Access::default();
             x.as_ref().unwrap_or(&d).minus(y.as_ref().unwrap_or(&d))
         };
+        let has4 = a.v4.is_some() || b.v4.is_some();
+        let has6 = a.v6.is_some() || b.v6.is_some();
         for (out, g4, g6) in [
             (&mut allowed, diff(&a.v4, &b.v4), diff(&a.v6, &b.v6)),
             (&mut denied, diff(&b.v4, &a.v4), diff(&b.v6, &a.v6)),
@@ -70,6 +75,7 @@ fn changes_between(before: &Matrix, after: &Matrix) -> (Vec<FlowChange>, Vec<Flo
                     to: k.1.clone(),
                     family: family.into(),
                     services,
+                    partial: has4 && has6 && family != "ipv4+ipv6",
                 })
             };
             if !g4.is_empty() && g4 == g6 {
@@ -143,8 +149,8 @@ pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Im
 
 fn flow_line(f: &FlowChange) -> String {
     let fam = match f.family.as_str() {
-        "ipv4" => "  (IPv4 only)",
-        "ipv6" => "  (IPv6 only)",
+        "ipv4" if f.partial => "  (IPv4 only)",
+        "ipv6" if f.partial => "  (IPv6 only)",
         _ => "",
     };
     format!("{} → {}  {}{fam}", f.from, f.to, f.services.join(", "))
