@@ -399,7 +399,14 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 }
             }
             match cli.output {
-                Output::Text => print!("{}", klog::render(&ds, crate::ops::style::Style::detect())),
+                Output::Text => print!(
+                    "{}",
+                    klog::render(
+                        &ds,
+                        p.settings.log_denied,
+                        crate::ops::style::Style::detect()
+                    )
+                ),
                 Output::Json => println!(
                     "{}",
                     serde_json::json!({ "ok": true, "log_denied": p.settings.log_denied, "denials": ds })

@@ -6,6 +6,7 @@ use crate::inventory::{Container, Inventory};
 use crate::plan::{Flow, Plan, PlannedContainer};
 use crate::policy::{Policy, PortSpec, Proto, Selector};
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -463,7 +464,9 @@ fn mark(style: Style, ok: bool) -> String {
     }
 }
 
-fn render_side(out: &mut String, s: &Side, style: Style) {
+/// Shows a side's member groups, and the groups an entry would need it in (`relevant`);
+/// the JSON output has every group.
+fn render_side(out: &mut String, s: &Side, relevant: &BTreeSet<&str>, style: Style) {
     let groups = if s.groups.is_empty() {
         "no group".to_string()
     } else {
@@ -475,7 +478,13 @@ fn render_side(out: &mut String, s: &Side, style: Style) {
         String::new()
     };
     let _ = writeln!(out, "{}{id}: {groups}", style.bold(&s.name));
-    for g in &s.checks {
+    let shown: Vec<&GroupCheck> = s
+        .checks
+        .iter()
+        .filter(|g| g.member || relevant.contains(g.group.as_str()))
+        .collect();
+    let hidden = s.checks.len() - shown.len();
+    for g in shown {
         let _ = writeln!(
             out,
             "  {} {:<12} {}",
@@ -499,6 +508,13 @@ fn render_side(out: &mut String, s: &Side, style: Style) {
                 .collect();
             let _ = writeln!(out, "      selector {}: {}", sel.origin, keys.join(", "));
         }
+    }
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "  ({hidden} unrelated group{} not shown; --output json lists all)",
+            if hidden == 1 { "" } else { "s" }
+        );
     }
 }
 
@@ -536,21 +552,37 @@ pub fn render(x: &Explanation, style: Style) -> String {
         let _ = writeln!(out, "{} {h}", style.yellow("hint:"));
     }
     out.push('\n');
-    render_side(&mut out, &x.from, style);
-    render_side(&mut out, &x.to, style);
+    // Groups FROM would need to be in for an entry towards TO, and the other way round.
+    let from_rel: BTreeSet<&str> = x
+        .entries
+        .iter()
+        .filter(|e| e.to_matches)
+        .flat_map(|e| e.from.iter().map(String::as_str))
+        .collect();
+    let to_rel: BTreeSet<&str> = x
+        .entries
+        .iter()
+        .filter(|e| e.from_matches)
+        .flat_map(|e| e.to.iter().map(String::as_str))
+        .collect();
+    render_side(&mut out, &x.from, &from_rel, style);
+    render_side(&mut out, &x.to, &to_rel, style);
     if !x.entries.is_empty() {
         let _ = writeln!(out, "{}", style.bold("allow entries:"));
         for e in &x.entries {
             let _ = writeln!(
                 out,
-                "  {:<22} {} → {} {}   from {} to {} port {}",
+                "  {:<24} {:<28} from {} to {} port {}",
                 e.origin,
-                e.from.join(","),
-                e.to.join(","),
-                e.ports
-                    .as_ref()
-                    .map(|p| p.join(","))
-                    .unwrap_or_else(|| "all".into()),
+                format!(
+                    "{} → {} {}",
+                    e.from.join(","),
+                    e.to.join(","),
+                    e.ports
+                        .as_ref()
+                        .map(|p| p.join(","))
+                        .unwrap_or_else(|| "all".into())
+                ),
                 mark(style, e.from_matches),
                 mark(style, e.to_matches),
                 mark(style, e.port_matches)

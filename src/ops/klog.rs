@@ -181,13 +181,17 @@ fn utc(ms: u64) -> String {
     )
 }
 
-pub fn render(ds: &[Denial], style: Style) -> String {
+pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
     let mut out = String::new();
-    if ds.is_empty() {
+    if !log_denied {
         let _ = writeln!(
             out,
-            "no denied connections in the kernel log (is `log_denied = true` set?)"
+            "{} the policy has `log_denied = false`: denied connections are not logged",
+            style.yellow("note:")
         );
+    }
+    if ds.is_empty() {
+        let _ = writeln!(out, "no denied connections in the kernel log");
     }
     for d in ds {
         let who = |n: &Option<String>, a: &IpAddr| match n {

@@ -324,9 +324,14 @@ pub fn render(
             let _ = writeln!(out, "{} {w}", style.yellow("warning:"));
         }
     }
-    if !counters.is_empty() {
+    // The per-group-pair deny counters are many; show those that counted something.
+    let shown: Vec<&RuleCounter> = counters
+        .iter()
+        .filter(|c| c.packets > 0 || !c.rule.starts_with(crate::plan::DENY_COUNTER_PREFIX))
+        .collect();
+    if !shown.is_empty() {
         let _ = writeln!(out, "\n{}", style.bold("rule counters (packets, bytes):"));
-        for c in counters {
+        for c in shown {
             let _ = writeln!(
                 out,
                 "  {:>10} {:>12}  {} {}: {}",
