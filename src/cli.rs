@@ -367,12 +367,27 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
             let dot = crate::ops::graph::dot(&plan);
-            if format == "dot" {
-                print!("{dot}");
+            let bytes = if format == "dot" {
+                dot.into_bytes()
             } else {
-                use std::io::Write;
-                let bytes = crate::ops::graph::render_with_dot(&dot, format)?;
-                std::io::stdout().write_all(&bytes)?;
+                crate::ops::graph::render_with_dot(&dot, format)?
+            };
+            match cli.output {
+                Output::Text => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+                Output::Json => {
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        Failure(vec![format!(
+                            "format {format} is binary and has no JSON form; use --output text"
+                        )])
+                    })?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": true, "format": format, "output": text })
+                    );
+                }
             }
             Ok(EXIT_OK)
         }

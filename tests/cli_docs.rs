@@ -87,3 +87,45 @@ fn errors_are_one_line_and_json_stays_json() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn graph_svg_without_dot_is_a_clear_error() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_netguard"))
+        .args([
+            "-c",
+            &format!("{root}/policy.example.toml"),
+            "--inventory",
+            &format!("{root}/docs/example-inventory.toml"),
+            "graph",
+            "--format",
+            "svg",
+        ])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`dot` (Graphviz) is not installed"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // DOT in JSON.
+    let out = Command::new(env!("CARGO_BIN_EXE_netguard"))
+        .args([
+            "-c",
+            &format!("{root}/policy.example.toml"),
+            "--inventory",
+            &format!("{root}/docs/example-inventory.toml"),
+            "--output",
+            "json",
+            "graph",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("digraph netguard {")
+    );
+}
