@@ -350,7 +350,7 @@ fn parse_live_rule(expr: &[Value]) -> LiveRuleKind {
             == Some("l4proto")
         {
             if let Some(p) = right.as_str() {
-                if !matches!(service, Service::Ports { .. }) {
+                if service == Service::All {
                     service = Service::Ports {
                         proto: p.to_string(),
                         ranges: vec![(0, 65535)],
