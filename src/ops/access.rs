@@ -596,6 +596,69 @@ pub fn matrix(view: &View, plan: &Plan, unjudged_open: bool) -> Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn addr_match(iface: &str, proto: &str, field: &str, set: &str) -> Value {
+        json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": iface}},
+            {"payload": {"protocol": proto, "field": field}}]}, "right": format!("@{set}")}})
+    }
+
+    /// The forms nft 1.0.6 lists netguard's allow rules in (it rewrites
+    /// `meta l4proto tcp th dport { 8080 }` into `tcp dport 8080`).
+    #[test]
+    fn live_rules_as_nft_lists_them() {
+        let src = addr_match("iifname", "ip6", "saddr", "g_web_6");
+        let dst = addr_match("oifname", "ip6", "daddr", "g_api_6");
+        let rule = |extra: Vec<Value>| {
+            let mut v = vec![src.clone(), dst.clone()];
+            v.extend(extra);
+            v.push(json!({"counter": {"packets": 1, "bytes": 2}}));
+            v.push(json!({"accept": null}));
+            parse_live_rule(&v)
+        };
+        let svc = |k: LiveRuleKind| match k {
+            LiveRuleKind::Allow { service, v6, .. } => {
+                assert!(v6);
+                Some(service)
+            }
+            _ => None,
+        };
+        let dport = |proto: &str, right: Value| json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": right}});
+        assert_eq!(svc(rule(vec![])), Some(Service::All));
+        assert_eq!(
+            svc(rule(vec![dport("udp", json!(53))])),
+            Some(Service::Ports {
+                proto: "udp".into(),
+                ranges: vec![(53, 53)]
+            })
+        );
+        assert_eq!(
+            svc(rule(vec![dport(
+                "sctp",
+                json!({"set": [7, {"range": [9000, 9010]}]})
+            )])),
+            Some(Service::Ports {
+                proto: "sctp".into(),
+                ranges: vec![(7, 7), (9000, 9010)]
+            })
+        );
+        let icmp = json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "echo-request"}});
+        let l4 = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}});
+        assert_eq!(svc(rule(vec![icmp.clone()])), Some(Service::Icmp));
+        assert_eq!(
+            svc(rule(vec![icmp.clone(), l4.clone()])),
+            Some(Service::Icmp)
+        );
+        assert_eq!(svc(rule(vec![l4, icmp])), Some(Service::Icmp));
+        // Something netguard never writes: reported, not guessed.
+        let odd = json!({"match": {"op": "!=", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}});
+        assert!(matches!(rule(vec![odd]), LiveRuleKind::Unreadable));
+        // Not an allow rule at all.
+        assert!(matches!(
+            parse_live_rule(&[json!({"counter": null}), json!({"drop": null})]),
+            LiveRuleKind::Other
+        ));
+    }
 
     #[test]
     fn port_arithmetic() {
