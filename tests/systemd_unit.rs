@@ -74,7 +74,11 @@ fn values(unit: &str, section: &str, key: &str) -> Vec<String> {
 
 fn one(unit: &str, section: &str, key: &str) -> String {
     let v = values(unit, section, key);
-    assert_eq!(v.len(), 1, "[{section}] {key}= must be set exactly once, found {v:?}");
+    assert_eq!(
+        v.len(),
+        1,
+        "[{section}] {key}= must be set exactly once, found {v:?}"
+    );
     v[0].clone()
 }
 
@@ -114,10 +118,17 @@ fn unit_has_what_the_daemon_relies_on() {
         kill_mode == "mixed" || kill_mode == "control-group",
         "KillMode={kill_mode}"
     );
-    assert!(values(u, "Service", "KillSignal").iter().all(|s| s == "SIGTERM"));
+    assert!(
+        values(u, "Service", "KillSignal")
+            .iter()
+            .all(|s| s == "SIGTERM")
+    );
     assert_eq!(one(u, "Service", "RuntimeDirectory"), "netguard");
     assert_eq!(one(u, "Service", "StandardError"), "journal");
-    assert!(values(u, "Service", "Environment").contains(&"NETGUARD_LOG=info".to_string()));
+    let env = values(u, "Service", "Environment");
+    assert!(env.contains(&"NETGUARD_LOG=info".to_string()));
+    // tracing-subscriber colours its output unless NO_COLOR is set; the journal wants none.
+    assert!(env.contains(&"NO_COLOR=1".to_string()));
 
     // Docker: ordered after it and pulled in, but never bound to it: a Docker restart must
     // not stop netguard (the rules stay, the daemon reconnects).
@@ -125,14 +136,18 @@ fn unit_has_what_the_daemon_relies_on() {
     assert!(words(u, "Unit", "Wants").contains(&"docker.service".to_string()));
     for key in ["Requires", "BindsTo", "PartOf", "Requisite"] {
         assert!(
-            !words(u, "Unit", key).iter().any(|w| w.starts_with("docker.")),
+            !words(u, "Unit", key)
+                .iter()
+                .any(|w| w.starts_with("docker.")),
             "{key}= must not name Docker"
         );
     }
     // Stopping must not remove the rules: no ExecStop / ExecStopPost running uninstall.
     for key in ["ExecStop", "ExecStopPost"] {
         assert!(
-            !values(u, "Service", key).iter().any(|v| v.contains("uninstall")),
+            !values(u, "Service", key)
+                .iter()
+                .any(|v| v.contains("uninstall")),
             "{key} must not remove the rules (fail closed)"
         );
     }
@@ -149,18 +164,28 @@ fn unit_has_what_the_daemon_relies_on() {
     for needed in ["AF_UNIX", "AF_NETLINK"] {
         assert!(families.contains(&needed.to_string()), "{needed} missing");
     }
-    assert!(!families.iter().any(|f| f.starts_with('~')), "allow list expected");
+    assert!(
+        !families.iter().any(|f| f.starts_with('~')),
+        "allow list expected"
+    );
     // The daemon must see container processes in /proc: a hiding ProtectProc is only
     // acceptable together with CAP_SYS_PTRACE (which makes every process visible to it).
-    if values(u, "Service", "ProtectProc").iter().any(|v| v != "default") {
+    if values(u, "Service", "ProtectProc")
+        .iter()
+        .any(|v| v != "default")
+    {
         assert!(caps.contains(&"CAP_SYS_PTRACE".to_string()));
     }
     assert!(
-        values(u, "Service", "PrivateNetwork").iter().all(|v| v == "no"),
+        values(u, "Service", "PrivateNetwork")
+            .iter()
+            .all(|v| v == "no"),
         "netguard works on the host's network namespace"
     );
     assert!(
-        values(u, "Service", "PrivateUsers").iter().all(|v| v == "no"),
+        values(u, "Service", "PrivateUsers")
+            .iter()
+            .all(|v| v == "no"),
         "capabilities must hold in the host's user namespace"
     );
     assert!(words(u, "Service", "SystemCallFilter").contains(&"@system-service".to_string()));
