@@ -132,7 +132,8 @@ fn unit_has_what_the_daemon_relies_on() {
 
     // Docker: ordered after it and pulled in, but never bound to it: a Docker restart must
     // not stop netguard (the rules stay, the daemon reconnects).
-    assert!(words(u, "Unit", "After").contains(&"docker.service".to_string()));
+    assert!(words(u, "Unit", "Before").contains(&"docker.service".to_string()));
+    assert!(!words(u, "Unit", "After").contains(&"docker.service".to_string()));
     assert!(words(u, "Unit", "Wants").contains(&"docker.service".to_string()));
     for key in ["Requires", "BindsTo", "PartOf", "Requisite"] {
         assert!(
