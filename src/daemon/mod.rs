@@ -12,7 +12,6 @@ pub mod source;
 
 pub use controller::{Controller, DaemonState, Enforcer, Kernel, Options, enforce_delta};
 
-use crate::docker::DockerSource;
 use crate::nft::Backend;
 use crate::policy::load_policy;
 use std::path::PathBuf;
@@ -32,9 +31,8 @@ pub async fn run(
             c.run().await
         }
         None => {
-            let src =
-                DockerSource::connect(docker_host.as_deref()).map_err(|e| vec![e.to_string()])?;
-            let mut c = Controller::new(opts, policy, source::Docker::new(src), kernel);
+            let src = source::Docker::new(docker_host).map_err(|e| vec![e.to_string()])?;
+            let mut c = Controller::new(opts, policy, src, kernel);
             c.run().await
         }
     };
