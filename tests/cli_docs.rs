@@ -34,7 +34,7 @@ fn man_page_in_docs_is_current() {
         assert!(page.contains(cmd), "man page lacks {cmd}");
     }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/netguard.1");
-    if std::env::var("NETGUARD_REGEN_DOCS").is_ok() {
+    if std::env::var("NETGUARD_REGEN_DOCS").is_ok_and(|v| v == "1") {
         std::fs::write(&path, &page).unwrap();
     }
     let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
