@@ -69,6 +69,9 @@ pub enum Command {
         /// Where the daemon reports its state for `netguard status`.
         #[arg(long, default_value = "/run/netguard/state.json")]
         state_file: PathBuf,
+        /// Serve Prometheus metrics on this address (without a value: 127.0.0.1:9432).
+        #[arg(long, num_args = 0..=1, default_missing_value = crate::metrics::DEFAULT_LISTEN)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Networks, containers, groups, addresses, veths, enforcement health.
     Status,
@@ -449,8 +452,10 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             resync_interval,
             coalesce_ms,
             ref state_file,
+            metrics_listen,
         } => {
             let mut opts = crate::daemon::Options::new(cli.config.clone());
+            opts.metrics_listen = metrics_listen;
             opts.resync = std::time::Duration::from_secs(resync_interval.max(1));
             opts.coalesce = std::time::Duration::from_millis(coalesce_ms);
             opts.state_file = Some(state_file.clone());

@@ -54,6 +54,8 @@ pub struct Options {
     /// structure, whose cost does not grow with the number of containers.
     pub element_check_every: u32,
     pub state_file: Option<PathBuf>,
+    /// Prometheus metrics listener (opt-in).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -64,6 +66,7 @@ impl Options {
             coalesce: Duration::from_millis(20),
             element_check_every: 12,
             state_file: Some(PathBuf::from("/run/netguard/state.json")),
+            metrics_listen: None,
         }
     }
 }
