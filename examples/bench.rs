@@ -1007,7 +1007,7 @@ fn reconcile(lab: &mut Lab, full: bool, res: &mut Results) {
             let t1 = t.elapsed();
             let p = plan(&policy, &inv);
             let t2 = t.elapsed();
-            let live = b.read_live().expect("read");
+            let live = b.read_for_diff().expect("read");
             let t3 = t.elapsed();
             let changes = diff(&p.ruleset, &live);
             let t4 = t.elapsed();
@@ -1033,7 +1033,7 @@ fn reconcile(lab: &mut Lab, full: bool, res: &mut Results) {
             let t = Instant::now();
             let p = plan(&policy, &inv);
             let t1 = t.elapsed();
-            let live = rd.read_live().expect("read");
+            let live = rd.read_for_diff().expect("read");
             let t2 = t.elapsed();
             let changes = diff(&p.ruleset, &live);
             let t3 = t.elapsed();

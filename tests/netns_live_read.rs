@@ -56,6 +56,15 @@ fn inventory() -> String {
     s
 }
 
+fn strip(mut t: live::LiveTable) -> live::LiveTable {
+    for c in t.chains.values_mut() {
+        for r in &mut c.rules {
+            r.expr.clear();
+        }
+    }
+    t
+}
+
 #[test]
 fn netlink_reader_equals_nft_json_listing() {
     if unsafe { libc::geteuid() } != 0 {
@@ -79,7 +88,8 @@ fn netlink_reader_equals_nft_json_listing() {
         };
         let json = |f: Family| -> Option<live::LiveTable> {
             match lib.run(&format!("list table {} netguard", f.as_str())) {
-                Ok(out) => Some(live::parse_table(&out).expect("parse")),
+                // The nfnetlink reader leaves nft's JSON statements out.
+                Ok(out) => Some(strip(live::parse_table(&out).expect("parse"))),
                 Err(e) if e.to_string().contains("No such file") => None,
                 Err(e) => panic!("{e}"),
             }
@@ -112,11 +122,13 @@ fn netlink_reader_equals_nft_json_listing() {
             let a = netlink::read_structure(f)
                 .expect("netlink read")
                 .expect("present");
-            let b = live::parse_table(
-                &lib.run_terse(&format!("list table {} netguard", f.as_str()))
-                    .expect("terse"),
-            )
-            .expect("parse");
+            let b = strip(
+                live::parse_table(
+                    &lib.run_terse(&format!("list table {} netguard", f.as_str()))
+                        .expect("terse"),
+                )
+                .expect("parse"),
+            );
             assert_eq!(a, b, "structure {f:?}");
         }
         // Element writes over nfnetlink: every key type, adds and deletes in one batch; the
@@ -147,7 +159,7 @@ fn netlink_reader_equals_nft_json_listing() {
             (Family::Bridge, "addrs_4".into(), Elem::V4(v4("10.10.9.1"))),
             (Family::Bridge, "addrs_6".into(), Elem::V6(v6("fd10::9:1"))),
         ];
-        let before = backend.read_live().expect("read");
+        let before = backend.read_for_diff().expect("read");
         let dels: Vec<(Family, String, Elem)> =
             before[&Family::Inet].as_ref().unwrap().sets["all_4"]
                 .elements
@@ -212,7 +224,7 @@ fn netlink_reader_equals_nft_json_listing() {
         }
         // The diff through netlink reads repairs the odd set and is then empty.
         backend.reconcile(&p.ruleset).expect("repair");
-        let live = backend.read_live().expect("read");
+        let live = backend.read_for_diff().expect("read");
         assert!(diff(&p.ruleset, &live).is_empty());
         backend.uninstall().expect("uninstall");
     })
