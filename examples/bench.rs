@@ -472,6 +472,11 @@ impl PacketLab {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    // Close with RST as the client does: no TIME_WAIT on either side, so a
+                    // reused client port never meets an old connection.
+                    if let Ok(s) = &s {
+                        rst_on_close(s);
+                    }
                     drop(s);
                 }
             })
@@ -532,20 +537,7 @@ impl PacketLab {
             while t.elapsed().as_secs_f64() < secs {
                 match TcpStream::connect_timeout(&dst, Duration::from_millis(500)) {
                     Ok(s) => {
-                        let linger = libc::linger {
-                            l_onoff: 1,
-                            l_linger: 0,
-                        };
-                        // SAFETY: valid socket fd and a properly sized option value.
-                        unsafe {
-                            libc::setsockopt(
-                                s.as_raw_fd(),
-                                libc::SOL_SOCKET,
-                                libc::SO_LINGER,
-                                &linger as *const _ as *const libc::c_void,
-                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                            );
-                        }
+                        rst_on_close(&s);
                         ok += 1;
                     }
                     Err(_) => failed += 1,
@@ -595,6 +587,23 @@ impl Drop for PacketLab {
         if let Some(h) = self.server.take() {
             let _ = h.join();
         }
+    }
+}
+
+fn rst_on_close(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a properly sized option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -697,14 +706,14 @@ fn pk_naive(n: usize) -> String {
     for i in 0..n.saturating_sub(1) {
         let _ = writeln!(
             s,
-            "  ip saddr {} ip daddr {} tcp dport {{ 5201, 7000 }} accept",
+            "  ip saddr {} ip daddr {} tcp dport 5201-7000 accept",
             synth_addr(i),
             synth_addr(i + 1)
         );
     }
     let _ = writeln!(
         s,
-        "  ip saddr {A_ADDR} ip daddr {B_ADDR} tcp dport {{ 5201, 7000 }} accept\n  drop\n }}\n}}"
+        "  ip saddr {A_ADDR} ip daddr {B_ADDR} tcp dport 5201-7000 accept\n  drop\n }}\n}}"
     );
     s
 }
