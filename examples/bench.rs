@@ -1440,7 +1440,7 @@ fn events(lab: &mut Lab, full: bool, res: &mut Results) {
     );
     res.notes.push(format!(
         "Event → enforced: the daemon's `Controller::process` (src/daemon) with its real `Kernel` \
-         enforcer (libnftables, one transaction of set elements per event) and an in-memory source \
+         enforcer (one nfnetlink transaction of set elements per event) and an in-memory source \
          standing in for Docker, so Docker's own inspect call is not included. The figure is the \
          controller's own `Observer::enforced` (event received → the kernel answered). Events \
          alternately start a new container and remove it again: {per_size_events} per size after \
