@@ -111,6 +111,23 @@ impl Scene {
         scene
     }
 
+    /// Like `new`, with a prefix of the caller's choosing (e.g. `ngd-<pid>-<tag>-`).
+    pub fn with_prefix(prefix: &str) -> Scene {
+        let scene = Scene {
+            prefix: prefix.to_string(),
+            containers: Vec::new(),
+            networks: Vec::new(),
+            images: Vec::new(),
+        };
+        scene.sweep();
+        scene
+    }
+
+    /// Registers a container created elsewhere (e.g. in parallel) for removal on drop.
+    pub fn adopt(&mut self, name: &str) {
+        self.containers.push(name.to_string());
+    }
+
     pub fn name(&self, short: &str) -> String {
         format!("{}{short}", self.prefix)
     }
