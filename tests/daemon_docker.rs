@@ -14,7 +14,7 @@ mod daemon;
 #[path = "common/docker.rs"]
 mod docker_env;
 
-use daemon::{Daemon, Spec, netguard_bin, netguard_tables, poll};
+use daemon::{Daemon, Spec, netguard_bin, netguard_tables, poll, wait_host_quiet};
 use docker_env::{IMAGE, Scene, docker, docker_available, docker_ok};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,6 +87,8 @@ impl Env {
         if !docker_available(test) {
             return None;
         }
+        // Another netguard writing the host's tables would fight with ours.
+        wait_host_quiet(Duration::from_secs(120));
         let prefix = format!("ngd-{}-{tag}-", std::process::id());
         let mut scene = Scene::with_prefix(&prefix);
         let net = scene.network("net", net_args);

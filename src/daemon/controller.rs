@@ -449,7 +449,14 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         full = true;
                         continue;
                     }
-                    Ok(ContainerState::Running(c)) => self.engine.upsert(c),
+                    Ok(ContainerState::Running(c)) => {
+                        tracing::debug!(
+                            container = %c.name,
+                            endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
+                            "refreshed"
+                        );
+                        self.engine.upsert(c)
+                    }
                     Ok(ContainerState::Unisolable(u)) => {
                         tracing::warn!(container = %u.name, "cannot be isolated: {}", u.reason);
                         self.engine.set_unisolable(u)

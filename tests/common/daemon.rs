@@ -38,7 +38,7 @@ impl Spec {
             resync_secs: 300,
             coalesce_ms: 20,
             dir: dir.to_path_buf(),
-            log_level: "info".into(),
+            log_level: std::env::var("NETGUARD_TEST_LOG").unwrap_or_else(|_| "info".into()),
         }
     }
 }
@@ -321,4 +321,82 @@ pub fn netguard_tables(netns: Option<&str>) -> String {
         all.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     all
+}
+
+/// Other netguard processes in this network namespace (not ours): on a shared host another
+/// engineer's daemon or `apply` writes the same `inet netguard` table, and two writers fight.
+pub fn foreign_netguards() -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let my_ns = std::fs::read_link("/proc/self/ns/net").ok();
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // The netguard binary itself, or a wrapper running it (a script with the binary's
+        // path as an argument); not the compiler building it.
+        let base = |a: &String| a.rsplit('/').next().unwrap_or("").to_string();
+        let tool = args.first().map(base).unwrap_or_default();
+        let is_netguard = tool == "netguard"
+            || (!["cargo", "rustc", "cc", "ld", "rust-lld", "clippy-driver"]
+                .contains(&tool.as_str())
+                && args
+                    .iter()
+                    .skip(1)
+                    .any(|a| a.contains('/') && base(a) == "netguard"));
+        if !is_netguard || std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() != my_ns {
+            continue;
+        }
+        // Our own daemons have us as parent.
+        let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')').next().and_then(|r| {
+                    r.split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.parse::<i32>().ok())
+                })
+            });
+        if parent == Some(me) {
+            continue;
+        }
+        out.push((pid, args.join(" ")));
+    }
+    out
+}
+
+/// Waits (up to `max`) until no foreign netguard runs in this namespace; warns if one stays.
+pub fn wait_host_quiet(max: Duration) {
+    let t = Instant::now();
+    let mut warned = false;
+    loop {
+        let f = foreign_netguards();
+        if f.is_empty() {
+            return;
+        }
+        if !warned {
+            eprintln!("waiting for foreign netguard processes on this host to end: {f:?}");
+            warned = true;
+        }
+        if t.elapsed() > max {
+            eprintln!(
+                "WARNING: foreign netguard processes still running, results may be disturbed: {f:?}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
