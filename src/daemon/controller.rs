@@ -218,6 +218,27 @@ impl Batch {
     }
 }
 
+/// The batch an event starts: the first change of a burst goes at once; changes arriving
+/// within `coalesce` of the previous apply wait for the end of that window and go together.
+pub async fn gather(
+    first: Change,
+    rx: &mut mpsc::Receiver<Change>,
+    last_apply: Option<Instant>,
+    coalesce: Duration,
+) -> Batch {
+    let mut batch = Batch::default();
+    batch.add(first, Instant::now());
+    if let Some(t) = last_apply
+        && t.elapsed() < coalesce
+    {
+        tokio::time::sleep(coalesce - t.elapsed()).await;
+    }
+    while let Ok(c) = rx.try_recv() {
+        batch.add(c, Instant::now());
+    }
+    batch
+}
+
 /// Folds `next` into `acc` so that the result is the net change of both, in order.
 pub fn merge(acc: &mut Delta, next: Delta) {
     type Sets = BTreeMap<Family, BTreeMap<String, Vec<Elem>>>;
@@ -628,20 +649,10 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         rx = None;
                     }
                     Some(c) => {
-                        let mut batch = Batch::default();
-                        batch.add(c, Instant::now());
-                        // The first change of a burst goes at once; changes behind it wait
-                        // for the end of the window and go together.
-                        if let Some(t) = last_apply
-                            && t.elapsed() < self.opts.coalesce
-                        {
-                            tokio::time::sleep(self.opts.coalesce - t.elapsed()).await;
-                        }
-                        if let Some(r) = rx.as_mut() {
-                            while let Ok(c) = r.try_recv() {
-                                batch.add(c, Instant::now());
-                            }
-                        }
+                        let batch = match rx.as_mut() {
+                            Some(r) => gather(c, r, last_apply, self.opts.coalesce).await,
+                            None => Batch::default(),
+                        };
                         self.process(batch).await;
                         last_apply = Some(Instant::now());
                     }

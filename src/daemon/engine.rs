@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 type Key = (Family, String, Elem);
+type BridgeAddr = (String, IpAddr);
 
 /// Set elements to add and delete, per table and set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,16 +139,6 @@ impl Engine {
         self.containers.len()
     }
 
-    /// Whether the networks differ from what the engine planned with: then the structure
-    /// (managed bridges) changes and a full reconcile is needed.
-    pub fn networks_differ(&self, networks: &[Network]) -> bool {
-        let mut a = self.networks.clone();
-        let mut b = networks.to_vec();
-        a.sort_by(|x, y| x.name.cmp(&y.name));
-        b.sort_by(|x, y| x.name.cmp(&y.name));
-        a != b
-    }
-
     /// Does this container sit on a network the engine does not know? (A network created
     /// after the last full reconcile.)
     pub fn knows_networks_of(&self, c: &Container) -> bool {
@@ -168,11 +159,13 @@ impl Engine {
 
     fn count(&mut self, pc: &Option<PlannedContainer>, add: i32) {
         let Some(pc) = pc else { return };
-        for (f, s, e) in container_elements(pc, self.policy.settings.anti_spoofing) {
-            let n = self.counts.entry((f, s, e)).or_insert(0);
+        for k in container_elements(pc, self.policy.settings.anti_spoofing) {
+            let n = self.counts.entry(k.clone()).or_insert(0);
             *n = n.saturating_add_signed(add);
+            if *n == 0 {
+                self.counts.remove(&k);
+            }
         }
-        self.counts.retain(|_, n| *n > 0);
     }
 
     fn claim(&mut self, c: &Container, add: bool) -> Vec<(String, IpAddr)> {
@@ -261,7 +254,8 @@ impl Engine {
         // Present before: contributed by anyone. Take the touched containers' share out,
         // replan them, put the new share in; the kernel changes where presence flips.
         let before: BTreeSet<Key> = self.snapshot(&touched).into_keys().collect();
-        let mut old_admitted: BTreeMap<String, (BTreeSet<IpAddr>, Vec<String>)> = BTreeMap::new();
+        let mut old_admitted: BTreeMap<String, (BTreeSet<BridgeAddr>, Vec<String>)> =
+            BTreeMap::new();
         for t in &touched {
             let old = self.planned.remove(t);
             if let Some(pc) = &old {
@@ -313,11 +307,21 @@ impl Engine {
         prune(&mut delta.add);
         prune(&mut delta.delete);
 
-        let now_admitted: BTreeSet<IpAddr> =
-            self.planned.values().flat_map(admitted_addrs).collect();
+        // Still admitted somewhere? Only the claimants of that address can say: looking
+        // at them, not at every container, keeps an event's cost flat.
+        let still_admitted = |(bridge, a): &BridgeAddr| {
+            self.claimants
+                .get(&(bridge.clone(), *a))
+                .is_some_and(|ids| {
+                    ids.iter()
+                        .filter_map(|id| self.planned.get(id))
+                        .any(|pc| admitted_addrs(pc).contains(&(bridge.clone(), *a)))
+                })
+        };
         for (t, (addrs, groups)) in &old_admitted {
-            for a in addrs {
-                if !now_admitted.contains(a) {
+            for ba in addrs {
+                let a = &ba.1;
+                if !still_admitted(ba) {
                     delta.gone.insert(*a);
                 } else if self.planned.get(t).is_none_or(|pc| &pc.groups != groups) {
                     delta.regrouped.insert(*a);
@@ -339,7 +343,7 @@ impl Engine {
     }
 }
 
-fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<IpAddr> {
+fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<BridgeAddr> {
     pc.endpoints
         .iter()
         .filter(|e| e.admitted)
@@ -348,6 +352,7 @@ fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<IpAddr> {
                 .map(IpAddr::V4)
                 .into_iter()
                 .chain(e.ipv6.map(IpAddr::V6))
+                .map(|a| (e.bridge.clone(), a))
         })
         .collect()
 }

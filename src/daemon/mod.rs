@@ -40,3 +40,6 @@ pub async fn run(
     };
     result.map_err(|e| vec![format!("cannot run the daemon: {e}")])
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,433 @@
+//! The controller against a fake Docker and a fake kernel: bursts, reconnects, reloads in
+//! the middle of a burst, and errors from the backend.
+
+use super::controller::*;
+use super::engine::Delta;
+use super::source::{Change, Source, SourceError};
+use crate::docker::ContainerState;
+use crate::inventory::{Container, Endpoint, Inventory, InventoryFileError};
+use crate::loc::Loc;
+use crate::nft::Changes;
+use crate::plan::Plan;
+use crate::plan::ruleset::{Elem, Family, Ruleset};
+use crate::policy::parse_policy;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+type Kernel = BTreeSet<(Family, String, Elem)>;
+
+fn elements(r: &Ruleset) -> Kernel {
+    r.tables
+        .iter()
+        .flat_map(|t| {
+            t.sets.iter().flat_map(move |s| {
+                s.elements
+                    .iter()
+                    .map(move |e| (t.family, s.name.clone(), e.clone()))
+            })
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct World {
+    containers: Vec<Container>,
+    down: bool,
+    inventories: usize,
+    lookups: usize,
+}
+
+struct FakeSource {
+    world: Rc<RefCell<World>>,
+    tx: Option<mpsc::Sender<Change>>,
+}
+
+fn down() -> SourceError {
+    SourceError::File(InventoryFileError::Invalid {
+        loc: Loc {
+            file: PathBuf::from("docker"),
+            line: 1,
+            col: 1,
+        },
+        message: "daemon down".into(),
+    })
+}
+
+impl Source for FakeSource {
+    async fn inventory(&mut self) -> Result<Inventory, SourceError> {
+        let mut w = self.world.borrow_mut();
+        if w.down {
+            return Err(down());
+        }
+        w.inventories += 1;
+        let mut inv = Inventory {
+            containers: w.containers.clone(),
+            ..Default::default()
+        };
+        inv.normalize();
+        Ok(inv)
+    }
+
+    async fn container(&mut self, id: &str) -> Result<ContainerState, SourceError> {
+        let mut w = self.world.borrow_mut();
+        if w.down {
+            return Err(down());
+        }
+        w.lookups += 1;
+        Ok(match w.containers.iter().find(|c| c.id == id) {
+            Some(c) => ContainerState::Running(c.clone()),
+            None => ContainerState::Gone,
+        })
+    }
+
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
+        if self.world.borrow().down {
+            return Err(down());
+        }
+        let (tx, rx) = mpsc::channel(10_000);
+        self.tx = Some(tx);
+        Ok(rx)
+    }
+
+    async fn ping(&mut self) -> Result<(), SourceError> {
+        if self.world.borrow().down {
+            Err(down())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+}
+
+#[derive(Default)]
+struct Calls {
+    kernel: Option<Kernel>,
+    reconciles: usize,
+    applies: usize,
+    fail_next_apply: bool,
+    cut: BTreeSet<IpAddr>,
+    rejudged: usize,
+}
+
+struct FakeKernel(Rc<RefCell<Calls>>);
+
+impl Enforcer for FakeKernel {
+    async fn prepare_bridges(&mut self, _bridges: &[String]) -> Result<(), EnforceError> {
+        Ok(())
+    }
+    fn tables_present(&mut self) -> Result<bool, EnforceError> {
+        Ok(self.0.borrow().kernel.is_some())
+    }
+    fn reconcile(&mut self, desired: &Ruleset) -> Result<Changes, EnforceError> {
+        let mut c = self.0.borrow_mut();
+        c.reconciles += 1;
+        c.kernel = Some(elements(desired));
+        Ok(Changes::default())
+    }
+    fn apply(&mut self, delta: &Delta) -> Result<(), EnforceError> {
+        let mut c = self.0.borrow_mut();
+        if std::mem::take(&mut c.fail_next_apply) {
+            return Err(EnforceError::Bridge(
+                "simulated: table deleted by hand".into(),
+            ));
+        }
+        c.applies += 1;
+        let k = c.kernel.get_or_insert_with(Kernel::new);
+        for (f, sets) in &delta.delete {
+            for (s, es) in sets {
+                for e in es {
+                    // Like the kernel: deleting a missing element fails the transaction.
+                    if !k.remove(&(*f, s.clone(), e.clone())) {
+                        return Err(EnforceError::Bridge(format!("missing element {s} {e}")));
+                    }
+                }
+            }
+        }
+        for (f, sets) in &delta.add {
+            for (s, es) in sets {
+                for e in es {
+                    k.insert((*f, s.clone(), e.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+    fn structure_in_sync(&mut self, _desired: &Ruleset) -> Result<bool, EnforceError> {
+        Ok(self.0.borrow().kernel.is_some())
+    }
+    fn cut(&mut self, addrs: &BTreeSet<IpAddr>) {
+        self.0.borrow_mut().cut.extend(addrs.iter().copied());
+    }
+    fn rejudge(&mut self, _plan: &Plan, _only: Option<&BTreeSet<IpAddr>>) {
+        self.0.borrow_mut().rejudged += 1;
+    }
+}
+
+const POLICY: &str = "[groups.web]\nmatch = { name = \"web*\" }\n[groups.api]\nmatch = { name = \"api*\" }\n\
+                      [[allow]]\nfrom = \"web\"\nto = \"api\"\nports = [\"8080/tcp\"]\n";
+
+fn container(n: u32) -> Container {
+    let name = if n % 2 == 0 {
+        format!("web{n}")
+    } else {
+        format!("api{n}")
+    };
+    Container {
+        id: format!("id{n}"),
+        name,
+        image: "busybox".into(),
+        labels: Default::default(),
+        endpoints: vec![Endpoint {
+            network: "front".into(),
+            network_id: None,
+            bridge: "br-front".into(),
+            veth: Some(format!("veth{n}")),
+            ipv4: Some(Ipv4Addr::new(10, 1, (n / 250) as u8, (n % 250) as u8 + 2)),
+            ipv6: None,
+            mac: None,
+        }],
+    }
+}
+
+struct Rig {
+    world: Rc<RefCell<World>>,
+    calls: Rc<RefCell<Calls>>,
+    ctl: Controller<FakeSource, FakeKernel>,
+    policy_file: tempfile::NamedTempFile,
+}
+
+fn rig(initial: u32) -> Rig {
+    let world = Rc::new(RefCell::new(World {
+        containers: (0..initial).map(container).collect(),
+        ..Default::default()
+    }));
+    let calls = Rc::new(RefCell::new(Calls::default()));
+    let policy_file = tempfile::NamedTempFile::new().expect("tempfile");
+    std::fs::write(policy_file.path(), POLICY).expect("write policy");
+    let mut opts = Options::new(policy_file.path().to_path_buf());
+    opts.state_file = None;
+    let policy = parse_policy(Path::new("p.toml"), POLICY).expect("policy");
+    let ctl = Controller::new(
+        opts,
+        policy,
+        FakeSource {
+            world: world.clone(),
+            tx: None,
+        },
+        FakeKernel(calls.clone()),
+    );
+    Rig {
+        world,
+        calls,
+        ctl,
+        policy_file,
+    }
+}
+
+impl Rig {
+    /// The kernel holds exactly what the full plan of the world says.
+    fn assert_converged(&self) {
+        let mut inv = Inventory {
+            containers: self.world.borrow().containers.clone(),
+            ..Default::default()
+        };
+        inv.normalize();
+        let want = elements(&crate::plan::plan(self.ctl.engine.policy(), &inv).ruleset);
+        let have = self.calls.borrow().kernel.clone().unwrap_or_default();
+        let strip = |k: &Kernel| -> Kernel {
+            k.iter()
+                .filter(|x| x.1 != "bridges" && x.1 != "unmanaged")
+                .cloned()
+                .collect()
+        };
+        assert_eq!(strip(&have), strip(&want));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn start_installs_skeleton_then_reconciles_once() {
+    let mut r = rig(10);
+    r.ctl.install_skeleton();
+    assert_eq!(
+        r.calls.borrow().reconciles,
+        1,
+        "default-deny tables before the inventory"
+    );
+    assert!(r.ctl.connect().await.is_some());
+    assert_eq!(r.calls.borrow().reconciles, 2);
+    r.assert_converged();
+    // A restart finds the tables present and does not touch them before reconciling.
+    r.ctl.install_skeleton();
+    assert_eq!(r.calls.borrow().reconciles, 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_500_changes_is_one_transaction() {
+    // Two containers make the network known; 500 more join it in one burst.
+    let mut r = rig(2);
+    let _rx = r.ctl.connect().await;
+    let (base, reconciles) = (r.calls.borrow().applies, r.calls.borrow().reconciles);
+    let mut batch = Batch::default();
+    for n in 2..502 {
+        r.world.borrow_mut().containers.push(container(n));
+        batch.add(Change::Container(format!("id{n}")), Instant::now());
+    }
+    r.ctl.process(batch).await;
+    assert_eq!(r.calls.borrow().applies - base, 1);
+    assert_eq!(
+        r.calls.borrow().reconciles,
+        reconciles,
+        "no full reconcile for known networks"
+    );
+    assert_eq!(r.world.borrow().lookups, 500);
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn gather_applies_the_first_change_at_once_and_coalesces_the_rest() {
+    let (tx, mut rx) = mpsc::channel(1000);
+    // Nothing applied recently: no wait at all.
+    let t = Instant::now();
+    let b = gather(Change::Networks, &mut rx, None, Duration::from_millis(50)).await;
+    assert!(t.elapsed() < Duration::from_millis(20) && b.networks);
+    // A burst behind a fresh apply: waits out the window, then takes everything queued.
+    let producer = tokio::spawn(async move {
+        for n in 0..500 {
+            let _ = tx.send(Change::Container(format!("id{n}"))).await;
+        }
+    });
+    let mut batches = 0;
+    let mut seen = 0;
+    let mut last = Some(Instant::now());
+    while seen < 500 {
+        let Some(first) = rx.recv().await else { break };
+        let b = gather(first, &mut rx, last, Duration::from_millis(20)).await;
+        seen += b.containers.len();
+        batches += 1;
+        last = Some(Instant::now());
+    }
+    let _ = producer.await;
+    assert_eq!(seen, 500);
+    assert!(batches < 10, "{batches} batches for 500 changes");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn stop_and_start_within_one_batch_nets_out() {
+    let mut r = rig(4);
+    let _rx = r.ctl.connect().await;
+    let mut b = Batch::default();
+    b.add(Change::Container("id1".into()), Instant::now());
+    b.add(Change::Gone("id1".into()), Instant::now());
+    r.world.borrow_mut().containers.retain(|c| c.id != "id1");
+    r.ctl.process(b).await;
+    r.assert_converged();
+    assert!(
+        r.calls
+            .borrow()
+            .cut
+            .contains(&"10.1.0.3".parse::<IpAddr>().expect("ip"))
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn docker_down_keeps_the_rules_and_reconnect_resyncs() {
+    let mut r = rig(6);
+    let _rx = r.ctl.connect().await;
+    let before = r.calls.borrow().kernel.clone();
+    r.world.borrow_mut().down = true;
+    // While down: connect fails, nothing is written to the kernel.
+    assert!(r.ctl.connect().await.is_none());
+    assert_eq!(r.calls.borrow().kernel, before);
+    // Changes happen while down; on reconnect a full sync picks them up.
+    {
+        let mut w = r.world.borrow_mut();
+        w.down = false;
+        w.containers.remove(0);
+        w.containers.push(container(40));
+    }
+    let reconciles = r.calls.borrow().reconciles;
+    assert!(r.ctl.connect().await.is_some());
+    assert_eq!(r.calls.borrow().reconciles, reconciles + 1);
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn reload_during_a_burst_applies_the_new_policy_and_a_bad_one_changes_nothing() {
+    let mut r = rig(10);
+    let _rx = r.ctl.connect().await;
+    let mut b = Batch::default();
+    for n in 10..20 {
+        r.world.borrow_mut().containers.push(container(n));
+        b.add(Change::Container(format!("id{n}")), Instant::now());
+    }
+    r.ctl.process(b).await;
+    // A broken policy: rejected, kernel untouched, error recorded.
+    std::fs::write(r.policy_file.path(), "[groups.web]\nmatch = {}\n").expect("write");
+    let before = (r.calls.borrow().kernel.clone(), r.calls.borrow().reconciles);
+    r.ctl.reload().await;
+    assert_eq!(
+        (r.calls.borrow().kernel.clone(), r.calls.borrow().reconciles),
+        before
+    );
+    assert!(
+        r.ctl
+            .state
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("reload rejected"))
+    );
+    // A valid one (api no longer a group): one atomic reconcile to the new plan, connections
+    // judged again.
+    std::fs::write(
+        r.policy_file.path(),
+        "[groups.web]\nmatch = { name = \"web*\" }\n",
+    )
+    .expect("write");
+    let rejudged = r.calls.borrow().rejudged;
+    r.ctl.reload().await;
+    assert_eq!(r.calls.borrow().reconciles, before.1 + 1);
+    assert_eq!(r.calls.borrow().rejudged, rejudged + 1);
+    r.assert_converged();
+    // More changes after the reload keep the kernel right.
+    let mut b = Batch::default();
+    r.world.borrow_mut().containers.retain(|c| c.id != "id12");
+    b.add(Change::Gone("id12".into()), Instant::now());
+    r.ctl.process(b).await;
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_element_update_falls_back_to_a_full_reconcile() {
+    let mut r = rig(4);
+    let _rx = r.ctl.connect().await;
+    r.calls.borrow_mut().fail_next_apply = true;
+    r.world.borrow_mut().containers.push(container(9));
+    let reconciles = r.calls.borrow().reconciles;
+    let mut b = Batch::default();
+    b.add(Change::Container("id9".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert_eq!(r.calls.borrow().reconciles, reconciles + 1);
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn resync_repairs_missing_tables_and_missed_events() {
+    let mut r = rig(4);
+    let _rx = r.ctl.connect().await;
+    // Someone deleted the tables.
+    r.calls.borrow_mut().kernel = None;
+    r.ctl.resync().await;
+    r.assert_converged();
+    // An event was missed: the resync's inventory comparison catches it.
+    r.world.borrow_mut().containers.push(container(30));
+    r.ctl.resync().await;
+    r.assert_converged();
+}
