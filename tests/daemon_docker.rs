@@ -196,8 +196,14 @@ fn listening(name: &str) {
 
 /// Whether `nft -j list set inet netguard SET` holds IP.
 fn set_has(set: &str, ip: &str) -> bool {
+    // The anti-spoofing bindings live in the bridge table, the groups in the inet table.
+    let family = if set.starts_with("bind") {
+        "bridge"
+    } else {
+        "inet"
+    };
     let out = Command::new("nft")
-        .args(["-j", "list", "set", "inet", "netguard", set])
+        .args(["-j", "list", "set", family, "netguard", set])
         .output()
         .expect("nft");
     String::from_utf8_lossy(&out.stdout).contains(&format!("\"{ip}\""))
@@ -551,7 +557,15 @@ fn revocation_cuts_an_open_tcp_connection() {
     let ip_b = env.ip(&b);
     reaches(&a, &ip_b, &d);
     // b receives on 9000 into a file; a streams a line every 20 ms over one connection.
-    docker_ok(&["exec", "-d", &b, "sh", "-c", "nc -l -p 9000 >/tmp/recv"]);
+    // (stdin never ends: busybox nc quits on EOF of its stdin)
+    docker_ok(&[
+        "exec",
+        "-d",
+        &b,
+        "sh",
+        "-c",
+        "sleep 3600 | nc -l -p 9000 >/tmp/recv",
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     docker_ok(&[
         "exec",
