@@ -517,6 +517,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         self.state.containers = self.engine.container_count();
         self.observer.containers(self.engine.container_count());
+        // After the rules are live: `netguard status` reads containers and counters here.
+        self.write_state();
     }
 
     /// SIGHUP: a valid policy replaces the running one atomically; an invalid one is
