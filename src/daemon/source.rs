@@ -55,7 +55,7 @@ impl Docker {
     }
 }
 
-/// After a network connect/disconnect, the container is refreshed again after these delays
+/// After a network connect, the container is refreshed again after these delays
 /// (milliseconds since the previous one).
 const FOLLOW_UP_MS: [u64; 3] = [100, 400, 1500];
 
@@ -106,12 +106,15 @@ impl Source for Docker {
                 match ev {
                     Ok(ev) => {
                         let Some(c) = change_of(&ev) else { continue };
-                        // Docker emits network connect/disconnect before its container
+                        // Docker emits network connect before its container
                         // listing shows the change (a running container connected to a
                         // network is listed without the new endpoint at that moment, and no
                         // later event follows): look again a little later.
-                        if let (Some(EventMessageTypeEnum::NETWORK), Change::Container(id)) =
-                            (ev.typ, &c)
+                        if let (
+                            Some(EventMessageTypeEnum::NETWORK),
+                            Some("connect"),
+                            Change::Container(id),
+                        ) = (ev.typ, ev.action.as_deref(), &c)
                         {
                             let (tx2, id) = (tx.clone(), id.clone());
                             tokio::spawn(async move {
