@@ -325,11 +325,44 @@ fn fail_closed_while_stopped_then_converges() {
     assert!(table_present(), "SIGTERM removed the rules");
 
     // Started while the daemon is down: in the app group by label, but not admitted.
-    let n = env.run("n", Some("app"), &["--ip", &ip_n]);
+    let n = env.run("n", Some("app"), &["--ip", &ip_n, "--cap-add", "NET_ADMIN"]);
     listening(&n);
     blocked(&n, &ip_a, &d);
     blocked(&a, &ip_n, &d);
     assert!(tcp(&b, &ip_a), "the admitted pair stopped working");
+
+    // n borrows a's address towards b (an echo request from a's address): anti-spoofing
+    // drops it in the bridge table, before conntrack, so no entry appears. Control: a itself
+    // (nothing else pings b from a in this test).
+    let flows = || {
+        let out = Command::new("conntrack")
+            .args(["-L", "-p", "icmp", "-s", &ip_a, "-d", &ip_b])
+            .output()
+            .expect("conntrack");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("dst={ip_b}")))
+            .count()
+    };
+    assert_eq!(flows(), 0, "an echo request a -> b before the test");
+    let _ = docker(&[
+        "exec",
+        &n,
+        "sh",
+        "-c",
+        &format!(
+            "ip addr add {ip_a}/32 dev eth0 && ping -c 2 -W 1 -I {ip_a} {ip_b}; \
+             ip addr del {ip_a}/32 dev eth0"
+        ),
+    ]);
+    if flows() != 0 {
+        d.fail("an echo request sent by n with a's address got past the bridge table");
+    }
+    let _ = docker(&["exec", &a, "ping", "-c", "1", "-W", "1", &ip_b]);
+    assert!(
+        flows() > 0,
+        "control: a's own echo request to b left no conntrack entry"
+    );
 
     // b's address taken over by a new container: it inherits nothing, either way.
     docker_ok(&["rm", "-f", &b]);
