@@ -9,6 +9,7 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx nc || need+=(busybox-static)
 command -v conntrack >/dev/null || need+=(conntrack)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -69,11 +69,45 @@ pub enum Command {
         /// Where the daemon reports its state for `netguard status`.
         #[arg(long, default_value = "/run/netguard/state.json")]
         state_file: PathBuf,
+        /// Serve Prometheus metrics on this address (without a value: 127.0.0.1:9432).
+        #[arg(long, num_args = 0..=1, default_missing_value = crate::metrics::DEFAULT_LISTEN)]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Networks, containers, groups, addresses, veths, enforcement health.
     Status,
     /// Remove netguard's own tables, nothing else.
     Uninstall,
+    /// Is a new connection FROM → TO allowed, and why (exit 0 allowed, 1 denied, 2 error).
+    Explain {
+        /// Source container: name, id or unique id prefix.
+        from: String,
+        /// Destination container: name, id or unique id prefix.
+        to: String,
+        /// What is opened: `8080/tcp`, `53/udp`, `icmp`; omitted = anything at all.
+        port: Option<String>,
+    },
+    /// Allowed flows as a Graphviz graph (DOT; `--format svg` needs `dot`).
+    Graph {
+        /// `dot` (text, default) or any output format of Graphviz's `dot` (svg, png, pdf).
+        #[arg(long, default_value = "dot")]
+        format: String,
+    },
+    /// Recent denied connections from the kernel log, with container names.
+    Log {
+        /// Show at most the last N denials.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Read a saved log (journalctl -k, dmesg) instead of /dev/kmsg.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Shell completion script for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout.
+    Man,
 }
 
 /// An error for the user: one line, already phrased.
@@ -114,10 +148,17 @@ pub fn main() -> i32 {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("NETGUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none());
+    // Under systemd, journald stamps every line itself.
+    let _ = if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn report(output: Output, f: Failure) -> i32 {
@@ -171,12 +212,23 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
             let backend = Backend::system();
-            let changes = diff(&plan.ruleset, &backend.read_live()?);
+            let live = backend.read_live()?;
+            let changes = diff(&plan.ruleset, &live);
+            let unflagged = unflagged_bridges(&plan).await;
+            let impact = crate::ops::diff::impact(&plan, &live, &unflagged);
             match cli.output {
-                Output::Text => print!("{}", render_changes(&plan, &changes)),
+                Output::Text => print!(
+                    "{}",
+                    crate::ops::diff::render(
+                        &impact,
+                        &render_changes(&plan, &changes),
+                        changes.is_empty(),
+                        crate::ops::style::Style::detect()
+                    )
+                ),
                 Output::Json => println!(
                     "{}",
-                    serde_json::json!({ "ok": true, "in_sync": changes.is_empty(), "changes": changes, "warnings": plan.warnings })
+                    crate::ops::diff::json(&impact, &changes, &plan.warnings)
                 ),
             }
             Ok(if changes.is_empty() {
@@ -230,26 +282,180 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Ok(EXIT_OK)
         }
         Command::Status => {
+            use crate::ops::status;
+            let p = policy(&cli)?;
+            let live = Backend::system().read_live()?;
+            let kind = if cli.inventory.is_some() {
+                "inventory file"
+            } else {
+                "docker"
+            };
+            let (plan, source) = match inventory(&cli).await {
+                Ok(inv) => (
+                    Some(plan(&p, &inv)),
+                    status::SourceHealth {
+                        kind: kind.into(),
+                        reachable: true,
+                        error: None,
+                    },
+                ),
+                Err(f) => (
+                    None,
+                    status::SourceHealth {
+                        kind: kind.into(),
+                        reachable: false,
+                        error: Some(f.0.join("; ")),
+                    },
+                ),
+            };
+            let global = status::global_bridge_nf();
+            let mut bridges = Vec::new();
+            if let Some(plan) = &plan {
+                let nl = NetlinkBridges::connect()?;
+                for b in managed_bridges(plan) {
+                    let nf_call = nl.nf_call(&b).await?;
+                    let seen = global == Some((true, true))
+                        || nf_call.is_some_and(|f| f.iptables && f.ip6tables);
+                    bridges.push(status::BridgeHealth {
+                        bridge: b,
+                        nf_call,
+                        seen,
+                    });
+                }
+            }
+            let health = status::Health {
+                inet_table: status::live_has(&live, crate::plan::ruleset::Family::Inet),
+                bridge_table: status::live_has(&live, crate::plan::ruleset::Family::Bridge),
+                current: plan.as_ref().map(|pl| diff(&pl.ruleset, &live).is_empty()),
+                global_bridge_nf: global,
+                bridges,
+                source,
+                daemon: status::daemon_health(&status::state_file()),
+            };
+            let counters = status::counters(&live);
+            match cli.output {
+                Output::Text => print!(
+                    "{}",
+                    status::render(
+                        &health,
+                        plan.as_ref(),
+                        &counters,
+                        crate::ops::style::Style::detect()
+                    )
+                ),
+                Output::Json => println!("{}", status::json(&health, plan.as_ref(), &counters)),
+            }
+            Ok(if !health.source.reachable {
+                EXIT_ERROR
+            } else if health.ok() {
+                EXIT_OK
+            } else {
+                EXIT_PENDING
+            })
+        }
+        Command::Explain {
+            ref from,
+            ref to,
+            ref port,
+        } => {
+            use crate::ops::explain;
             let p = policy(&cli)?;
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
-            let backend = Backend::system();
-            let changes = diff(&plan.ruleset, &backend.read_live()?);
+            let x = explain::explain(&p, &plan, &inv, from, to, port.as_deref())?;
             match cli.output {
-                Output::Text => print!("{}", render_status(&plan, &changes)),
+                Output::Text => print!(
+                    "{}",
+                    explain::render(&x, crate::ops::style::Style::detect())
+                ),
+                Output::Json => println!("{}", explain::json(&x)),
+            }
+            Ok(if x.allowed { EXIT_OK } else { EXIT_PENDING })
+        }
+        Command::Graph { ref format } => {
+            let p = policy(&cli)?;
+            let inv = inventory(&cli).await?;
+            let plan = plan(&p, &inv);
+            let dot = crate::ops::graph::dot(&plan);
+            let bytes = if format == "dot" {
+                dot.into_bytes()
+            } else {
+                crate::ops::graph::render_with_dot(&dot, format)?
+            };
+            match cli.output {
+                Output::Text => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&bytes)?;
+                }
+                Output::Json => {
+                    let text = String::from_utf8(bytes).map_err(|_| {
+                        Failure(vec![format!(
+                            "format {format} is binary and has no JSON form; use --output text"
+                        )])
+                    })?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": true, "format": format, "output": text })
+                    );
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Log { lines, ref file } => {
+            use crate::ops::klog;
+            let p = policy(&cli)?;
+            // Names are a convenience: without Docker the denials are still shown.
+            let plan = match inventory(&cli).await {
+                Ok(inv) => Some(plan(&p, &inv)),
+                Err(f) => {
+                    tracing::warn!("container names not resolved: {}", f.0.join("; "));
+                    None
+                }
+            };
+            let mut ds = match file {
+                Some(f) => klog::read_file(f)?,
+                None => klog::read_kmsg("/dev/kmsg")?,
+            };
+            let skip = ds.len().saturating_sub(lines);
+            ds.drain(..skip);
+            if let Some(plan) = &plan {
+                for d in &mut ds {
+                    klog::resolve(d, plan);
+                }
+            }
+            match cli.output {
+                Output::Text => print!(
+                    "{}",
+                    klog::render(
+                        &ds,
+                        p.settings.log_denied,
+                        crate::ops::style::Style::detect()
+                    )
+                ),
                 Output::Json => println!(
                     "{}",
-                    serde_json::json!({ "ok": true, "in_sync": changes.is_empty(), "plan": plan })
+                    serde_json::json!({ "ok": true, "log_denied": p.settings.log_denied, "denials": ds })
                 ),
             }
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "netguard", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => {
+            print!("{}", man_page()?);
             Ok(EXIT_OK)
         }
         Command::Run {
             resync_interval,
             coalesce_ms,
             ref state_file,
+            metrics_listen,
         } => {
             let mut opts = crate::daemon::Options::new(cli.config.clone());
+            opts.metrics_listen = metrics_listen;
             opts.resync = std::time::Duration::from_secs(resync_interval.max(1));
             opts.coalesce = std::time::Duration::from_millis(coalesce_ms);
             opts.state_file = Some(state_file.clone());
@@ -259,6 +465,35 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// Bridges of the plan whose traffic the inet hook does not see today (per-bridge
+/// nf_call flags off and the global sysctls off): open, whatever the live table says.
+/// `apply` turns the flags on for managed bridges, so after it this set is empty for them.
+async fn unflagged_bridges(plan: &Plan) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    if crate::ops::status::global_bridge_nf() == Some((true, true)) {
+        return out;
+    }
+    let Ok(nl) = NetlinkBridges::connect() else {
+        return out;
+    };
+    for b in plan.networks.iter().filter_map(|n| n.bridge.as_ref()) {
+        if let Ok(Some(f)) = nl.nf_call(b).await
+            && !(f.iptables && f.ip6tables)
+        {
+            out.insert(b.clone());
+        }
+    }
+    out
+}
+
+/// The man page (roff), generated from the command-line definition.
+pub fn man_page() -> Result<String, Failure> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 pub fn managed_bridges(plan: &Plan) -> Vec<String> {
@@ -358,78 +593,5 @@ pub fn render_changes(plan: &Plan, changes: &Changes) -> String {
     let (a, d) = changes.element_counts();
     let plural = |n: usize| if n == 1 { "element" } else { "elements" };
     let _ = writeln!(out, "{a} {} to add, {d} to remove", plural(a));
-    out
-}
-
-fn render_status(plan: &Plan, changes: &Changes) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "enforcement: {}",
-        if changes.is_empty() {
-            "tables present and current"
-        } else {
-            "tables missing or out of date (run `netguard diff`)"
-        }
-    );
-    let _ = writeln!(out, "\nnetworks:");
-    for n in &plan.networks {
-        let _ = writeln!(
-            out,
-            "  {:<20} {:<8} bridge {:<16} {}",
-            n.name,
-            n.driver,
-            n.bridge.as_deref().unwrap_or("-"),
-            if n.managed { "managed" } else { "unmanaged" }
-        );
-    }
-    let _ = writeln!(out, "\ncontainers:");
-    for c in &plan.containers {
-        let groups = if c.groups.is_empty() {
-            "(no group)".to_string()
-        } else {
-            c.groups.join(",")
-        };
-        let _ = writeln!(
-            out,
-            "  {:<24} {}",
-            c.name,
-            if c.managed {
-                groups
-            } else {
-                "unmanaged".into()
-            }
-        );
-        for e in &c.endpoints {
-            let addrs: Vec<String> = e
-                .ipv4
-                .map(|a| a.to_string())
-                .into_iter()
-                .chain(e.ipv6.map(|a| a.to_string()))
-                .collect();
-            let _ = writeln!(
-                out,
-                "      {} via {} veth {} {}{}",
-                e.network,
-                e.bridge,
-                e.veth.as_deref().unwrap_or("?"),
-                addrs.join(" "),
-                e.reason
-                    .as_ref()
-                    .map(|r| format!("  NOT ADMITTED: {r}"))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    if !plan.unisolable.is_empty() {
-        let _ = writeln!(out, "\ncannot be isolated:");
-        for u in &plan.unisolable {
-            let _ = writeln!(out, "  {:<24} {}", u.name, u.reason);
-        }
-    }
-    for w in &plan.warnings {
-        let _ = writeln!(out, "warning: {w}");
-    }
     out
 }

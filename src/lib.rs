@@ -10,6 +10,8 @@ pub mod daemon;
 pub mod docker;
 pub mod inventory;
 pub mod loc;
+pub mod metrics;
 pub mod nft;
+pub mod ops;
 pub mod plan;
 pub mod policy;

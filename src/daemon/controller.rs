@@ -19,8 +19,28 @@ use crate::policy::{Policy, load_policy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
+
+/// Pings systemd's watchdog while the controller loop keeps beating: a loop stuck for longer
+/// than the watchdog allows stops the pings and systemd restarts netguard.
+async fn watchdog(heartbeat: Arc<AtomicU64>, every: Duration) {
+    let mut t = tokio::time::interval(every);
+    loop {
+        t.tick().await;
+        let age = now_ms().saturating_sub(heartbeat.load(Ordering::Relaxed));
+        if age <= (every.as_millis() as u64).saturating_mul(3) / 2 {
+            notify("WATCHDOG=1");
+        } else {
+            tracing::warn!(
+                stalled_ms = age,
+                "controller loop stalled; not feeding the watchdog"
+            );
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -34,6 +54,8 @@ pub struct Options {
     /// structure, whose cost does not grow with the number of containers.
     pub element_check_every: u32,
     pub state_file: Option<PathBuf>,
+    /// Prometheus metrics listener (opt-in).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -44,6 +66,7 @@ impl Options {
             coalesce: Duration::from_millis(20),
             element_check_every: 12,
             state_file: Some(PathBuf::from("/run/netguard/state.json")),
+            metrics_listen: None,
         }
     }
 }
@@ -538,8 +561,10 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             }
             Ok(p) => {
                 tracing::info!(config = %self.opts.config.display(), "reloading the policy");
+                notify("RELOADING=1");
                 self.engine.set_policy(p);
                 let _ = self.full_sync().await;
+                notify("READY=1");
             }
         }
     }
@@ -606,9 +631,19 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let mut hup = signal(SignalKind::hangup())?;
 
         self.install_skeleton();
+        // Ready means fail closed: netguard's tables are in place. Docker may not be up yet
+        // (at boot netguard starts before it), so connecting comes after.
+        notify(&format!(
+            "READY=1\nSTATUS=default deny in place; connecting to {}",
+            self.source.describe()
+        ));
+        let heartbeat = Arc::new(AtomicU64::new(now_ms()));
+        if let Some(every) = super::notify::watchdog_interval() {
+            tokio::spawn(watchdog(heartbeat.clone(), every));
+        }
         let mut rx = self.connect().await;
         notify(&format!(
-            "READY=1\nSTATUS=enforcing {} containers from {}",
+            "STATUS=enforcing {} containers from {}",
             self.engine.container_count(),
             self.source.describe()
         ));
@@ -617,13 +652,13 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             self.opts.resync,
         );
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let watchdog_every =
-            super::notify::watchdog_interval().unwrap_or(Duration::from_secs(3600));
-        let mut watchdog = tokio::time::interval(watchdog_every);
+        // The loop proves it is alive at least this often, even when idle.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut backoff = Duration::from_millis(500);
         let mut last_apply: Option<Instant> = None;
 
         loop {
+            heartbeat.store(now_ms(), Ordering::Relaxed);
             let connected = rx.is_some();
             let next = async {
                 match rx.as_mut() {
@@ -635,7 +670,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules stay in place"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: exiting, rules stay in place"); break; }
                 _ = hup.recv() => self.reload().await,
-                _ = watchdog.tick() => notify("WATCHDOG=1"),
+                _ = tick.tick() => {}
                 _ = resync.tick() => self.resync().await,
                 _ = tokio::time::sleep(backoff), if !connected => {
                     tracing::info!("reconnecting to {}", self.source.describe());

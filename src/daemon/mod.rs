@@ -12,10 +12,11 @@ pub mod source;
 
 pub use controller::{Controller, DaemonState, Enforcer, Kernel, Options, enforce_delta};
 
-use crate::docker::DockerSource;
+use crate::metrics::{Metrics, MetricsServer};
 use crate::nft::Backend;
 use crate::policy::load_policy;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Runs the daemon until SIGTERM/SIGINT. `Err` carries lines for the user (exit 2).
 pub async fn run(
@@ -26,15 +27,39 @@ pub async fn run(
     let policy = load_policy(&opts.config)
         .map_err(|e| e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let kernel = Kernel::new(Backend::system());
+    // Bound before anything else so that a taken port is an error at start, not later.
+    let metrics = match opts.metrics_listen {
+        Some(addr) => {
+            let server = MetricsServer::bind(addr)
+                .await
+                .map_err(|e| vec![format!("cannot listen for metrics on {addr}: {e}")])?;
+            let m = Arc::new(Metrics::with_kernel_counters());
+            tracing::info!(%addr, "serving metrics");
+            let served = m.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.run(served).await {
+                    tracing::error!("metrics listener failed: {e}");
+                }
+            });
+            Some(m)
+        }
+        None => None,
+    };
+    let observe = |c: &mut dyn FnMut(Box<dyn controller::Observer>)| {
+        if let Some(m) = &metrics {
+            c(Box::new(m.clone()));
+        }
+    };
     let result = match inventory {
         Some(path) => {
             let mut c = Controller::new(opts, policy, source::File::new(path), kernel);
+            observe(&mut |o| c.observer = o);
             c.run().await
         }
         None => {
-            let src =
-                DockerSource::connect(docker_host.as_deref()).map_err(|e| vec![e.to_string()])?;
-            let mut c = Controller::new(opts, policy, source::Docker::new(src), kernel);
+            let src = source::Docker::new(docker_host).map_err(|e| vec![e.to_string()])?;
+            let mut c = Controller::new(opts, policy, src, kernel);
+            observe(&mut |o| c.observer = o);
             c.run().await
         }
     };

@@ -41,17 +41,36 @@ pub trait Source {
     fn describe(&self) -> String;
 }
 
+/// Docker, connected lazily: at boot netguard starts before Docker (its socket may not
+/// exist yet), installs its default-deny tables and connects when Docker is there.
 pub struct Docker {
-    src: DockerSource,
+    host: Option<String>,
+    src: Option<DockerSource>,
     networks: Vec<DockerNetwork>,
 }
 
 impl Docker {
-    pub fn new(src: DockerSource) -> Docker {
-        Docker {
+    /// Fails only on what waiting cannot fix (a malformed host).
+    pub fn new(host: Option<String>) -> Result<Docker, DockerError> {
+        let src = match DockerSource::connect(host.as_deref()) {
+            Ok(s) => Some(s),
+            Err(DockerError::SocketMissing { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Docker {
+            host,
             src,
             networks: Vec::new(),
+        })
+    }
+
+    fn src(&mut self) -> Result<&DockerSource, DockerError> {
+        if self.src.is_none() {
+            self.src = Some(DockerSource::connect(self.host.as_deref())?);
         }
+        self.src
+            .as_ref()
+            .ok_or_else(|| DockerError::Veth("no Docker connection".into()))
     }
 }
 
@@ -86,21 +105,24 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
 
 impl Source for Docker {
     async fn inventory(&mut self) -> Result<Inventory, SourceError> {
-        self.networks = self.src.raw_networks().await?;
-        Ok(self.src.inventory().await?)
+        let networks = self.src()?.raw_networks().await?;
+        self.networks = networks;
+        Ok(self.src()?.inventory().await?)
     }
 
     async fn container(&mut self, id: &str) -> Result<ContainerState, SourceError> {
         if self.networks.is_empty() {
-            self.networks = self.src.raw_networks().await?;
+            let networks = self.src()?.raw_networks().await?;
+            self.networks = networks;
         }
-        Ok(self.src.container(id, &self.networks).await?)
+        let networks = self.networks.clone();
+        Ok(self.src()?.container(id, &networks).await?)
     }
 
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
-        self.src.ping().await?;
+        self.src()?.ping().await?;
         let (tx, rx) = mpsc::channel(8192);
-        let mut events = Box::pin(self.src.events_since_now());
+        let mut events = Box::pin(self.src()?.events_since_now());
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
@@ -142,11 +164,19 @@ impl Source for Docker {
     }
 
     async fn ping(&mut self) -> Result<(), SourceError> {
-        Ok(self.src.ping().await?)
+        Ok(self.src()?.ping().await?)
     }
 
     fn describe(&self) -> String {
-        format!("Docker at {}", self.src.host())
+        match &self.src {
+            Some(s) => format!("Docker at {}", s.host()),
+            None => format!(
+                "Docker at {}",
+                self.host
+                    .as_deref()
+                    .unwrap_or(crate::docker::DEFAULT_DOCKER_HOST)
+            ),
+        }
     }
 }
 

@@ -30,8 +30,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// Default Docker endpoint when neither `--docker-host` nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
 
-/// Seconds before a Docker request is abandoned.
-const REQUEST_TIMEOUT_SECS: u64 = 30;
+/// Seconds before a Docker request is abandoned: well inside the daemon's watchdog (30 s),
+/// so a hung Docker makes netguard log and retry, not get killed.
+const REQUEST_TIMEOUT_SECS: u64 = 10;
 
 /// Inspects in flight at once; enough to hide the daemon's per-request latency without
 /// flooding it.

@@ -64,13 +64,28 @@ impl NftProcess {
     }
 }
 
+impl NftProcess {
+    /// nft 1.0.6 prints nothing for a `list` command read with `-f -`: give listings as
+    /// arguments (they are netguard's own fixed commands, never user text), batches on stdin.
+    fn run_any(&self, flags: &[&str], input: &str) -> Result<String, ExecError> {
+        let mut args: Vec<&str> = flags.to_vec();
+        if input.starts_with("list ") {
+            args.extend(input.split_whitespace());
+            self.run_args(&args, "")
+        } else {
+            args.extend(["-f", "-"]);
+            self.run_args(&args, input)
+        }
+    }
+}
+
 impl NftExec for NftProcess {
     fn run(&self, input: &str) -> Result<String, ExecError> {
-        self.run_args(&["-j", "-f", "-"], input)
+        self.run_any(&["-j"], input)
     }
 
     fn run_terse(&self, input: &str) -> Result<String, ExecError> {
-        self.run_args(&["-t", "-j", "-f", "-"], input)
+        self.run_any(&["-t", "-j"], input)
     }
 
     fn describe(&self) -> &'static str {

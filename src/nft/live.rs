@@ -31,6 +31,9 @@ pub struct LiveRule {
     /// Packets counted by the rule's counter, when it has one.
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
+    /// The rule's statements as nft lists them (JSON), for readers that need the
+    /// structure (e.g. which flows a live table allows: `crate::access`).
+    pub expr: Vec<Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +171,11 @@ pub fn parse_table(json: &str) -> Result<LiveTable, ParseError> {
                     .and_then(|c| c.get("packets"))
                     .and_then(Value::as_u64),
                 bytes: counter.and_then(|c| c.get("bytes")).and_then(Value::as_u64),
+                expr: r
+                    .get("expr")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
             };
             t.chains
                 .entry(chain)

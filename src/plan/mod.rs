@@ -412,6 +412,7 @@ fn build_ruleset(
     for f in flows {
         isolate.extend(flow_rules(f));
     }
+    isolate.extend(deny_counter_rules(policy));
     if policy.settings.log_denied {
         isolate.push(Rule {
             matches: vec![],
@@ -467,6 +468,49 @@ fn build_ruleset(
         }
     }
     Ruleset { tables }
+}
+
+/// Above this many groups the per-pair deny counters are left out (they cost
+/// 2 × groups² rules, evaluated only for packets about to be dropped).
+pub const DENY_COUNTER_MAX_GROUPS: usize = 16;
+
+/// Comment prefix of the per-group-pair deny counters (read back by `metrics`).
+pub const DENY_COUNTER_PREFIX: &str = "denied ";
+
+/// Counted rules without verdict, one per (source group, destination group, IP version),
+/// just before the final drop: only packets about to be denied get here, so they count
+/// denials per group pair for the metrics (`netguard_denied_packets_total`). A container
+/// in several groups counts in each of its pairs.
+fn deny_counter_rules(policy: &Policy) -> Vec<Rule> {
+    if policy.groups.len() > DENY_COUNTER_MAX_GROUPS {
+        return vec![];
+    }
+    let mut rules = Vec::new();
+    for from in policy.groups.keys() {
+        for to in policy.groups.keys() {
+            for (ip, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
+                rules.push(Rule {
+                    matches: vec![
+                        Match::SaddrInSet {
+                            ip,
+                            iface: IfSide::Iif,
+                            set: names::group_set(from, v6),
+                        },
+                        Match::DaddrInSet {
+                            ip,
+                            iface: IfSide::Oif,
+                            set: names::group_set(to, v6),
+                        },
+                    ],
+                    counter: true,
+                    log_prefix: None,
+                    verdict: Verdict::Continue,
+                    comment: format!("{DENY_COUNTER_PREFIX}{from} -> {to}"),
+                });
+            }
+        }
+    }
+    rules
 }
 
 /// Docker's bridge names: `docker0` and `br-<id>`. A bridge of that shape that netguard does

@@ -1,0 +1,684 @@
+//! Who may open what to whom, evaluated from nftables objects rather than from the policy.
+//!
+//! `diff` must know what the kernel enforces *today*, and the only trustworthy record of
+//! that is the live table itself: its group sets (which `bridge . address` belongs where)
+//! and the structure of the allow rules in `isolate` (which set may reach which set, on
+//! which ports). The desired ruleset is read through the very same model
+//! ([`View::from_ruleset`]), so "before" and "after" are computed by one function and a
+//! difference between them is a difference in enforcement, never in bookkeeping.
+//! (A policy summary stored in a table or set comment was rejected: nft caps comments at
+//! 128 bytes, and it would describe what was *meant*, not what the rules do.)
+
+use crate::nft::LiveState;
+use crate::plan::ruleset::*;
+use crate::plan::{Plan, names};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// What one allow rule opens.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    All,
+    Icmp,
+    Ports {
+        proto: String,
+        ranges: Vec<(u16, u16)>,
+    },
+}
+
+/// One allow rule of the `isolate` chain, reduced to what it permits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRule {
+    pub v6: bool,
+    pub src_set: String,
+    pub dst_set: String,
+    pub service: Service,
+    /// The rule's comment (policy line), fingerprint stripped.
+    pub comment: String,
+}
+
+/// Enforcement as a set of facts: bridges netguard judges, set contents, allow rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Bridges whose intra-bridge traffic goes through `isolate`.
+    pub judged: BTreeSet<String>,
+    pub sets: BTreeMap<String, BTreeSet<Elem>>,
+    pub rules: Vec<AccessRule>,
+    /// Accept rules in `isolate` that netguard could not read (hand-edited): reported.
+    pub unreadable_rules: Vec<String>,
+    /// The inet table exists.
+    pub present: bool,
+    /// Docker-shaped bridges (`docker0`, `br-*`) not known yet are judged too (fail
+    /// closed), unless listed in the `unmanaged` set.
+    pub docker_patterns: bool,
+    /// Bridges the inet hook does not see (br_netfilter off for them): never judged.
+    pub unseen: BTreeSet<String>,
+}
+
+fn strip_fingerprint(c: &str) -> String {
+    match c.rfind(" [ng:") {
+        Some(i) => c[..i].to_string(),
+        None => c.to_string(),
+    }
+}
+
+impl View {
+    /// The enforcement a desired ruleset describes.
+    pub fn from_ruleset(r: &Ruleset) -> View {
+        let mut v = View::default();
+        let Some(t) = r.table(Family::Inet) else {
+            return v;
+        };
+        v.present = true;
+        for s in &t.sets {
+            v.sets.insert(s.name.clone(), s.elements.clone());
+        }
+        v.judged = judged_of(&v.sets);
+        v.docker_patterns = t.chains.iter().any(|c| {
+            c.name == names::FORWARD
+                && c.rules
+                    .iter()
+                    .any(|r| r.matches.iter().any(|m| matches!(m, Match::IifPattern(_))))
+        });
+        if let Some(ch) = t.chains.iter().find(|c| c.name == names::ISOLATE) {
+            for rule in &ch.rules {
+                if rule.verdict != Verdict::Accept {
+                    continue;
+                }
+                let mut src = None;
+                let mut dst = None;
+                let mut service = Service::All;
+                for m in &rule.matches {
+                    match m {
+                        Match::SaddrInSet {
+                            ip,
+                            iface: IfSide::Iif,
+                            set,
+                        } => src = Some((*ip, set.clone())),
+                        Match::DaddrInSet {
+                            ip,
+                            iface: IfSide::Oif,
+                            set,
+                        } => dst = Some((*ip, set.clone())),
+                        Match::L4 { proto, dports } => {
+                            service = Service::Ports {
+                                proto: proto.clone(),
+                                ranges: if dports.is_empty() {
+                                    vec![(0, 65535)]
+                                } else {
+                                    dports.clone()
+                                },
+                            }
+                        }
+                        Match::IcmpEcho(_) => service = Service::Icmp,
+                        _ => {}
+                    }
+                }
+                if let (Some((ip, src_set)), Some((_, dst_set))) = (src, dst) {
+                    v.rules.push(AccessRule {
+                        v6: ip == IpVersion::V6,
+                        src_set,
+                        dst_set,
+                        service,
+                        comment: rule.comment.clone(),
+                    });
+                }
+            }
+        }
+        v
+    }
+
+    /// The enforcement the live inet table performs (absent table: nothing judged).
+    pub fn from_live(live: &LiveState) -> View {
+        let mut v = View::default();
+        let Some(Some(t)) = live.get(&Family::Inet) else {
+            return v;
+        };
+        v.present = true;
+        for (name, s) in &t.sets {
+            v.sets.insert(name.clone(), s.elements.clone());
+        }
+        // Traffic only reaches `isolate` through the forward chain's jump.
+        if let Some(fwd) = t.chains.get(names::FORWARD) {
+            v.judged = judged_of(&v.sets);
+            // The rules after the first jump judge Docker-shaped bridges netguard does
+            // not know (see `plan::DOCKER_BRIDGE_PATTERNS`).
+            v.docker_patterns = fwd.rules.len() > 1;
+        }
+        if let Some(ch) = t.chains.get(names::ISOLATE) {
+            for r in &ch.rules {
+                let comment = strip_fingerprint(r.comment.as_deref().unwrap_or(""));
+                match parse_live_rule(&r.expr) {
+                    LiveRuleKind::Allow {
+                        v6,
+                        src_set,
+                        dst_set,
+                        service,
+                    } => v.rules.push(AccessRule {
+                        v6,
+                        src_set,
+                        dst_set,
+                        service,
+                        comment,
+                    }),
+                    LiveRuleKind::Unreadable => v.unreadable_rules.push(comment),
+                    LiveRuleKind::Other => {}
+                }
+            }
+        }
+        v
+    }
+
+    /// Whether traffic between two ports of `bridge` goes through `isolate`.
+    pub fn judges(&self, bridge: &str) -> bool {
+        if self.unseen.contains(bridge) {
+            return false;
+        }
+        if self.judged.contains(bridge) {
+            return true;
+        }
+        self.docker_patterns
+            && crate::plan::DOCKER_BRIDGE_PATTERNS
+                .iter()
+                .any(|p| crate::policy::Glob::new(p).is_ok_and(|g| g.matches(bridge)))
+            && !self
+                .sets
+                .get(names::UNMANAGED)
+                .is_some_and(|s| s.contains(&Elem::Ifname(bridge.to_string())))
+    }
+
+    /// Sets an endpoint address belongs to, in this view.
+    fn memberships(&self, bridge: &str, addr: IpAddr) -> BTreeSet<&str> {
+        let e = match addr {
+            IpAddr::V4(a) => Elem::IfnameV4(bridge.to_string(), a),
+            IpAddr::V6(a) => Elem::IfnameV6(bridge.to_string(), a),
+        };
+        self.sets
+            .iter()
+            .filter(|(_, els)| els.contains(&e))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// Groups (from `g_NAME_4`/`g_NAME_6`) the address is a member of, and whether it is
+    /// admitted at all (in `all_4`/`all_6`).
+    pub fn groups_of(&self, bridge: &str, addr: IpAddr) -> (bool, BTreeSet<String>) {
+        let m = self.memberships(bridge, addr);
+        let admitted = m.contains(names::ALL_4) || m.contains(names::ALL_6);
+        let groups = m
+            .iter()
+            .filter_map(|s| {
+                s.strip_prefix("g_")
+                    .and_then(|g| g.strip_suffix("_4").or_else(|| g.strip_suffix("_6")))
+            })
+            .map(str::to_string)
+            .collect();
+        (admitted, groups)
+    }
+}
+
+fn judged_of(sets: &BTreeMap<String, BTreeSet<Elem>>) -> BTreeSet<String> {
+    sets.get(names::BRIDGE_PAIRS)
+        .map(|els| {
+            els.iter()
+                .filter_map(|e| match e {
+                    Elem::IfnamePair(a, b) if a == b => Some(a.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+enum LiveRuleKind {
+    Allow {
+        v6: bool,
+        src_set: String,
+        dst_set: String,
+        service: Service,
+    },
+    Unreadable,
+    Other,
+}
+
+fn set_name(v: &Value) -> Option<String> {
+    v.as_str()
+        .and_then(|s| s.strip_prefix('@'))
+        .map(str::to_string)
+}
+
+fn port_ranges(v: &Value) -> Option<Vec<(u16, u16)>> {
+    let one = |v: &Value| -> Option<(u16, u16)> {
+        if let Some(n) = v.as_u64() {
+            let n = u16::try_from(n).ok()?;
+            return Some((n, n));
+        }
+        let r = v.get("range")?.as_array()?;
+        let lo = u16::try_from(r.first()?.as_u64()?).ok()?;
+        let hi = u16::try_from(r.get(1)?.as_u64()?).ok()?;
+        Some((lo, hi))
+    };
+    match v.get("set").and_then(Value::as_array) {
+        Some(items) => items.iter().map(one).collect(),
+        None => one(v).map(|r| vec![r]),
+    }
+}
+
+/// Reads one live `isolate` rule as nft 1.0.6 lists it: `iifname . ip saddr @S
+/// oifname . ip daddr @D [tcp dport {..} | icmp type echo-request] accept`.
+fn parse_live_rule(expr: &[Value]) -> LiveRuleKind {
+    let mut accept = false;
+    let mut unknown = false;
+    let mut src: Option<(bool, String)> = None;
+    let mut dst: Option<(bool, String)> = None;
+    let mut service = Service::All;
+    for st in expr {
+        if st.get("accept").is_some() {
+            accept = true;
+            continue;
+        }
+        if st.get("counter").is_some() || st.get("log").is_some() || st.get("limit").is_some() {
+            continue;
+        }
+        let Some(m) = st.get("match") else {
+            unknown = true;
+            continue;
+        };
+        if m.get("op").and_then(Value::as_str) != Some("==") {
+            unknown = true;
+            continue;
+        }
+        let (Some(left), Some(right)) = (m.get("left"), m.get("right")) else {
+            unknown = true;
+            continue;
+        };
+        if let Some(parts) = left.get("concat").and_then(Value::as_array) {
+            let meta = parts
+                .first()
+                .and_then(|p| p.get("meta"))
+                .and_then(|m| m.get("key"))
+                .and_then(Value::as_str);
+            let payload = parts.get(1).and_then(|p| p.get("payload"));
+            let proto = payload
+                .and_then(|p| p.get("protocol"))
+                .and_then(Value::as_str);
+            let field = payload.and_then(|p| p.get("field")).and_then(Value::as_str);
+            let v6 = proto == Some("ip6");
+            match (meta, proto, field, set_name(right)) {
+                (Some("iifname"), Some("ip" | "ip6"), Some("saddr"), Some(s)) => {
+                    src = Some((v6, s))
+                }
+                (Some("oifname"), Some("ip" | "ip6"), Some("daddr"), Some(s)) => {
+                    dst = Some((v6, s))
+                }
+                _ => unknown = true,
+            }
+            continue;
+        }
+        if let Some(p) = left.get("payload") {
+            let proto = p.get("protocol").and_then(Value::as_str);
+            let field = p.get("field").and_then(Value::as_str);
+            match (proto, field) {
+                (Some(pr @ ("tcp" | "udp" | "sctp" | "th")), Some("dport")) => {
+                    match port_ranges(right) {
+                        Some(ranges) => {
+                            let proto = match (pr, &service) {
+                                ("th", Service::Ports { proto, .. }) => proto.clone(),
+                                _ => pr.to_string(),
+                            };
+                            service = Service::Ports { proto, ranges }
+                        }
+                        None => unknown = true,
+                    }
+                }
+                (Some("icmp" | "icmpv6"), Some("type"))
+                    if right.as_str() == Some("echo-request") =>
+                {
+                    service = Service::Icmp
+                }
+                _ => unknown = true,
+            }
+            continue;
+        }
+        if left
+            .get("meta")
+            .and_then(|m| m.get("key"))
+            .and_then(Value::as_str)
+            == Some("l4proto")
+        {
+            if let Some(p) = right.as_str() {
+                if service == Service::All {
+                    service = Service::Ports {
+                        proto: p.to_string(),
+                        ranges: vec![(0, 65535)],
+                    };
+                }
+                continue;
+            }
+        }
+        unknown = true;
+    }
+    match (accept, src, dst) {
+        (true, Some((v6, src_set)), Some((_, dst_set))) if !unknown => LiveRuleKind::Allow {
+            v6,
+            src_set,
+            dst_set,
+            service,
+        },
+        (true, Some(_), Some(_)) => LiveRuleKind::Unreadable,
+        _ => LiveRuleKind::Other,
+    }
+}
+
+/// What one direction of one container pair may open, for one IP version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Access {
+    pub all: bool,
+    pub icmp: bool,
+    /// Protocol → sorted, merged inclusive port ranges.
+    pub ports: BTreeMap<String, Vec<(u16, u16)>>,
+}
+
+fn merge(ranges: &mut Vec<(u16, u16)>) {
+    ranges.sort();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for &(lo, hi) in ranges.iter() {
+        match out.last_mut() {
+            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    *ranges = out;
+}
+
+fn subtract(a: &[(u16, u16)], b: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for &(lo, hi) in a {
+        let mut pieces = vec![(u32::from(lo), u32::from(hi))];
+        for &(blo, bhi) in b {
+            let (blo, bhi) = (u32::from(blo), u32::from(bhi));
+            pieces = pieces
+                .into_iter()
+                .flat_map(|(l, h)| {
+                    let mut v = Vec::new();
+                    if bhi < l || blo > h {
+                        v.push((l, h));
+                    } else {
+                        if blo > l {
+                            v.push((l, blo - 1));
+                        }
+                        if bhi < h {
+                            v.push((bhi + 1, h));
+                        }
+                    }
+                    v
+                })
+                .collect();
+        }
+        out.extend(pieces.into_iter().map(|(l, h)| (l as u16, h as u16)));
+    }
+    out
+}
+
+fn range_label(proto: &str, (lo, hi): (u16, u16)) -> String {
+    if (lo, hi) == (0, 65535) {
+        format!("all {proto}")
+    } else if lo == hi {
+        format!("{lo}/{proto}")
+    } else {
+        format!("{lo}-{hi}/{proto}")
+    }
+}
+
+impl Access {
+    pub fn everything() -> Access {
+        Access {
+            all: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn add(&mut self, s: &Service) {
+        match s {
+            Service::All => self.all = true,
+            Service::Icmp => self.icmp = true,
+            Service::Ports { proto, ranges } => {
+                let r = self.ports.entry(proto.clone()).or_default();
+                r.extend(ranges.iter().copied());
+                merge(r);
+            }
+        }
+    }
+
+    pub fn union(&mut self, other: &Access) {
+        self.all |= other.all;
+        self.icmp |= other.icmp;
+        for (p, r) in &other.ports {
+            let mine = self.ports.entry(p.clone()).or_default();
+            mine.extend(r.iter().copied());
+            merge(mine);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && !self.icmp && self.ports.values().all(Vec::is_empty)
+    }
+
+    /// `8080/tcp`, `9000-9010/tcp`, `icmp`, or `all`.
+    pub fn labels(&self) -> Vec<String> {
+        if self.all {
+            return vec!["all".into()];
+        }
+        let mut v: Vec<String> = self
+            .ports
+            .iter()
+            .flat_map(|(p, rs)| rs.iter().map(move |r| range_label(p, *r)))
+            .collect();
+        if self.icmp {
+            v.push("icmp".into());
+        }
+        v
+    }
+
+    /// Labels of what `self` allows and `other` does not.
+    pub fn minus(&self, other: &Access) -> Vec<String> {
+        if other.all {
+            return vec![];
+        }
+        if self.all {
+            return if other.is_empty() {
+                vec!["all".into()]
+            } else {
+                vec![format!("all except {}", other.labels().join(", "))]
+            };
+        }
+        let mut v = Vec::new();
+        for (p, rs) in &self.ports {
+            let theirs = other.ports.get(p).map(Vec::as_slice).unwrap_or(&[]);
+            v.extend(subtract(rs, theirs).into_iter().map(|r| range_label(p, r)));
+        }
+        if self.icmp && !other.icmp {
+            v.push("icmp".into());
+        }
+        v
+    }
+
+    pub fn allows(&self, proto: &str, port: u16) -> bool {
+        if self.all {
+            return true;
+        }
+        if proto == "icmp" {
+            return self.icmp;
+        }
+        self.ports
+            .get(proto)
+            .is_some_and(|rs| rs.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port)))
+    }
+}
+
+/// One direction of one container pair: per IP version, `None` when the two have no
+/// addresses of that version on a common bridge.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PairAccess {
+    pub v4: Option<Access>,
+    pub v6: Option<Access>,
+}
+
+/// `(from container, to container)` → what `from` may open to `to`.
+pub type Matrix = BTreeMap<(String, String), PairAccess>;
+
+struct Ep<'a> {
+    container: &'a str,
+    bridge: &'a str,
+    addr: IpAddr,
+    sets: BTreeSet<&'a str>,
+}
+
+/// Evaluates a view for every ordered pair of containers sharing a bridge. Pairs on a
+/// bridge the view does not judge are open (all traffic) when `unjudged_open`, and left
+/// out otherwise.
+pub fn matrix(view: &View, plan: &Plan, unjudged_open: bool) -> Matrix {
+    let mut eps: Vec<Ep> = Vec::new();
+    for c in &plan.containers {
+        for e in &c.endpoints {
+            for addr in e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+            {
+                eps.push(Ep {
+                    container: &c.name,
+                    bridge: &e.bridge,
+                    addr,
+                    sets: view.memberships(&e.bridge, addr),
+                });
+            }
+        }
+    }
+    let mut m = Matrix::new();
+    for a in &eps {
+        for b in &eps {
+            if a.container == b.container
+                || a.bridge != b.bridge
+                || a.addr == b.addr
+                || a.addr.is_ipv6() != b.addr.is_ipv6()
+            {
+                continue;
+            }
+            let v6 = a.addr.is_ipv6();
+            let access = if view.judges(a.bridge) {
+                let mut acc = Access::default();
+                for r in view.rules.iter().filter(|r| r.v6 == v6) {
+                    if a.sets.contains(r.src_set.as_str()) && b.sets.contains(r.dst_set.as_str()) {
+                        acc.add(&r.service);
+                    }
+                }
+                acc
+            } else if unjudged_open {
+                Access::everything()
+            } else {
+                continue;
+            };
+            let pair = m
+                .entry((a.container.to_string(), b.container.to_string()))
+                .or_default();
+            let slot = if v6 { &mut pair.v6 } else { &mut pair.v4 };
+            slot.get_or_insert_with(Access::default).union(&access);
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn addr_match(iface: &str, proto: &str, field: &str, set: &str) -> Value {
+        json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": iface}},
+            {"payload": {"protocol": proto, "field": field}}]}, "right": format!("@{set}")}})
+    }
+
+    /// The forms nft 1.0.6 lists netguard's allow rules in (it rewrites
+    /// `meta l4proto tcp th dport { 8080 }` into `tcp dport 8080`).
+    #[test]
+    fn live_rules_as_nft_lists_them() {
+        let src = addr_match("iifname", "ip6", "saddr", "g_web_6");
+        let dst = addr_match("oifname", "ip6", "daddr", "g_api_6");
+        let rule = |extra: Vec<Value>| {
+            let mut v = vec![src.clone(), dst.clone()];
+            v.extend(extra);
+            v.push(json!({"counter": {"packets": 1, "bytes": 2}}));
+            v.push(json!({"accept": null}));
+            parse_live_rule(&v)
+        };
+        let svc = |k: LiveRuleKind| match k {
+            LiveRuleKind::Allow { service, v6, .. } => {
+                assert!(v6);
+                Some(service)
+            }
+            _ => None,
+        };
+        let dport = |proto: &str, right: Value| json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": right}});
+        assert_eq!(svc(rule(vec![])), Some(Service::All));
+        assert_eq!(
+            svc(rule(vec![dport("udp", json!(53))])),
+            Some(Service::Ports {
+                proto: "udp".into(),
+                ranges: vec![(53, 53)]
+            })
+        );
+        assert_eq!(
+            svc(rule(vec![dport(
+                "sctp",
+                json!({"set": [7, {"range": [9000, 9010]}]})
+            )])),
+            Some(Service::Ports {
+                proto: "sctp".into(),
+                ranges: vec![(7, 7), (9000, 9010)]
+            })
+        );
+        let icmp = json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "echo-request"}});
+        let l4 = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}});
+        assert_eq!(svc(rule(vec![icmp.clone()])), Some(Service::Icmp));
+        assert_eq!(
+            svc(rule(vec![icmp.clone(), l4.clone()])),
+            Some(Service::Icmp)
+        );
+        assert_eq!(svc(rule(vec![l4, icmp])), Some(Service::Icmp));
+        // Something netguard never writes: reported, not guessed.
+        let odd = json!({"match": {"op": "!=", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}});
+        assert!(matches!(rule(vec![odd]), LiveRuleKind::Unreadable));
+        // Not an allow rule at all.
+        assert!(matches!(
+            parse_live_rule(&[json!({"counter": null}), json!({"drop": null})]),
+            LiveRuleKind::Other
+        ));
+    }
+
+    #[test]
+    fn port_arithmetic() {
+        let mut a = Access::default();
+        a.add(&Service::Ports {
+            proto: "tcp".into(),
+            ranges: vec![(9000, 9010), (8080, 8080), (8081, 8081)],
+        });
+        assert_eq!(a.labels(), vec!["8080-8081/tcp", "9000-9010/tcp"]);
+        let mut b = Access::default();
+        b.add(&Service::Ports {
+            proto: "tcp".into(),
+            ranges: vec![(9005, 9005)],
+        });
+        assert_eq!(
+            a.minus(&b),
+            vec!["8080-8081/tcp", "9000-9004/tcp", "9006-9010/tcp"]
+        );
+        assert_eq!(Access::everything().minus(&b), vec!["all except 9005/tcp"]);
+        assert!(b.minus(&Access::everything()).is_empty());
+        assert!(a.allows("tcp", 9003) && !a.allows("udp", 9003));
+    }
+}

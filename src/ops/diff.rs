@@ -1,0 +1,256 @@
+//! `netguard diff` for humans: which container pairs and ports become allowed or denied,
+//! which containers join or leave which groups, then the nft objects that change.
+//!
+//! "Before" is what the live kernel enforces, read back from netguard's own table
+//! ([`View::from_live`]); "after" is the plan's desired table read through the same
+//! model. Before the first rollout there is no table and every pair of containers on a
+//! managed network is open: the denied list is then the impact of the rollout.
+
+use super::access::{Matrix, PairAccess, View, matrix};
+use super::style::Style;
+use crate::nft::{Changes, LiveState};
+use crate::plan::Plan;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+/// One direction of one pair, and what changes for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowChange {
+    pub from: String,
+    pub to: String,
+    /// `"ipv4+ipv6"`, `"ipv4"` or `"ipv6"`.
+    pub family: String,
+    /// `8080/tcp`, `9000-9010/udp`, `icmp`, `all`, `all except 8080/tcp`.
+    pub services: Vec<String>,
+    /// The pair also has addresses of the other IP version, where this does not change.
+    #[serde(skip)]
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupChange {
+    pub container: String,
+    pub joins: Vec<String>,
+    pub leaves: Vec<String>,
+    /// `Some(true)`: enters netguard's sets; `Some(false)`: leaves them; `None`: unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admitted: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Impact {
+    /// No `inet netguard` table yet.
+    pub first_rollout: bool,
+    pub allowed: Vec<FlowChange>,
+    pub denied: Vec<FlowChange>,
+    pub groups: Vec<GroupChange>,
+    /// Accept rules in the live `isolate` chain netguard could not read (they are replaced).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_live_rules: Vec<String>,
+}
+
+fn changes_between(before: &Matrix, after: &Matrix) -> (Vec<FlowChange>, Vec<FlowChange>) {
+    let keys: BTreeSet<&(String, String)> = before.keys().chain(after.keys()).collect();
+    let empty = PairAccess::default();
+    let mut allowed = Vec::new();
+    let mut denied = Vec::new();
+    for k in keys {
+        let b = before.get(k).unwrap_or(&empty);
+        let a = after.get(k).unwrap_or(&empty);
+        let diff = |x: &Option<super::access::Access>, y: &Option<super::access::Access>| {
+            let d = super::access::Access::default();
+            x.as_ref().unwrap_or(&d).minus(y.as_ref().unwrap_or(&d))
+        };
+        let has4 = a.v4.is_some() || b.v4.is_some();
+        let has6 = a.v6.is_some() || b.v6.is_some();
+        for (out, g4, g6) in [
+            (&mut allowed, diff(&a.v4, &b.v4), diff(&a.v6, &b.v6)),
+            (&mut denied, diff(&b.v4, &a.v4), diff(&b.v6, &a.v6)),
+        ] {
+            let mut push = |family: &str, services: Vec<String>| {
+                out.push(FlowChange {
+                    from: k.0.clone(),
+                    to: k.1.clone(),
+                    family: family.into(),
+                    services,
+                    partial: has4 && has6 && family != "ipv4+ipv6",
+                })
+            };
+            if !g4.is_empty() && g4 == g6 {
+                push("ipv4+ipv6", g4);
+            } else {
+                if !g4.is_empty() {
+                    push("ipv4", g4);
+                }
+                if !g6.is_empty() {
+                    push("ipv6", g6);
+                }
+            }
+        }
+    }
+    (allowed, denied)
+}
+
+fn group_changes(plan: &Plan, before: &View, after: &View) -> Vec<GroupChange> {
+    let mut out = Vec::new();
+    for c in &plan.containers {
+        let mut b = (false, BTreeSet::new());
+        let mut a = (false, BTreeSet::new());
+        for e in &c.endpoints {
+            for addr in e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+            {
+                let (adm, g) = before.groups_of(&e.bridge, addr);
+                b.0 |= adm;
+                b.1.extend(g);
+                let (adm, g) = after.groups_of(&e.bridge, addr);
+                a.0 |= adm;
+                a.1.extend(g);
+            }
+        }
+        let joins: Vec<String> = a.1.difference(&b.1).cloned().collect();
+        let leaves: Vec<String> = b.1.difference(&a.1).cloned().collect();
+        let admitted = (a.0 != b.0).then_some(a.0);
+        if !joins.is_empty() || !leaves.is_empty() || admitted.is_some() {
+            out.push(GroupChange {
+                container: c.name.clone(),
+                joins,
+                leaves,
+                admitted,
+            });
+        }
+    }
+    out
+}
+
+/// What applying `plan` changes for the containers, given the live tables.
+/// `unflagged`: bridges whose traffic the inet hook does not see today (br_netfilter off),
+/// so whatever the live table says, they are open.
+pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Impact {
+    let mut before = View::from_live(live);
+    // Bridges the hook does not see are open whatever the table says.
+    before.unseen = unflagged.clone();
+    let after = View::from_ruleset(&plan.ruleset);
+    let (allowed, denied) =
+        changes_between(&matrix(&before, plan, true), &matrix(&after, plan, true));
+    Impact {
+        first_rollout: !before.present,
+        allowed,
+        denied,
+        groups: group_changes(plan, &before, &after),
+        unreadable_live_rules: before.unreadable_rules.clone(),
+    }
+}
+
+fn flow_line(f: &FlowChange) -> String {
+    let fam = match f.family.as_str() {
+        "ipv4" if f.partial => "  (IPv4 only)",
+        "ipv6" if f.partial => "  (IPv6 only)",
+        _ => "",
+    };
+    format!("{} → {}  {}{fam}", f.from, f.to, f.services.join(", "))
+}
+
+/// The human `diff`: flows, groups, then the nft objects (`objects`, already rendered).
+pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> String {
+    let mut out = String::new();
+    if in_sync {
+        out.push_str(&style.green("in sync: no changes"));
+        out.push('\n');
+        return out;
+    }
+    if impact.first_rollout {
+        let _ = writeln!(
+            out,
+            "{}",
+            style.bold("First rollout: netguard has no table on this host yet.")
+        );
+        let _ = writeln!(
+            out,
+            "Today every container can reach every other container on its network."
+        );
+        out.push('\n');
+    }
+    let cut = if impact.first_rollout {
+        "Open today, cut by this rollout"
+    } else {
+        "Become denied"
+    };
+    let _ = writeln!(out, "{}", style.bold("Become allowed:"));
+    if impact.allowed.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for f in &impact.allowed {
+        let _ = writeln!(out, "  {} {}", style.green("+"), flow_line(f));
+    }
+    let _ = writeln!(out, "{}", style.bold(&format!("{cut}:")));
+    if impact.denied.is_empty() {
+        let _ = writeln!(out, "  (none)");
+    }
+    for f in &impact.denied {
+        let _ = writeln!(out, "  {} {}", style.red("-"), flow_line(f));
+    }
+    if !impact.groups.is_empty() {
+        let _ = writeln!(out, "{}", style.bold("Group membership:"));
+        for g in &impact.groups {
+            let mut parts = Vec::new();
+            match g.admitted {
+                Some(true) => parts.push("admitted".to_string()),
+                Some(false) => parts.push("no longer admitted".to_string()),
+                None => {}
+            }
+            if !g.joins.is_empty() {
+                parts.push(format!("joins {}", g.joins.join(", ")));
+            }
+            if !g.leaves.is_empty() {
+                parts.push(format!("leaves {}", g.leaves.join(", ")));
+            }
+            let _ = writeln!(
+                out,
+                "  {} {}: {}",
+                style.yellow("~"),
+                g.container,
+                parts.join("; ")
+            );
+        }
+    }
+    for r in &impact.unreadable_live_rules {
+        let _ = writeln!(
+            out,
+            "{} live rule not made by netguard will be replaced: {r}",
+            style.yellow("warning:")
+        );
+    }
+    let _ = writeln!(out, "\n{}", style.bold("nftables objects:"));
+    for line in objects.lines() {
+        let painted = if line.trim_start().starts_with('+') {
+            style.green(line)
+        } else if line.trim_start().starts_with('-') {
+            style.red(line)
+        } else {
+            line.to_string()
+        };
+        let _ = writeln!(out, "{painted}");
+    }
+    out
+}
+
+/// `diff --output json`: see docs/output.md.
+pub fn json(impact: &Impact, changes: &Changes, warnings: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "in_sync": changes.is_empty(),
+        "first_rollout": impact.first_rollout,
+        "allowed": impact.allowed,
+        "denied": impact.denied,
+        "groups": impact.groups,
+        "unreadable_live_rules": impact.unreadable_live_rules,
+        "changes": changes,
+        "warnings": warnings,
+    })
+}

@@ -1,0 +1,601 @@
+//! `netguard explain FROM TO [PORT/PROTO]`: is a new connection allowed, which allow entry
+//! decides, and why each side is (or is not) in each group. Pure: (policy, plan, inventory).
+
+use super::style::Style;
+use crate::inventory::{Container, Inventory};
+use crate::plan::{Flow, Plan, PlannedContainer};
+use crate::policy::{Policy, PortSpec, Proto, Selector};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExplainError {
+    #[error("no container {name:?}{}", hint(.close))]
+    Unknown { name: String, close: Vec<String> },
+    #[error("bad PORT/PROTO {0:?}: {1}")]
+    BadPort(String, String),
+    #[error("{0:?} is a port range: ask about one port, e.g. \"8080/tcp\"")]
+    Range(String),
+    #[error(
+        "FROM and TO are the same container ({0}): netguard never filters a container's traffic to itself"
+    )]
+    Same(String),
+}
+
+fn hint(close: &[String]) -> String {
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!(" (did you mean {}?)", close.join(", "))
+    }
+}
+
+/// Containers whose name is close to `key` (edit distance, prefix or substring), best first.
+pub fn close_matches(inv: &Inventory, key: &str) -> Vec<String> {
+    let mut scored: Vec<(f64, String)> = inv
+        .containers
+        .iter()
+        .map(|c| {
+            let mut s = strsim::jaro_winkler(key, &c.name);
+            if c.name.contains(key) || key.contains(c.name.as_str()) {
+                s = s.max(0.9);
+            }
+            (s, c.name.clone())
+        })
+        .filter(|(s, _)| *s >= 0.75)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().take(3).map(|(_, n)| n).collect()
+}
+
+fn find<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
+    inv.find(key).ok_or_else(|| ExplainError::Unknown {
+        name: key.to_string(),
+        close: close_matches(inv, key),
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyCheck {
+    /// `name`, `image`, `network`, `label KEY`.
+    pub key: String,
+    pub pattern: String,
+    /// What the container has (`(absent)` for a missing label).
+    pub value: String,
+    pub matched: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SelectorCheck {
+    pub origin: String,
+    pub matched: bool,
+    pub keys: Vec<KeyCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupCheck {
+    pub group: String,
+    pub member: bool,
+    pub selectors: Vec<SelectorCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Side {
+    pub name: String,
+    pub id: String,
+    pub groups: Vec<String>,
+    pub checks: Vec<GroupCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkCheck {
+    pub network: String,
+    pub bridge: String,
+    pub managed: bool,
+    pub from_admitted: bool,
+    pub to_admitted: bool,
+    /// Why an endpoint is not admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntryCheck {
+    pub origin: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    /// `None`: all traffic.
+    pub ports: Option<Vec<String>>,
+    pub from_matches: bool,
+    pub to_matches: bool,
+    /// The asked port is covered (always true when no port was asked).
+    pub port_matches: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub from: Side,
+    pub to: Side,
+    /// The asked `PORT/PROTO`, if any.
+    pub port: Option<String>,
+    pub allowed: bool,
+    /// One sentence: why.
+    pub reason: String,
+    /// `FILE:LINE` of the allow entries that permit it (the first decides).
+    pub decided_by: Vec<String>,
+    /// Without a port: what FROM may open to TO.
+    pub services: Vec<String>,
+    pub networks: Vec<NetworkCheck>,
+    pub entries: Vec<EntryCheck>,
+    pub hints: Vec<String>,
+}
+
+fn selector_check(sel: &Selector, c: &Container) -> SelectorCheck {
+    let mut keys = Vec::new();
+    if let Some(g) = &sel.name {
+        keys.push(KeyCheck {
+            key: "name".into(),
+            pattern: g.as_str().into(),
+            value: c.name.clone(),
+            matched: g.matches(&c.name),
+        });
+    }
+    if let Some(g) = &sel.image {
+        keys.push(KeyCheck {
+            key: "image".into(),
+            pattern: g.as_str().into(),
+            value: c.image.clone(),
+            matched: g.matches(&c.image),
+        });
+    }
+    for (k, g) in &sel.labels {
+        let v = c.labels.get(k);
+        keys.push(KeyCheck {
+            key: format!("label {k}"),
+            pattern: g.as_str().into(),
+            value: v.cloned().unwrap_or_else(|| "(absent)".into()),
+            matched: v.is_some_and(|v| g.matches(v)),
+        });
+    }
+    if let Some(g) = &sel.network {
+        let nets: Vec<&str> = c.endpoints.iter().map(|e| e.network.as_str()).collect();
+        keys.push(KeyCheck {
+            key: "network".into(),
+            pattern: g.as_str().into(),
+            value: nets.join(","),
+            matched: nets.iter().any(|n| g.matches(n)),
+        });
+    }
+    let file = sel
+        .loc
+        .file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    SelectorCheck {
+        origin: format!("{file}:{}", sel.loc.line),
+        matched: keys.iter().all(|k| k.matched),
+        keys,
+    }
+}
+
+fn side(policy: &Policy, c: &Container, pc: Option<&PlannedContainer>) -> Side {
+    let checks: Vec<GroupCheck> = policy
+        .groups
+        .values()
+        .map(|g| {
+            let selectors: Vec<SelectorCheck> =
+                g.selectors.iter().map(|s| selector_check(s, c)).collect();
+            GroupCheck {
+                group: g.name.clone(),
+                member: selectors.iter().any(|s| s.matched),
+                selectors,
+            }
+        })
+        .collect();
+    Side {
+        name: c.name.clone(),
+        id: c.id.clone(),
+        groups: pc.map(|p| p.groups.clone()).unwrap_or_default(),
+        checks,
+    }
+}
+
+fn peers_match(peers: &[String], groups: &[String]) -> bool {
+    peers.iter().any(|p| p == "*" || groups.contains(p))
+}
+
+fn ports_text(f: &Flow) -> Option<Vec<String>> {
+    f.ports
+        .as_ref()
+        .map(|p| p.iter().map(|p| p.to_string()).collect())
+}
+
+fn covers(f: &Flow, ask: Option<&PortSpec>) -> bool {
+    match (ask, &f.ports) {
+        (None, _) | (_, None) => true,
+        (Some(a), Some(ps)) => ps.iter().any(|p| p.contains(a.proto, a.low)),
+    }
+}
+
+fn entries_for(
+    plan: &Plan,
+    from: &[String],
+    to: &[String],
+    ask: Option<&PortSpec>,
+) -> Vec<EntryCheck> {
+    plan.flows
+        .iter()
+        .map(|f| EntryCheck {
+            origin: f.origin.clone(),
+            from: f.from.clone(),
+            to: f.to.clone(),
+            ports: ports_text(f),
+            from_matches: peers_match(&f.from, from),
+            to_matches: peers_match(&f.to, to),
+            port_matches: covers(f, ask),
+        })
+        .collect()
+}
+
+/// Parses `8080/tcp`, `tcp/8080` or `icmp` into a single-port spec.
+pub fn parse_port(s: &str) -> Result<PortSpec, ExplainError> {
+    let flipped = match s.split_once('/') {
+        Some((a, b)) if a.chars().all(|c| c.is_ascii_alphabetic()) => format!("{b}/{a}"),
+        _ => s.to_string(),
+    };
+    let p =
+        PortSpec::parse(&flipped).map_err(|e| ExplainError::BadPort(s.into(), e.to_string()))?;
+    if p.low != p.high {
+        return Err(ExplainError::Range(s.into()));
+    }
+    Ok(p)
+}
+
+/// Explains `from → to` (names, ids or unique id prefixes).
+pub fn explain(
+    policy: &Policy,
+    plan: &Plan,
+    inv: &Inventory,
+    from: &str,
+    to: &str,
+    port: Option<&str>,
+) -> Result<Explanation, ExplainError> {
+    let ask = port.map(parse_port).transpose()?;
+    let a = find(inv, from)?;
+    let b = find(inv, to)?;
+    if a.id == b.id {
+        return Err(ExplainError::Same(a.name.clone()));
+    }
+    let pa = plan.containers.iter().find(|c| c.id == a.id);
+    let pb = plan.containers.iter().find(|c| c.id == b.id);
+    let from_side = side(policy, a, pa);
+    let to_side = side(policy, b, pb);
+    let port_text = ask.map(|p| p.to_string());
+
+    let mut networks = Vec::new();
+    if let (Some(pa), Some(pb)) = (pa, pb) {
+        for ea in &pa.endpoints {
+            for eb in pb.endpoints.iter().filter(|e| e.bridge == ea.bridge) {
+                // The same address (`--network container:X`) is one endpoint: no traffic
+                // between them ever crosses the bridge.
+                if ea.ipv4.is_some() && ea.ipv4 == eb.ipv4
+                    || ea.ipv6.is_some() && ea.ipv6 == eb.ipv6
+                {
+                    continue;
+                }
+                let reason = ea
+                    .reason
+                    .as_ref()
+                    .map(|r| format!("{}: {r}", a.name))
+                    .or_else(|| eb.reason.as_ref().map(|r| format!("{}: {r}", b.name)));
+                networks.push(NetworkCheck {
+                    network: ea.network.clone(),
+                    bridge: ea.bridge.clone(),
+                    managed: ea.managed,
+                    from_admitted: ea.admitted,
+                    to_admitted: eb.admitted,
+                    reason,
+                });
+            }
+        }
+    }
+    let groups_a = &from_side.groups;
+    let groups_b = &to_side.groups;
+    let entries = entries_for(plan, groups_a, groups_b, ask.as_ref());
+    let mut hints = Vec::new();
+    let arrow = format!("{}→{}", a.name, b.name);
+    let back = format!("{}→{}", b.name, a.name);
+
+    let (allowed, reason, decided_by, services) = if networks.is_empty() {
+        (
+            false,
+            format!(
+                "{} and {} share no network: there is no path between them",
+                a.name, b.name
+            ),
+            vec![],
+            vec![],
+        )
+    } else if let Some(n) = networks.iter().find(|n| !n.managed) {
+        (
+            true,
+            format!(
+                "network {} is not managed by netguard: its traffic is left untouched",
+                n.network
+            ),
+            vec![],
+            vec!["all".to_string()],
+        )
+    } else if let Some(n) = networks.iter().find(|n| n.from_admitted && n.to_admitted) {
+        let _ = n;
+        let permit: Vec<&EntryCheck> = entries
+            .iter()
+            .filter(|e| e.from_matches && e.to_matches && e.port_matches)
+            .collect();
+        let services: Vec<String> = if ask.is_none() {
+            let mut acc = super::access::Access::default();
+            for (e, f) in entries.iter().zip(&plan.flows) {
+                if e.from_matches && e.to_matches {
+                    match &f.ports {
+                        None => acc.all = true,
+                        Some(ps) => {
+                            for p in ps {
+                                acc.add(&service_of(p));
+                            }
+                        }
+                    }
+                }
+            }
+            acc.labels()
+        } else {
+            vec![]
+        };
+        let origins: Vec<String> = permit.iter().map(|e| e.origin.clone()).collect();
+        if let Some(first) = permit.first() {
+            (
+                true,
+                format!(
+                    "allowed by {} ({} → {} {})",
+                    first.origin,
+                    first.from.join(","),
+                    first.to.join(","),
+                    first
+                        .ports
+                        .as_ref()
+                        .map(|p| p.join(","))
+                        .unwrap_or_else(|| "all".into())
+                ),
+                origins,
+                services,
+            )
+        } else {
+            (
+                false,
+                "default deny: no allow entry permits it".to_string(),
+                vec![],
+                services,
+            )
+        }
+    } else {
+        let why = networks
+            .iter()
+            .find_map(|n| n.reason.clone())
+            .unwrap_or_else(|| "an endpoint is not admitted".into());
+        (
+            false,
+            format!(
+                "not admitted, so it reaches no one and no one reaches it (fail closed): {why}"
+            ),
+            vec![],
+            vec![],
+        )
+    };
+
+    let judged = !networks.is_empty()
+        && networks.iter().all(|n| n.managed)
+        && networks.iter().any(|n| n.from_admitted && n.to_admitted);
+    if !allowed && judged {
+        // Same direction, other ports.
+        for (e, f) in entries.iter().zip(&plan.flows) {
+            if e.from_matches && e.to_matches && !e.port_matches {
+                if let (Some(ask), Some(ps)) = (&ask, &f.ports) {
+                    let list: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+                    hints.push(format!(
+                        "{arrow} allows {}, not {ask} ({})",
+                        list.join(", "),
+                        e.origin
+                    ));
+                }
+            }
+        }
+        // The other direction.
+        let reverse = entries_for(plan, groups_b, groups_a, ask.as_ref());
+        if let Some(r) = reverse
+            .iter()
+            .find(|e| e.from_matches && e.to_matches && e.port_matches)
+        {
+            hints.push(format!(
+                "{arrow} is denied but {back} is allowed{} ({}): allow entries are one-way",
+                port_text
+                    .as_ref()
+                    .map(|p| format!(" on {p}"))
+                    .unwrap_or_default(),
+                r.origin
+            ));
+        }
+        if groups_a.is_empty() {
+            hints.push(format!("{} is in no group", a.name));
+        }
+        if groups_b.is_empty() {
+            hints.push(format!("{} is in no group", b.name));
+        }
+    }
+    Ok(Explanation {
+        from: from_side,
+        to: to_side,
+        port: port_text,
+        allowed,
+        reason,
+        decided_by,
+        services,
+        networks,
+        entries,
+        hints,
+    })
+}
+
+fn service_of(p: &PortSpec) -> super::access::Service {
+    match p.proto {
+        Proto::Icmp => super::access::Service::Icmp,
+        proto => super::access::Service::Ports {
+            proto: proto.as_str().into(),
+            ranges: vec![(p.low, p.high)],
+        },
+    }
+}
+
+fn mark(style: Style, ok: bool) -> String {
+    if ok {
+        style.green("✓")
+    } else {
+        style.red("✗")
+    }
+}
+
+/// Shows a side's member groups, and the groups an entry would need it in (`relevant`);
+/// the JSON output has every group.
+fn render_side(out: &mut String, s: &Side, relevant: &BTreeSet<&str>, style: Style) {
+    let groups = if s.groups.is_empty() {
+        "no group".to_string()
+    } else {
+        format!("groups {}", s.groups.join(", "))
+    };
+    let id = if s.id != s.name {
+        format!(" ({})", s.id.chars().take(12).collect::<String>())
+    } else {
+        String::new()
+    };
+    let _ = writeln!(out, "{}{id}: {groups}", style.bold(&s.name));
+    let shown: Vec<&GroupCheck> = s
+        .checks
+        .iter()
+        .filter(|g| g.member || relevant.contains(g.group.as_str()))
+        .collect();
+    let hidden = s.checks.len() - shown.len();
+    for g in shown {
+        let _ = writeln!(
+            out,
+            "  {} {:<12} {}",
+            mark(style, g.member),
+            g.group,
+            if g.member { "member" } else { "not a member" }
+        );
+        for sel in &g.selectors {
+            let keys: Vec<String> = sel
+                .keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{} {} {:?} (is {:?})",
+                        k.key,
+                        mark(style, k.matched),
+                        k.pattern,
+                        k.value
+                    )
+                })
+                .collect();
+            let _ = writeln!(out, "      selector {}: {}", sel.origin, keys.join(", "));
+        }
+    }
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "  ({hidden} unrelated group{} not shown; --output json lists all)",
+            if hidden == 1 { "" } else { "s" }
+        );
+    }
+}
+
+pub fn render(x: &Explanation, style: Style) -> String {
+    let mut out = String::new();
+    let what = x.port.as_deref().unwrap_or("any new connection");
+    let verdict = if x.allowed {
+        style.green("ALLOWED")
+    } else {
+        style.red("DENIED")
+    };
+    let _ = writeln!(out, "{} → {} {what}: {verdict}", x.from.name, x.to.name);
+    let _ = writeln!(out, "  {}", x.reason);
+    if x.port.is_none() && !x.services.is_empty() {
+        let _ = writeln!(out, "  may open: {}", x.services.join(", "));
+    }
+    for n in &x.networks {
+        let state = if !n.managed {
+            "not managed".to_string()
+        } else if n.from_admitted && n.to_admitted {
+            "managed, both admitted".to_string()
+        } else {
+            format!(
+                "managed, NOT ADMITTED: {}",
+                n.reason.as_deref().unwrap_or("?")
+            )
+        };
+        let _ = writeln!(
+            out,
+            "  network {} (bridge {}): {state}",
+            n.network, n.bridge
+        );
+    }
+    for h in &x.hints {
+        let _ = writeln!(out, "{} {h}", style.yellow("hint:"));
+    }
+    out.push('\n');
+    // Groups FROM would need to be in for an entry towards TO, and the other way round.
+    let from_rel: BTreeSet<&str> = x
+        .entries
+        .iter()
+        .filter(|e| e.to_matches)
+        .flat_map(|e| e.from.iter().map(String::as_str))
+        .collect();
+    let to_rel: BTreeSet<&str> = x
+        .entries
+        .iter()
+        .filter(|e| e.from_matches)
+        .flat_map(|e| e.to.iter().map(String::as_str))
+        .collect();
+    render_side(&mut out, &x.from, &from_rel, style);
+    render_side(&mut out, &x.to, &to_rel, style);
+    if !x.entries.is_empty() {
+        let _ = writeln!(out, "{}", style.bold("allow entries:"));
+        for e in &x.entries {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<28} from {} to {} port {}",
+                e.origin,
+                format!(
+                    "{} → {} {}",
+                    e.from.join(","),
+                    e.to.join(","),
+                    e.ports
+                        .as_ref()
+                        .map(|p| p.join(","))
+                        .unwrap_or_else(|| "all".into())
+                ),
+                mark(style, e.from_matches),
+                mark(style, e.to_matches),
+                mark(style, e.port_matches)
+            );
+        }
+    }
+    out
+}
+
+pub fn json(x: &Explanation) -> serde_json::Value {
+    let mut v = serde_json::to_value(x).unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("ok".into(), serde_json::Value::Bool(true));
+    }
+    v
+}

@@ -1,0 +1,236 @@
+//! `netguard log`: recent denied connections from the kernel log (`log_denied = true` makes
+//! the `isolate` chain log the first packet of each denied connection, rate limited, with
+//! the prefix `netguard-deny `), with source and destination resolved to container names.
+//!
+//! Reads `/dev/kmsg` without blocking (every record still in the kernel's ring buffer),
+//! or a saved log (`--file`, e.g. `journalctl -k > f` or `dmesg > f`).
+
+use super::style::Style;
+use crate::plan::{LOG_PREFIX, Plan};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::io::Read;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot read the kernel log {path}: {err} (netguard log needs root or CAP_SYSLOG)")]
+    Kmsg { path: String, err: std::io::Error },
+    #[error("cannot read {path}: {err}")]
+    File { path: String, err: std::io::Error },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// Wall-clock time of the kernel record (from `/dev/kmsg`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix_ms: Option<u64>,
+    /// Bridge the packet came in on (`IN=`).
+    pub bridge: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_veth: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_veth: Option<String>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `TCP`, `UDP`, `ICMP`, `ICMPv6`, ...
+    pub proto: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// Container names, when the address belongs to a known container.
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Parses the `netguard-deny ...` part of one log line (any prefix before it is ignored).
+pub fn parse_line(line: &str) -> Option<Denial> {
+    let at = line.find(LOG_PREFIX)?;
+    let rest = &line[at + LOG_PREFIX.len()..];
+    let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+    for tok in rest.split_whitespace() {
+        if let Some((k, v)) = tok.split_once('=') {
+            kv.entry(k).or_insert(v);
+        }
+    }
+    let nonempty = |k: &str| kv.get(k).filter(|v| !v.is_empty()).map(|v| v.to_string());
+    Some(Denial {
+        unix_ms: None,
+        bridge: nonempty("IN").unwrap_or_default(),
+        in_veth: nonempty("PHYSIN"),
+        out_veth: nonempty("PHYSOUT"),
+        src: kv.get("SRC")?.parse().ok()?,
+        dst: kv.get("DST")?.parse().ok()?,
+        proto: nonempty("PROTO").unwrap_or_else(|| "?".into()),
+        dport: kv.get("DPT").and_then(|p| p.parse().ok()),
+        from: None,
+        to: None,
+    })
+}
+
+/// Fills in container names: by bridge and address, else by veth, else by address alone.
+pub fn resolve(d: &mut Denial, plan: &Plan) {
+    let find = |bridge: &str, veth: Option<&str>, addr: IpAddr| -> Option<String> {
+        let has = |e: &crate::plan::PlannedEndpoint| {
+            e.ipv4.map(IpAddr::V4) == Some(addr) || e.ipv6.map(IpAddr::V6) == Some(addr)
+        };
+        let by = |f: &dyn Fn(&crate::plan::PlannedEndpoint) -> bool| {
+            plan.containers
+                .iter()
+                .find(|c| c.endpoints.iter().any(f))
+                .map(|c| c.name.clone())
+        };
+        by(&|e| e.bridge == bridge && has(e))
+            .or_else(|| veth.and_then(|v| by(&|e| e.veth.as_deref() == Some(v))))
+            .or_else(|| by(&|e| has(e)))
+    };
+    d.from = find(&d.bridge, d.in_veth.as_deref(), d.src);
+    d.to = find(&d.bridge, d.out_veth.as_deref(), d.dst);
+}
+
+fn clock_ms(clock: libc::clockid_t) -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000)
+}
+
+/// Every netguard denial still in the kernel ring buffer, oldest first.
+pub fn read_kmsg(path: &str) -> Result<Vec<Denial>, LogError> {
+    let err = |e| LogError::Kmsg {
+        path: path.into(),
+        err: e,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(err)?;
+    let now_real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .ok();
+    let now_mono = clock_ms(libc::CLOCK_MONOTONIC);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16384];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // PRIO,SEQ,TS_USEC,FLAGS;MESSAGE
+                let Some((head, msg)) = rec.split_once(';') else {
+                    continue;
+                };
+                let msg = msg.lines().next().unwrap_or("");
+                if let Some(mut d) = parse_line(msg) {
+                    let ts_ms = head
+                        .split(',')
+                        .nth(2)
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .map(|us| us / 1000);
+                    if let (Some(r), Some(m), Some(t)) = (now_real, now_mono, ts_ms) {
+                        d.unix_ms = Some(r.saturating_sub(m.saturating_sub(t)));
+                    }
+                    out.push(d);
+                }
+            }
+            // A record overwritten while reading: go on with the next one.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// Denials in a saved log file (journalctl, dmesg, syslog format).
+pub fn read_file(path: &std::path::Path) -> Result<Vec<Denial>, LogError> {
+    let text = std::fs::read_to_string(path).map_err(|e| LogError::File {
+        path: path.display().to_string(),
+        err: e,
+    })?;
+    Ok(text.lines().filter_map(parse_line).collect())
+}
+
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
+    let mut out = String::new();
+    if !log_denied {
+        let _ = writeln!(
+            out,
+            "{} the policy has `log_denied = false`: denied connections are not logged",
+            style.yellow("note:")
+        );
+    }
+    if ds.is_empty() {
+        let _ = writeln!(out, "no denied connections in the kernel log");
+    }
+    for d in ds {
+        let who = |n: &Option<String>, a: &IpAddr| match n {
+            Some(n) => format!("{n} ({a})"),
+            None => format!("? ({a})"),
+        };
+        let what = match d.dport {
+            Some(p) => format!("{}/{}", p, d.proto.to_lowercase()),
+            None => d.proto.to_lowercase(),
+        };
+        let _ = writeln!(
+            out,
+            "{}  {} {} → {}  {}  on {}",
+            d.unix_ms.map(utc).unwrap_or_else(|| "-".into()),
+            style.red("denied"),
+            who(&d.from, &d.src),
+            who(&d.to, &d.dst),
+            what,
+            d.bridge
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_kernel_line() {
+        let l = "[12345.678] netguard-deny IN=br-front OUT=br-front PHYSIN=vweb1 PHYSOUT=vapi1 MAC=02:91:00:00:01:15:02:91:00:00:01:0b:08:00 SRC=10.91.1.11 DST=10.91.1.21 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=1 DF PROTO=TCP SPT=40000 DPT=7777 WINDOW=64240 RES=0x00 SYN URGP=0";
+        let d = parse_line(l).unwrap();
+        assert_eq!(d.bridge, "br-front");
+        assert_eq!(d.in_veth.as_deref(), Some("vweb1"));
+        assert_eq!(d.src.to_string(), "10.91.1.11");
+        assert_eq!(d.dport, Some(7777));
+        assert_eq!(d.proto, "TCP");
+        assert!(parse_line("something else").is_none());
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_764_365_000_000), "2025-11-28T21:23:20Z");
+    }
+}

@@ -1,0 +1,11 @@
+//! The operator's commands beyond apply: the human `diff`, `explain`, `graph`, `status`,
+//! `log`. Pure renderers over (policy, plan, live state) wherever possible, so the text and
+//! JSON outputs are snapshot-tested on fixed inventories.
+
+pub mod access;
+pub mod diff;
+pub mod explain;
+pub mod graph;
+pub mod klog;
+pub mod status;
+pub mod style;

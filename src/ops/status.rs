@@ -1,0 +1,354 @@
+//! `netguard status`: enforcement health first, then what is managed, then counters.
+
+use super::style::Style;
+use crate::bridge::NfCall;
+use crate::nft::LiveState;
+use crate::plan::Plan;
+use crate::plan::ruleset::Family;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+/// Where the daemon records its last reconcile (`NETGUARD_STATE` overrides).
+pub const STATE_FILE: &str = "/run/netguard/state.json";
+
+pub fn state_file() -> PathBuf {
+    std::env::var_os("NETGUARD_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(STATE_FILE))
+}
+
+/// What the daemon writes after each reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonState {
+    pub pid: u32,
+    pub last_reconcile_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The daemon's own view of its Docker connection, when it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonHealth {
+    pub state_file: String,
+    /// `None`: no state file (the daemon never ran here, or only `apply` is used).
+    pub state: Option<DaemonState>,
+    pub running: bool,
+    /// The state file exists but cannot be read or parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Reads the daemon's state file; a process with that pid named `netguard` means running.
+pub fn daemon_health(path: &Path) -> DaemonHealth {
+    let mut h = DaemonHealth {
+        state_file: path.display().to_string(),
+        state: None,
+        running: false,
+        error: None,
+    };
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => h.error = Some(e.to_string()),
+        Ok(text) => match serde_json::from_str::<DaemonState>(&text) {
+            Ok(s) => {
+                h.running = std::fs::read_to_string(format!("/proc/{}/comm", s.pid))
+                    .is_ok_and(|c| c.trim().starts_with("netguard"));
+                h.state = Some(s);
+            }
+            Err(e) => h.error = Some(format!("unreadable: {e}")),
+        },
+    }
+    h
+}
+
+/// `net.bridge.bridge-nf-call-iptables` / `-ip6tables` in this namespace; `None` when
+/// br_netfilter is not loaded (then no bridge is seen by the inet hook at all).
+pub fn global_bridge_nf() -> Option<(bool, bool)> {
+    let r = |p: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/bridge/{p}"))
+            .ok()
+            .map(|v| v.trim() == "1")
+    };
+    Some((
+        r("bridge-nf-call-iptables")?,
+        r("bridge-nf-call-ip6tables")?,
+    ))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BridgeHealth {
+    pub bridge: String,
+    /// `None`: the bridge does not exist on this host.
+    pub nf_call: Option<NfCall>,
+    /// The inet hook sees this bridge's traffic (flags on, or the global sysctls on).
+    pub seen: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceHealth {
+    /// `docker` or `inventory file`.
+    pub kind: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleCounter {
+    pub table: String,
+    pub chain: String,
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub inet_table: bool,
+    pub bridge_table: bool,
+    /// Live tables equal the plan (`diff` would be empty). `None` when no plan could be made.
+    pub current: Option<bool>,
+    pub global_bridge_nf: Option<(bool, bool)>,
+    pub bridges: Vec<BridgeHealth>,
+    pub source: SourceHealth,
+    pub daemon: DaemonHealth,
+}
+
+impl Health {
+    /// Enforced as planned: tables present and current, every existing managed bridge seen.
+    pub fn ok(&self) -> bool {
+        self.inet_table
+            && self.current == Some(true)
+            && self.source.reachable
+            && self.bridges.iter().all(|b| b.nf_call.is_none() || b.seen)
+    }
+}
+
+/// Counters of every counted rule in netguard's live tables.
+pub fn counters(live: &LiveState) -> Vec<RuleCounter> {
+    let mut out = Vec::new();
+    for (fam, t) in live {
+        let Some(t) = t else { continue };
+        for (chain, ch) in &t.chains {
+            for r in &ch.rules {
+                if let Some(packets) = r.packets {
+                    let comment = r.comment.as_deref().unwrap_or("");
+                    let comment = comment
+                        .rfind(" [ng:")
+                        .map(|i| &comment[..i])
+                        .unwrap_or(comment);
+                    out.push(RuleCounter {
+                        table: format!("{} netguard", fam.as_str()),
+                        chain: chain.clone(),
+                        rule: comment.to_string(),
+                        packets,
+                        bytes: r.bytes.unwrap_or(0),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn live_has(live: &LiveState, f: Family) -> bool {
+    live.get(&f).is_some_and(Option::is_some)
+}
+
+fn yes(style: Style, ok: bool, text: &str) -> String {
+    if ok {
+        style.green(text)
+    } else {
+        style.red(text)
+    }
+}
+
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s}s ago"),
+        120..=7199 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3600),
+    }
+}
+
+/// The text of `status`. `plan` is `None` when the containers could not be read.
+pub fn render(
+    health: &Health,
+    plan: Option<&Plan>,
+    counters: &[RuleCounter],
+    style: Style,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}",
+        style.bold("enforcement:"),
+        if health.ok() {
+            style.green("healthy")
+        } else {
+            style.red("DEGRADED")
+        }
+    );
+    let table = |present: bool| if present { "present" } else { "absent" };
+    let _ = writeln!(
+        out,
+        "  tables        inet netguard {}, bridge netguard {}",
+        yes(style, health.inet_table, table(health.inet_table)),
+        table(health.bridge_table)
+    );
+    let current = match health.current {
+        Some(true) => style.green("current (diff is empty)"),
+        Some(false) => style.red("out of date: run `netguard diff`"),
+        None => style.yellow("unknown (no plan)"),
+    };
+    let _ = writeln!(out, "  rules         {current}");
+    let global = match health.global_bridge_nf {
+        None => "br_netfilter not loaded".to_string(),
+        Some((a, b)) => format!(
+            "bridge-nf-call-iptables={} bridge-nf-call-ip6tables={}",
+            a as u8, b as u8
+        ),
+    };
+    let _ = writeln!(out, "  sysctls       {global}");
+    for b in &health.bridges {
+        let text = match b.nf_call {
+            None => style.yellow("does not exist"),
+            Some(f) => yes(
+                style,
+                b.seen,
+                &format!(
+                    "nf_call_iptables={} nf_call_ip6tables={}{}",
+                    f.iptables as u8,
+                    f.ip6tables as u8,
+                    if b.seen { "" } else { "  NOT FILTERED" }
+                ),
+            ),
+        };
+        let _ = writeln!(out, "  bridge        {:<16} {text}", b.bridge);
+    }
+    let src = match (&health.source.error, health.source.reachable) {
+        (Some(e), _) => style.red(&format!("unreachable: {e}")),
+        (None, true) => style.green("reachable"),
+        (None, false) => style.red("unreachable"),
+    };
+    let _ = writeln!(out, "  source        {}: {src}", health.source.kind);
+    let d = &health.daemon;
+    let daemon = match (&d.state, &d.error) {
+        (_, Some(e)) => style.red(&format!("state file {}: {e}", d.state_file)),
+        (None, None) => style.dim("not running (no state file)"),
+        (Some(s), None) => {
+            let last = s
+                .last_reconcile_unix_ms
+                .map(ago)
+                .unwrap_or_else(|| "never".into());
+            let run = if d.running {
+                style.green(&format!("running (pid {})", s.pid))
+            } else {
+                style.red(&format!("not running (pid {} gone)", s.pid))
+            };
+            let err = s
+                .last_error
+                .as_ref()
+                .map(|e| format!(", last error: {}", style.red(e)))
+                .unwrap_or_default();
+            let docker = match s.connected {
+                Some(true) => ", connected to Docker".to_string(),
+                Some(false) => format!(", {}", style.red("NOT connected to Docker")),
+                None => String::new(),
+            };
+            format!("{run}, last reconcile {last}{docker}{err}")
+        }
+    };
+    let _ = writeln!(out, "  daemon        {daemon}");
+
+    if let Some(plan) = plan {
+        let _ = writeln!(out, "\n{}", style.bold("networks:"));
+        for n in &plan.networks {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<8} bridge {:<16} {}",
+                n.name,
+                n.driver,
+                n.bridge.as_deref().unwrap_or("-"),
+                if n.managed { "managed" } else { "unmanaged" }
+            );
+        }
+        let _ = writeln!(out, "\n{}", style.bold("containers:"));
+        for c in &plan.containers {
+            let groups = if !c.managed {
+                "unmanaged".to_string()
+            } else if c.groups.is_empty() {
+                "(no group)".to_string()
+            } else {
+                c.groups.join(",")
+            };
+            let _ = writeln!(out, "  {:<24} {}", c.name, groups);
+            for e in &c.endpoints {
+                let addrs: Vec<String> = e
+                    .ipv4
+                    .map(|a| a.to_string())
+                    .into_iter()
+                    .chain(e.ipv6.map(|a| a.to_string()))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "      {} via {} veth {} {}{}",
+                    e.network,
+                    e.bridge,
+                    e.veth.as_deref().unwrap_or("?"),
+                    addrs.join(" "),
+                    e.reason
+                        .as_ref()
+                        .map(|r| style.red(&format!("  NOT ADMITTED: {r}")))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        if !plan.unisolable.is_empty() {
+            let _ = writeln!(out, "\n{}", style.bold("cannot be isolated:"));
+            for u in &plan.unisolable {
+                let _ = writeln!(out, "  {:<24} {}", u.name, u.reason);
+            }
+        }
+        for w in &plan.warnings {
+            let _ = writeln!(out, "{} {w}", style.yellow("warning:"));
+        }
+    }
+    // The per-group-pair deny counters are many; show those that counted something.
+    let shown: Vec<&RuleCounter> = counters
+        .iter()
+        .filter(|c| c.packets > 0 || !c.rule.starts_with(crate::plan::DENY_COUNTER_PREFIX))
+        .collect();
+    if !shown.is_empty() {
+        let _ = writeln!(out, "\n{}", style.bold("rule counters (packets, bytes):"));
+        for c in shown {
+            let _ = writeln!(
+                out,
+                "  {:>10} {:>12}  {} {}: {}",
+                c.packets, c.bytes, c.table, c.chain, c.rule
+            );
+        }
+    }
+    out
+}
+
+pub fn json(health: &Health, plan: Option<&Plan>, counters: &[RuleCounter]) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "healthy": health.ok(),
+        "health": health,
+        "in_sync": health.current,
+        "plan": plan,
+        "counters": counters,
+    })
+}

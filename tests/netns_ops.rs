@@ -1,0 +1,251 @@
+//! The operator commands against a real kernel, in the netns fixture: `diff` before the
+//! first rollout, in sync and with pending changes (which reads nft's own rewriting of the
+//! rules back); `status`; `log` showing a denied connection with container names.
+//!
+//! Needs root, `ip`, `nft`, `ping` (`sudo -E cargo test --test netns_ops`); prints SKIP
+//! without them, fails under `CI=true`.
+
+#[path = "../netns-fixtures/mod.rs"]
+mod netns;
+
+use netns::fixture::*;
+use serde_json::{Value, json};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+const POLICY: &str = r#"
+[settings]
+networks = ["front", "back"]
+log_denied = true
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.api]
+match = { name = "api-*" }
+
+[groups.db]
+match = { image = "postgres*" }
+
+[[allow]]
+from = "web"
+to = "api"
+ports = ["8080/tcp", "9000-9010/tcp"]
+
+[[allow]]
+within = "db"
+"#;
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn run(fx: &Fixture, policy: &Path, args: &[&str], want: i32) -> Output {
+    let out = fx.netguard(policy, &fx.inventory, args);
+    assert_eq!(out.status.code(), Some(want), "{args:?}\n{}", show(&out));
+    out
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", show(out)))
+}
+
+fn has_flow(list: &Value, from: &str, to: &str, services: Value) -> bool {
+    list.as_array().unwrap().iter().any(|f| {
+        f["from"] == from
+            && f["to"] == to
+            && f["services"] == services
+            && f["family"] == "ipv4+ipv6"
+    })
+}
+
+#[test]
+fn diff_first_rollout_in_sync_and_pending() {
+    if !prerequisites("diff_first_rollout_in_sync_and_pending") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+
+    // Before the first rollout: what is open today and will be cut.
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "diff"], 1));
+    assert_eq!(j["first_rollout"], true, "{j:#}");
+    assert_eq!(j["allowed"], json!([]));
+    assert!(
+        has_flow(&j["denied"], "web-1", "web-2", json!(["all"])),
+        "{j:#}"
+    );
+    assert!(
+        has_flow(
+            &j["denied"],
+            "web-1",
+            "api-1",
+            json!(["all except 8080/tcp, 9000-9010/tcp"])
+        ),
+        "{j:#}"
+    );
+    assert!(!has_flow(&j["denied"], "db-1", "db-2", json!(["all"])));
+    // The unmanaged network is not part of the plan's impact.
+    let denied = j["denied"].to_string();
+    assert!(!denied.contains("side-web"), "{denied}");
+    let text = String::from_utf8_lossy(&run(&fx, &policy, &["diff"], 1).stdout).into_owned();
+    assert!(text.starts_with("First rollout"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour when piped: {text}");
+
+    run(&fx, &policy, &["apply"], 0);
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "diff"], 0));
+    assert_eq!(j["in_sync"], true);
+    assert_eq!(j["first_rollout"], false);
+    let text = String::from_utf8_lossy(&run(&fx, &policy, &["diff"], 0).stdout).into_owned();
+    assert_eq!(text, "in sync: no changes\n");
+
+    // Healthy status right after apply.
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 0));
+    assert_eq!(j["healthy"], true, "{j:#}");
+
+    // A policy change, read against the live table (nft lists `tcp dport { 8080, 9000-9010 }`).
+    let changed = POLICY
+        .replace(
+            "\"8080/tcp\", \"9000-9010/tcp\"",
+            "\"8080/tcp\", \"9005-9020/tcp\", \"icmp\"",
+        )
+        .replace(
+            "within = \"db\"",
+            "from = \"db\"\nto = \"db\"\nports = [\"5432/tcp\"]",
+        );
+    let policy2 = fx.write_file("policy2.toml", &changed);
+    let j = json_of(&run(&fx, &policy2, &["--output", "json", "diff"], 1));
+    assert_eq!(j["first_rollout"], false);
+    for w in ["web-1", "web-2"] {
+        assert!(
+            has_flow(&j["allowed"], w, "api-1", json!(["9011-9020/tcp", "icmp"])),
+            "{j:#}"
+        );
+        assert!(
+            has_flow(&j["denied"], w, "api-1", json!(["9000-9004/tcp"])),
+            "{j:#}"
+        );
+    }
+    assert!(
+        has_flow(&j["denied"], "db-1", "db-2", json!(["all except 5432/tcp"])),
+        "{j:#}"
+    );
+    assert_eq!(j["groups"], json!([]));
+    // Nothing else moves.
+    assert_eq!(j["allowed"].as_array().unwrap().len(), 2, "{j:#}");
+    assert_eq!(j["denied"].as_array().unwrap().len(), 4, "{j:#}");
+    let j = json_of(&run(&fx, &policy2, &["--output", "json", "status"], 1));
+    assert_eq!(j["health"]["current"], false);
+}
+
+/// `net.netfilter.nf_log_all_netns` is host-global: the kernel only logs from other
+/// namespaces when it is 1. Set for the test, restored on drop (also on panic).
+struct NfLogAllNetns(Option<String>);
+
+impl NfLogAllNetns {
+    const PATH: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
+    fn enable() -> NfLogAllNetns {
+        let old = std::fs::read_to_string(Self::PATH).ok();
+        if old.as_deref().map(str::trim) != Some("1") {
+            std::fs::write(Self::PATH, "1").expect("set nf_log_all_netns");
+            NfLogAllNetns(old)
+        } else {
+            NfLogAllNetns(None)
+        }
+    }
+}
+
+impl Drop for NfLogAllNetns {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = std::fs::write(Self::PATH, v.trim());
+        }
+    }
+}
+
+#[test]
+fn denied_connection_shows_up_in_log() {
+    if !prerequisites("denied_connection_shows_up_in_log") {
+        return;
+    }
+    let _sysctl = NfLogAllNetns::enable();
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    run(&fx, &policy, &["apply"], 0);
+
+    // web-2 → api-1 on 7777: denied (only 8080 and 9000-9010 are allowed).
+    let dst = fx.container("api-1").ipv4;
+    let ns = fx.container("web-2").ns.clone();
+    let connected = in_netns(&ns, move || {
+        TcpStream::connect_timeout(
+            &SocketAddr::new(dst.into(), 7777),
+            Duration::from_millis(500),
+        )
+        .is_ok()
+    });
+    assert!(!connected, "web-2 → api-1:7777 must be denied");
+
+    let mut last = Value::Null;
+    for _ in 0..20 {
+        let j = json_of(&run(
+            &fx,
+            &policy,
+            &["--output", "json", "log", "-n", "100000"],
+            0,
+        ));
+        let hit = j["denials"].as_array().unwrap().iter().any(|d| {
+            d["from"] == "web-2"
+                && d["to"] == "api-1"
+                && d["dport"] == 7777
+                && d["src"] == dst_str(&fx, "web-2")
+        });
+        if hit {
+            let text = String::from_utf8_lossy(&run(&fx, &policy, &["log"], 0).stdout).into_owned();
+            assert!(text.contains("denied web-2 ("), "{text}");
+            // The per-group-pair deny counter (metrics) counted it too.
+            let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 0));
+            let counted: u64 = j["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["rule"] == "denied web -> api")
+                .map(|c| c["packets"].as_u64().unwrap())
+                .sum();
+            assert!(counted >= 1, "{:#}", j["counters"]);
+            // And the metrics read the same counter from the kernel on a scrape.
+            let text = in_netns(&fx.host_ns, || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let m = netguard::metrics::Metrics::with_kernel_counters();
+                rt.block_on(m.refresh());
+                m.render()
+            });
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.starts_with(
+                        "netguard_denied_packets_total{from_group=\"web\",to_group=\"api\"}",
+                    )
+                })
+                .unwrap_or_else(|| panic!("{text}"));
+            let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(n >= 1, "{text}");
+            return;
+        }
+        last = j;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("denied connection not in `netguard log`: {last:#}");
+}
+
+fn dst_str(fx: &Fixture, c: &str) -> String {
+    fx.container(c).ipv4.to_string()
+}

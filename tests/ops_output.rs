@@ -1,0 +1,427 @@
+//! The operator outputs (diff, explain, graph, status, log) as text and JSON on fixed
+//! inventories, snapshot-tested (insta). No kernel needed: live tables are built the way
+//! nft 1.0.6 lists them.
+
+use netguard::inventory::{Inventory, parse_inventory};
+use netguard::nft::live::parse_table;
+use netguard::nft::render::{rule_comment, statements};
+use netguard::nft::{LiveState, diff};
+use netguard::ops::style::Style;
+use netguard::ops::{diff as ndiff, explain, graph, klog, status};
+use netguard::plan::ruleset::{Elem, Family, Ruleset, SetKind, Table};
+use netguard::plan::{Plan, plan};
+use netguard::policy::{Policy, parse_policy};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const POLICY: &str = include_str!("../policy.example.toml");
+const INVENTORY: &str = include_str!("../docs/example-inventory.toml");
+
+fn policy(text: &str) -> Policy {
+    parse_policy(Path::new("policy.example.toml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn inventory(text: &str) -> Inventory {
+    let mut inv = parse_inventory(Path::new("inventory.toml"), text).unwrap();
+    inv.normalize();
+    inv
+}
+
+fn setup() -> (Policy, Inventory, Plan) {
+    let p = policy(POLICY);
+    let inv = inventory(INVENTORY);
+    let pl = plan(&p, &inv);
+    (p, inv, pl)
+}
+
+fn type_json(k: SetKind) -> Value {
+    match k {
+        SetKind::Ifname => json!("ifname"),
+        SetKind::IfnamePair => json!(["ifname", "ifname"]),
+        SetKind::IfnameV4 => json!(["ifname", "ipv4_addr"]),
+        SetKind::IfnameV6 => json!(["ifname", "ipv6_addr"]),
+        SetKind::V4 => json!("ipv4_addr"),
+        SetKind::V6 => json!("ipv6_addr"),
+    }
+}
+
+fn elem_json(e: &Elem) -> Value {
+    match e {
+        Elem::Ifname(i) => json!(i),
+        Elem::IfnamePair(a, b) => json!({ "concat": [a, b] }),
+        Elem::IfnameV4(i, a) => json!({ "concat": [i, a.to_string()] }),
+        Elem::IfnameV6(i, a) => json!({ "concat": [i, a.to_string()] }),
+        Elem::V4(a) => json!(a.to_string()),
+        Elem::V6(a) => json!(a.to_string()),
+    }
+}
+
+/// A listing of `t` with the rules' real statements (as netguard sends them; nft's own
+/// rewriting, e.g. `meta l4proto tcp th dport` → `tcp dport`, is covered by the netns tests).
+fn listing(t: &Table) -> String {
+    let fam = t.family.as_str();
+    let mut o = vec![json!({"table": {"family": fam, "name": "netguard", "handle": 1}})];
+    for s in &t.sets {
+        let mut set =
+            json!({"family": fam, "name": s.name, "table": "netguard", "type": type_json(s.kind)});
+        if !s.elements.is_empty() {
+            set["elem"] = Value::Array(s.elements.iter().map(elem_json).collect());
+        }
+        o.push(json!({ "set": set }));
+    }
+    for c in &t.chains {
+        let mut ch = json!({"family": fam, "table": "netguard", "name": c.name});
+        if let Some(b) = c.base {
+            ch["hook"] = serde_json::to_value(b.hook).unwrap();
+            ch["prio"] = json!(b.priority);
+        }
+        o.push(json!({ "chain": ch }));
+        for r in &c.rules {
+            let mut expr = serde_json::to_value(statements(r)).unwrap();
+            for st in expr.as_array_mut().unwrap() {
+                if st.get("counter").is_some() {
+                    *st = json!({"counter": {"packets": 7, "bytes": 420}});
+                }
+            }
+            o.push(
+                json!({"rule": {"family": fam, "table": "netguard", "chain": c.name,
+                "comment": rule_comment(r), "expr": expr}}),
+            );
+        }
+    }
+    serde_json::to_string(&json!({ "nftables": o })).unwrap()
+}
+
+fn live_of(rs: &Ruleset) -> LiveState {
+    [Family::Inet, Family::Bridge]
+        .into_iter()
+        .map(|f| (f, rs.table(f).map(|t| parse_table(&listing(t)).unwrap())))
+        .collect()
+}
+
+fn no_tables() -> LiveState {
+    [(Family::Inet, None), (Family::Bridge, None)]
+        .into_iter()
+        .collect()
+}
+
+fn diff_text(pl: &Plan, live: &LiveState) -> String {
+    let changes = diff(&pl.ruleset, live);
+    let impact = ndiff::impact(pl, live, &BTreeSet::new());
+    ndiff::render(
+        &impact,
+        &netguard::cli::render_changes(pl, &changes),
+        changes.is_empty(),
+        Style::plain(),
+    )
+}
+
+#[test]
+fn diff_first_rollout_shows_what_is_cut() {
+    let (_, _, pl) = setup();
+    let live = no_tables();
+    let text = diff_text(&pl, &live);
+    let head: String = text
+        .split("\nnftables objects:")
+        .next()
+        .unwrap()
+        .to_string();
+    insta::assert_snapshot!("diff_first_rollout_text", head);
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    assert!(impact.first_rollout);
+    // Every same-network pair is open today: what the policy allows is not "new".
+    assert!(impact.allowed.is_empty(), "{:?}", impact.allowed);
+    assert!(
+        impact
+            .denied
+            .iter()
+            .any(|f| f.from == "web-1" && f.to == "web-2" && f.services == ["all"])
+    );
+    assert!(
+        impact
+            .denied
+            .iter()
+            .any(|f| f.from == "web-1" && f.to == "api-1" && f.services == ["all except 8080/tcp"])
+    );
+    // The unmanaged network is untouched.
+    assert!(
+        !impact
+            .denied
+            .iter()
+            .any(|f| f.from == "legacy-app" || f.to == "legacy-app")
+    );
+}
+
+#[test]
+fn diff_in_sync() {
+    let (_, _, pl) = setup();
+    let live = live_of(&pl.ruleset);
+    assert_eq!(diff_text(&pl, &live), "in sync: no changes\n");
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    assert!(impact.allowed.is_empty() && impact.denied.is_empty() && impact.groups.is_empty());
+}
+
+#[test]
+fn diff_pending_changes_text_and_json() {
+    let (_, inv, before) = setup();
+    let live = live_of(&before.ruleset);
+    // Policy change: web may also reach api on 8081 and ping it; redis leaves `cache`
+    // (now redis:6), api may no longer reach the cache.
+    let new_policy = POLICY
+        .replace(
+            "ports = [\"8080/tcp\"]",
+            "ports = [\"8080-8081/tcp\", \"icmp\"]",
+        )
+        .replace("to = [\"db\", \"cache\"]", "to = \"db\"");
+    let p = policy(&new_policy);
+    let mut inv = inv.clone();
+    for c in &mut inv.containers {
+        if c.name == "redis" {
+            c.image = "redis:6".into();
+        }
+    }
+    let after = plan(&p, &inv);
+    let changes = diff(&after.ruleset, &live);
+    let impact = ndiff::impact(&after, &live, &BTreeSet::new());
+    let text = diff_text(&after, &live);
+    insta::assert_snapshot!("diff_pending_text", text);
+    insta::assert_json_snapshot!(
+        "diff_pending_json",
+        ndiff::json(&impact, &changes, &after.warnings)
+    );
+}
+
+#[test]
+fn diff_colour_only_when_asked() {
+    let (_, _, pl) = setup();
+    let live = no_tables();
+    let changes = diff(&pl.ruleset, &live);
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let coloured = ndiff::render(&impact, "", false, Style { color: true });
+    assert!(coloured.contains("\x1b[31m-\x1b[0m"));
+    let plain = ndiff::render(&impact, "", changes.is_empty(), Style::plain());
+    assert!(!plain.contains('\x1b'));
+}
+
+fn explain_text(from: &str, to: &str, port: Option<&str>) -> (String, Value) {
+    let (p, inv, pl) = setup();
+    let x = explain::explain(&p, &pl, &inv, from, to, port).unwrap();
+    (explain::render(&x, Style::plain()), explain::json(&x))
+}
+
+#[test]
+fn explain_near_miss_port() {
+    let (text, json) = explain_text("web-1", "api-1", Some("8081/tcp"));
+    insta::assert_snapshot!("explain_port_miss_text", text);
+    insta::assert_json_snapshot!("explain_port_miss_json", json);
+    assert_eq!(json["allowed"], false);
+}
+
+#[test]
+fn explain_wrong_direction() {
+    let (text, json) = explain_text("api-1", "web-1", Some("8080/tcp"));
+    assert!(
+        text.contains("hint: api-1→web-1 is denied but web-1→api-1 is allowed on 8080/tcp"),
+        "{text}"
+    );
+    assert_eq!(json["allowed"], false);
+}
+
+#[test]
+fn explain_allowed_and_unmanaged_and_no_port() {
+    let (text, json) = explain_text("prometheus", "mailer", Some("9100/tcp"));
+    assert_eq!(json["allowed"], true);
+    assert_eq!(json["decided_by"], json!(["policy.example.toml:91"]));
+    assert!(
+        text.starts_with("prometheus → mailer 9100/tcp: ALLOWED\n"),
+        "{text}"
+    );
+    let (text, json) = explain_text("shop_api_2", "api-1", None);
+    assert_eq!(json["allowed"], true);
+    assert_eq!(json["services"], json!(["7000-7010/udp", "icmp"]));
+    insta::assert_snapshot!("explain_no_port_text", text);
+    // No common network.
+    let (_, json) = explain_text("web-1", "pg-primary", None);
+    assert_eq!(json["allowed"], false);
+}
+
+#[test]
+fn explain_bad_input() {
+    let (p, inv, pl) = setup();
+    let e = explain::explain(&p, &pl, &inv, "wbe-1", "api-1", None).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no container \"wbe-1\" (did you mean web-1, web-2?)"
+    );
+    let e = explain::explain(&p, &pl, &inv, "web-1", "api-1", Some("80-90/tcp")).unwrap_err();
+    assert!(e.to_string().contains("port range"), "{e}");
+    let e = explain::explain(&p, &pl, &inv, "web-1", "api-1", Some("http")).unwrap_err();
+    assert!(e.to_string().starts_with("bad PORT/PROTO \"http\""), "{e}");
+    // tcp/8080 is accepted as well as 8080/tcp.
+    let x = explain::explain(&p, &pl, &inv, "web-1", "api-1", Some("tcp/8080")).unwrap();
+    assert!(x.allowed);
+}
+
+#[test]
+fn graph_dot() {
+    let (_, _, pl) = setup();
+    insta::assert_snapshot!("graph_example_dot", graph::dot(&pl));
+}
+
+/// docs/example-graph.dot is the DOT the README's picture was rendered from.
+#[test]
+fn graph_example_in_docs_is_current() {
+    let (_, _, pl) = setup();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/example-graph.dot");
+    let dot = graph::dot(&pl);
+    if std::env::var("NETGUARD_REGEN_DOCS").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &dot).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        on_disk, dot,
+        "docs/example-graph.dot is stale: rerun with NETGUARD_REGEN_DOCS=1 (and re-render the SVG)"
+    );
+}
+
+#[test]
+fn status_text_and_json() {
+    let (_, _, pl) = setup();
+    let live = live_of(&pl.ruleset);
+    let health = status::Health {
+        inet_table: true,
+        bridge_table: true,
+        current: Some(true),
+        global_bridge_nf: Some((false, false)),
+        bridges: vec![
+            status::BridgeHealth {
+                bridge: "br-back".into(),
+                nf_call: Some(netguard::bridge::NfCall {
+                    iptables: true,
+                    ip6tables: true,
+                }),
+                seen: true,
+            },
+            status::BridgeHealth {
+                bridge: "br-front".into(),
+                nf_call: Some(netguard::bridge::NfCall {
+                    iptables: false,
+                    ip6tables: false,
+                }),
+                seen: false,
+            },
+        ],
+        source: status::SourceHealth {
+            kind: "inventory file".into(),
+            reachable: true,
+            error: None,
+        },
+        daemon: status::DaemonHealth {
+            state_file: "/run/netguard/state.json".into(),
+            state: None,
+            running: false,
+            error: None,
+        },
+    };
+    assert!(!health.ok(), "br-front is not filtered");
+    let counters: Vec<_> = status::counters(&live)
+        .into_iter()
+        .filter(|c| {
+            c.chain == "isolate"
+                && (!c.rule.starts_with("denied ") || c.rule == "denied web -> api")
+        })
+        .collect();
+    insta::assert_snapshot!(
+        "status_text",
+        status::render(&health, Some(&pl), &counters, Style::plain())
+    );
+    let j = status::json(&health, None, &counters[..2]);
+    insta::assert_json_snapshot!("status_json_health", j);
+}
+
+#[test]
+fn daemon_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    let h = status::daemon_health(&path);
+    assert!(h.state.is_none() && !h.running && h.error.is_none());
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"pid": {}, "last_reconcile_unix_ms": 1764365000000, "last_error": null}}"#,
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let h = status::daemon_health(&path);
+    assert_eq!(h.state.as_ref().unwrap().pid, std::process::id());
+    // This test process is not called netguard: not the daemon.
+    assert!(!h.running);
+    std::fs::write(&path, "{").unwrap();
+    assert!(status::daemon_health(&path).error.is_some());
+}
+
+#[test]
+fn log_lines_resolved_to_containers() {
+    let (_, _, pl) = setup();
+    let text = "\
+Nov 28 21:50:01 host kernel: [ 812.1] netguard-deny IN=br-front OUT=br-front PHYSIN=veth-web1 PHYSOUT=veth-web2 MAC=aa SRC=10.10.0.11 DST=10.10.0.12 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=1 DF PROTO=TCP SPT=40000 DPT=22 WINDOW=64240 RES=0x00 SYN URGP=0
+Nov 28 21:50:02 host kernel: unrelated line
+Nov 28 21:50:03 host kernel: [ 813.0] netguard-deny IN=br-back OUT=br-back PHYSIN=veth-mail PHYSOUT=veth-pg1 MAC=aa SRC=fd20::60 DST=fd20::31 LEN=80 TC=0 HOPLIMIT=64 FLOWLBL=1 PROTO=ICMPv6 TYPE=128 CODE=0 ID=1 SEQ=1
+Nov 28 21:50:04 host kernel: [ 814.0] netguard-deny IN=br-back OUT=br-back SRC=10.20.0.200 DST=10.20.0.31 LEN=60 PROTO=UDP SPT=1 DPT=53 LEN=40
+";
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("kern.log");
+    std::fs::write(&f, text).unwrap();
+    let mut ds = klog::read_file(&f).unwrap();
+    for d in &mut ds {
+        klog::resolve(d, &pl);
+    }
+    insta::assert_snapshot!("log_text", klog::render(&ds, true, Style::plain()));
+}
+
+#[test]
+fn diff_single_family_pairs_are_not_flagged_as_partial() {
+    let p = policy("[groups.web]\nmatch = { name = \"web*\" }\n");
+    let inv = inventory(
+        r#"
+[[container]]
+name = "web-1"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v1"
+ipv4 = "10.0.0.1"
+ipv6 = "fd00::1"
+
+[[container]]
+name = "api-1"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v2"
+ipv4 = "10.0.0.2"
+
+[[container]]
+name = "web-2"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v3"
+ipv4 = "10.0.0.3"
+ipv6 = "fd00::3"
+"#,
+    );
+    let pl = plan(&p, &inv);
+    let text = diff_text(&pl, &no_tables());
+    assert!(text.contains("  - web-1 → api-1  all\n"), "{text}");
+    assert!(text.contains("  - web-1 → web-2  all\n"), "{text}");
+    let impact = ndiff::impact(&pl, &no_tables(), &BTreeSet::new());
+    let f = impact
+        .denied
+        .iter()
+        .find(|f| f.from == "web-1" && f.to == "api-1")
+        .unwrap();
+    assert_eq!(f.family, "ipv4");
+}
