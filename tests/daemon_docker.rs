@@ -866,7 +866,21 @@ fn churn_of_200_containers_settles_in_sync() {
     let events = recorder.count(&env.scene.prefix, &env.net);
     d.stop();
     let st = d.state().unwrap();
-    let (applied, reconciled) = transactions(&d.log_text());
+    let log = d.log_text();
+    let (applied, reconciled) = transactions(&log);
+    let noisy: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    eprintln!(
+        "churn: {} warnings/errors in the daemon log{}",
+        noisy.len(),
+        noisy
+            .iter()
+            .take(10)
+            .map(|l| format!("\n  {l}"))
+            .collect::<String>()
+    );
     eprintln!(
         "churn: {events} Docker events of the test; \
          the daemon handled {} container refreshes and made {applied} element transactions + {reconciled} full reconciles",

@@ -193,7 +193,18 @@ impl Drop for Scene {
             let _ = docker(&a);
         }
         for n in &self.networks {
-            let _ = docker(&["network", "rm", n]);
+            // Right after many removals Docker may still report active endpoints.
+            let mut last = Ok(String::new());
+            for _ in 0..20 {
+                last = docker(&["network", "rm", n]);
+                if last.is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            if let Err(e) = last {
+                eprintln!("cleanup: {e}");
+            }
         }
         for i in &self.images {
             let _ = docker(&["rmi", i]);
