@@ -289,6 +289,26 @@ fn daemon_follows_docker_events() {
     docker_ok(&["rm", "-f", &a]);
     let took = wait_set("g_app_4", &ip_a, false, &d);
     eprintln!("rm -f: out of the set after {took:?}");
+
+    // A managed network created while the daemon runs: its containers are admitted.
+    let net3 = env.scene.network("net3", &[]);
+    let on3 = |env: &mut Env, short: &str, role: Option<&str>| {
+        let mut args = vec!["--network".to_string(), net3.clone()];
+        if let Some(r) = role {
+            args.extend(["--label".to_string(), format!("ngd.role={r}")]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        env.scene.run(short, &args, IMAGE, &LISTEN)
+    };
+    let p = on3(&mut env, "p", Some("app"));
+    let q = on3(&mut env, "q", Some("app"));
+    let z = on3(&mut env, "z", None);
+    listening(&p);
+    listening(&z);
+    let took = reaches(&q, &ip_on(&p, &net3), &d);
+    eprintln!("new network: its app containers reach each other after {took:?}");
+    blocked(&z, &ip_on(&p, &net3), &d);
+
     let (code, out) = netguard(&["-c", env.policy.to_str().unwrap(), "diff"]);
     if code != 0 {
         d.fail(&format!("diff after the events: exit {code}\n{out}"));
@@ -364,6 +384,24 @@ fn fail_closed_while_stopped_then_converges() {
         "control: a's own echo request to b left no conntrack entry"
     );
 
+    // A managed network created while the daemon is down is default-deny (br-* pattern).
+    let net2 = env.scene.network("net2", &[]);
+    let x = env.scene.run(
+        "x",
+        &["--network", &net2, "--label", "ngd.role=app"],
+        IMAGE,
+        &LISTEN,
+    );
+    let y = env.scene.run(
+        "y",
+        &["--network", &net2, "--label", "ngd.role=app"],
+        IMAGE,
+        &LISTEN,
+    );
+    listening(&x);
+    let ip_x = ip_on(&x, &net2);
+    blocked(&y, &ip_x, &d);
+
     // b's address taken over by a new container: it inherits nothing, either way.
     docker_ok(&["rm", "-f", &b]);
     let b2 = env.run("b2", Some("app"), &["--ip", &ip_b]);
@@ -379,6 +417,7 @@ fn fail_closed_while_stopped_then_converges() {
     reaches(&a, &ip_n, &d2);
     reaches(&b2, &ip_a, &d2);
     reaches(&a, &ip_b, &d2);
+    reaches(&y, &ip_x, &d2);
     let (code, out) = netguard(&["-c", env.policy.to_str().unwrap(), "diff"]);
     if code != 0 {
         d2.fail(&format!("diff after convergence: exit {code}\n{out}"));
