@@ -510,3 +510,44 @@ fn burst_of_inventory_changes_converges() {
         ));
     }
 }
+
+#[test]
+fn inventory_change_without_sighup_is_picked_up_by_resync() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("inventory_change_without_sighup_is_picked_up_by_resync") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let mut s = spec(&fx, &policy);
+    s.resync_secs = 1;
+    let mut d = Daemon::start(&s);
+    let (web1, api1) = (fx.container("web-1"), fx.container("api-1"));
+    let _echo = EchoServer::start(api1);
+    let conn = Conn::open(web1, SocketAddr::new(api1.addr(false), ECHO));
+    conn.wait_working(5);
+    let n = d.state_u64("reconciles");
+    let without: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "web-1")
+        .cloned()
+        .collect();
+    write_atomic(&fx.inventory, &inventory_toml(&without));
+    let t = Instant::now();
+    d.wait_reconciles_above(n, Duration::from_secs(4));
+    eprintln!(
+        "inventory change picked up by the resync after {:?}",
+        t.elapsed()
+    );
+    let applied = Instant::now();
+    assert_cut(
+        &conn,
+        applied,
+        Duration::from_secs(1),
+        &d,
+        "web-1 -> api-1:7100 after web-1 left (resync)",
+    );
+    assert!(!probe(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+    assert!(probe(&fx, "web-2", "api-1", Kind::Tcp(8080)));
+}
