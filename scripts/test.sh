@@ -20,4 +20,4 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "== tests (unit, kernel in network namespaces, real dockerd)"
-cargo test --locked --all-targets 2>&1 | tee /tmp/netguard-test.log
+cargo test --locked --all-targets --no-fail-fast 2>&1 | tee /tmp/netguard-test.log

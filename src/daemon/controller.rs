@@ -308,6 +308,24 @@ pub fn merge(acc: &mut Delta, next: Delta) {
     acc.regrouped.extend(next.regrouped);
 }
 
+/// Admitted addresses and the (bridge, veth) that holds each.
+fn admitted_addresses(plan: &Plan) -> BTreeMap<IpAddr, (String, Option<String>)> {
+    let mut out = BTreeMap::new();
+    for c in &plan.containers {
+        for e in c.endpoints.iter().filter(|e| e.admitted) {
+            for a in e
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(e.ipv6.map(IpAddr::V6))
+            {
+                out.insert(a, (e.bridge.clone(), e.veth.clone()));
+            }
+        }
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
@@ -394,6 +412,10 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 return Err(());
             }
         };
+        // Who held each admitted address before: a full sync can drop containers too
+        // (reload, resync after missed events, reconnect, inventory file), and their open
+        // connections must be cut like on a per-event removal.
+        let before = admitted_addresses(&self.engine.plan());
         self.engine.reset(inv);
         let plan = self.engine.plan();
         for w in &plan.warnings {
@@ -412,6 +434,19 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     took_ms = t0.elapsed().as_secs_f64() * 1e3,
                     "reconciled"
                 );
+                let after = admitted_addresses(&plan);
+                let left: BTreeSet<IpAddr> = before
+                    .iter()
+                    .filter(|(a, owner)| after.get(*a) != Some(*owner))
+                    .map(|(a, _)| *a)
+                    .collect();
+                if !left.is_empty() {
+                    tracing::info!(
+                        addresses = left.len(),
+                        "cutting connections of addresses that left or changed hands"
+                    );
+                    self.enforcer.cut(&left);
+                }
                 self.enforcer.rejudge(&plan, None);
                 self.observer.reconciled(t0.elapsed(), true);
                 self.observer.containers(self.engine.container_count());
@@ -458,7 +493,14 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         full = true;
                         continue;
                     }
-                    Ok(ContainerState::Running(c)) => self.engine.upsert(c),
+                    Ok(ContainerState::Running(c)) => {
+                        tracing::debug!(
+                            container = %c.name,
+                            endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
+                            "refreshed"
+                        );
+                        self.engine.upsert(c)
+                    }
                     Ok(ContainerState::Unisolable(u)) => {
                         tracing::warn!(container = %u.name, "cannot be isolated: {}", u.reason);
                         self.engine.set_unisolable(u)
@@ -498,6 +540,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         self.state.containers = self.engine.container_count();
         self.observer.containers(self.engine.container_count());
+        // After the rules are live: `netguard status` reads containers and counters here.
+        self.write_state();
     }
 
     /// SIGHUP: a valid policy replaces the running one atomically; an invalid one is

@@ -372,24 +372,10 @@ fn prune(m: &mut BTreeMap<Family, BTreeMap<String, Vec<Elem>>>) {
 mod tests {
     use super::*;
     use crate::inventory::Endpoint;
-    use crate::plan::ruleset::Ruleset;
     use crate::policy::parse_policy;
     use std::path::Path;
 
     type Kernel = BTreeSet<Key>;
-
-    fn kernel_of(r: &Ruleset) -> Kernel {
-        r.tables
-            .iter()
-            .flat_map(|t| {
-                t.sets.iter().flat_map(move |s| {
-                    s.elements
-                        .iter()
-                        .map(move |e| (t.family, s.name.clone(), e.clone()))
-                })
-            })
-            .collect()
-    }
 
     fn apply(k: &mut Kernel, d: &Delta) {
         for (f, sets) in &d.delete {
@@ -476,7 +462,7 @@ mod tests {
         for anti_spoofing in [true, false] {
             let mut r = Rng(0x9e3779b97f4a7c15);
             let mut engine = Engine::new(policy(anti_spoofing), Inventory::default());
-            let mut kernel = kernel_of(&engine.plan().ruleset);
+            let mut kernel = engine.plan().ruleset.elements();
             for step in 0..3000 {
                 let id = r.next(8);
                 let delta = match r.next(5) {
@@ -492,7 +478,7 @@ mod tests {
                     }
                 };
                 apply(&mut kernel, &delta);
-                let want = kernel_of(&engine.plan().ruleset);
+                let want = engine.plan().ruleset.elements();
                 // `bridges` and `unmanaged` are structure (networks), not container state.
                 let strip = |k: &Kernel| -> Kernel {
                     k.iter()

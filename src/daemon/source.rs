@@ -74,6 +74,10 @@ impl Docker {
     }
 }
 
+/// After a network connect, the container is refreshed again after these delays
+/// (milliseconds since the previous one).
+const FOLLOW_UP_MS: [u64; 3] = [100, 400, 1500];
+
 /// Maps one Docker event to what must be looked at again.
 pub fn change_of(ev: &EventMessage) -> Option<Change> {
     let action = ev.action.as_deref().unwrap_or_default();
@@ -123,9 +127,28 @@ impl Source for Docker {
             while let Some(ev) = events.next().await {
                 match ev {
                     Ok(ev) => {
-                        if let Some(c) = change_of(&ev)
-                            && tx.send(c).await.is_err()
+                        let Some(c) = change_of(&ev) else { continue };
+                        // Docker emits network connect before its container
+                        // listing shows the change (a running container connected to a
+                        // network is listed without the new endpoint at that moment, and no
+                        // later event follows): look again a little later.
+                        if let (
+                            Some(EventMessageTypeEnum::NETWORK),
+                            Some("connect"),
+                            Change::Container(id),
+                        ) = (ev.typ, ev.action.as_deref(), &c)
                         {
+                            let (tx2, id) = (tx.clone(), id.clone());
+                            tokio::spawn(async move {
+                                for ms in FOLLOW_UP_MS {
+                                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                                    if tx2.send(Change::Container(id.clone())).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            });
+                        }
+                        if tx.send(c).await.is_err() {
                             return;
                         }
                     }

@@ -21,19 +21,6 @@ use tokio::sync::mpsc;
 
 type Kernel = BTreeSet<(Family, String, Elem)>;
 
-fn elements(r: &Ruleset) -> Kernel {
-    r.tables
-        .iter()
-        .flat_map(|t| {
-            t.sets.iter().flat_map(move |s| {
-                s.elements
-                    .iter()
-                    .map(move |e| (t.family, s.name.clone(), e.clone()))
-            })
-        })
-        .collect()
-}
-
 #[derive(Default)]
 struct World {
     containers: Vec<Container>,
@@ -129,7 +116,7 @@ impl Enforcer for FakeKernel {
     fn reconcile(&mut self, desired: &Ruleset) -> Result<Changes, EnforceError> {
         let mut c = self.0.borrow_mut();
         c.reconciles += 1;
-        c.kernel = Some(elements(desired));
+        c.kernel = Some(desired.elements());
         Ok(Changes::default())
     }
     fn apply(&mut self, delta: &Delta) -> Result<(), EnforceError> {
@@ -240,7 +227,9 @@ impl Rig {
             ..Default::default()
         };
         inv.normalize();
-        let want = elements(&crate::plan::plan(self.ctl.engine.policy(), &inv).ruleset);
+        let want = crate::plan::plan(self.ctl.engine.policy(), &inv)
+            .ruleset
+            .elements();
         let have = self.calls.borrow().kernel.clone().unwrap_or_default();
         let strip = |k: &Kernel| -> Kernel {
             k.iter()

@@ -35,6 +35,20 @@ impl Ruleset {
     pub fn table(&self, family: Family) -> Option<&Table> {
         self.tables.iter().find(|t| t.family == family)
     }
+
+    /// Every set element, as (table, set, element): what the kernel must hold.
+    pub fn elements(&self) -> BTreeSet<(Family, String, Elem)> {
+        self.tables
+            .iter()
+            .flat_map(|t| {
+                t.sets.iter().flat_map(move |s| {
+                    s.elements
+                        .iter()
+                        .map(move |e| (t.family, s.name.clone(), e.clone()))
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -111,6 +111,23 @@ impl Scene {
         scene
     }
 
+    /// Like `new`, with a prefix of the caller's choosing (e.g. `ngd-<pid>-<tag>-`).
+    pub fn with_prefix(prefix: &str) -> Scene {
+        let scene = Scene {
+            prefix: prefix.to_string(),
+            containers: Vec::new(),
+            networks: Vec::new(),
+            images: Vec::new(),
+        };
+        scene.sweep();
+        scene
+    }
+
+    /// Registers a container created elsewhere (e.g. in parallel) for removal on drop.
+    pub fn adopt(&mut self, name: &str) {
+        self.containers.push(name.to_string());
+    }
+
     pub fn name(&self, short: &str) -> String {
         format!("{}{short}", self.prefix)
     }
@@ -176,7 +193,23 @@ impl Drop for Scene {
             let _ = docker(&a);
         }
         for n in &self.networks {
-            let _ = docker(&["network", "rm", n]);
+            // Right after many removals Docker may still report active endpoints.
+            // (after 200 removals it took Docker 20.10 more than 5 s here)
+            let t = std::time::Instant::now();
+            let mut last = Ok(String::new());
+            for i in 0..60 {
+                last = docker(&["network", "rm", n]);
+                if last.is_ok() {
+                    if i > 0 {
+                        eprintln!("cleanup: network {n} removed after {:?}", t.elapsed());
+                    }
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+            if let Err(e) = last {
+                eprintln!("cleanup: {e}");
+            }
         }
         for i in &self.images {
             let _ = docker(&["rmi", i]);

@@ -1,0 +1,553 @@
+//! The daemon (`netguard run --inventory FILE`) in a network-namespace fixture, checked with
+//! real packets: revocation of open TCP connections on reload, a container removed from the
+//! inventory (its connections cut, its address reaching no one), a burst of inventory changes.
+//!
+//! Needs root, `ip`, `nft`, `ping` and `conntrack` (the daemon cuts connections with it):
+//! `sudo -E cargo test --test daemon_netns`. Missing prerequisites SKIP, or fail under CI=true.
+//! Every fixture has its own namespaces; the tests still run one at a time (2-core machines,
+//! timing assertions).
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "../netns-fixtures/mod.rs"]
+mod netns;
+
+use daemon::{Daemon, Spec, poll};
+use netns::fixture::*;
+use netns::probe::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Port of the test's own echo server (the fixture's TCP servers close at once).
+const ECHO: u16 = 7100;
+
+/// Topology (`Topology::standard`): front: web-1, web-2 (role=web), api-1, lonely;
+/// back: api-2, db-1, db-2 (postgres*), mon-1; side (unmanaged): side-web, api-side.
+const POLICY: &str = r#"
+[settings]
+networks = ["front", "back"]
+
+[groups.web]
+match = { label = { role = "web" } }
+[groups.api]
+match = { name = "api-*" }
+[groups.db]
+match = { image = "postgres*" }
+
+[[allow]]
+from = "web"
+to = "api"
+ports = ["7100/tcp", "8080/tcp", "icmp"]
+
+[[allow]]
+from = "api"
+to = "web"
+ports = ["9005/tcp"]
+
+[[allow]]
+within = "db"
+"#;
+
+/// POLICY without 7100/tcp for web -> api.
+const POLICY_REVOKED: &str = r#"
+[settings]
+networks = ["front", "back"]
+
+[groups.web]
+match = { label = { role = "web" } }
+[groups.api]
+match = { name = "api-*" }
+[groups.db]
+match = { image = "postgres*" }
+
+[[allow]]
+from = "web"
+to = "api"
+ports = ["8080/tcp", "icmp"]
+
+[[allow]]
+from = "api"
+to = "web"
+ports = ["9005/tcp"]
+
+[[allow]]
+within = "db"
+"#;
+
+fn expected_full() -> Expected {
+    Expected::from_rows(&[
+        ("web-1", "api-1", "tcp/8080 icmp"),
+        ("web-2", "api-1", "tcp/8080 icmp"),
+        ("api-1", "web-1", "tcp/9005"),
+        ("api-1", "web-2", "tcp/9005"),
+        ("db-1", "db-2", "all"),
+        ("db-2", "db-1", "all"),
+        ("side-web", "api-side", "all"),
+        ("api-side", "side-web", "all"),
+    ])
+}
+
+fn prereqs(test: &str) -> bool {
+    if !prerequisites(test) {
+        return false;
+    }
+    let ok = std::process::Command::new("conntrack")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = format!("{test}: needs `conntrack` (conntrack-tools)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg} (CI=true: privileged tests must not skip)");
+        }
+        eprintln!("\n**************** SKIP {msg} ****************\n");
+        return false;
+    }
+    true
+}
+
+/// Writes atomically (a reader never sees half a file).
+fn write_atomic(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// An echo server on ECHO inside a container's namespace; stops on drop.
+struct EchoServer {
+    stop: Arc<AtomicBool>,
+}
+
+impl EchoServer {
+    fn start(c: &Container) -> EchoServer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = in_netns(&c.ns, || {
+            TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, ECHO)).expect("bind echo")
+        });
+        listener.set_nonblocking(true).unwrap();
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let s2 = s.clone();
+                        std::thread::spawn(move || {
+                            stream.set_nonblocking(false).unwrap();
+                            stream
+                                .set_read_timeout(Some(Duration::from_millis(100)))
+                                .unwrap();
+                            let mut buf = [0u8; 256];
+                            while !s2.load(Ordering::Relaxed) {
+                                match stream.read(&mut buf) {
+                                    Ok(0) => return,
+                                    Ok(n) => {
+                                        if stream.write_all(&buf[..n]).is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Err(e)
+                                        if e.kind() == std::io::ErrorKind::WouldBlock
+                                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                    Err(_) => return,
+                                }
+                            }
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        EchoServer { stop }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One long-lived TCP connection from a container to an echo server: a request every 20 ms
+/// on the same connection, each answer recorded.
+struct Conn {
+    stop: Arc<AtomicBool>,
+    oks: Arc<AtomicUsize>,
+    last_ok: Arc<Mutex<Option<Instant>>>,
+    handle: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Conn {
+    fn open(from: &Container, dst: SocketAddr) -> Conn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let oks = Arc::new(AtomicUsize::new(0));
+        let last_ok = Arc::new(Mutex::new(None));
+        let (s, o, l) = (stop.clone(), oks.clone(), last_ok.clone());
+        let ns = from.ns.clone();
+        let handle = std::thread::spawn(move || {
+            enter_netns(&ns).unwrap();
+            let mut stream = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
+                Ok(st) => st,
+                Err(e) => return format!("connect failed: {e}"),
+            };
+            stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            stream
+                .set_write_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut seq = 0u64;
+            let mut end = String::from("stopped");
+            while !s.load(Ordering::Relaxed) {
+                let msg = format!("m{seq};");
+                seq += 1;
+                if let Err(e) = stream.write_all(msg.as_bytes()) {
+                    end = format!("write failed after {seq} requests: {e}");
+                    break;
+                }
+                let mut got = Vec::new();
+                let deadline = Instant::now() + Duration::from_millis(200);
+                let mut buf = [0u8; 256];
+                while !got.ends_with(msg.as_bytes()) && Instant::now() < deadline {
+                    match stream.read(&mut buf) {
+                        Ok(0) => {
+                            end = "closed by peer".into();
+                            break;
+                        }
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                        Err(_) => break,
+                    }
+                }
+                if got.ends_with(msg.as_bytes()) {
+                    o.fetch_add(1, Ordering::Relaxed);
+                    *l.lock().unwrap() = Some(Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            end
+        });
+        Conn {
+            stop,
+            oks,
+            last_ok,
+            handle: Some(handle),
+        }
+    }
+
+    fn oks(&self) -> usize {
+        self.oks.load(Ordering::Relaxed)
+    }
+
+    fn last_ok(&self) -> Option<Instant> {
+        *self.last_ok.lock().unwrap()
+    }
+
+    /// Waits until at least `n` answers came back (the connection works).
+    #[track_caller]
+    fn wait_working(&self, n: usize) {
+        if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            self.oks() >= n
+        })
+        .is_none()
+        {
+            panic!("the connection never carried data ({} answers)", self.oks());
+        }
+    }
+
+    fn close(mut self) -> String {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Asserts that the connection stopped carrying data within `within` of `since`, and that
+/// nothing arrives for another second.
+#[track_caller]
+fn assert_cut(conn: &Conn, since: Instant, within: Duration, d: &Daemon, what: &str) {
+    std::thread::sleep(within.saturating_sub(since.elapsed()));
+    let n = conn.oks();
+    std::thread::sleep(Duration::from_secs(1));
+    let last = conn.last_ok();
+    let after = last.map(|l| l.saturating_duration_since(since));
+    eprintln!(
+        "{what}: {n} answers before the cut, last one {after:?} after the reload was applied"
+    );
+    if conn.oks() != n || after.is_some_and(|a| a > within) {
+        d.fail(&format!(
+            "{what}: the open connection still carries data: {} answers, {} of them more than \
+             {within:?} after the reload (last {after:?} after it)",
+            conn.oks(),
+            conn.oks() - n
+        ));
+    }
+}
+
+fn spec(fx: &Fixture, policy: &std::path::Path) -> Spec {
+    let mut s = Spec::new(policy, fx.dir.path());
+    s.netns = Some(fx.host_ns.clone());
+    s.inventory = Some(fx.inventory.clone());
+    s
+}
+
+fn probe(fx: &Fixture, from: &str, to: &str, kind: Kind) -> bool {
+    run_probes(
+        fx,
+        &[Probe {
+            from: from.into(),
+            to: to.into(),
+            kind,
+            family: Family::V4,
+        }],
+        ProbeOpts::default(),
+    )[0]
+}
+
+#[test]
+fn reload_revoking_a_pair_cuts_its_open_tcp_connection() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("reload_revoking_a_pair_cuts_its_open_tcp_connection") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let mut d = Daemon::start(&spec(&fx, &policy));
+    let (web1, web2, api1) = (
+        fx.container("web-1"),
+        fx.container("web-2"),
+        fx.container("api-1"),
+    );
+    let _echo = EchoServer::start(api1);
+    let conn = Conn::open(web1, SocketAddr::new(api1.addr(false), ECHO));
+    let conn6 = Conn::open(web2, SocketAddr::new(api1.addr(true), ECHO));
+    conn.wait_working(5);
+    conn6.wait_working(5);
+
+    write_atomic(&policy, POLICY_REVOKED);
+    d.reload();
+    let applied = Instant::now();
+    assert_cut(
+        &conn,
+        applied,
+        Duration::from_secs(1),
+        &d,
+        "web-1 -> api-1:7100 (IPv4)",
+    );
+    assert_cut(
+        &conn6,
+        applied,
+        Duration::from_secs(1),
+        &d,
+        "web-2 -> api-1:7100 (IPv6)",
+    );
+    eprintln!("client ends: {} / {}", conn.close(), conn6.close());
+    assert!(
+        !probe(&fx, "web-1", "api-1", Kind::Tcp(ECHO)),
+        "a new connection to the revoked port passes"
+    );
+    // What is still allowed still works.
+    assert!(probe(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+    assert!(d.alive(), "daemon died");
+}
+
+#[test]
+fn container_removed_from_inventory_is_cut_and_isolated() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("container_removed_from_inventory_is_cut_and_isolated") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let mut d = Daemon::start(&spec(&fx, &policy));
+    let (web1, api1) = (fx.container("web-1"), fx.container("api-1"));
+    let _echo = EchoServer::start(api1);
+    // Client side and server side of the removed container's connections.
+    let _echo_web = EchoServer::start(web1);
+    let out = Conn::open(web1, SocketAddr::new(api1.addr(false), ECHO));
+    out.wait_working(5);
+    assert!(probe(&fx, "api-1", "web-1", Kind::Tcp(9005)));
+    assert!(probe(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+
+    let without: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "web-1")
+        .cloned()
+        .collect();
+    write_atomic(&fx.inventory, &inventory_toml(&without));
+    d.reload();
+    let applied = Instant::now();
+    assert_cut(
+        &out,
+        applied,
+        Duration::from_secs(1),
+        &d,
+        "web-1 -> api-1:7100 after web-1 left",
+    );
+    eprintln!("client end: {}", out.close());
+
+    // web-1's address reaches no one and is reached by no one; the others are unaffected.
+    let report = check_matrix(
+        &fx,
+        &Expected::from_rows(&[
+            ("web-2", "api-1", "tcp/8080 icmp"),
+            ("api-1", "web-2", "tcp/9005"),
+            ("db-1", "db-2", "all"),
+            ("db-2", "db-1", "all"),
+            ("side-web", "api-side", "all"),
+            ("api-side", "side-web", "all"),
+        ]),
+        &Kind::all(),
+    );
+    if !report.ok() {
+        d.fail(&format!(
+            "matrix after removing web-1:\n{}\n{}",
+            report.mismatch_list(),
+            report.table()
+        ));
+    }
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{diff:?}");
+}
+
+#[test]
+fn burst_of_inventory_changes_converges() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("burst_of_inventory_changes_converges") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let mut d = Daemon::start(&spec(&fx, &policy));
+    let report = check_matrix(&fx, &expected_full(), &Kind::all());
+    if !report.ok() {
+        d.fail(&format!("matrix at start:\n{}", report.mismatch_list()));
+    }
+    let start_reconciles = d.state_u64("reconciles");
+
+    // 40 inventory versions, each followed by SIGHUP, 0-15 ms apart: containers leave and
+    // come back, labels change (group membership moves).
+    let all = fx.containers.clone();
+    let t = Instant::now();
+    for i in 0..40usize {
+        let mut v: Vec<Container> = all
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| (i * 7 + j) % 3 != 0)
+            .map(|(_, c)| c.clone())
+            .collect();
+        for c in v.iter_mut() {
+            if c.name == "lonely" && i % 2 == 0 {
+                c.labels = vec![("role".into(), "web".into())];
+            }
+        }
+        write_atomic(&fx.inventory, &inventory_toml(&v));
+        d.hup();
+        std::thread::sleep(Duration::from_millis((i as u64 * 5) % 16));
+    }
+    // Final version: web-2 and db-2 gone, lonely joins web.
+    let mut last: Vec<Container> = all
+        .iter()
+        .filter(|c| c.name != "web-2" && c.name != "db-2")
+        .cloned()
+        .collect();
+    last.iter_mut().find(|c| c.name == "lonely").unwrap().labels =
+        vec![("role".into(), "web".into())];
+    write_atomic(&fx.inventory, &inventory_toml(&last));
+    d.hup();
+    let burst = t.elapsed();
+
+    // Settled: no reconcile for 1 s.
+    let mut prev = d.state_u64("reconciles");
+    let mut still = Instant::now();
+    let t = Instant::now();
+    while still.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = d.state_u64("reconciles");
+        if now != prev {
+            prev = now;
+            still = Instant::now();
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            d.fail("the daemon did not settle within 20 s");
+        }
+    }
+    eprintln!(
+        "burst of 41 inventory versions in {burst:?}: {} reconciles",
+        prev - start_reconciles
+    );
+    assert!(d.alive(), "daemon died");
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    if diff.status.code() != Some(0) {
+        d.fail(&format!("not in sync after the burst: {diff:?}"));
+    }
+    let report = check_matrix(
+        &fx,
+        &Expected::from_rows(&[
+            ("web-1", "api-1", "tcp/8080 icmp"),
+            ("lonely", "api-1", "tcp/8080 icmp"),
+            ("api-1", "web-1", "tcp/9005"),
+            ("api-1", "lonely", "tcp/9005"),
+            ("side-web", "api-side", "all"),
+            ("api-side", "side-web", "all"),
+        ]),
+        &Kind::all(),
+    );
+    if !report.ok() {
+        d.fail(&format!(
+            "matrix after the burst:\n{}\n{}",
+            report.mismatch_list(),
+            report.table()
+        ));
+    }
+}
+
+#[test]
+fn inventory_change_without_sighup_is_picked_up_by_resync() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("inventory_change_without_sighup_is_picked_up_by_resync") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let mut s = spec(&fx, &policy);
+    s.resync_secs = 1;
+    let mut d = Daemon::start(&s);
+    let (web1, api1) = (fx.container("web-1"), fx.container("api-1"));
+    let _echo = EchoServer::start(api1);
+    let conn = Conn::open(web1, SocketAddr::new(api1.addr(false), ECHO));
+    conn.wait_working(5);
+    let n = d.state_u64("reconciles");
+    let without: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "web-1")
+        .cloned()
+        .collect();
+    write_atomic(&fx.inventory, &inventory_toml(&without));
+    let t = Instant::now();
+    d.wait_reconciles_above(n, Duration::from_secs(4));
+    eprintln!(
+        "inventory change picked up by the resync after {:?}",
+        t.elapsed()
+    );
+    let applied = Instant::now();
+    assert_cut(
+        &conn,
+        applied,
+        Duration::from_secs(1),
+        &d,
+        "web-1 -> api-1:7100 after web-1 left (resync)",
+    );
+    assert!(!probe(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+    assert!(probe(&fx, "web-2", "api-1", Kind::Tcp(8080)));
+}
