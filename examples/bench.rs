@@ -937,8 +937,9 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
         "Packet path: {rounds} rounds; in each, every variant is measured and then, right after, \
          the bare path with no table; a ratio is variant / that neighbour, and the table gives the \
          median ratio over rounds. iperf3 -t {t_secs}, \
-         connections for {c_secs} s from one client thread (connect, close with RST); {failures} \
-         connection attempts failed in all. Setting a variant up (real CLI `netguard apply` in the \
+         connections for {c_secs} s from one client thread (connect, close with RST; a failed \
+         attempt, `ECONNRESET` when a client port comes back too soon, is not counted); {failures} \
+         attempts failed in all. Setting a variant up (real CLI `netguard apply` in the \
          host namespace, or `nft -f` for the naive chain) took, median: sets 10k {:.0} ms, \
          rules {hi} {:.0} ms, naive 10k {:.0} ms.",
         ap(("netguard sets".into(), 10_000)),
