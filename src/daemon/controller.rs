@@ -96,7 +96,7 @@ pub trait Enforcer {
 pub struct Kernel {
     backend: Backend,
     bridges: Option<NetlinkBridges>,
-    conntrack: Box<dyn Conntrack + Send>,
+    conntrack: Arc<dyn Conntrack + Send + Sync>,
 }
 
 impl Kernel {
@@ -104,7 +104,7 @@ impl Kernel {
         Kernel {
             backend,
             bridges: None,
-            conntrack: Box::new(ConntrackTool),
+            conntrack: Arc::new(ConntrackTool),
         }
     }
 }
@@ -154,8 +154,20 @@ impl Enforcer for Kernel {
     }
 
     fn cut(&mut self, addrs: &BTreeSet<IpAddr>) {
-        for a in addrs {
-            self.conntrack.delete_address(*a);
+        // `conntrack -D` walks the whole conntrack table (tens of ms on a busy host): off
+        // the controller's path, so the next event is not kept waiting. The addresses are
+        // already out of every set, so nothing new can open meanwhile.
+        let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
+        let conntrack = self.conntrack.clone();
+        let spawned = std::thread::Builder::new()
+            .name("netguard-cut".into())
+            .spawn(move || {
+                for a in addrs {
+                    conntrack.delete_address(a);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a thread to cut connections: {e}");
         }
     }
 
