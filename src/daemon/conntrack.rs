@@ -49,12 +49,7 @@ pub fn revoked(plan: &Plan, entries: &[Entry], only: Option<&BTreeSet<IpAddr>>) 
     let mut who: HashMap<IpAddr, (&str, &[String])> = HashMap::new();
     for c in &plan.containers {
         for e in c.endpoints.iter().filter(|e| e.admitted) {
-            for a in e
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(e.ipv6.map(IpAddr::V6))
-            {
+            for a in e.addresses() {
                 who.insert(a, (e.bridge.as_str(), c.groups.as_slice()));
             }
         }

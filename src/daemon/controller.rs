@@ -325,23 +325,12 @@ fn admitted_addresses(plan: &Plan) -> BTreeMap<IpAddr, (String, Option<String>)>
     let mut out = BTreeMap::new();
     for c in &plan.containers {
         for e in c.endpoints.iter().filter(|e| e.admitted) {
-            for a in e
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(e.ipv6.map(IpAddr::V6))
-            {
+            for a in e.addresses() {
                 out.insert(a, (e.bridge.clone(), e.veth.clone()));
             }
         }
     }
     out
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error("{0}")]
-    Policy(String),
 }
 
 impl<S: Source, E: Enforcer> Controller<S, E> {

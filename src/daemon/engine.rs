@@ -347,13 +347,7 @@ fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<BridgeAddr> {
     pc.endpoints
         .iter()
         .filter(|e| e.admitted)
-        .flat_map(|e| {
-            e.ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(e.ipv6.map(IpAddr::V6))
-                .map(|a| (e.bridge.clone(), a))
-        })
+        .flat_map(|e| e.addresses().map(|a| (e.bridge.clone(), a)))
         .collect()
 }
 

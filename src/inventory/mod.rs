@@ -82,6 +82,16 @@ pub struct Unisolable {
     pub reason: String,
 }
 
+impl Endpoint {
+    /// Its IPv4 and IPv6 addresses, whichever it has.
+    pub fn addresses(&self) -> impl Iterator<Item = std::net::IpAddr> + use<> {
+        self.ipv4
+            .map(std::net::IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(std::net::IpAddr::V6))
+    }
+}
+
 impl Inventory {
     /// Sorts containers and networks so that equal inventories compare and plan equally.
     pub fn normalize(&mut self) {

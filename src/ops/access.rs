@@ -544,12 +544,7 @@ pub fn matrix(view: &View, plan: &Plan, unjudged_open: bool) -> Matrix {
     let mut eps: Vec<Ep> = Vec::new();
     for c in &plan.containers {
         for e in &c.endpoints {
-            for addr in e
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(e.ipv6.map(IpAddr::V6))
-            {
+            for addr in e.addresses() {
                 eps.push(Ep {
                     container: &c.name,
                     bridge: &e.bridge,

@@ -13,7 +13,6 @@ use crate::plan::Plan;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::net::IpAddr;
 
 /// One direction of one pair, and what changes for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -99,12 +98,7 @@ fn group_changes(plan: &Plan, before: &View, after: &View) -> Vec<GroupChange> {
         let mut b = (false, BTreeSet::new());
         let mut a = (false, BTreeSet::new());
         for e in &c.endpoints {
-            for addr in e
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(e.ipv6.map(IpAddr::V6))
-            {
+            for addr in e.addresses() {
                 let (adm, g) = before.groups_of(&e.bridge, addr);
                 b.0 |= adm;
                 b.1.extend(g);

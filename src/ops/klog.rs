@@ -72,9 +72,7 @@ pub fn parse_line(line: &str) -> Option<Denial> {
 /// Fills in container names: by bridge and address, else by veth, else by address alone.
 pub fn resolve(d: &mut Denial, plan: &Plan) {
     let find = |bridge: &str, veth: Option<&str>, addr: IpAddr| -> Option<String> {
-        let has = |e: &crate::plan::PlannedEndpoint| {
-            e.ipv4.map(IpAddr::V4) == Some(addr) || e.ipv6.map(IpAddr::V6) == Some(addr)
-        };
+        let has = |e: &crate::plan::PlannedEndpoint| e.addresses().any(|a| a == addr);
         let by = |f: &dyn Fn(&crate::plan::PlannedEndpoint) -> bool| {
             plan.containers
                 .iter()

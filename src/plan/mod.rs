@@ -77,6 +77,16 @@ pub struct PlannedEndpoint {
     pub reason: Option<String>,
 }
 
+impl PlannedEndpoint {
+    /// Its IPv4 and IPv6 addresses, whichever it has.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        self.ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+    }
+}
+
 /// One allow entry, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Flow {
@@ -221,12 +231,7 @@ pub fn claims_of(c: &Container) -> Vec<((String, IpAddr), String)> {
             .veth
             .clone()
             .unwrap_or_else(|| format!("container {}", c.id));
-        let addrs = ep
-            .ipv4
-            .map(IpAddr::V4)
-            .into_iter()
-            .chain(ep.ipv6.map(IpAddr::V6));
-        for a in addrs {
+        for a in ep.addresses() {
             out.push(((ep.bridge.clone(), a), owner.clone()));
         }
     }
