@@ -301,52 +301,40 @@ impl Changes {
                 ))));
                 continue;
             }
-            let Some(desired) = &t.desired else {
-                // Element-only change (the daemon's per-event path): sets must exist; if
-                // they do not, the transaction fails whole and the caller reconciles fully.
-                for (set, elems) in &t.delete_elements {
-                    o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(
-                        render::element_obj(f, set, elems.iter()),
+            // Without a desired table this is an element-only change (the daemon's per-event
+            // path): the sets must exist; if they do not, the transaction fails whole and the
+            // caller reconciles fully.
+            if let Some(desired) = &t.desired {
+                o.push(add(NfListObject::Table(render::table_obj(f))));
+                for chain in &t.rewrite_chains {
+                    if t.live_chains.contains(chain) {
+                        o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(
+                            render::chain_ref(f, chain),
+                        ))));
+                    }
+                }
+                for c in &t.delete_chains {
+                    o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Chain(
+                        render::chain_ref(f, c),
                     ))));
                 }
-                for (set, elems) in &t.add_elements {
-                    o.push(add(NfListObject::Element(render::element_obj(
-                        f,
-                        set,
-                        elems.iter(),
+                for s in &t.delete_sets {
+                    o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
+                        Box::new(render::set_obj(f, s, SetKind::Ifname)),
                     ))));
                 }
-                continue;
-            };
-            o.push(add(NfListObject::Table(render::table_obj(f))));
-            for chain in &t.rewrite_chains {
-                if t.live_chains.contains(chain) {
-                    o.push(NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(
-                        render::chain_ref(f, chain),
-                    ))));
+                for (name, kind) in &t.create_sets {
+                    o.push(add(NfListObject::Set(Box::new(render::set_obj(
+                        f, name, *kind,
+                    )))));
                 }
-            }
-            for c in &t.delete_chains {
-                o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Chain(
-                    render::chain_ref(f, c),
-                ))));
-            }
-            for s in &t.delete_sets {
-                o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
-                    Box::new(render::set_obj(f, s, SetKind::Ifname)),
-                ))));
-            }
-            for (name, kind) in &t.create_sets {
-                o.push(add(NfListObject::Set(Box::new(render::set_obj(
-                    f, name, *kind,
-                )))));
-            }
-            for c in desired
-                .chains
-                .iter()
-                .filter(|c| t.create_chains.contains(&c.name))
-            {
-                o.push(add(NfListObject::Chain(render::chain_obj(f, c))));
+                for c in desired
+                    .chains
+                    .iter()
+                    .filter(|c| t.create_chains.contains(&c.name))
+                {
+                    o.push(add(NfListObject::Chain(render::chain_obj(f, c))));
+                }
             }
             for (set, elems) in &t.delete_elements {
                 o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Element(
@@ -360,9 +348,10 @@ impl Changes {
                     elems.iter(),
                 ))));
             }
-            for c in desired
-                .chains
+            for c in t
+                .desired
                 .iter()
+                .flat_map(|d| &d.chains)
                 .filter(|c| t.rewrite_chains.contains(&c.name))
             {
                 for r in &c.rules {
