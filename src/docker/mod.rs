@@ -187,15 +187,9 @@ impl DockerSource {
         let inspected = self.inspect_all(to_inspect).await?;
         let t_inspect = t0.elapsed() - t_list;
 
-        let prepared = prepare(&containers, &networks, &inspected);
-        let queries = prepared.queries.clone();
-        let resolver = Arc::clone(&self.resolver);
-        // Netlink work blocks (and enters namespaces on its own threads): keep it off the
-        // async workers.
-        let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
-            .await
-            .map_err(|e| DockerError::Veth(e.to_string()))?;
-        let inv = finish(prepared, answers);
+        let inv = self
+            .resolve(prepare(&containers, &networks, &inspected))
+            .await?;
         tracing::debug!(
             containers = inv.containers.len(),
             inspected = inspected.len(),
@@ -245,13 +239,9 @@ impl DockerSource {
             .filter_map(|c| c.id.clone())
             .collect();
         let inspected = self.inspect_all(to_inspect).await?;
-        let prepared = prepare(&summaries, networks, &inspected);
-        let queries = prepared.queries.clone();
-        let resolver = Arc::clone(&self.resolver);
-        let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
-            .await
-            .map_err(|e| DockerError::Veth(e.to_string()))?;
-        let inv = finish(prepared, answers);
+        let inv = self
+            .resolve(prepare(&summaries, networks, &inspected))
+            .await?;
         if let Some(c) = inv.containers.into_iter().find(|c| c.id == full_id) {
             return Ok(ContainerState::Running(c));
         }
@@ -259,6 +249,17 @@ impl DockerSource {
             return Ok(ContainerState::Unisolable(u));
         }
         Ok(ContainerState::Gone)
+    }
+
+    /// Resolves the veths a prepared mapping asks for and finishes it. Netlink work blocks
+    /// (and enters namespaces on its own threads): it stays off the async workers.
+    async fn resolve(&self, prepared: map::Prepared) -> Result<Inventory, DockerError> {
+        let queries = prepared.queries.clone();
+        let resolver = Arc::clone(&self.resolver);
+        let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
+            .await
+            .map_err(|e| DockerError::Veth(e.to_string()))?;
+        Ok(finish(prepared, answers))
     }
 
     async fn list_by_id(&self, id: &str) -> Result<Vec<ContainerSummary>, DockerError> {
