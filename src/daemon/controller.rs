@@ -97,6 +97,8 @@ pub struct Kernel {
     backend: Backend,
     bridges: Option<NetlinkBridges>,
     conntrack: Arc<dyn Conntrack + Send + Sync>,
+    /// Addresses whose connections the cutter thread deletes, started on first use.
+    cutter: Option<std::sync::mpsc::Sender<Vec<IpAddr>>>,
 }
 
 impl Kernel {
@@ -105,7 +107,32 @@ impl Kernel {
             backend,
             bridges: None,
             conntrack: Arc::new(ConntrackTool),
+            cutter: None,
         }
+    }
+
+    /// One long-lived thread for `conntrack -D`, which walks the whole conntrack table (tens
+    /// of ms on a busy host): off the controller's path, so the next event is not kept
+    /// waiting, and one at a time, so that churn does not start a process storm.
+    fn cutter(&mut self) -> Option<&std::sync::mpsc::Sender<Vec<IpAddr>>> {
+        if self.cutter.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<IpAddr>>();
+            let conntrack = self.conntrack.clone();
+            let spawned = std::thread::Builder::new()
+                .name("netguard-cut".into())
+                .spawn(move || {
+                    for addrs in rx {
+                        for a in addrs {
+                            conntrack.delete_address(a);
+                        }
+                    }
+                });
+            match spawned {
+                Ok(_) => self.cutter = Some(tx),
+                Err(e) => tracing::warn!("cannot start the thread that cuts connections: {e}"),
+            }
+        }
+        self.cutter.as_ref()
     }
 }
 
@@ -154,20 +181,17 @@ impl Enforcer for Kernel {
     }
 
     fn cut(&mut self, addrs: &BTreeSet<IpAddr>) {
-        // `conntrack -D` walks the whole conntrack table (tens of ms on a busy host): off
-        // the controller's path, so the next event is not kept waiting. The addresses are
-        // already out of every set, so nothing new can open meanwhile.
+        // The addresses are already out of every set: nothing new can open meanwhile.
         let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
-        let conntrack = self.conntrack.clone();
-        let spawned = std::thread::Builder::new()
-            .name("netguard-cut".into())
-            .spawn(move || {
-                for a in addrs {
-                    conntrack.delete_address(a);
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!("cannot start a thread to cut connections: {e}");
+        let queued = match self.cutter() {
+            Some(tx) => tx.send(addrs).map_err(|e| e.0),
+            None => Err(addrs),
+        };
+        // No thread: cut here rather than not at all.
+        if let Err(addrs) = queued {
+            for a in addrs {
+                self.conntrack.delete_address(a);
+            }
         }
     }
 
