@@ -42,6 +42,15 @@ async fn watchdog(heartbeat: Arc<AtomicU64>, every: Duration) {
     }
 }
 
+/// What the loop is told from outside: signals in production, a channel in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Exit; the rules stay in place. Carries the reason for the log.
+    Stop(&'static str),
+    /// Re-read the policy (SIGHUP).
+    Reload,
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config: PathBuf,
@@ -654,7 +663,26 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let sig = tokio::select! {
+                    _ = term.recv() => Signal::Stop("SIGTERM"),
+                    _ = int.recv() => Signal::Stop("SIGINT"),
+                    _ = hup.recv() => Signal::Reload,
+                };
+                if tx.send(sig).await.is_err() {
+                    break;
+                }
+            }
+        });
+        self.serve(rx).await;
+        Ok(())
+    }
 
+    /// The controller loop, driven by `signals` (the process's signals in `run`, a channel in
+    /// tests). Returns on `Signal::Stop` or when the sender is gone.
+    pub async fn serve(&mut self, mut signals: mpsc::Receiver<Signal>) {
         self.install_skeleton();
         // Ready means fail closed: netguard's tables are in place. Docker may not be up yet
         // (at boot netguard starts before it), so connecting comes after.
@@ -680,6 +708,9 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         // The loop proves it is alive at least this often, even when idle.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut backoff = Duration::from_millis(500);
+        // A deadline, not a fresh sleep per loop turn: the heartbeat tick wakes the loop every
+        // second, and a sleep re-created on each turn would never reach a backoff of 1 s or more.
+        let mut reconnect_at = tokio::time::Instant::now() + backoff;
         let mut last_apply: Option<Instant> = None;
 
         loop {
@@ -692,15 +723,18 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 }
             };
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: exiting, rules stay in place"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: exiting, rules stay in place"); break; }
-                _ = hup.recv() => self.reload().await,
+                sig = signals.recv() => match sig {
+                    Some(Signal::Reload) => self.reload().await,
+                    Some(Signal::Stop(why)) => { tracing::info!("{why}: exiting, rules stay in place"); break; }
+                    None => break,
+                },
                 _ = tick.tick() => {}
                 _ = resync.tick() => self.resync().await,
-                _ = tokio::time::sleep(backoff), if !connected => {
+                _ = tokio::time::sleep_until(reconnect_at), if !connected => {
                     tracing::info!("reconnecting to {}", self.source.describe());
                     rx = self.connect().await;
                     backoff = if rx.is_some() { Duration::from_millis(500) } else { (backoff * 2).min(Duration::from_secs(30)) };
+                    reconnect_at = tokio::time::Instant::now() + backoff;
                 }
                 change = next => match change {
                     None => {
@@ -709,6 +743,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         self.write_state();
                         notify("STATUS=reconnecting");
                         rx = None;
+                        backoff = Duration::from_millis(500);
+                        reconnect_at = tokio::time::Instant::now() + backoff;
                     }
                     Some(c) => {
                         let batch = match rx.as_mut() {
@@ -723,6 +759,5 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         notify("STOPPING=1");
         self.write_state();
-        Ok(())
     }
 }

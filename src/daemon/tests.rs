@@ -25,13 +25,15 @@ type Kernel = BTreeSet<(Family, String, Elem)>;
 struct World {
     containers: Vec<Container>,
     down: bool,
+    subscribes: usize,
+    /// The open event stream's sender; dropping it ends the stream as a dead dockerd would.
+    stream: Option<mpsc::Sender<Change>>,
     inventories: usize,
     lookups: usize,
 }
 
 struct FakeSource {
     world: Rc<RefCell<World>>,
-    tx: Option<mpsc::Sender<Change>>,
 }
 
 fn down() -> SourceError {
@@ -77,7 +79,9 @@ impl Source for FakeSource {
             return Err(down());
         }
         let (tx, rx) = mpsc::channel(10_000);
-        self.tx = Some(tx);
+        let mut w = self.world.borrow_mut();
+        w.subscribes += 1;
+        w.stream = Some(tx);
         Ok(rx)
     }
 
@@ -207,7 +211,6 @@ fn rig(initial: u32) -> Rig {
         policy,
         FakeSource {
             world: world.clone(),
-            tx: None,
         },
         FakeKernel(calls.clone()),
     );
@@ -418,5 +421,60 @@ async fn resync_repairs_missing_tables_and_missed_events() {
     // An event was missed: the resync's inventory comparison catches it.
     r.world.borrow_mut().containers.push(container(30));
     r.ctl.resync().await;
+    r.assert_converged();
+}
+
+/// The loop keeps retrying with a growing backoff while it also wakes every second for the
+/// heartbeat: a retry timer re-created on each wake-up would never fire once the backoff
+/// reached a second (the dockerd-restart failure this guards against).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn serve_reconnects_after_a_long_outage_despite_the_heartbeat() {
+    let mut r = rig(4);
+    r.world.borrow_mut().down = true;
+    let world = r.world.clone();
+    let (tx, rx) = mpsc::channel(4);
+    let driver = async move {
+        // Down for 20 s: retries at 0.5, 1.5, 3.5, 7.5, 15.5 s all fail, the next is at 31.5 s.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(world.borrow().subscribes, 0);
+        world.borrow_mut().down = false;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(world.borrow().subscribes, 0, "backoff is still running");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let connected = world.borrow().subscribes;
+        tx.send(Signal::Stop("test")).await.expect("loop alive");
+        connected
+    };
+    let ((), connected) = tokio::join!(r.ctl.serve(rx), driver);
+    assert_eq!(connected, 1, "reconnected once Docker was back");
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn serve_reconnects_quickly_after_a_lost_stream() {
+    let mut r = rig(3);
+    let world = r.world.clone();
+    let (tx, rx) = mpsc::channel(4);
+    let driver = async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(world.borrow().subscribes, 1);
+        // dockerd goes away for 2.2 s: the stream ends, retries at +0.5 and +1.5 fail.
+        {
+            let mut w = world.borrow_mut();
+            w.down = true;
+            w.stream = None;
+            w.containers.remove(0);
+        }
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        world.borrow_mut().down = false;
+        world.borrow_mut().containers.push(container(50));
+        // The next retry is at +3.5 s.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let n = world.borrow().subscribes;
+        tx.send(Signal::Stop("test")).await.expect("loop alive");
+        n
+    };
+    let ((), n) = tokio::join!(r.ctl.serve(rx), driver);
+    assert_eq!(n, 2);
     r.assert_converged();
 }
