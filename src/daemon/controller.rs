@@ -4,7 +4,7 @@
 //! It never removes rules on its way out: SIGTERM leaves the kernel as it is (fail closed),
 //! and a broken Docker stream keeps the rules while it reconnects.
 
-use super::conntrack::{Conntrack, ConntrackTool, revoked};
+use super::conntrack::{Conntrack, Ctnetlink, revoked};
 use super::engine::{Delta, Engine};
 use super::notify::notify;
 use super::source::{Change, Source};
@@ -115,14 +115,14 @@ impl Kernel {
         Kernel {
             backend,
             bridges: None,
-            conntrack: Arc::new(ConntrackTool),
+            conntrack: Arc::new(Ctnetlink),
             cutter: None,
         }
     }
 
-    /// One long-lived thread for `conntrack -D`, which walks the whole conntrack table (tens
-    /// of ms on a busy host): off the controller's path, so the next event is not kept
-    /// waiting, and one at a time, so that churn does not start a process storm.
+    /// One long-lived thread for cutting: a dump of the conntrack table grows with the host's
+    /// connections, so it runs off the controller's path, and one batch at a time, so that
+    /// churn does not pile dumps on each other.
     fn cutter(&mut self) -> Option<&std::sync::mpsc::Sender<Vec<IpAddr>>> {
         if self.cutter.is_none() {
             let (tx, rx) = std::sync::mpsc::channel::<Vec<IpAddr>>();
@@ -130,10 +130,12 @@ impl Kernel {
             let spawned = std::thread::Builder::new()
                 .name("netguard-cut".into())
                 .spawn(move || {
-                    for addrs in rx {
-                        for a in addrs {
-                            conntrack.delete_address(a);
+                    while let Ok(mut addrs) = rx.recv() {
+                        // What queued up meanwhile is one dump, not one each.
+                        while let Ok(more) = rx.try_recv() {
+                            addrs.extend(more);
                         }
+                        conntrack.delete_addresses(&addrs);
                     }
                 });
             match spawned {
@@ -198,9 +200,7 @@ impl Enforcer for Kernel {
         };
         // No thread: cut here rather than not at all.
         if let Err(addrs) = queued {
-            for a in addrs {
-                self.conntrack.delete_address(a);
-            }
+            self.conntrack.delete_addresses(&addrs);
         }
     }
 

@@ -25,8 +25,8 @@ const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_GETGEN: u16 = 16;
 
 const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -66,9 +66,11 @@ impl From<NetlinkError> for Fail {
     }
 }
 
-struct Sock {
+/// A blocking NETLINK_NETFILTER socket talking to one nfnetlink subsystem.
+pub(crate) struct Sock {
     fd: libc::c_int,
     seq: u32,
+    subsys: u16,
     buf: Vec<u8>,
 }
 
@@ -79,7 +81,7 @@ impl Drop for Sock {
     }
 }
 
-fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+pub(crate) fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
     let len = 4 + payload.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());
@@ -96,7 +98,7 @@ fn attr_str(out: &mut Vec<u8>, ty: u16, s: &str) {
 }
 
 /// Netlink attributes of `buf`: (type without the nested/byte-order bits, payload).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < 4 {
             return None;
@@ -113,7 +115,7 @@ fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
+pub(crate) fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(buf).find(|(t, _)| *t == ty).map(|(_, p)| p)
 }
 
@@ -132,6 +134,10 @@ fn be64(p: &[u8]) -> Option<u64> {
 
 impl Sock {
     fn open() -> Result<Sock, NetlinkError> {
+        Sock::open_subsys(NFNL_SUBSYS_NFTABLES)
+    }
+
+    pub(crate) fn open_subsys(subsys: u16) -> Result<Sock, NetlinkError> {
         // SAFETY: plain socket calls with a zeroed, correctly sized sockaddr_nl.
         unsafe {
             let fd = libc::socket(
@@ -145,6 +151,7 @@ impl Sock {
             let sock = Sock {
                 fd,
                 seq: 0,
+                subsys,
                 buf: vec![0u8; 1 << 17],
             };
             let mut sa: libc::sockaddr_nl = std::mem::zeroed();
@@ -174,7 +181,7 @@ impl Sock {
         let mut m = Vec::with_capacity(20 + payload.len());
         let len = 16 + 4 + payload.len();
         m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
+        m.extend_from_slice(&((self.subsys << 8) | msg).to_ne_bytes());
         m.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
         m.extend_from_slice(&seq.to_ne_bytes());
         m.extend_from_slice(&0u32.to_ne_bytes());
@@ -251,6 +258,22 @@ impl Sock {
                     }
                 }
             }
+        }
+    }
+
+    /// `request` for other modules: an interrupted dump is `Unstable`, for the caller to
+    /// retry or accept.
+    pub(crate) fn call(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        payload: &[u8],
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        match self.request(msg, flags, family, payload) {
+            Ok(out) => Ok(out),
+            Err(Fail::Retry) => Err(NetlinkError::Unstable),
+            Err(Fail::Err(e)) => Err(e),
         }
     }
 
@@ -526,7 +549,7 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
     k
 }
 
-fn nested(out: &mut Vec<u8>, ty: u16, inner: &[u8]) {
+pub(crate) fn nested(out: &mut Vec<u8>, ty: u16, inner: &[u8]) {
     attr(out, ty | 0x8000, inner);
 }
 
