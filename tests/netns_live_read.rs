@@ -232,3 +232,83 @@ fn netlink_reader_equals_nft_json_listing() {
     .expect("test thread");
     drop(ns);
 }
+
+/// Element transactions keep their socket open between calls (closing one costs an RCU grace
+/// period); a thread that moves to another namespace must still write there, not into the
+/// namespace its cached socket was opened in.
+#[test]
+fn element_transactions_follow_the_threads_namespace() {
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("not root");
+    }
+    let names: Vec<Ns> = ["a", "b"]
+        .iter()
+        .map(|s| Ns(format!("ngtx{s}{}", std::process::id())))
+        .collect();
+    for ns in &names {
+        let ok = Command::new("ip")
+            .args(["netns", "add", &ns.0])
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("ip")
+                .args(["netns", "exec", &ns.0, "nft"])
+                .arg("add table inet netguard; add set inet netguard all_4 { type ifname . ipv4_addr; }")
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            return skip("cannot create a namespace with a table");
+        }
+    }
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| format!("/run/netns/{}", n.0))
+        .collect();
+    std::thread::spawn(move || {
+        let add = |last: u8| {
+            let e = [Elem::IfnameV4(
+                "br0".into(),
+                std::net::Ipv4Addr::new(10, 0, 0, last),
+            )];
+            netlink::apply_elements(&[netlink::ElementOp {
+                family: Family::Inet,
+                set: "all_4",
+                add: true,
+                elems: &e,
+            }])
+            .expect("transaction");
+        };
+        for (i, p) in paths.iter().enumerate() {
+            let f = std::fs::File::open(p).expect("netns file");
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            add(i as u8 + 1);
+            add(i as u8 + 11);
+        }
+    })
+    .join()
+    .expect("thread");
+    for (i, ns) in names.iter().enumerate() {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.0, "nft", "list", "set", "inet", "netguard", "all_4",
+            ])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mine = [i + 1, i + 11].map(|l| format!("10.0.0.{l}"));
+        let other = [2 - i, 12 - i].map(|l| format!("10.0.0.{l}"));
+        for m in &mine {
+            assert!(
+                text.contains(&format!("{m},")) || text.contains(&format!("{m} ")),
+                "{} lacks {m}: {text}",
+                ns.0
+            );
+        }
+        for o in &other {
+            assert!(
+                !text.contains(&format!("{o},")) && !text.contains(&format!("{o} ")),
+                "{} has {o}: {text}",
+                ns.0
+            );
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! its entry is removed. Removing an entry of a flow that is still allowed is harmless: the
 //! next packet is picked up as new (`nf_conntrack_tcp_loose`) and the rules accept it again.
 
-use crate::nft::netlink::{NLM_F_ACK, NLM_F_DUMP, NetlinkError, Sock, attr, find, nested};
+use crate::nft::netlink::{
+    NLM_F_ACK, NLM_F_DUMP, NetlinkError, Sock, attr, find, nested, with_sock,
+};
 use crate::plan::{Plan, flow_permits};
 use crate::policy::Proto;
 use std::collections::{BTreeSet, HashMap};
@@ -168,7 +170,8 @@ fn delete_request(key: &EntryKey) -> Option<Vec<u8>> {
 
 /// Conntrack over ctnetlink, in this process and network namespace: no `conntrack` process
 /// per cut, whose start and whole-table walk cost tens of milliseconds and competed with the
-/// next event for the CPU.
+/// next event for the CPU. The socket stays open on the cutting thread (see
+/// `nft::netlink::with_sock`: closing one can stall nftables transactions).
 pub struct Ctnetlink;
 
 impl Ctnetlink {
@@ -188,16 +191,23 @@ impl Ctnetlink {
     }
 
     fn entries(families: &[u8]) -> Result<Vec<Entry>, NetlinkError> {
-        let mut sock = Sock::open_subsys(NFNL_SUBSYS_CTNETLINK)?;
-        let mut out = Vec::new();
-        for f in families {
-            out.extend(Self::dump(&mut sock, *f)?);
-        }
-        Ok(out)
+        with_sock(NFNL_SUBSYS_CTNETLINK, |sock| {
+            let mut out = Vec::new();
+            for f in families {
+                out.extend(Self::dump(sock, *f)?);
+            }
+            Ok(out)
+        })
     }
 
     fn delete_all<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<(), NetlinkError> {
-        let mut sock = Sock::open_subsys(NFNL_SUBSYS_CTNETLINK)?;
+        with_sock(NFNL_SUBSYS_CTNETLINK, |sock| Self::delete_on(sock, entries))
+    }
+
+    fn delete_on<'a>(
+        sock: &mut Sock,
+        entries: impl IntoIterator<Item = &'a Entry>,
+    ) -> Result<(), NetlinkError> {
         for e in entries {
             let Some(req) = delete_request(&e.key) else {
                 continue;
