@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # netguard's benchmark (issue 6): packet-path cost, reconcile, plan, event → enforced.
-# As root: sudo scripts/bench.sh [--full] [--only 3,2,5,1] [--no-write]
+# As root: sudo scripts/bench.sh [--full] [--only 3,2,5,1,4,1d] [--no-write]
 # Default sizes take a few minutes; --full runs the full sizes and repetitions.
 # Writes the generated section of BENCHMARKS.md and docs/bench.svg.
-# Everything runs in network namespaces named ngb<pid>-*, removed on exit (also on failure).
+# Everything runs in network namespaces named ngb<pid>-*, removed on exit (also on failure),
+# except section 1d: Docker containers and a network named ngbench<pid>-* on the host's
+# dockerd, and netguard's own host tables (it refuses when they already exist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 scripts/install-deps.sh
+# Section 1d needs the host's dockerd and the test image (skipped with --only without 1d).
+if [[ " $* " != *" --only "* || " $* " == *1d* ]]; then
+  scripts/ensure-docker.sh
+fi
 
 export NGB_PREFIX="ngb$$"
 cleanup() {
