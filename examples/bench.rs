@@ -15,11 +15,12 @@
 //!    against tables holding N containers (interleaved across N), and, as the baseline, a
 //!    full re-plan + read + diff + apply per event.
 //! 4. The daemon's RSS and CPU at 1,000 containers, idle and under churn.
-//! 1d. With the host's real dockerd: `docker run -d` returns → first allowed connection from
-//!    the new container, with Docker alone and with `netguard run`. The only section outside
-//!    a namespace: it creates a Docker network and containers named `ngbench<pid>-*` and
-//!    netguard's own host tables, and removes them at the end; it refuses to run when the
-//!    host already has netguard tables.
+//!
+//! Section 1d, with the host's real dockerd: `docker run -d` returns → first allowed
+//! connection from the new container, with Docker alone and with `netguard run`. The only
+//! section outside a namespace: it creates a Docker network and containers named
+//! `ngbench<pid>-*` and netguard's own host tables, and removes them at the end; it refuses
+//! to run when the host already has netguard tables.
 //!
 //! Results go to stdout, to the generated section of BENCHMARKS.md and to docs/bench.svg.
 //! Flags: `--full` (full sizes and repetitions), `--only 3,2,5,1,4,1d`, `--no-write`.
@@ -890,7 +891,7 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             pairs.push(k.clone());
         }
     }
-    drop(measure);
+    let _ = measure;
     pl.clear(netguard);
     drop(pl);
     // CPU cost ratios, paired the same way: the i-th no-table run follows the i-th variant.
