@@ -525,6 +525,10 @@ impl PacketLab {
             &[netguard.to_str().unwrap_or("netguard"), "uninstall"],
         );
         let _ = nsx(&self.host, &["nft", "delete", "table", "inet", "naive"]);
+        let _ = nsx(
+            &self.host,
+            &["nft", "delete", "table", "inet", "dockerlike"],
+        );
         self.bridge_flag(false);
         let _ = nsx(&self.host, &["conntrack", "-F"]);
     }
@@ -758,6 +762,9 @@ fn pk_naive(n: usize) -> String {
 enum Variant {
     None,
     NoneBrnf,
+    /// What a Docker host without netguard already pays: br_netfilter on the bridge and
+    /// conntrack tracking every packet (Docker's FORWARD chain matches `ctstate ESTABLISHED`).
+    DockerLike,
     Sets(usize),
     Rules(usize),
     Naive(usize),
@@ -768,6 +775,7 @@ impl Variant {
         match self {
             Variant::None => ("none".into(), 0),
             Variant::NoneBrnf => ("none+br_netfilter".into(), 0),
+            Variant::DockerLike => ("docker-like".into(), 0),
             Variant::Sets(n) => ("netguard sets".into(), *n),
             Variant::Rules(n) => ("netguard rules".into(), *n),
             Variant::Naive(n) => ("naive per-pair".into(), *n),
@@ -785,7 +793,7 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
     } else {
         &[10, 1000, 3000]
     };
-    let mut variants = vec![Variant::None, Variant::NoneBrnf];
+    let mut variants = vec![Variant::None, Variant::NoneBrnf, Variant::DockerLike];
     variants.extend(sizes.iter().map(|n| Variant::Sets(*n)));
     variants.extend(rule_sizes.iter().map(|n| Variant::Rules(*n)));
     variants.extend(sizes.iter().map(|n| Variant::Naive(*n)));
@@ -857,6 +865,17 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             match v {
                 Variant::None => {}
                 Variant::NoneBrnf => pl.bridge_flag(true),
+                Variant::DockerLike => {
+                    pl.bridge_flag(true);
+                    nsx(
+                        &pl.host,
+                        &[
+                            "nft",
+                            "add table inet dockerlike; add chain inet dockerlike forward { type filter hook forward priority 0; policy accept; }; add rule inet dockerlike forward ct state established,related accept",
+                        ],
+                    )
+                    .unwrap_or_else(|e| panic!("docker-like table: {e}"));
+                }
                 Variant::Sets(_) | Variant::Rules(_) => {
                     let (p, i) = &files[&k];
                     nsx(
@@ -944,6 +963,9 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
         res.packet.insert(k.clone(), (tr, cr));
         let label = match v {
             Variant::NoneBrnf => "no table, br_netfilter on for the bridge".to_string(),
+            Variant::DockerLike => {
+                "Docker-like host (br_netfilter + conntrack, no netguard)".to_string()
+            }
             Variant::Sets(n) => format!("netguard, {n} containers in the allowed groups' sets"),
             Variant::Rules(n) => format!("netguard, {n} allow lines (pair under test last)"),
             Variant::Naive(n) => format!("naive, {n} per-pair rules (pair under test last)"),
@@ -973,6 +995,35 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             None,
         );
     }
+    // The same targets against what a Docker host already pays without netguard.
+    let dl = Variant::DockerLike.key();
+    for n in sizes {
+        let k = ("netguard sets".to_string(), n);
+        let tr = median(&thr_ratio[&k]) / median(&thr_ratio[&dl]);
+        let cr = median(&con_ratio[&k]) / median(&con_ratio[&dl]);
+        let ct = median(&cost_t[&k]) / median(&cost_t[&dl]);
+        let cc = median(&cost_c[&k]) / median(&cost_c[&dl]);
+        res.row(
+            format!("3. netguard, {n} containers in the sets, vs the Docker-like host: throughput / connections/s / CPU per Gbit / CPU per connection"),
+            "—",
+            format!(
+                "{:.1} % / {:.1} % / {:.0} % / {:.0} %",
+                tr * 100.0,
+                cr * 100.0,
+                ct * 100.0,
+                cc * 100.0
+            ),
+            None,
+        );
+    }
+    let cost_flat = median(&cost_c[&("netguard sets".to_string(), 10_000)])
+        / median(&cost_c[&("netguard sets".to_string(), 10)]);
+    res.row(
+        "3. netguard sets: CPU per connection at 10,000 entries vs 10 (flat, the steadier lens)",
+        "≤ 1.05",
+        format!("{cost_flat:.3}"),
+        Some(cost_flat <= 1.05),
+    );
     let flat = |name: &str, lo: usize, hi: usize| {
         let a = median(&con[&(name.to_string(), lo)]);
         let b = median(&con[&(name.to_string(), hi)]);

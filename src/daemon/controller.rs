@@ -521,6 +521,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             let d = if !*running {
                 self.engine.remove(id)
             } else {
+                let asked = Instant::now();
                 match self.source.container(id).await {
                     Ok(ContainerState::Running(c)) if !self.engine.knows_networks_of(&c) => {
                         // On a network created since the last full sync: structure changes.
@@ -531,6 +532,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         tracing::debug!(
                             container = %c.name,
                             endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
+                            took_ms = asked.elapsed().as_secs_f64() * 1e3,
                             "refreshed"
                         );
                         self.engine.upsert(c)

@@ -126,41 +126,87 @@ fn format_mac(bytes: &[u8]) -> String {
 /// `setns`).
 fn list_links(rt: &tokio::runtime::Runtime) -> Result<Vec<LinkInfo>, String> {
     rt.block_on(async {
-        use futures::TryStreamExt;
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
         let conn = tokio::spawn(conn);
-        let mut links = Vec::new();
-        let mut stream = handle.link().get().execute();
-        let result = loop {
-            match stream.try_next().await {
-                Ok(Some(msg)) => {
-                    use netlink_packet_route::link::LinkAttribute;
-                    let mut info = LinkInfo {
-                        index: msg.header.index,
-                        ..LinkInfo::default()
-                    };
-                    for attr in msg.attributes {
-                        match attr {
-                            LinkAttribute::IfName(n) => info.name = n,
-                            LinkAttribute::Address(a) => info.mac = Some(format_mac(&a)),
-                            LinkAttribute::Link(l) => info.link = Some(l),
-                            LinkAttribute::Controller(m) => info.master = Some(m),
-                            _ => {}
-                        }
-                    }
-                    links.push(info);
-                }
-                Ok(None) => break Ok(links),
-                Err(e) => break Err(format!("netlink link dump: {e}")),
-            }
-        };
+        let result = collect_links(handle.link().get().execute(), "netlink link dump").await;
         // Close this namespace's socket before the thread moves on to the next namespace.
-        drop(stream);
         drop(handle);
         conn.abort();
         result
     })
+}
+
+/// Only the links with these indexes, and their bridges, one request each instead of a dump
+/// of every link: on a host with thousands of containers the dump, not the lookup, would be
+/// most of a single container's refresh. An index that does not exist is left out.
+fn get_links(rt: &tokio::runtime::Runtime, indexes: &[u32]) -> Result<Vec<LinkInfo>, String> {
+    rt.block_on(async {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        let conn = tokio::spawn(conn);
+        let mut out: Vec<LinkInfo> = Vec::new();
+        let mut want: Vec<u32> = indexes.to_vec();
+        // Two rounds: the veths, then the bridges they are attached to.
+        for _ in 0..2 {
+            want.sort_unstable();
+            want.dedup();
+            want.retain(|i| !out.iter().any(|l| l.index == *i));
+            for &i in &want {
+                let r = collect_links(
+                    handle.link().get().match_index(i).execute(),
+                    "netlink link get",
+                )
+                .await;
+                match r {
+                    Ok(l) => out.extend(l),
+                    // Gone meanwhile (ENODEV): the caller reports the missing peer.
+                    Err(e) if e.contains("No such device") => {}
+                    Err(e) => {
+                        conn.abort();
+                        return Err(e);
+                    }
+                }
+            }
+            want = out.iter().filter_map(|l| l.master).collect();
+        }
+        drop(handle);
+        conn.abort();
+        Ok(out)
+    })
+}
+
+async fn collect_links(
+    mut stream: impl futures::Stream<
+        Item = Result<netlink_packet_route::link::LinkMessage, rtnetlink::Error>,
+    > + Unpin,
+    what: &str,
+) -> Result<Vec<LinkInfo>, String> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::LinkAttribute;
+    let mut links = Vec::new();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(msg)) => {
+                let mut info = LinkInfo {
+                    index: msg.header.index,
+                    ..LinkInfo::default()
+                };
+                for attr in msg.attributes {
+                    match attr {
+                        LinkAttribute::IfName(n) => info.name = n,
+                        LinkAttribute::Address(a) => info.mac = Some(format_mac(&a)),
+                        LinkAttribute::Link(l) => info.link = Some(l),
+                        LinkAttribute::Controller(m) => info.master = Some(m),
+                        _ => {}
+                    }
+                }
+                links.push(info);
+            }
+            Ok(None) => return Ok(links),
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
 }
 
 fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -208,14 +254,25 @@ fn list_container_links(
     results.into_inner().unwrap_or_default()
 }
 
-/// Lists the host's links on a thread of our own (never entered any namespace).
-fn list_host_links() -> Result<Vec<LinkInfo>, String> {
+/// Lists the host's links (all, or only `indexes` and their bridges) on a thread of our own
+/// (never entered any namespace).
+fn list_host_links(indexes: Option<&[u32]>) -> Result<Vec<LinkInfo>, String> {
     std::thread::scope(|s| {
-        s.spawn(|| list_links(&current_thread_runtime()?))
-            .join()
-            .unwrap_or_else(|_| Err("netlink thread panicked".to_string()))
+        s.spawn(|| {
+            let rt = current_thread_runtime()?;
+            match indexes {
+                None => list_links(&rt),
+                Some(i) => get_links(&rt, i),
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| Err("netlink thread panicked".to_string()))
     })
 }
+
+/// Up to this many containers, the host side is looked up link by link (after the container
+/// side named the peers); above, one dump of the host's links in parallel is cheaper.
+const LOOKUP_BY_INDEX_UP_TO: usize = 16;
 
 fn open_netns(pid: u32) -> Result<File, VethError> {
     File::open(format!("/proc/{pid}/ns/net")).map_err(|e| match e.kind() {
@@ -255,14 +312,25 @@ impl VethResolver for NetlinkVethResolver {
         pids.sort_unstable();
         pids.dedup();
 
-        let (host, per_pid) = std::thread::scope(|s| {
-            let host = s.spawn(list_host_links);
+        let (host, per_pid) = if pids.len() <= LOOKUP_BY_INDEX_UP_TO {
             let per_pid = list_container_links(&pids, self.parallelism);
-            let host = host
-                .join()
-                .unwrap_or_else(|_| Err("netlink thread panicked".to_string()));
-            (host, per_pid)
-        });
+            let peers: Vec<u32> = per_pid
+                .values()
+                .filter_map(|r| r.as_ref().ok())
+                .flatten()
+                .filter_map(|l| l.link)
+                .collect();
+            (list_host_links(Some(&peers)), per_pid)
+        } else {
+            std::thread::scope(|s| {
+                let host = s.spawn(|| list_host_links(None));
+                let per_pid = list_container_links(&pids, self.parallelism);
+                let host = host
+                    .join()
+                    .unwrap_or_else(|_| Err("netlink thread panicked".to_string()));
+                (host, per_pid)
+            })
+        };
         let host = match host {
             Ok(h) => h,
             Err(e) => {
