@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Where the packet path's CPU goes: two "containers" (namespaces) on a bridge in a third
+# namespace, iperf3 between them, and `perf record -a` (software cpu-clock: these VMs have no
+# hardware counters) for each setup: none, br_netfilter only, Docker-like (br_netfilter +
+# conntrack), netguard. Prints the share of samples in br_netfilter, conntrack, nf_tables and
+# the rest of the kernel. As root: sudo scripts/profile-packet-path.sh [seconds]
+# Namespaces are named ngpp<pid>-*, removed on exit (also on failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-4}"
+P="ngpp$$"
+H="$P-host"; A="$P-a"; B="$P-b"
+NG="${NETGUARD_BIN:-target/release/netguard}"
+WORK="$(mktemp -d)"
+cleanup() {
+  for ns in "$A" "$B" "$H"; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+command -v perf >/dev/null || { echo "needs perf (linux-perf)" >&2; exit 2; }
+[ -x "$NG" ] || cargo build --release --locked --bin netguard
+
+for ns in "$H" "$A" "$B"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip -n "$H" link add br0 type bridge
+ip -n "$H" link set br0 up
+i=1
+for ns in "$A" "$B"; do
+  ip -n "$H" link add "v$i" type veth peer name eth0 netns "$ns"
+  ip -n "$H" link set "v$i" master br0 up
+  ip -n "$ns" addr add "10.78.0.$i/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  i=$((i + 1))
+done
+ip netns exec "$B" iperf3 -s -D -p 5201 >/dev/null
+
+cat >"$WORK/policy.toml" <<'POL'
+[groups.client]
+match = { label = { role = "client" } }
+[groups.server]
+match = { label = { role = "server" } }
+[[allow]]
+from = "client"
+to = "server"
+ports = ["5201/tcp"]
+POL
+cat >"$WORK/inv.toml" <<'INV'
+[[container]]
+name = "a"
+id = "a"
+image = "bench:1"
+labels = { role = "client" }
+[[container.endpoint]]
+network = "lab"
+bridge = "br0"
+veth = "v1"
+ipv4 = "10.78.0.1"
+
+[[container]]
+name = "b"
+id = "b"
+image = "bench:1"
+labels = { role = "server" }
+[[container.endpoint]]
+network = "lab"
+bridge = "br0"
+veth = "v2"
+ipv4 = "10.78.0.2"
+INV
+
+flags() { ip -n "$H" link set br0 type bridge nf_call_iptables "$1" nf_call_ip6tables "$1"; }
+reset() {
+  ip netns exec "$H" "$NG" -c "$WORK/policy.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
+  ip netns exec "$H" nft delete table inet dockerlike 2>/dev/null || true
+  flags 0
+}
+
+run() {
+  local name="$1"
+  sleep 0.5
+  perf record -q -a -e cpu-clock -F 2000 -g -o "$WORK/$name.data" -- \
+    ip netns exec "$A" iperf3 -c 10.78.0.2 -p 5201 -t "$SECS" -J >"$WORK/$name.json" 2>/dev/null
+  local gbps
+  gbps=$(python3 -c "import json,sys; print('%.2f' % (json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second']/1e9))" "$WORK/$name.json")
+  perf report -q -i "$WORK/$name.data" --no-children --sort symbol --percent-limit 0 2>/dev/null \
+    | awk -v name="$name" -v gbps="$gbps" '
+      /%/ { p = $1; sub("%", "", p); s = $3;
+            if (s ~ /safe_halt|^default_idle|cpuidle|^acpi_idle/) { idle += p; next }
+            if (s ~ /^br_nf|^br_netfilter|nf_bridge/) brnf += p;
+            else if (s ~ /conntrack|^nf_ct_|^__nf_ct|^nf_confirm|^hash_conntrack|^tcp_packet|^nf_nat/) ct += p;
+            else if (s ~ /^nft_|^nf_tables|^__nft|^nf_hook_slow|^expr_call/) nft += p;
+            total += p }
+      END { b = total / 100;
+            printf "%-13s %6s Gbit/s  busy %5.1f %% of both cores; of that: br_netfilter %4.1f %%, conntrack %4.1f %%, nf_tables %4.1f %%\n", name, gbps, total, brnf / b, ct / b, nft / b }'
+  # PROFILE_TOP=N: the N hottest netfilter symbols of each run.
+  if [ -n "${PROFILE_TOP:-}" ]; then
+    perf report -q -i "$WORK/$name.data" --no-children --sort symbol --percent-limit 0 2>/dev/null \
+      | awk '$3 ~ /^nft_|^nf_|^br_nf|conntrack|^__nft|^__nf/ { print "      " $1 " " $3 }' | head -"$PROFILE_TOP"
+  fi
+}
+
+echo "iperf3 -t $SECS between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
+reset; run none
+reset; flags 1; run br_netfilter
+reset; flags 1
+ip netns exec "$H" nft 'add table inet dockerlike; add chain inet dockerlike forward { type filter hook forward priority 0; policy accept; }; add rule inet dockerlike forward ct state established,related accept'
+run docker-like
+reset
+ip netns exec "$H" "$NG" -c "$WORK/policy.toml" --inventory "$WORK/inv.toml" apply >/dev/null
+run netguard
+reset
+# The same without the bridge table (address-to-veth binding), to see its share.
+{ printf '[settings]\nanti_spoofing = false\n'; cat "$WORK/policy.toml"; } >"$WORK/nospoof.toml"
+ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" apply >/dev/null
+run "ng-no-binding"
+ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
+reset
