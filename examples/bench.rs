@@ -1019,7 +1019,7 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
     let cost_flat = median(&cost_c[&("netguard sets".to_string(), 10_000)])
         / median(&cost_c[&("netguard sets".to_string(), 10)]);
     res.row(
-        "3. netguard sets: CPU per connection at 10,000 entries vs 10 (flat, the steadier lens)",
+        "3. netguard sets: CPU per connection at 10,000 entries vs 10 (flat)",
         "≤ 1.05",
         format!("{cost_flat:.3}"),
         Some(cost_flat <= 1.05),
