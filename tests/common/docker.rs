@@ -205,6 +205,27 @@ impl Drop for Scene {
                     }
                     break;
                 }
+                // Docker 20.10 can keep a removed container's endpoint on the network for a
+                // long time (seen: over 30 s after a 200-container churn): force it off.
+                if i == 10 {
+                    let eps = docker(&[
+                        "network",
+                        "inspect",
+                        n,
+                        "-f",
+                        "{{range $k, $v := .Containers}}{{$v.Name}} {{$k}}\n{{end}}",
+                    ])
+                    .unwrap_or_default();
+                    for line in eps.lines() {
+                        let mut w = line.split_whitespace();
+                        let (name, id) = (w.next(), w.next());
+                        for who in [name, id].into_iter().flatten() {
+                            if docker(&["network", "disconnect", "-f", n, who]).is_ok() {
+                                break;
+                            }
+                        }
+                    }
+                }
                 std::thread::sleep(std::time::Duration::from_millis(500));
             }
             if let Err(e) = last {
