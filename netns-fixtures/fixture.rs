@@ -649,12 +649,17 @@ impl Drop for Fixture {
 /// Missing prerequisites fail the test under `CI=true`, and print a loud SKIP otherwise
 /// (the caller returns when this is false).
 pub fn prerequisites(test: &str) -> bool {
+    prerequisites_with(test, &[])
+}
+
+/// `prerequisites` plus the tools in `extra` (each must answer `TOOL -V`).
+pub fn prerequisites_with(test: &str, extra: &[&str]) -> bool {
     let mut missing = vec![];
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         missing.push("root".to_string());
     }
-    for tool in ["ip", "nft", "ping"] {
+    for tool in ["ip", "nft", "ping"].iter().chain(extra) {
         let found = Command::new(tool)
             .arg("-V")
             .stdout(Stdio::null())

@@ -93,22 +93,7 @@ fn expected_full() -> Expected {
 }
 
 fn prereqs(test: &str) -> bool {
-    if !prerequisites(test) {
-        return false;
-    }
-    let ok = std::process::Command::new("conntrack")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg = format!("{test}: needs `conntrack` (conntrack-tools)");
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} (CI=true: privileged tests must not skip)");
-        }
-        eprintln!("\n**************** SKIP {msg} ****************\n");
-        return false;
-    }
-    true
+    prerequisites_with(test, &["conntrack"])
 }
 
 /// Writes atomically (a reader never sees half a file).

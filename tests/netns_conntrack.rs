@@ -25,22 +25,7 @@ impl Drop for Ns {
 }
 
 fn prereqs() -> bool {
-    if !prerequisites("netns_conntrack") {
-        return false;
-    }
-    let ok = Command::new("conntrack")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let msg = "netns_conntrack: needs `conntrack` (conntrack-tools)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg} (CI=true: privileged tests must not skip)");
-        }
-        eprintln!("\n**************** SKIP {msg} ****************\n");
-        return false;
-    }
-    true
+    prerequisites_with("netns_conntrack", &["conntrack"])
 }
 
 fn sh(args: &[&str]) {
