@@ -550,7 +550,10 @@ fn live_rules_keep_counters_and_handles() {
     assert_eq!(last.bytes, Some(180));
     assert!(last.handle.is_some());
     assert!(last.comment.as_deref().unwrap().contains("[ng:"));
-    assert_eq!(isolate.rules[0].packets, None, "first rule has no counter");
+    assert_eq!(
+        t.chains["forward"].rules[0].packets, None,
+        "the replies rule has no counter"
+    );
     assert!(isolate.base.is_none());
     assert!(t.chains["forward"].base.is_some());
 }

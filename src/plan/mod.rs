@@ -382,12 +382,8 @@ fn build_ruleset(
             (None, _) => {}
         }
     }
+    // Replies are accepted in `forward` itself, before any lookup (see `forward_rules`).
     let mut isolate = vec![
-        Rule::new(
-            vec![Match::CtState(vec!["established".into(), "related".into()])],
-            Verdict::Accept,
-            "replies to allowed connections",
-        ),
         Rule::new(
             vec![Match::CtState(vec!["invalid".into()])],
             Verdict::Drop,
@@ -524,11 +520,21 @@ fn deny_counter_rules(policy: &Policy) -> Vec<Rule> {
 pub const DOCKER_BRIDGE_PATTERNS: [&str; 2] = ["docker0", "br-*"];
 
 fn forward_rules() -> Vec<Rule> {
-    let mut rules = vec![Rule::new(
-        vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
-        Verdict::Jump(names::ISOLATE.into()),
-        "traffic between two ports of one managed bridge",
-    )];
+    let mut rules = vec![
+        // First, before the bridge lookup and the jump: nearly every packet belongs to a
+        // connection already admitted, and accepting it in this base chain changes nothing
+        // (its policy is accept too) while sparing every such packet the rest of the path.
+        Rule::new(
+            vec![Match::CtState(vec!["established".into(), "related".into()])],
+            Verdict::Accept,
+            "replies to allowed connections",
+        ),
+        Rule::new(
+            vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
+            Verdict::Jump(names::ISOLATE.into()),
+            "traffic between two ports of one managed bridge",
+        ),
+    ];
     for p in DOCKER_BRIDGE_PATTERNS {
         rules.push(Rule::new(
             vec![
