@@ -797,6 +797,9 @@ COMMIT
 #[derive(Clone)]
 enum Variant {
     None,
+    /// The bare path again, paired with itself: an A/A control that shows how far apart two
+    /// identical setups land on this machine, i.e. what the other ratios can resolve.
+    NoneAgain,
     NoneBrnf,
     /// The same bridge on a Docker host without netguard: br_netfilter on (Docker sets
     /// `bridge-nf-call-iptables=1`), Docker's iptables rules, conntrack and NAT tracking every
@@ -813,6 +816,7 @@ impl Variant {
     fn key(&self) -> (String, usize) {
         match self {
             Variant::None => ("none".into(), 0),
+            Variant::NoneAgain => ("none (A/A)".into(), 0),
             Variant::NoneBrnf => ("none+br_netfilter".into(), 0),
             Variant::DockerHost => ("docker host".into(), 0),
             Variant::Sets(n) => ("netguard sets".into(), *n),
@@ -863,7 +867,7 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
     // three times per round: the closer its median, the better.
     let docker_sizes = [1000usize];
     let docker_reps = 3;
-    let mut variants = vec![Variant::NoneBrnf, Variant::DockerHost];
+    let mut variants = vec![Variant::NoneAgain, Variant::NoneBrnf, Variant::DockerHost];
     variants.extend(docker_sizes.iter().map(|n| Variant::DockerHostSets(*n)));
     variants.extend(sizes.iter().map(|n| Variant::Sets(*n)));
     variants.extend(rule_sizes.iter().map(|n| Variant::Rules(*n)));
@@ -1043,6 +1047,10 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             res.packet.insert(k.clone(), (tr, cr));
         }
         let (label, against) = match v {
+            Variant::NoneAgain => (
+                "A/A control, no table measured twice".to_string(),
+                "no table",
+            ),
             Variant::NoneBrnf => (
                 "no table, br_netfilter on for the bridge".to_string(),
                 "no table",
@@ -1090,6 +1098,23 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             None,
         );
     }
+    // The A/A pairs' own spread: single pairs land this far apart with nothing changed.
+    let aa = Variant::NoneAgain.key();
+    let aa_pairs: Vec<&Pair> = pairs.iter().filter(|p| p.key == aa).collect();
+    let range = |f: &dyn Fn(&Pair) -> f64| {
+        let s = sorted(&aa_pairs.iter().map(|p| f(p) * 100.0).collect::<Vec<_>>());
+        format!("{:.0}–{:.0} %", s[0], s[s.len() - 1])
+    };
+    res.row(
+        "3. A/A control: single pairs (throughput / connections/s), min–max over rounds",
+        "—",
+        format!(
+            "{} / {}",
+            range(&|p| p.v.0 / p.n.0),
+            range(&|p| p.v.1 / p.n.1)
+        ),
+        None,
+    );
     let sets = |n: usize| ("netguard sets".to_string(), n);
     let cost_flat = ratio(&sets(10_000)).3 / ratio(&sets(10)).3;
     res.row(

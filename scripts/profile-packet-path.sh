@@ -2,8 +2,10 @@
 # Where the packet path's CPU goes: two "containers" (namespaces) on a bridge in a third
 # namespace, iperf3 between them, and `perf record -a` (software cpu-clock: these VMs have no
 # hardware counters) for each setup: none, br_netfilter only, Docker-like (br_netfilter +
-# conntrack), netguard. Prints the share of samples in br_netfilter, conntrack, nf_tables and
-# the rest of the kernel. As root: sudo scripts/profile-packet-path.sh [seconds]
+# conntrack + one ct-state rule), netguard alone, and a Docker host (br_netfilter + Docker's
+# iptables rules) without netguard, with it, and with it but without the binding table.
+# Prints the share of busy samples in br_netfilter, conntrack and nf_tables (rule evaluation,
+# iptables-nft's matches included), and their sum. As root: sudo scripts/profile-packet-path.sh [seconds]
 # Namespaces are named ngpp<pid>-*, removed on exit (also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,7 +76,49 @@ flags() { ip -n "$H" link set br0 type bridge nf_call_iptables "$1" nf_call_ip6t
 reset() {
   ip netns exec "$H" "$NG" -c "$WORK/policy.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
   ip netns exec "$H" nft delete table inet dockerlike 2>/dev/null || true
+  ip netns exec "$H" nft delete table ip filter 2>/dev/null || true
+  ip netns exec "$H" nft delete table ip nat 2>/dev/null || true
   flags 0
+}
+# Docker 20.10's filter and nat rules for one bridge network, as on a Docker host (the same
+# as the benchmark's Docker-host baseline); iptables-nft, so `reset` can delete the tables.
+cat >"$WORK/docker.iptables" <<'IPT'
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 10.78.0.0/24 ! -o br0 -j MASQUERADE
+-A DOCKER -i br0 -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o br0 -j DOCKER
+-A FORWARD -i br0 ! -o br0 -j ACCEPT
+-A FORWARD -i br0 -o br0 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+IPT
+docker_host() {
+  iptables-restore --version | grep -q nf_tables || { echo "needs iptables-restore of the nf_tables backend" >&2; exit 2; }
+  flags 1
+  ip netns exec "$H" iptables-restore "$WORK/docker.iptables"
 }
 
 run() {
@@ -89,11 +133,12 @@ run() {
       /%/ { p = $1; sub("%", "", p); s = $3;
             if (s ~ /safe_halt|^default_idle|cpuidle|^acpi_idle/) { idle += p; next }
             if (s ~ /^br_nf|^br_netfilter|nf_bridge/) brnf += p;
+            else if (s ~ /_mt$|_mt_v[0-9]$|^nft_match|^nft_compat|^xt_|^ipt_/) nft += p;
             else if (s ~ /conntrack|^nf_ct_|^__nf_ct|^nf_confirm|^hash_conntrack|^tcp_packet|^nf_nat/) ct += p;
             else if (s ~ /^nft_|^nf_tables|^__nft|^nf_hook_slow|^expr_call/) nft += p;
             total += p }
       END { b = total / 100;
-            printf "%-13s %6s Gbit/s  busy %5.1f %% of both cores; of that: br_netfilter %4.1f %%, conntrack %4.1f %%, nf_tables %4.1f %%\n", name, gbps, total, brnf / b, ct / b, nft / b }'
+            printf "%-13s %6s Gbit/s  busy %5.1f %% of both cores; of that: br_netfilter %4.1f %%, conntrack %4.1f %%, nf_tables %4.1f %%, all three %4.1f %%\n", name, gbps, total, brnf / b, ct / b, nft / b, (brnf + ct + nft) / b }'
   # PROFILE_TOP=N: the N hottest netfilter symbols of each run.
   if [ -n "${PROFILE_TOP:-}" ]; then
     perf report -q -i "$WORK/$name.data" --no-children --sort symbol --percent-limit 0 2>/dev/null \
@@ -101,19 +146,20 @@ run() {
   fi
 }
 
+{ printf '[settings]\nanti_spoofing = false\n'; cat "$WORK/policy.toml"; } >"$WORK/nospoof.toml"
+apply() { ip netns exec "$H" "$NG" -c "$1" --inventory "$WORK/inv.toml" apply >/dev/null; }
+
 echo "iperf3 -t $SECS between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
 reset; run none
 reset; flags 1; run br_netfilter
 reset; flags 1
 ip netns exec "$H" nft 'add table inet dockerlike; add chain inet dockerlike forward { type filter hook forward priority 0; policy accept; }; add rule inet dockerlike forward ct state established,related accept'
 run docker-like
-reset
-ip netns exec "$H" "$NG" -c "$WORK/policy.toml" --inventory "$WORK/inv.toml" apply >/dev/null
-run netguard
-reset
+reset; apply "$WORK/policy.toml"; run netguard
+# On a Docker host: netguard's own cost is the difference between the last three.
+reset; docker_host; run docker-host
+reset; docker_host; apply "$WORK/policy.toml"; run "dh+netguard"
 # The same without the bridge table (address-to-veth binding), to see its share.
-{ printf '[settings]\nanti_spoofing = false\n'; cat "$WORK/policy.toml"; } >"$WORK/nospoof.toml"
-ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" apply >/dev/null
-run "ng-no-binding"
+reset; docker_host; apply "$WORK/nospoof.toml"; run "dh+ng-no-bind"
 ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
 reset
