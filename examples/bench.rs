@@ -761,38 +761,7 @@ fn pk_naive(n: usize) -> String {
 /// Docker 20.10's filter and nat rules for one user-defined bridge network (`br0`, ICC on),
 /// as `iptables-save` prints them on a Docker host: what every packet between two containers
 /// of one network already goes through before netguard adds anything.
-const DOCKER_IPTABLES: &str = "*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s 10.77.0.0/16 ! -o br0 -j MASQUERADE
--A DOCKER -i br0 -j RETURN
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-ISOLATION-STAGE-1 - [0:0]
-:DOCKER-ISOLATION-STAGE-2 - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-ISOLATION-STAGE-1
--A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A FORWARD -o br0 -j DOCKER
--A FORWARD -i br0 ! -o br0 -j ACCEPT
--A FORWARD -i br0 -o br0 -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
--A DOCKER-ISOLATION-STAGE-1 -j RETURN
--A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
--A DOCKER-ISOLATION-STAGE-2 -j RETURN
--A DOCKER-USER -j RETURN
-COMMIT
-";
+const DOCKER_IPTABLES: &str = include_str!("../scripts/docker-bridge.iptables");
 
 #[derive(Clone)]
 enum Variant {
@@ -881,7 +850,11 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
     // Files per variant, written once.
     let mut files: HashMap<(String, usize), (PathBuf, PathBuf)> = HashMap::new();
     let rules_file = tmp.path().join("docker.iptables");
-    std::fs::write(&rules_file, DOCKER_IPTABLES).expect("write");
+    std::fs::write(
+        &rules_file,
+        DOCKER_IPTABLES.replace("@SUBNET@", "10.77.0.0/16"),
+    )
+    .expect("write");
     for v in &variants {
         let (policy, inv) = match v {
             Variant::Sets(n) | Variant::DockerHostSets(n) => pk_sets(*n),

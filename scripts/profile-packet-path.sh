@@ -80,41 +80,9 @@ reset() {
   ip netns exec "$H" nft delete table ip nat 2>/dev/null || true
   flags 0
 }
-# Docker 20.10's filter and nat rules for one bridge network, as on a Docker host (the same
-# as the benchmark's Docker-host baseline); iptables-nft, so `reset` can delete the tables.
-cat >"$WORK/docker.iptables" <<'IPT'
-*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s 10.78.0.0/24 ! -o br0 -j MASQUERADE
--A DOCKER -i br0 -j RETURN
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-ISOLATION-STAGE-1 - [0:0]
-:DOCKER-ISOLATION-STAGE-2 - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-ISOLATION-STAGE-1
--A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A FORWARD -o br0 -j DOCKER
--A FORWARD -i br0 ! -o br0 -j ACCEPT
--A FORWARD -i br0 -o br0 -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
--A DOCKER-ISOLATION-STAGE-1 -j RETURN
--A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
--A DOCKER-ISOLATION-STAGE-2 -j RETURN
--A DOCKER-USER -j RETURN
-COMMIT
-IPT
+# Docker 20.10's filter and nat rules for one bridge network, as on a Docker host (the
+# benchmark's Docker-host baseline too); iptables-nft, so `reset` can delete the tables.
+sed 's#@SUBNET@#10.78.0.0/24#' scripts/docker-bridge.iptables >"$WORK/docker.iptables"
 docker_host() {
   iptables-restore --version | grep -q nf_tables || { echo "needs iptables-restore of the nf_tables backend" >&2; exit 2; }
   flags 1
