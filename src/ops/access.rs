@@ -144,9 +144,19 @@ impl View {
         // Traffic only reaches `isolate` through the forward chain's jump.
         if let Some(fwd) = t.chains.get(names::FORWARD) {
             v.judged = judged_of(&v.sets);
-            // The rules after the first jump judge Docker-shaped bridges netguard does
-            // not know (see `plan::DOCKER_BRIDGE_PATTERNS`).
-            v.docker_patterns = fwd.rules.len() > 1;
+            // The jumps after the first judge Docker-shaped bridges netguard does not know
+            // (see `plan::DOCKER_BRIDGE_PATTERNS`). Counted by jump, not by rule: the chain
+            // also holds the accept for established packets.
+            let jumps = fwd
+                .rules
+                .iter()
+                .filter(|r| {
+                    r.expr
+                        .iter()
+                        .any(|st| st["jump"]["target"] == names::ISOLATE)
+                })
+                .count();
+            v.docker_patterns = jumps > 1;
         }
         if let Some(ch) = t.chains.get(names::ISOLATE) {
             for r in &ch.rules {
@@ -596,6 +606,42 @@ mod tests {
     fn addr_match(iface: &str, proto: &str, field: &str, set: &str) -> Value {
         json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": iface}},
             {"payload": {"protocol": proto, "field": field}}]}, "right": format!("@{set}")}})
+    }
+
+    /// The forward chain starts with the accept for established packets; only the jumps
+    /// after the first one mean "unknown Docker-shaped bridges are judged".
+    #[test]
+    fn docker_patterns_are_counted_by_jump() {
+        use crate::nft::live::{LiveChain, LiveRule, LiveTable};
+        let rule = |expr: Vec<Value>| LiveRule {
+            handle: None,
+            comment: None,
+            packets: None,
+            bytes: None,
+            expr,
+        };
+        let established = rule(vec![
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+            json!({"accept": null}),
+        ]);
+        let jump = || {
+            rule(vec![
+                json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br-*"}}),
+                json!({"jump": {"target": "isolate"}}),
+            ])
+        };
+        let view = |rules: Vec<LiveRule>| {
+            let mut t = LiveTable::default();
+            t.chains
+                .insert(names::FORWARD.into(), LiveChain { base: None, rules });
+            View::from_live(&[(Family::Inet, Some(t))].into_iter().collect())
+        };
+        assert!(!view(vec![established.clone(), jump()]).docker_patterns);
+        assert!(view(vec![established, jump(), jump(), jump()]).docker_patterns);
+        assert!(
+            !view(vec![jump()]).docker_patterns,
+            "an older table: one jump"
+        );
     }
 
     /// The forms nft 1.0.6 lists netguard's allow rules in (it rewrites
