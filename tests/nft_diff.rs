@@ -252,7 +252,7 @@ fn changed_rule_rewrites_only_its_chain() {
     let r = inet
         .iter_mut()
         .find(|o| {
-            o["rule"]["chain"] == "isolate"
+            o["rule"]["chain"] == "from_g_web_4"
                 && o["rule"]["comment"]
                     .as_str()
                     .unwrap()
@@ -266,27 +266,38 @@ fn changed_rule_rewrites_only_its_chain() {
 
     let c = diff(&want, &live);
     let t = changes_for(&c, Family::Inet);
-    assert_eq!(t.rewrite_chains, vec![names::ISOLATE.to_string()]);
+    // Allow rules live in their source set's chain: only that chain is re-laid.
+    assert_eq!(t.rewrite_chains, vec!["from_g_web_4".to_string()]);
     assert_eq!(
         t.removed_rules,
-        vec!["isolate: allow web -> api 9090/tcp (policy.toml:12) [ng:00000000deadbeef]"]
+        vec!["from_g_web_4: allow web -> api 9090/tcp (policy.toml:12) [ng:00000000deadbeef]"]
     );
     assert_eq!(t.added_rules.len(), 1, "{:?}", t.added_rules);
-    assert!(t.added_rules[0].starts_with("isolate: allow web -> api 8080/tcp,icmp"));
+    assert!(t.added_rules[0].starts_with("from_g_web_4: allow web -> api 8080/tcp,icmp"));
     assert!(t.add_elements.is_empty() && t.delete_elements.is_empty());
 
     let ops = batch_ops(&c);
-    let flush = pos(&ops, "flush", "chain", "isolate");
-    let isolate_rules = table_of(&want, Family::Inet).chains[1].rules.len();
+    let flush = pos(&ops, "flush", "chain", "from_g_web_4");
+    let chain_rules = table_of(&want, Family::Inet)
+        .chains
+        .iter()
+        .find(|c| c.name == "from_g_web_4")
+        .unwrap()
+        .rules
+        .len();
     let added: Vec<usize> = ops
         .iter()
         .enumerate()
-        .filter(|(_, (c, k, _, n))| c == "add" && k == "rule" && n == "isolate")
+        .filter(|(_, (c, k, _, n))| c == "add" && k == "rule" && n == "from_g_web_4")
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(added.len(), isolate_rules, "the whole chain is re-added");
+    assert_eq!(added.len(), chain_rules, "the whole chain is re-added");
     assert!(added.iter().all(|i| *i > flush), "flush before the rules");
-    assert!(!ops.iter().any(|(_, _, _, n)| n == "forward"), "{ops:#?}");
+    assert!(
+        !ops.iter()
+            .any(|(_, _, _, n)| n == "forward" || n == "isolate" || n == "from_g_web_6"),
+        "{ops:#?}"
+    );
     assert!(changes_for(&c, Family::Bridge).is_empty());
 }
 
@@ -344,10 +355,7 @@ fn obsolete_set_is_deleted_after_every_chain_is_flushed() {
     let t = changes_for(&c, Family::Inet);
     assert_eq!(t.delete_sets, vec!["g_old_4".to_string()]);
     assert!(t.create_sets.is_empty());
-    assert_eq!(
-        t.rewrite_chains,
-        vec!["forward".to_string(), "isolate".to_string()]
-    );
+    assert_eq!(t.rewrite_chains, chain_names(&want), "every chain");
     // Nothing is added or removed in the rules themselves, only re-laid.
     assert!(t.added_rules.is_empty() && t.removed_rules.is_empty());
     assert!(t.delete_elements.is_empty(), "the set goes as a whole");
@@ -385,7 +393,7 @@ fn set_with_wrong_type_is_recreated() {
         [("g_web_4".to_string(), vec![v4("br0", "10.0.0.1")])].into()
     );
     assert!(t.delete_elements.is_empty());
-    assert_eq!(t.rewrite_chains.len(), 2);
+    assert_eq!(t.rewrite_chains, chain_names(&want));
 
     let ops = batch_ops(&c);
     let flush = pos(&ops, "flush", "chain", "isolate");
@@ -598,8 +606,8 @@ fn obsolete_chain_is_deleted() {
     let t = changes_for(&c, Family::Inet);
     assert_eq!(t.delete_chains, vec!["old".to_string()]);
     assert_eq!(
-        t.rewrite_chains.len(),
-        2,
+        t.rewrite_chains,
+        chain_names(&want),
         "rules may jump to it: relay them"
     );
     let ops = batch_ops(&c);
@@ -668,4 +676,13 @@ fn cli_text_for_element_and_rule_changes() {
         netguard::cli::render_changes(&p, &synced),
         "in sync: no changes\n"
     );
+}
+
+/// The inet table's chains, in the plan's order: `forward`, `isolate`, one per source set.
+fn chain_names(want: &netguard::plan::ruleset::Ruleset) -> Vec<String> {
+    table_of(want, Family::Inet)
+        .chains
+        .iter()
+        .map(|c| c.name.clone())
+        .collect()
 }

@@ -328,7 +328,7 @@ fn status_text_and_json() {
     let counters: Vec<_> = status::counters(&live)
         .into_iter()
         .filter(|c| {
-            c.chain == "isolate"
+            (c.chain == "isolate" || c.chain.starts_with("from_"))
                 && (!c.rule.starts_with("denied ") || c.rule == "denied web -> api")
         })
         .collect();

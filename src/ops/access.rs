@@ -83,7 +83,23 @@ impl View {
                     .iter()
                     .any(|r| r.matches.iter().any(|m| matches!(m, Match::IifPattern(_))))
         });
-        if let Some(ch) = t.chains.iter().find(|c| c.name == names::ISOLATE) {
+        // `isolate` and the per-source chains it jumps to.
+        let reached: BTreeSet<&str> = t
+            .chains
+            .iter()
+            .filter(|c| c.name == names::ISOLATE)
+            .flat_map(|c| &c.rules)
+            .filter_map(|r| match &r.verdict {
+                Verdict::Jump(target) => Some(target.as_str()),
+                _ => None,
+            })
+            .chain([names::ISOLATE])
+            .collect();
+        for ch in t
+            .chains
+            .iter()
+            .filter(|c| reached.contains(c.name.as_str()))
+        {
             for rule in &ch.rules {
                 if rule.verdict != Verdict::Accept {
                     continue;
@@ -158,7 +174,22 @@ impl View {
                 .count();
             v.docker_patterns = jumps > 1;
         }
+        // `isolate` and the chains it jumps to (one per source set): a rule in a chain
+        // nothing jumps to permits nothing.
+        let mut reached: Vec<&str> = vec![names::ISOLATE];
         if let Some(ch) = t.chains.get(names::ISOLATE) {
+            for r in &ch.rules {
+                for st in &r.expr {
+                    if let Some(target) = st["jump"]["target"].as_str()
+                        && target != names::ISOLATE
+                        && !reached.contains(&target)
+                    {
+                        reached.push(target);
+                    }
+                }
+            }
+        }
+        for ch in reached.iter().filter_map(|c| t.chains.get(*c)) {
             for r in &ch.rules {
                 let comment = strip_fingerprint(r.comment.as_deref().unwrap_or(""));
                 match parse_live_rule(&r.expr) {

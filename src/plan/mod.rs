@@ -32,6 +32,12 @@ pub mod names {
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
     }
+
+    /// The chain holding the allow rules whose source is `set` (`isolate` jumps to it).
+    pub fn source_chain(set: &str) -> String {
+        format!("{SOURCE_CHAIN_PREFIX}{set}")
+    }
+    pub const SOURCE_CHAIN_PREFIX: &str = "from_";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -410,8 +416,39 @@ fn build_ruleset(
             "IPv6 neighbour discovery",
         ),
     ];
+    // Allow rules sit in one chain per source set, reached from one dispatch rule each:
+    // a new connection walks the dispatch rules and then only the lines whose source it
+    // is in, not every line of the policy.
+    let mut by_source: Vec<(String, Vec<Rule>)> = Vec::new();
     for f in flows {
-        isolate.extend(flow_rules(f));
+        for (src, rule) in flow_rules(f) {
+            match by_source.iter_mut().find(|(s, _)| *s == src) {
+                Some((_, rules)) => rules.push(rule),
+                None => by_source.push((src, vec![rule])),
+            }
+        }
+    }
+    // IPv4 dispatch first: one version's packets never match the other's rules.
+    by_source.sort_by_key(|(src, _)| src.ends_with("_6"));
+    for (src, _) in &by_source {
+        let (ip, version) = if src.ends_with("_6") {
+            (IpVersion::V6, "IPv6")
+        } else {
+            (IpVersion::V4, "IPv4")
+        };
+        let group = src
+            .strip_prefix("g_")
+            .and_then(|g| g.get(..g.len().saturating_sub(2)))
+            .unwrap_or("*");
+        isolate.push(Rule::new(
+            vec![Match::SaddrInSet {
+                ip,
+                iface: IfSide::Iif,
+                set: src.clone(),
+            }],
+            Verdict::Jump(names::source_chain(src)),
+            format!("allow lines from {group}, {version}"),
+        ));
     }
     isolate.extend(deny_counter_rules(policy));
     if policy.settings.log_denied {
@@ -449,7 +486,14 @@ fn build_ruleset(
                 base: None,
                 rules: isolate,
             },
-        ],
+        ]
+        .into_iter()
+        .chain(by_source.into_iter().map(|(src, rules)| Chain {
+            name: names::source_chain(&src),
+            base: None,
+            rules,
+        }))
+        .collect(),
     };
 
     let mut tables = vec![inet];
@@ -549,7 +593,8 @@ fn forward_rules() -> Vec<Rule> {
     rules
 }
 
-fn flow_rules(f: &Flow) -> Vec<Rule> {
+/// The rules of one allow entry, each with the source set whose chain holds it.
+fn flow_rules(f: &Flow) -> Vec<(String, Rule)> {
     let set_for = |g: &str, v6: bool| match (g, v6) {
         ("*", false) => names::ALL_4.to_string(),
         ("*", true) => names::ALL_6.to_string(),
@@ -575,20 +620,27 @@ fn flow_rules(f: &Flow) -> Vec<Rule> {
         for to in &f.to {
             let comment = format!("allow {from} -> {to} {ports_text} ({})", f.origin);
             for (ip, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
+                let src = set_for(from, v6);
+                // Destination first: in the source's chain the source lookup always
+                // matches, so a rule for another destination costs one lookup. The source
+                // stays in the rule so that it reads alone as what it permits.
                 let base = vec![
-                    Match::SaddrInSet {
-                        ip,
-                        iface: IfSide::Iif,
-                        set: set_for(from, v6),
-                    },
                     Match::DaddrInSet {
                         ip,
                         iface: IfSide::Oif,
                         set: set_for(to, v6),
                     },
+                    Match::SaddrInSet {
+                        ip,
+                        iface: IfSide::Iif,
+                        set: src.clone(),
+                    },
                 ];
                 if f.ports.is_none() {
-                    rules.push(Rule::new(base.clone(), Verdict::Accept, comment.clone()).counted());
+                    rules.push((
+                        src,
+                        Rule::new(base.clone(), Verdict::Accept, comment.clone()).counted(),
+                    ));
                     continue;
                 }
                 for (proto, ranges) in &by_proto {
@@ -604,7 +656,10 @@ fn flow_rules(f: &Flow) -> Vec<Rule> {
                             dports: r,
                         });
                     }
-                    rules.push(Rule::new(m, Verdict::Accept, comment.clone()).counted());
+                    rules.push((
+                        src.clone(),
+                        Rule::new(m, Verdict::Accept, comment.clone()).counted(),
+                    ));
                 }
             }
         }
