@@ -2,8 +2,8 @@
 //!
 //! `diff` must know what the kernel enforces *today*, and the only trustworthy record of
 //! that is the live table itself: its group sets (which `bridge . address` belongs where)
-//! and the structure of the allow rules in `isolate` (which set may reach which set, on
-//! which ports). The desired ruleset is read through the very same model
+//! and the structure of the allow rules in `isolate` and the per-source chains it jumps to
+//! (which set may reach which set, on which ports). The desired ruleset is read through the very same model
 //! ([`View::from_ruleset`]), so "before" and "after" are computed by one function and a
 //! difference between them is a difference in enforcement, never in bookkeeping.
 //! (A policy summary stored in a table or set comment was rejected: nft caps comments at
@@ -47,7 +47,8 @@ pub struct View {
     pub judged: BTreeSet<String>,
     pub sets: BTreeMap<String, BTreeSet<Elem>>,
     pub rules: Vec<AccessRule>,
-    /// Accept rules in `isolate` that netguard could not read (hand-edited): reported.
+    /// Accept rules in `isolate` or its `from_*` chains that netguard could not read
+    /// (hand-edited): reported.
     pub unreadable_rules: Vec<String>,
     /// The inet table exists.
     pub present: bool,
@@ -673,6 +674,55 @@ mod tests {
             !view(vec![jump()]).docker_patterns,
             "an older table: one jump"
         );
+    }
+
+    /// Allow rules live in the per-source chains; a chain `isolate` does not jump to (left
+    /// over, or hand-made) permits nothing, whatever its rules say.
+    #[test]
+    fn allow_rules_count_only_in_chains_isolate_jumps_to() {
+        use crate::nft::live::{LiveChain, LiveRule, LiveTable};
+        let rule = |expr: Vec<Value>| LiveRule {
+            handle: None,
+            comment: Some("allow web -> api all (p.toml:3) [ng:0000000000000001]".into()),
+            packets: None,
+            bytes: None,
+            expr,
+        };
+        let allow = rule(vec![
+            addr_match("oifname", "ip", "daddr", "g_api_4"),
+            addr_match("iifname", "ip", "saddr", "g_web_4"),
+            json!({"accept": null}),
+        ]);
+        let dispatch = rule(vec![
+            addr_match("iifname", "ip", "saddr", "g_web_4"),
+            json!({"jump": {"target": "from_g_web_4"}}),
+        ]);
+        let view = |isolate: Vec<LiveRule>| {
+            let mut t = LiveTable::default();
+            t.chains.insert(
+                names::ISOLATE.into(),
+                LiveChain {
+                    base: None,
+                    rules: isolate,
+                },
+            );
+            t.chains.insert(
+                "from_g_web_4".into(),
+                LiveChain {
+                    base: None,
+                    rules: vec![allow.clone()],
+                },
+            );
+            View::from_live(&[(Family::Inet, Some(t))].into_iter().collect())
+        };
+        let v = view(vec![dispatch]);
+        assert_eq!(v.rules.len(), 1);
+        assert_eq!(
+            (v.rules[0].src_set.as_str(), v.rules[0].dst_set.as_str()),
+            ("g_web_4", "g_api_4")
+        );
+        assert_eq!(v.rules[0].comment, "allow web -> api all (p.toml:3)");
+        assert!(view(vec![]).rules.is_empty(), "nothing jumps to the chain");
     }
 
     /// The forms nft 1.0.6 lists netguard's allow rules in (it rewrites

@@ -45,7 +45,8 @@ pub struct Impact {
     pub allowed: Vec<FlowChange>,
     pub denied: Vec<FlowChange>,
     pub groups: Vec<GroupChange>,
-    /// Accept rules in the live `isolate` chain netguard could not read (they are replaced).
+    /// Accept rules in the live `isolate` chain or the chains it jumps to that netguard could
+    /// not read (they are replaced).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable_live_rules: Vec<String>,
 }
