@@ -682,3 +682,73 @@ fn helper_received_filters_exact_payloads() {
     assert_eq!(received(b, b"x1").len(), 1);
     assert!(received(b, b"x").is_empty());
 }
+
+/// web-1 is in two source groups (web and ops). `isolate` jumps to each group's chain in
+/// turn, so web-1 gets the union of both groups' lines: a miss in one chain must fall
+/// through to the next, and a miss in all of them must still end in the drop (a `goto`
+/// there would return to `forward`, whose policy is accept).
+const POLICY_C: &str = r#"
+[settings]
+networks = ["front", "back"]
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.ops]
+match = { name = "web-1" }
+
+[groups.api]
+match = { name = "api-*" }
+
+[groups.db]
+match = { image = "postgres*" }
+
+[[allow]]
+from = "web"
+to = "api"
+ports = ["8080/tcp"]
+
+[[allow]]
+from = "ops"
+to = "api"
+ports = ["7777/tcp", "icmp"]
+
+[[allow]]
+from = "ops"
+to = "web"
+ports = ["9100/tcp"]
+
+[[allow]]
+from = ["api", "db"]
+to = "db"
+ports = ["5432/tcp"]
+"#;
+
+const EXPECTED_C: &[(&str, &str, &str)] = &[
+    ("web-1", "api-1", "tcp/8080 tcp/7777 icmp"),
+    ("web-2", "api-1", "tcp/8080"),
+    ("web-1", "web-2", "tcp/9100"),
+    ("api-2", "db-1", "tcp/5432"),
+    ("api-2", "db-2", "tcp/5432"),
+    ("db-1", "db-2", "tcp/5432"),
+    ("db-2", "db-1", "tcp/5432"),
+    ("side-web", "api-side", "all"),
+    ("api-side", "side-web", "all"),
+];
+
+#[test]
+fn container_in_two_source_groups_gets_both_groups_lines() {
+    let Some(fx) = setup("container_in_two_source_groups_gets_both_groups_lines") else {
+        return;
+    };
+    let policy = fx.write_file("policy.toml", POLICY_C);
+    netguard(&fx, &policy, &fx.inventory, &["apply"], 0);
+    let isolate = fx.host_ok(&["nft", "list", "chain", "inet", "netguard", "isolate"]);
+    assert!(
+        isolate.contains("jump from_g_web_4") && isolate.contains("jump from_g_ops_4"),
+        "one dispatch per source group:\n{isolate}"
+    );
+    let report = check_matrix(&fx, &Expected::from_rows(EXPECTED_C), &Kind::all());
+    report.assert_ok("policy C: web-1 in web and ops");
+    netguard(&fx, &policy, &fx.inventory, &["diff"], 0);
+}
