@@ -3,9 +3,10 @@
 //! `diff` must know what the kernel enforces *today*, and the only trustworthy record of
 //! that is the live table itself: its group sets (which `bridge . address` belongs where)
 //! and the structure of the allow rules in `isolate` and the per-source chains it jumps to
-//! (which set may reach which set, on which ports). The desired ruleset is read through the very same model
-//! ([`View::from_ruleset`]), so "before" and "after" are computed by one function and a
-//! difference between them is a difference in enforcement, never in bookkeeping.
+//! (which set may reach which set, on which ports). The desired ruleset is read through the
+//! very same model ([`View::from_ruleset`]), so "before" and "after" are computed by one
+//! function and a difference between them is a difference in enforcement, never in
+//! bookkeeping.
 //! (A policy summary stored in a table or set comment was rejected: nft caps comments at
 //! 128 bytes, and it would describe what was *meant*, not what the rules do.)
 
@@ -84,8 +85,7 @@ impl View {
                     .iter()
                     .any(|r| r.matches.iter().any(|m| matches!(m, Match::IifPattern(_))))
         });
-        // `isolate` and the per-source chains it jumps to.
-        let reached: BTreeSet<&str> = t
+        let jumps = t
             .chains
             .iter()
             .filter(|c| c.name == names::ISOLATE)
@@ -93,13 +93,10 @@ impl View {
             .filter_map(|r| match &r.verdict {
                 Verdict::Jump(target) => Some(target.as_str()),
                 _ => None,
-            })
-            .chain([names::ISOLATE])
-            .collect();
-        for ch in t
-            .chains
-            .iter()
-            .filter(|c| reached.contains(c.name.as_str()))
+            });
+        for ch in judging_chains(jumps)
+            .into_iter()
+            .filter_map(|n| t.chains.iter().find(|c| c.name == n))
         {
             for rule in &ch.rules {
                 if rule.verdict != Verdict::Accept {
@@ -175,22 +172,17 @@ impl View {
                 .count();
             v.docker_patterns = jumps > 1;
         }
-        // `isolate` and the chains it jumps to (one per source set): a rule in a chain
-        // nothing jumps to permits nothing.
-        let mut reached: Vec<&str> = vec![names::ISOLATE];
-        if let Some(ch) = t.chains.get(names::ISOLATE) {
-            for r in &ch.rules {
-                for st in &r.expr {
-                    if let Some(target) = st["jump"]["target"].as_str()
-                        && target != names::ISOLATE
-                        && !reached.contains(&target)
-                    {
-                        reached.push(target);
-                    }
-                }
-            }
-        }
-        for ch in reached.iter().filter_map(|c| t.chains.get(*c)) {
+        let jumps = t
+            .chains
+            .get(names::ISOLATE)
+            .into_iter()
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.expr)
+            .filter_map(|st| st["jump"]["target"].as_str());
+        for ch in judging_chains(jumps)
+            .into_iter()
+            .filter_map(|n| t.chains.get(n))
+        {
             for r in &ch.rules {
                 let comment = strip_fingerprint(r.comment.as_deref().unwrap_or(""));
                 match parse_live_rule(&r.expr) {
@@ -260,6 +252,18 @@ impl View {
             .collect();
         (admitted, groups)
     }
+}
+
+/// The chains whose accept rules decide: `isolate`, then the per-source chains it jumps to,
+/// in dispatch order. A rule in a chain nothing jumps to permits nothing.
+fn judging_chains<'a>(isolate_jumps: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out = vec![names::ISOLATE];
+    for target in isolate_jumps {
+        if !out.contains(&target) {
+            out.push(target);
+        }
+    }
+    out
 }
 
 fn judged_of(sets: &BTreeMap<String, BTreeSet<Elem>>) -> BTreeSet<String> {

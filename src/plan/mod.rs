@@ -35,9 +35,8 @@ pub mod names {
 
     /// The chain holding the allow rules whose source is `set` (`isolate` jumps to it).
     pub fn source_chain(set: &str) -> String {
-        format!("{SOURCE_CHAIN_PREFIX}{set}")
+        format!("from_{set}")
     }
-    pub const SOURCE_CHAIN_PREFIX: &str = "from_";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -419,7 +418,7 @@ fn build_ruleset(
     // Allow rules sit in one chain per source set, reached from one dispatch rule each:
     // a new connection walks the dispatch rules and then only the lines whose source it
     // is in, not every line of the policy.
-    let mut by_source: Vec<(String, Vec<Rule>)> = Vec::new();
+    let mut by_source: Vec<(Source, Vec<Rule>)> = Vec::new();
     for f in flows {
         for (src, rule) in flow_rules(f) {
             match by_source.iter_mut().find(|(s, _)| *s == src) {
@@ -429,25 +428,20 @@ fn build_ruleset(
         }
     }
     // IPv4 dispatch first: one version's packets never match the other's rules.
-    by_source.sort_by_key(|(src, _)| src.ends_with("_6"));
+    by_source.sort_by_key(|(src, _)| src.ip);
     for (src, _) in &by_source {
-        let (ip, version) = if src.ends_with("_6") {
-            (IpVersion::V6, "IPv6")
-        } else {
-            (IpVersion::V4, "IPv4")
+        let version = match src.ip {
+            IpVersion::V4 => "IPv4",
+            IpVersion::V6 => "IPv6",
         };
-        let group = src
-            .strip_prefix("g_")
-            .and_then(|g| g.get(..g.len().saturating_sub(2)))
-            .unwrap_or("*");
         isolate.push(Rule::new(
             vec![Match::SaddrInSet {
-                ip,
+                ip: src.ip,
                 iface: IfSide::Iif,
-                set: src.clone(),
+                set: src.set.clone(),
             }],
-            Verdict::Jump(names::source_chain(src)),
-            format!("allow lines from {group}, {version}"),
+            Verdict::Jump(names::source_chain(&src.set)),
+            format!("allow lines from {}, {version}", src.group),
         ));
     }
     isolate.extend(deny_counter_rules(policy));
@@ -489,7 +483,7 @@ fn build_ruleset(
         ]
         .into_iter()
         .chain(by_source.into_iter().map(|(src, rules)| Chain {
-            name: names::source_chain(&src),
+            name: names::source_chain(&src.set),
             base: None,
             rules,
         }))
@@ -593,8 +587,18 @@ fn forward_rules() -> Vec<Rule> {
     rules
 }
 
-/// The rules of one allow entry, each with the source set whose chain holds it.
-fn flow_rules(f: &Flow) -> Vec<(String, Rule)> {
+/// The source side of an allow rule: the set `isolate` dispatches on, and the chain it
+/// jumps to holds the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Source {
+    ip: IpVersion,
+    /// The group name as the policy wrote it (`*` for any managed container).
+    group: String,
+    set: String,
+}
+
+/// The rules of one allow entry, each with the source whose chain holds it.
+fn flow_rules(f: &Flow) -> Vec<(Source, Rule)> {
     let set_for = |g: &str, v6: bool| match (g, v6) {
         ("*", false) => names::ALL_4.to_string(),
         ("*", true) => names::ALL_6.to_string(),
@@ -620,7 +624,11 @@ fn flow_rules(f: &Flow) -> Vec<(String, Rule)> {
         for to in &f.to {
             let comment = format!("allow {from} -> {to} {ports_text} ({})", f.origin);
             for (ip, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
-                let src = set_for(from, v6);
+                let src = Source {
+                    ip,
+                    group: from.clone(),
+                    set: set_for(from, v6),
+                };
                 // Destination first: in the source's chain the source lookup always
                 // matches, so a rule for another destination costs one lookup. The source
                 // stays in the rule so that it reads alone as what it permits.
@@ -633,7 +641,7 @@ fn flow_rules(f: &Flow) -> Vec<(String, Rule)> {
                     Match::SaddrInSet {
                         ip,
                         iface: IfSide::Iif,
-                        set: src.clone(),
+                        set: src.set.clone(),
                     },
                 ];
                 if f.ports.is_none() {
