@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # netguard's benchmark (issue 6): packet-path cost, reconcile, plan, event → enforced.
 # As root: sudo scripts/bench.sh [--full] [--only 3,2,5,1,4,1d] [--no-write]
-# Default sizes take a few minutes; --full runs the full sizes and repetitions.
+# Default sizes take about 4 minutes here; --full runs the full sizes and repetitions (about an hour).
 # Writes the generated section of BENCHMARKS.md and docs/bench.svg.
 # Everything runs in network namespaces named ngb<pid>-*, removed on exit (also on failure),
 # except section 1d: Docker containers and a network named ngbench<pid>-* on the host's
