@@ -535,7 +535,7 @@ fn owner_of(owners: &BTreeMap<String, String>, e: &crate::plan::ruleset::Elem) -
         IfnameV4(_, a) | V4(a) => a.to_string(),
         IfnameV6(_, a) | V6(a) => a.to_string(),
         Ifname(i) => i.clone(),
-        IfnamePair(..) => return String::new(),
+        IfnamePair(..) | Port(..) => return String::new(),
     };
     owners
         .get(&key)

@@ -5,7 +5,7 @@ use netguard::inventory::parse_inventory;
 use netguard::nft::exec::{LibNftables, NftExec};
 use netguard::nft::{Backend, Changes, FAMILIES, diff, live, netlink};
 use netguard::plan::plan;
-use netguard::plan::ruleset::{Elem, Family};
+use netguard::plan::ruleset::{Elem, Family, SetKind};
 use netguard::policy::parse_policy;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,6 +109,12 @@ fn netlink_reader_equals_nft_json_listing() {
             .expect("odd set");
         lib.run("add element inet netguard odd { 80 }")
             .expect("odd elem");
+        // A port set with the edge cases of interval boundaries: a range from 0, adjacent
+        // ranges, a range up to 65535 (no end boundary in the kernel).
+        lib.run("add set inet netguard ports_edges { type inet_service; flags interval; }")
+            .expect("port set");
+        lib.run("add element inet netguard ports_edges { 0-10, 22, 23-24, 8080, 65000-65535 }")
+            .expect("port elements");
         for f in FAMILIES {
             let a = netlink::read_table(f)
                 .expect("netlink read")
@@ -116,6 +122,30 @@ fn netlink_reader_equals_nft_json_listing() {
             let b = json(f).expect("table present");
             assert_eq!(a, b, "{f:?}");
             assert!(!a.sets.is_empty() && !a.chains.is_empty());
+            if f == Family::Inet {
+                assert_eq!(
+                    a.sets["ports_edges"].elements,
+                    [
+                        Elem::Port(0, 10),
+                        Elem::Port(22, 22),
+                        Elem::Port(23, 24),
+                        Elem::Port(8080, 8080),
+                        Elem::Port(65000, 65535)
+                    ]
+                    .into()
+                );
+                // The example policy's one list of two ports (5432/tcp, 6379/tcp).
+                let planned: Vec<_> = p
+                    .ruleset
+                    .table(f)
+                    .expect("inet")
+                    .sets
+                    .iter()
+                    .filter(|s| s.kind == SetKind::Ports)
+                    .collect();
+                assert_eq!(planned.len(), 1);
+                assert_eq!(a.sets[&planned[0].name].elements, planned[0].elements);
+            }
         }
         // The structure alone (no elements) equals nft's terse listing.
         for f in FAMILIES {

@@ -11,6 +11,10 @@ use netguard::policy::parse_policy;
 use serde_json::{Value, json};
 use std::path::Path;
 
+#[path = "common/nft_json.rs"]
+mod nft_json;
+use nft_json::set_json;
+
 const POLICY: &str = r#"
 [settings]
 networks = ["net-*"]
@@ -57,28 +61,6 @@ fn desired() -> Ruleset {
     make_plan(POLICY).ruleset
 }
 
-fn type_json(k: SetKind) -> Value {
-    match k {
-        SetKind::Ifname => json!("ifname"),
-        SetKind::IfnamePair => json!(["ifname", "ifname"]),
-        SetKind::IfnameV4 => json!(["ifname", "ipv4_addr"]),
-        SetKind::IfnameV6 => json!(["ifname", "ipv6_addr"]),
-        SetKind::V4 => json!("ipv4_addr"),
-        SetKind::V6 => json!("ipv6_addr"),
-    }
-}
-
-fn elem_json(e: &Elem) -> Value {
-    match e {
-        Elem::Ifname(i) => json!(i),
-        Elem::IfnamePair(a, b) => json!({ "concat": [a, b] }),
-        Elem::IfnameV4(i, a) => json!({ "concat": [i, a.to_string()] }),
-        Elem::IfnameV6(i, a) => json!({ "concat": [i, a.to_string()] }),
-        Elem::V4(a) => json!(a.to_string()),
-        Elem::V6(a) => json!(a.to_string()),
-    }
-}
-
 /// What nft 1.0.6 prints for `nft -j list table FAMILY netguard` holding `t`: metainfo,
 /// table, sets (no `elem` key when empty), then each chain followed by its rules.
 fn listing(t: &Table) -> Vec<Value> {
@@ -93,14 +75,7 @@ fn listing(t: &Table) -> Vec<Value> {
         json!({"table": {"family": fam, "name": "netguard", "handle": 7}}),
     ];
     for s in &t.sets {
-        let mut set = json!({
-            "family": fam, "name": s.name, "table": "netguard",
-            "type": type_json(s.kind), "handle": next(),
-        });
-        if !s.elements.is_empty() {
-            set["elem"] = Value::Array(s.elements.iter().map(elem_json).collect());
-        }
-        o.push(json!({ "set": set }));
+        o.push(json!({ "set": set_json(fam, s, Some(next())) }));
     }
     for c in &t.chains {
         let mut ch = json!({"family": fam, "table": "netguard", "name": c.name, "handle": next()});
@@ -685,4 +660,67 @@ fn chain_names(want: &netguard::plan::ruleset::Ruleset) -> Vec<String> {
         .iter()
         .map(|c| c.name.clone())
         .collect()
+}
+
+/// Lines with the same port list share one named interval set (no anonymous set per rule);
+/// it reads back in sync, and an element changed by hand is repaired element by element,
+/// through libnftables (the kernel stores a range as two boundaries).
+#[test]
+fn port_lists_share_one_interval_set_repaired_by_elements() {
+    let policy = format!(
+        "{POLICY}\n[[allow]]\nfrom = \"api\"\nto = \"web\"\nports = [\"9000-9010/tcp\", \"443/tcp\", \"444/tcp\", \"53/udp\"]\n\n[[allow]]\nwithin = \"api\"\nports = [\"9000-9010/tcp\", \"443-444/tcp\", \"9000-9010/udp\", \"443/udp\", \"444/udp\"]\n"
+    );
+    let want = make_plan(&policy).ruleset;
+    let inet = table_of(&want, Family::Inet);
+    let ports: Vec<_> = inet
+        .sets
+        .iter()
+        .filter(|s| s.kind == SetKind::Ports)
+        .collect();
+    // 443 and 444 merge into one range; the first line's TCP list and the second line's
+    // TCP and UDP lists are all {443-444, 9000-9010}: one set. 53/udp alone is inline.
+    assert_eq!(ports.len(), 1, "{ports:#?}");
+    let name = ports[0].name.clone();
+    assert_eq!(
+        ports[0].elements,
+        [Elem::Port(443, 444), Elem::Port(9000, 9010)].into()
+    );
+    let users = inet
+        .chains
+        .iter()
+        .flat_map(|c| &c.rules)
+        .filter(|r| {
+            r.matches.iter().any(|m| {
+                matches!(m, netguard::plan::ruleset::Match::L4 { set: Some(s), .. } if *s == name)
+            })
+        })
+        .count();
+    assert_eq!(users, 6, "3 port lists × IPv4 and IPv6");
+
+    assert!(diff(&want, &live_of(&want)).is_empty());
+
+    let mut listed = listing(inet);
+    set_obj(&mut listed, &name)["elem"] = json!([{"range": [443, 444]}, 22]);
+    let mut live = live_of(&want);
+    live.insert(Family::Inet, Some(parse(listed)));
+    let c = diff(&want, &live);
+    let t = changes_for(&c, Family::Inet);
+    assert_eq!(
+        t.add_elements,
+        [(name.clone(), vec![Elem::Port(9000, 9010)])].into()
+    );
+    assert_eq!(t.delete_elements, [(name, vec![Elem::Port(22, 22)])].into());
+    assert!(c.only_elements() && t.rewrite_chains.is_empty(), "{t:#?}");
+
+    // Without the interval flag it is not a set netguard made: replaced whole.
+    let mut listed = listing(inet);
+    let s = set_obj(&mut listed, &ports[0].name);
+    s.as_object_mut().unwrap().remove("flags");
+    let mut live = live_of(&want);
+    live.insert(Family::Inet, Some(parse(listed)));
+    let c = diff(&want, &live);
+    assert_eq!(
+        changes_for(&c, Family::Inet).create_sets,
+        vec![(ports[0].name.clone(), SetKind::Ports)]
+    );
 }

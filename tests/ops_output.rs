@@ -8,12 +8,16 @@ use netguard::nft::render::{rule_comment, statements};
 use netguard::nft::{LiveState, diff};
 use netguard::ops::style::Style;
 use netguard::ops::{diff as ndiff, explain, graph, klog, status};
-use netguard::plan::ruleset::{Elem, Family, Ruleset, SetKind, Table};
+use netguard::plan::ruleset::{Family, Ruleset, Table};
 use netguard::plan::{Plan, plan};
 use netguard::policy::{Policy, parse_policy};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
+
+#[path = "common/nft_json.rs"]
+mod nft_json;
+use nft_json::set_json;
 
 const POLICY: &str = include_str!("../policy.example.toml");
 const INVENTORY: &str = include_str!("../docs/example-inventory.toml");
@@ -35,40 +39,13 @@ fn setup() -> (Policy, Inventory, Plan) {
     (p, inv, pl)
 }
 
-fn type_json(k: SetKind) -> Value {
-    match k {
-        SetKind::Ifname => json!("ifname"),
-        SetKind::IfnamePair => json!(["ifname", "ifname"]),
-        SetKind::IfnameV4 => json!(["ifname", "ipv4_addr"]),
-        SetKind::IfnameV6 => json!(["ifname", "ipv6_addr"]),
-        SetKind::V4 => json!("ipv4_addr"),
-        SetKind::V6 => json!("ipv6_addr"),
-    }
-}
-
-fn elem_json(e: &Elem) -> Value {
-    match e {
-        Elem::Ifname(i) => json!(i),
-        Elem::IfnamePair(a, b) => json!({ "concat": [a, b] }),
-        Elem::IfnameV4(i, a) => json!({ "concat": [i, a.to_string()] }),
-        Elem::IfnameV6(i, a) => json!({ "concat": [i, a.to_string()] }),
-        Elem::V4(a) => json!(a.to_string()),
-        Elem::V6(a) => json!(a.to_string()),
-    }
-}
-
 /// A listing of `t` with the rules' real statements (as netguard sends them; nft's own
 /// rewriting, e.g. `meta l4proto tcp th dport` → `tcp dport`, is covered by the netns tests).
 fn listing(t: &Table) -> String {
     let fam = t.family.as_str();
     let mut o = vec![json!({"table": {"family": fam, "name": "netguard", "handle": 1}})];
     for s in &t.sets {
-        let mut set =
-            json!({"family": fam, "name": s.name, "table": "netguard", "type": type_json(s.kind)});
-        if !s.elements.is_empty() {
-            set["elem"] = Value::Array(s.elements.iter().map(elem_json).collect());
-        }
-        o.push(json!({ "set": set }));
+        o.push(json!({ "set": set_json(fam, s, None) }));
     }
     for c in &t.chains {
         let mut ch = json!({"family": fam, "table": "netguard", "name": c.name});

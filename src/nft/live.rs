@@ -40,9 +40,11 @@ pub struct LiveRule {
 #[error("unexpected nft listing: {0}")]
 pub struct ParseError(String);
 
-fn kind_of(t: &Value) -> Option<SetKind> {
+fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
     let s = |v: &Value| v.as_str().map(str::to_string);
     match t {
+        Value::String(one) if interval => (one == "inet_service").then_some(SetKind::Ports),
+        _ if interval => None,
         Value::String(one) => match one.as_str() {
             "ifname" => Some(SetKind::Ifname),
             "ipv4_addr" => Some(SetKind::V4),
@@ -71,6 +73,17 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
     // Elements with extra properties come wrapped as {"elem": {"val": ...}}.
     if let Some(inner) = v.get("elem").and_then(|e| e.get("val")) {
         return elem_of(kind, inner);
+    }
+    if kind == SetKind::Ports {
+        let port = |v: &Value| -> Option<u16> {
+            v.as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .or_else(|| v.as_str()?.parse().ok())
+        };
+        return match v.get("range").and_then(Value::as_array) {
+            Some(r) => Some(Elem::Port(port(r.first()?)?, port(r.get(1)?)?)),
+            None => port(v).map(|p| Elem::Port(p, p)),
+        };
     }
     let parts: Vec<&str> = match v.get("concat").and_then(Value::as_array) {
         Some(c) => c.iter().filter_map(Value::as_str).collect(),
@@ -117,7 +130,11 @@ pub fn parse_table(json: &str) -> Result<LiveTable, ParseError> {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let mut kind = set.get("type").and_then(kind_of);
+            let interval = set
+                .get("flags")
+                .and_then(Value::as_array)
+                .is_some_and(|f| f.iter().any(|f| f == "interval"));
+            let mut kind = set.get("type").and_then(|t| kind_of(t, interval));
             let elements = match (kind, set.get("elem").and_then(Value::as_array)) {
                 (Some(k), Some(es)) => {
                     let parsed: BTreeSet<Elem> = es.iter().filter_map(|e| elem_of(k, e)).collect();

@@ -141,7 +141,15 @@ impl Backend {
         if changes.is_empty() {
             return Ok(());
         }
-        if self.netlink_reads && changes.only_elements() {
+        // Port sets (intervals) change with the policy only, through libnftables.
+        let ranges = changes.tables.iter().any(|t| {
+            t.add_elements
+                .values()
+                .chain(t.delete_elements.values())
+                .flatten()
+                .any(|e| e.kind() == SetKind::Ports)
+        });
+        if self.netlink_reads && changes.only_elements() && !ranges {
             let mut ops = Vec::new();
             for t in &changes.tables {
                 let Some(f) = t.family else { continue };

@@ -39,7 +39,9 @@ const NFT_SET_OBJECT: u32 = 0x40;
 // nftables datatypes (src/datatype.h) and concatenation (TYPE_BITS = 6).
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
+const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_IFNAME: u32 = 41;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const IFNAMSIZ: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -290,8 +292,11 @@ fn family_code(f: Family) -> u8 {
 }
 
 fn kind_of(key_type: u32, flags: u32) -> Option<SetKind> {
-    if flags & (NFT_SET_INTERVAL | NFT_SET_MAP | NFT_SET_OBJECT) != 0 {
+    if flags & (NFT_SET_MAP | NFT_SET_OBJECT) != 0 {
         return None;
+    }
+    if flags & NFT_SET_INTERVAL != 0 {
+        return (key_type == TYPE_INET_SERVICE).then_some(SetKind::Ports);
     }
     match key_type {
         TYPE_IFNAME => Some(SetKind::Ifname),
@@ -317,6 +322,31 @@ fn v4(b: &[u8]) -> Option<Ipv4Addr> {
 fn v6(b: &[u8]) -> Option<Ipv6Addr> {
     let a: [u8; 16] = b.try_into().ok()?;
     Some(Ipv6Addr::from(a))
+}
+
+/// An interval set's elements as the kernel dumps them (each a boundary: a range's first
+/// value, or, flagged as an end, one past its last) → inclusive ranges. A start with no end
+/// after it runs to 65535; an end with no start before it (nft writes one at 0 when the
+/// first range starts later) bounds nothing.
+fn port_ranges(mut bounds: Vec<(u16, bool)>) -> Vec<Elem> {
+    // At one value, an end closes the range before the start of the next one.
+    bounds.sort_by_key(|(v, end)| (*v, !*end));
+    let mut out = Vec::new();
+    let mut open: Option<u16> = None;
+    for (v, end) in bounds {
+        match (end, open) {
+            (false, None) => open = Some(v),
+            (true, Some(lo)) if v > lo => {
+                out.push(Elem::Port(lo, v - 1));
+                open = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(lo) = open {
+        out.push(Elem::Port(lo, u16::MAX));
+    }
+    out
 }
 
 /// A set element key as the kernel stores it: concatenated parts, each padded to 4 bytes.
@@ -484,9 +514,20 @@ fn read_once(
             let mut q = Vec::new();
             attr_str(&mut q, 1, TABLE_NAME);
             attr_str(&mut q, 2, &name);
+            let mut bounds = Vec::new();
             for m in sock.request(NFT_MSG_GETSETELEM, NLM_F_DUMP, fam, &q)? {
                 let Some(list) = find(&m, 3) else { continue };
                 for (_, e) in attrs(list) {
+                    // NFTA_SET_ELEM_FLAGS = 3.
+                    if k == SetKind::Ports {
+                        let end =
+                            find(e, 3).and_then(be32).unwrap_or(0) & NFT_SET_ELEM_INTERVAL_END != 0;
+                        match find(e, 1).and_then(|key| find(key, 1)) {
+                            Some(&[a, b]) => bounds.push((u16::from_be_bytes([a, b]), end)),
+                            _ => kind = None,
+                        }
+                        continue;
+                    }
                     match find(e, 1)
                         .and_then(|key| find(key, 1))
                         .and_then(|v| elem_of(k, v))
@@ -499,6 +540,7 @@ fn read_once(
                     }
                 }
             }
+            elements.extend(port_ranges(bounds));
         }
         t.sets.insert(name, LiveSet { kind, elements });
     }
@@ -542,6 +584,8 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
         }
         Elem::V4(a) => k.extend_from_slice(&a.octets()),
         Elem::V6(a) => k.extend_from_slice(&a.octets()),
+        // Never sent: an interval is two elements, and `apply_elements` refuses ranges.
+        Elem::Port(lo, _) => k.extend_from_slice(&lo.to_be_bytes()),
     }
     k
 }
@@ -576,6 +620,15 @@ pub struct ElementOp<'a> {
 /// semantics as nft's `add element` / `delete element`: adding an element that exists
 /// succeeds, deleting a missing one (or touching a missing set) fails the whole batch.
 pub fn apply_elements(ops: &[ElementOp]) -> Result<(), NetlinkError> {
+    if ops
+        .iter()
+        .flat_map(|o| o.elems)
+        .any(|e| e.kind() == SetKind::Ports)
+    {
+        return Err(NetlinkError::Malformed(
+            "port ranges are written through libnftables, not as single elements".into(),
+        ));
+    }
     with_sock(NFNL_SUBSYS_NFTABLES, |sock| transact(sock, ops))
 }
 
@@ -754,5 +807,60 @@ fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
     match first_err {
         Some(code) => Err(NetlinkError::Kernel(io::Error::from_raw_os_error(-code))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Boundaries as the kernel dumped `{ 5353, 8080, 9000-9010 }` and `{ 0-10, 65000-65535 }`
+    /// (nft 1.0.6 writing, Linux 6.18), in the kernel's order: highest first.
+    #[test]
+    fn interval_boundaries_become_ranges() {
+        let p = vec![
+            (9011, true),
+            (9000, false),
+            (8081, true),
+            (8080, false),
+            (5354, true),
+            (5353, false),
+            (0, true),
+        ];
+        assert_eq!(
+            port_ranges(p),
+            vec![
+                Elem::Port(5353, 5353),
+                Elem::Port(8080, 8080),
+                Elem::Port(9000, 9010)
+            ]
+        );
+        let q = vec![(65000, false), (11, true), (0, false)];
+        assert_eq!(
+            port_ranges(q),
+            vec![Elem::Port(0, 10), Elem::Port(65000, 65535)]
+        );
+        // Adjacent ranges share a boundary value: the end closes first.
+        let adj = vec![(81, false), (81, true), (80, false), (83, true)];
+        assert_eq!(
+            port_ranges(adj),
+            vec![Elem::Port(80, 80), Elem::Port(81, 82)]
+        );
+        assert!(port_ranges(vec![]).is_empty());
+    }
+
+    #[test]
+    fn ranges_are_never_written_as_single_elements() {
+        let elems = [Elem::Port(80, 90)];
+        let op = ElementOp {
+            family: Family::Inet,
+            set: "ports_x",
+            add: true,
+            elems: &elems,
+        };
+        assert!(matches!(
+            apply_elements(&[op]),
+            Err(NetlinkError::Malformed(_))
+        ));
     }
 }

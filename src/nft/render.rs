@@ -70,6 +70,7 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
         }
         SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
+        SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
     }
 }
 
@@ -79,6 +80,7 @@ pub fn set_obj(f: Family, name: &str, kind: SetKind) -> schema::Set<'static> {
         table: TABLE_NAME.into(),
         name: name.to_string().into(),
         set_type: set_type(kind),
+        flags: (kind == SetKind::Ports).then(|| [schema::SetFlag::Interval].into_iter().collect()),
         ..Default::default()
     }
 }
@@ -100,6 +102,17 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
         ])),
         Elem::V4(a) => s(a.to_string()),
         Elem::V6(a) => s(a.to_string()),
+        Elem::Port(lo, hi) => port_item(*lo, *hi),
+    }
+}
+
+fn port_item(lo: u16, hi: u16) -> Expression<'static> {
+    if lo == hi {
+        Expression::Number(lo as u32)
+    } else {
+        Expression::Range(Box::new(nftables::expr::Range {
+            range: [Expression::Number(lo as u32), Expression::Number(hi as u32)],
+        }))
     }
 }
 
@@ -286,33 +299,21 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
 }
 
 fn port_set(dports: &[(u16, u16)]) -> Expression<'static> {
-    anon_set(
-        dports
-            .iter()
-            .map(|(lo, hi)| {
-                if lo == hi {
-                    Expression::Number(*lo as u32)
-                } else {
-                    Expression::Range(Box::new(nftables::expr::Range {
-                        range: [
-                            Expression::Number(*lo as u32),
-                            Expression::Number(*hi as u32),
-                        ],
-                    }))
-                }
-            })
-            .collect(),
-    )
+    anon_set(dports.iter().map(|(lo, hi)| port_item(*lo, *hi)).collect())
 }
 
 pub fn statements(r: &Rule) -> Vec<Statement<'static>> {
     let mut out = Vec::new();
     for mt in &r.matches {
         out.push(match_stmt(mt));
-        if let Match::L4 { dports, .. } = mt
+        if let Match::L4 { dports, set, .. } = mt
             && !dports.is_empty()
         {
-            out.push(m(payload("th", "dport"), Operator::EQ, port_set(dports)));
+            let right = match set {
+                Some(name) => set_ref(name),
+                None => port_set(dports),
+            };
+            out.push(m(payload("th", "dport"), Operator::EQ, right));
         }
     }
     if let Some(prefix) = &r.log_prefix {

@@ -117,7 +117,7 @@ impl View {
                             iface: IfSide::Oif,
                             set,
                         } => dst = Some((*ip, set.clone())),
-                        Match::L4 { proto, dports } => {
+                        Match::L4 { proto, dports, .. } => {
                             service = Service::Ports {
                                 proto: proto.clone(),
                                 ranges: if dports.is_empty() {
@@ -185,7 +185,7 @@ impl View {
         {
             for r in &ch.rules {
                 let comment = strip_fingerprint(r.comment.as_deref().unwrap_or(""));
-                match parse_live_rule(&r.expr) {
+                match parse_live_rule(&r.expr, &v.sets) {
                     LiveRuleKind::Allow {
                         v6,
                         src_set,
@@ -296,7 +296,19 @@ fn set_name(v: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-fn port_ranges(v: &Value) -> Option<Vec<(u16, u16)>> {
+/// The ports a `dport` match's right side names: a number, a range, an anonymous set of
+/// those, or `@name`, a named port set of the table (`sets`).
+fn port_ranges(v: &Value, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec<(u16, u16)>> {
+    if let Some(name) = set_name(v) {
+        return sets
+            .get(&name)?
+            .iter()
+            .map(|e| match e {
+                Elem::Port(lo, hi) => Some((*lo, *hi)),
+                _ => None,
+            })
+            .collect();
+    }
     let one = |v: &Value| -> Option<(u16, u16)> {
         if let Some(n) = v.as_u64() {
             let n = u16::try_from(n).ok()?;
@@ -315,7 +327,7 @@ fn port_ranges(v: &Value) -> Option<Vec<(u16, u16)>> {
 
 /// Reads one live `isolate` rule as nft 1.0.6 lists it: `iifname . ip saddr @S
 /// oifname . ip daddr @D [tcp dport {..} | icmp type echo-request] accept`.
-fn parse_live_rule(expr: &[Value]) -> LiveRuleKind {
+fn parse_live_rule(expr: &[Value], sets: &BTreeMap<String, BTreeSet<Elem>>) -> LiveRuleKind {
     let mut accept = false;
     let mut unknown = false;
     let mut src: Option<(bool, String)> = None;
@@ -369,7 +381,7 @@ fn parse_live_rule(expr: &[Value]) -> LiveRuleKind {
             let field = p.get("field").and_then(Value::as_str);
             match (proto, field) {
                 (Some(pr @ ("tcp" | "udp" | "sctp" | "th")), Some("dport")) => {
-                    match port_ranges(right) {
+                    match port_ranges(right, sets) {
                         Some(ranges) => {
                             let proto = match (pr, &service) {
                                 ("th", Service::Ports { proto, .. }) => proto.clone(),
@@ -735,12 +747,17 @@ mod tests {
     fn live_rules_as_nft_lists_them() {
         let src = addr_match("iifname", "ip6", "saddr", "g_web_6");
         let dst = addr_match("oifname", "ip6", "daddr", "g_api_6");
+        let sets: BTreeMap<String, BTreeSet<Elem>> = [(
+            "ports_x".to_string(),
+            [Elem::Port(5432, 5432), Elem::Port(9000, 9010)].into(),
+        )]
+        .into();
         let rule = |extra: Vec<Value>| {
             let mut v = vec![src.clone(), dst.clone()];
             v.extend(extra);
             v.push(json!({"counter": {"packets": 1, "bytes": 2}}));
             v.push(json!({"accept": null}));
-            parse_live_rule(&v)
+            parse_live_rule(&v, &sets)
         };
         let svc = |k: LiveRuleKind| match k {
             LiveRuleKind::Allow { service, v6, .. } => {
@@ -768,6 +785,19 @@ mod tests {
                 ranges: vec![(7, 7), (9000, 9010)]
             })
         );
+        // A named port set, as netguard writes lists of two or more ports.
+        assert_eq!(
+            svc(rule(vec![dport("tcp", json!("@ports_x"))])),
+            Some(Service::Ports {
+                proto: "tcp".into(),
+                ranges: vec![(5432, 5432), (9000, 9010)]
+            })
+        );
+        // A set the table does not have: reported, not guessed.
+        assert!(matches!(
+            rule(vec![dport("tcp", json!("@ports_gone"))]),
+            LiveRuleKind::Unreadable
+        ));
         let icmp = json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "echo-request"}});
         let l4 = json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "ipv6-icmp"}});
         assert_eq!(svc(rule(vec![icmp.clone()])), Some(Service::Icmp));
@@ -781,7 +811,7 @@ mod tests {
         assert!(matches!(rule(vec![odd]), LiveRuleKind::Unreadable));
         // Not an allow rule at all.
         assert!(matches!(
-            parse_live_rule(&[json!({"counter": null}), json!({"drop": null})]),
+            parse_live_rule(&[json!({"counter": null}), json!({"drop": null})], &sets),
             LiveRuleKind::Other
         ));
     }

@@ -427,6 +427,23 @@ fn build_ruleset(
             }
         }
     }
+    for m in by_source
+        .iter()
+        .flat_map(|(_, rules)| rules.iter().flat_map(|r| &r.matches))
+    {
+        if let Match::L4 {
+            dports,
+            set: Some(name),
+            ..
+        } = m
+        {
+            sets.entry(name.clone()).or_insert_with(|| SetDef {
+                name: name.clone(),
+                kind: SetKind::Ports,
+                elements: dports.iter().map(|(lo, hi)| Elem::Port(*lo, *hi)).collect(),
+            });
+        }
+    }
     // IPv4 dispatch first: one version's packets never match the other's rules.
     by_source.sort_by_key(|(src, _)| src.ip);
     for (src, _) in &by_source {
@@ -656,12 +673,12 @@ fn flow_rules(f: &Flow) -> Vec<(Source, Rule)> {
                     if *proto == Proto::Icmp {
                         m.push(Match::IcmpEcho(ip));
                     } else {
-                        let mut r = ranges.clone();
-                        r.sort();
-                        r.dedup();
+                        let r = merge_ranges(ranges.clone());
+                        let set = (r.len() > 1).then(|| port_set_name(&r));
                         m.push(Match::L4 {
                             proto: proto.as_str().into(),
                             dports: r,
+                            set,
                         });
                     }
                     rules.push((

@@ -75,6 +75,9 @@ pub enum SetKind {
     IfnameV6,
     V4,
     V6,
+    /// `type inet_service; flags interval`: one allow line's destination ports, shared by
+    /// every rule with the same list. Written only through libnftables.
+    Ports,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -93,6 +96,8 @@ pub enum Elem {
     IfnameV6(String, Ipv6Addr),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
+    /// An inclusive port range (`lo == hi` for one port).
+    Port(u16, u16),
 }
 
 impl Elem {
@@ -104,6 +109,7 @@ impl Elem {
             Elem::IfnameV6(..) => SetKind::IfnameV6,
             Elem::V4(_) => SetKind::V4,
             Elem::V6(_) => SetKind::V6,
+            Elem::Port(..) => SetKind::Ports,
         }
     }
 }
@@ -117,6 +123,8 @@ impl std::fmt::Display for Elem {
             Elem::IfnameV6(i, a) => write!(f, "{i:?} . {a}"),
             Elem::V4(a) => write!(f, "{a}"),
             Elem::V6(a) => write!(f, "{a}"),
+            Elem::Port(lo, hi) if lo == hi => write!(f, "{lo}"),
+            Elem::Port(lo, hi) => write!(f, "{lo}-{hi}"),
         }
     }
 }
@@ -203,10 +211,13 @@ pub enum Match {
     /// `host` even when they are multicast).
     Unicast,
     CtState(Vec<String>),
-    /// `meta l4proto NAME` plus `th dport { ranges }` when non-empty.
+    /// `meta l4proto NAME` plus, when `dports` is non-empty, `th dport` matched against
+    /// them: inline for one port or range, else against the named port set `set`.
     L4 {
         proto: String,
         dports: Vec<(u16, u16)>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        set: Option<String>,
     },
     /// `icmp type echo-request` / `icmpv6 type echo-request` (and family implied).
     IcmpEcho(IpVersion),
@@ -249,5 +260,65 @@ impl Rule {
     pub fn counted(mut self) -> Rule {
         self.counter = true;
         self
+    }
+}
+
+/// Sorted, overlapping and adjacent ranges merged: the form an interval set accepts.
+pub fn merge_ranges(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    r.sort();
+    let mut out: Vec<(u16, u16)> = Vec::with_capacity(r.len());
+    for (lo, hi) in r {
+        match out.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+/// The named set for a list of two or more port ranges (merged): named by content, so
+/// every rule with the same list shares it and its name does not move when lines do.
+/// One named set instead of an anonymous one per rule: the kernel binds each anonymous set
+/// by walking the whole transaction, which made large policies apply in quadratic time.
+pub fn port_set_name(dports: &[(u16, u16)]) -> String {
+    let h = dports.iter().fold(0xcbf29ce484222325u64, |h, (lo, hi)| {
+        [lo.to_be_bytes(), hi.to_be_bytes()]
+            .concat()
+            .iter()
+            .fold(h, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    });
+    format!("ports_{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_when_they_overlap_or_touch() {
+        assert_eq!(
+            merge_ranges(vec![
+                (9005, 9005),
+                (22, 22),
+                (9000, 9010),
+                (23, 30),
+                (80, 80)
+            ]),
+            vec![(22, 30), (80, 80), (9000, 9010)]
+        );
+        assert_eq!(merge_ranges(vec![(0, 65535), (80, 80)]), vec![(0, 65535)]);
+        assert_eq!(
+            merge_ranges(vec![(65535, 65535), (65534, 65534)]),
+            vec![(65534, 65535)]
+        );
+    }
+
+    #[test]
+    fn port_set_names_follow_the_content() {
+        let a = port_set_name(&[(80, 80), (443, 443)]);
+        assert_eq!(a, port_set_name(&[(80, 80), (443, 443)]));
+        assert_ne!(a, port_set_name(&[(80, 80), (444, 444)]));
+        assert_ne!(a, port_set_name(&[(80, 443)]));
+        assert!(a.starts_with("ports_") && a.len() == 22);
     }
 }

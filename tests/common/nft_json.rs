@@ -1,0 +1,47 @@
+//! Sets as `nft -j list table FAMILY netguard` prints them (nft 1.0.6), for tests that
+//! build a live listing from a planned table without a kernel.
+
+use netguard::plan::ruleset::{Elem, SetDef, SetKind};
+use serde_json::{Value, json};
+
+pub fn type_json(k: SetKind) -> Value {
+    match k {
+        SetKind::Ifname => json!("ifname"),
+        SetKind::IfnamePair => json!(["ifname", "ifname"]),
+        SetKind::IfnameV4 => json!(["ifname", "ipv4_addr"]),
+        SetKind::IfnameV6 => json!(["ifname", "ipv6_addr"]),
+        SetKind::V4 => json!("ipv4_addr"),
+        SetKind::V6 => json!("ipv6_addr"),
+        SetKind::Ports => json!("inet_service"),
+    }
+}
+
+pub fn elem_json(e: &Elem) -> Value {
+    match e {
+        Elem::Ifname(i) => json!(i),
+        Elem::IfnamePair(a, b) => json!({ "concat": [a, b] }),
+        Elem::IfnameV4(i, a) => json!({ "concat": [i, a.to_string()] }),
+        Elem::IfnameV6(i, a) => json!({ "concat": [i, a.to_string()] }),
+        Elem::V4(a) => json!(a.to_string()),
+        Elem::V6(a) => json!(a.to_string()),
+        Elem::Port(lo, hi) if lo == hi => json!(lo),
+        Elem::Port(lo, hi) => json!({ "range": [lo, hi] }),
+    }
+}
+
+/// The `set` object: no `elem` key when empty, `flags` only on interval sets.
+pub fn set_json(fam: &str, s: &SetDef, handle: Option<u64>) -> Value {
+    let mut set = json!({
+        "family": fam, "name": s.name, "table": "netguard", "type": type_json(s.kind),
+    });
+    if let Some(h) = handle {
+        set["handle"] = json!(h);
+    }
+    if s.kind == SetKind::Ports {
+        set["flags"] = json!(["interval"]);
+    }
+    if !s.elements.is_empty() {
+        set["elem"] = Value::Array(s.elements.iter().map(elem_json).collect());
+    }
+    set
+}
