@@ -75,15 +75,7 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
         return elem_of(kind, inner);
     }
     if kind == SetKind::Ports {
-        let port = |v: &Value| -> Option<u16> {
-            v.as_u64()
-                .and_then(|n| u16::try_from(n).ok())
-                .or_else(|| v.as_str()?.parse().ok())
-        };
-        return match v.get("range").and_then(Value::as_array) {
-            Some(r) => Some(Elem::Port(port(r.first()?)?, port(r.get(1)?)?)),
-            None => port(v).map(|p| Elem::Port(p, p)),
-        };
+        return port_range(v).map(|(lo, hi)| Elem::Port(lo, hi));
     }
     let parts: Vec<&str> = match v.get("concat").and_then(Value::as_array) {
         Some(c) => c.iter().filter_map(Value::as_str).collect(),
@@ -103,6 +95,16 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
         (SetKind::V4, [a]) => a.parse().ok().map(Elem::V4),
         (SetKind::V6, [a]) => a.parse().ok().map(Elem::V6),
         _ => None,
+    }
+}
+
+/// A port or a port range as nft's JSON prints it, in a set element or on the right of a
+/// `dport` match: `8080` or `{"range": [9000, 9010]}`.
+pub fn port_range(v: &Value) -> Option<(u16, u16)> {
+    let port = |v: &Value| u16::try_from(v.as_u64()?).ok();
+    match v.get("range").and_then(Value::as_array) {
+        Some(r) => Some((port(r.first()?)?, port(r.get(1)?)?)),
+        None => port(v).map(|p| (p, p)),
     }
 }
 

@@ -11,6 +11,7 @@
 //! 128 bytes, and it would describe what was *meant*, not what the rules do.)
 
 use crate::nft::LiveState;
+use crate::nft::live::port_range;
 use crate::plan::ruleset::*;
 use crate::plan::{Plan, names};
 use serde::Serialize;
@@ -309,19 +310,9 @@ fn port_ranges(v: &Value, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec
             })
             .collect();
     }
-    let one = |v: &Value| -> Option<(u16, u16)> {
-        if let Some(n) = v.as_u64() {
-            let n = u16::try_from(n).ok()?;
-            return Some((n, n));
-        }
-        let r = v.get("range")?.as_array()?;
-        let lo = u16::try_from(r.first()?.as_u64()?).ok()?;
-        let hi = u16::try_from(r.get(1)?.as_u64()?).ok()?;
-        Some((lo, hi))
-    };
     match v.get("set").and_then(Value::as_array) {
-        Some(items) => items.iter().map(one).collect(),
-        None => one(v).map(|r| vec![r]),
+        Some(items) => items.iter().map(port_range).collect(),
+        None => port_range(v).map(|r| vec![r]),
     }
 }
 
@@ -440,18 +431,6 @@ pub struct Access {
     pub ports: BTreeMap<String, Vec<(u16, u16)>>,
 }
 
-fn merge(ranges: &mut Vec<(u16, u16)>) {
-    ranges.sort();
-    let mut out: Vec<(u16, u16)> = Vec::new();
-    for &(lo, hi) in ranges.iter() {
-        match out.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    *ranges = out;
-}
-
 fn subtract(a: &[(u16, u16)], b: &[(u16, u16)]) -> Vec<(u16, u16)> {
     let mut out = Vec::new();
     for &(lo, hi) in a {
@@ -506,7 +485,7 @@ impl Access {
             Service::Ports { proto, ranges } => {
                 let r = self.ports.entry(proto.clone()).or_default();
                 r.extend(ranges.iter().copied());
-                merge(r);
+                *r = merge_ranges(std::mem::take(r));
             }
         }
     }
@@ -517,7 +496,7 @@ impl Access {
         for (p, r) in &other.ports {
             let mine = self.ports.entry(p.clone()).or_default();
             mine.extend(r.iter().copied());
-            merge(mine);
+            *mine = merge_ranges(std::mem::take(mine));
         }
     }
 
