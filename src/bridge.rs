@@ -16,7 +16,21 @@ pub enum BridgeError {
         "cannot make the inet hook see bridge {bridge}: {reason}; refusing to claim enforcement"
     )]
     Refused { bridge: String, reason: String },
+    #[error(
+        "br_netfilter is not loaded and could not be loaded ({0}): without it the inet hook sees \
+         no traffic between two containers of one bridge; refusing to claim enforcement \
+         (load it with `modprobe br_netfilter`, and list it in /etc/modules-load.d to keep it)"
+    )]
+    NoBrNetfilter(String),
 }
+
+/// Where br_netfilter shows itself: its sysctls exist (per network namespace) only while
+/// the module is loaded or built in. The per-bridge switches, by contrast, live in the
+/// bridge driver and can be turned on without it, to no effect.
+const BR_NETFILTER_SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NfCall {
@@ -31,12 +45,66 @@ pub trait BridgeControl {
     async fn nf_call(&self, bridge: &str) -> Result<Option<NfCall>, BridgeError>;
     async fn enable_nf_call(&self, bridge: &str) -> Result<(), BridgeError>;
 
+    /// br_netfilter is active in the current network namespace.
+    fn br_netfilter_loaded(&self) -> bool {
+        BR_NETFILTER_SYSCTLS
+            .iter()
+            .all(|p| std::path::Path::new(p).exists())
+    }
+
+    /// Loads br_netfilter. Loading turns the host-wide switches on in every namespace
+    /// (the kernel's default), which would send every other bridge (libvirt, LXC) through
+    /// the FORWARD chains; before the load no bridge was, so the switches are set back off
+    /// here, where netguard needs only its per-bridge ones.
+    async fn load_br_netfilter(&self) -> Result<(), BridgeError> {
+        let out = tokio::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .output()
+            .await
+            .map_err(|e| BridgeError::NoBrNetfilter(format!("cannot run modprobe: {e}")))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let err = err.trim();
+            return Err(BridgeError::NoBrNetfilter(if err.is_empty() {
+                format!("modprobe br_netfilter: {}", out.status)
+            } else {
+                err.to_string()
+            }));
+        }
+        for p in BR_NETFILTER_SYSCTLS {
+            // Absent after a successful modprobe: the check after this call refuses.
+            if std::path::Path::new(p).exists() {
+                std::fs::write(p, "0")
+                    .map_err(|e| BridgeError::NoBrNetfilter(format!("{p}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Turns both switches on where needed and verifies them. Missing bridges are returned
     /// (nothing can cross a bridge that does not exist) so the caller can warn.
     async fn ensure_nf_call(&self, bridges: &[String]) -> Result<Vec<String>, BridgeError> {
+        if !bridges.is_empty() && !self.br_netfilter_loaded() {
+            self.load_br_netfilter().await?;
+            if !self.br_netfilter_loaded() {
+                return Err(BridgeError::NoBrNetfilter(
+                    "its sysctls are still missing after loading it".into(),
+                ));
+            }
+            tracing::info!("loaded br_netfilter; host-wide bridge-nf-call switches left off");
+        }
         let mut missing = Vec::new();
         for b in bridges {
-            match self.nf_call(b).await? {
+            let state = match self.nf_call(b).await {
+                Err(BridgeError::NotABridge(_)) => {
+                    return Err(BridgeError::Refused {
+                        bridge: b.clone(),
+                        reason: "it is not a bridge".into(),
+                    });
+                }
+                other => other?,
+            };
+            match state {
                 None => missing.push(b.clone()),
                 Some(NfCall {
                     iptables: true,
@@ -154,5 +222,134 @@ impl BridgeControl for NetlinkBridges {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+
+    /// A host whose bridges and br_netfilter behave as each test says.
+    #[derive(Default)]
+    struct FakeHost {
+        bridges: RefCell<BTreeMap<String, NfCall>>,
+        /// The kernel ignores the switch on these (what a missing br_netfilter looks like
+        /// to a caller that only reads the flags back).
+        sticky_off: Vec<String>,
+        br_netfilter: Cell<bool>,
+        loadable: bool,
+        loads: Cell<u32>,
+        enables: RefCell<Vec<String>>,
+    }
+
+    const OFF: NfCall = NfCall {
+        iptables: false,
+        ip6tables: false,
+    };
+    const ON: NfCall = NfCall {
+        iptables: true,
+        ip6tables: true,
+    };
+
+    impl FakeHost {
+        fn with(bridges: &[(&str, NfCall)]) -> FakeHost {
+            FakeHost {
+                bridges: RefCell::new(bridges.iter().map(|(b, f)| (b.to_string(), *f)).collect()),
+                br_netfilter: Cell::new(true),
+                ..FakeHost::default()
+            }
+        }
+    }
+
+    impl BridgeControl for FakeHost {
+        async fn nf_call(&self, bridge: &str) -> Result<Option<NfCall>, BridgeError> {
+            Ok(self.bridges.borrow().get(bridge).copied())
+        }
+        async fn enable_nf_call(&self, bridge: &str) -> Result<(), BridgeError> {
+            self.enables.borrow_mut().push(bridge.to_string());
+            if !self.sticky_off.iter().any(|b| b == bridge) {
+                self.bridges.borrow_mut().insert(bridge.to_string(), ON);
+            }
+            Ok(())
+        }
+        fn br_netfilter_loaded(&self) -> bool {
+            self.br_netfilter.get()
+        }
+        async fn load_br_netfilter(&self) -> Result<(), BridgeError> {
+            self.loads.set(self.loads.get() + 1);
+            if !self.loadable {
+                return Err(BridgeError::NoBrNetfilter(
+                    "modprobe: FATAL: Module br_netfilter not found".into(),
+                ));
+            }
+            self.br_netfilter.set(true);
+            Ok(())
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn switches_are_turned_on_only_where_off_and_missing_bridges_reported() {
+        let host = FakeHost::with(&[("br-a", ON), ("br-b", OFF)]);
+        let missing = host
+            .ensure_nf_call(&names(&["br-a", "br-b", "br-gone"]))
+            .await
+            .unwrap();
+        assert_eq!(missing, names(&["br-gone"]));
+        assert_eq!(*host.enables.borrow(), names(&["br-b"]));
+        assert_eq!(host.bridges.borrow()["br-b"], ON);
+        assert_eq!(host.loads.get(), 0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_switch_the_kernel_does_not_keep_is_refused() {
+        let mut host = FakeHost::with(&[("br-a", ON), ("br-b", OFF)]);
+        host.sticky_off = names(&["br-b"]);
+        let err = host
+            .ensure_nf_call(&names(&["br-a", "br-b"]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BridgeError::Refused { bridge, .. } if bridge == "br-b"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("refusing to claim enforcement"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn missing_br_netfilter_is_loaded_before_the_switches() {
+        let host = FakeHost {
+            loadable: true,
+            ..FakeHost::with(&[("br-a", OFF)])
+        };
+        host.br_netfilter.set(false);
+        host.ensure_nf_call(&names(&["br-a"])).await.unwrap();
+        assert_eq!(host.loads.get(), 1);
+        assert_eq!(host.bridges.borrow()["br-a"], ON);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn br_netfilter_that_cannot_be_loaded_is_refused_even_with_the_switches_on() {
+        // The flags are on (they live in the bridge driver), yet nothing reaches the hook.
+        let host = FakeHost::with(&[("br-a", ON)]);
+        host.br_netfilter.set(false);
+        let err = host.ensure_nf_call(&names(&["br-a"])).await.unwrap_err();
+        assert!(matches!(err, BridgeError::NoBrNetfilter(_)), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("modprobe br_netfilter"), "{msg}");
+        assert!(msg.contains("Module br_netfilter not found"), "{msg}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_managed_bridge_needs_no_br_netfilter() {
+        let host = FakeHost::with(&[]);
+        host.br_netfilter.set(false);
+        assert!(host.ensure_nf_call(&[]).await.unwrap().is_empty());
+        assert_eq!(host.loads.get(), 0);
     }
 }

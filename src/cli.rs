@@ -314,8 +314,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 let nl = NetlinkBridges::connect()?;
                 for b in managed_bridges(plan) {
                     let nf_call = nl.nf_call(&b).await?;
-                    let seen = global == Some((true, true))
-                        || nf_call.is_some_and(|f| f.iptables && f.ip6tables);
+                    // Without br_netfilter (no sysctls: `global` is None) the per-bridge
+                    // switches can be on and still nothing reaches the inet hook.
+                    let seen = global.is_some_and(|g| {
+                        g == (true, true) || nf_call.is_some_and(|f| f.iptables && f.ip6tables)
+                    });
                     bridges.push(status::BridgeHealth {
                         bridge: b,
                         nf_call,

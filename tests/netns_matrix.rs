@@ -61,6 +61,12 @@ within = "db"
 from = "monitoring"
 to = "*"
 ports = ["9100/tcp", "icmp"]
+
+[[allow]]
+from = "*"
+to = "api"
+ports = ["7777/tcp"]
+comment = "any managed container, lonely (in no group) included"
 "#;
 
 /// Probed kinds: tcp/5432 tcp/7777 tcp/8080 tcp/9005 tcp/9100 udp/5353 udp/6000 icmp,
@@ -75,7 +81,14 @@ const EXPECTED_A: &[(&str, &str, &str)] = &[
     ("mon-1", "api-2", "tcp/9100 icmp"),
     ("mon-1", "db-1", "tcp/9100 icmp"),
     ("mon-1", "db-2", "tcp/9100 icmp"),
-    // unmanaged network: untouched
+    // `*` -> api: everyone managed, in a group or not, on the api container's network.
+    ("web-1", "api-1", "tcp/7777"),
+    ("web-2", "api-1", "tcp/7777"),
+    ("lonely", "api-1", "tcp/7777"),
+    ("db-1", "api-2", "tcp/7777"),
+    ("db-2", "api-2", "tcp/7777"),
+    ("mon-1", "api-2", "tcp/7777"),
+    // unmanaged network: untouched (api-side is named api-*, yet not managed)
     ("side-web", "api-side", "all"),
     ("api-side", "side-web", "all"),
 ];
@@ -213,8 +226,63 @@ fn matrix_policy_a_with_global_bridge_nf_off() {
     let report = check_matrix(&fx, &Expected::from_rows(EXPECTED_A), &Kind::all());
     report.assert_ok("policy A");
 
-    // Applying again changes nothing and the diff stays empty.
+    // Applying again changes nothing: no transaction, so every rule keeps its handle.
     netguard(&fx, &policy, &fx.inventory, &["diff"], 0);
+    let handles = || fx.host_ok(&["nft", "-a", "list", "ruleset"]);
+    let before = handles();
+    let again = netguard(&fx, &policy, &fx.inventory, &["apply"], 0);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "in sync: nothing to do",
+        "{}",
+        show(&again)
+    );
+    let json = netguard(
+        &fx,
+        &policy,
+        &fx.inventory,
+        &["--output", "json", "apply"],
+        0,
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("apply JSON");
+    assert_eq!(doc["changed"], serde_json::Value::Bool(false), "{doc}");
+    assert_eq!(before, handles(), "a second apply rewrote the ruleset");
+}
+
+#[test]
+fn apply_refuses_a_managed_bridge_the_hook_cannot_see() {
+    let Some(fx) = setup("apply_refuses_a_managed_bridge_the_hook_cannot_see") else {
+        return;
+    };
+    let policy = fx.write_file("policy.toml", POLICY_A);
+    // The inventory claims network front sits on a link that is no bridge: its traffic can
+    // never reach the inet hook, so claiming enforcement for it would be a lie.
+    fx.host_ok(&[
+        "ip",
+        "link",
+        "add",
+        "ngnotabr",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ngnotabr1",
+    ]);
+    let text = std::fs::read_to_string(&fx.inventory).expect("inventory");
+    assert!(text.contains("\"br-front\""), "{text}");
+    let inv = fx.write_file(
+        "inventory.toml",
+        &text.replace("\"br-front\"", "\"ngnotabr\""),
+    );
+    let out = netguard(&fx, &policy, &inv, &["apply"], 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bridge ngnotabr: it is not a bridge; refusing to claim enforcement"),
+        "{}",
+        show(&out)
+    );
+    let t = tables(&fx);
+    assert!(!t.contains("netguard"), "apply refused yet wrote:\n{t}");
 }
 
 /// The datagrams a container received whose payload is exactly `payload`.
