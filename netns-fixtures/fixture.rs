@@ -674,7 +674,7 @@ pub fn prerequisites_with(test: &str, extra: &[&str]) -> bool {
         return true;
     }
     let msg = format!("{test}: needs {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{msg} (CI=true: privileged tests must not skip)");
     }
     // Straight to stderr, past libtest's output capture, so the skip is seen.

@@ -285,6 +285,64 @@ fn apply_refuses_a_managed_bridge_the_hook_cannot_see() {
     assert!(!t.contains("netguard"), "apply refused yet wrote:\n{t}");
 }
 
+/// A network created while netguard was not looking: its bridge is Docker-shaped
+/// (`br-*`), so it is judged as managed with no members (fail closed) until the inventory
+/// knows it; a bridge of another shape (LXC's here) stays untouched. The host has the
+/// global bridge-nf-call switches on, as Docker before 27 sets them, so the inet hook sees
+/// both bridges without netguard flagging them.
+#[test]
+fn an_unknown_docker_bridge_is_denied_and_other_bridges_untouched() {
+    if !prerequisites("an_unknown_docker_bridge_is_denied_and_other_bridges_untouched") {
+        return;
+    }
+    let fx = Fixture::new(
+        &Topology {
+            bridges: vec![],
+            containers: vec![],
+        }
+        .bridge("front", "br-front", 1)
+        .bridge("late", "br-late", 4)
+        .bridge("lxc", "lxcbr9", 5)
+        .container("a-1", "front", 11, "app:1", &[])
+        .container("a-2", "front", 12, "app:1", &[])
+        .container("l-1", "late", 11, "app:1", &[])
+        .container("l-2", "late", 12, "app:1", &[])
+        .container("x-1", "lxc", 11, "app:1", &[])
+        .container("x-2", "lxc", 12, "app:1", &[]),
+    );
+    fx.set_global_bridge_nf(true);
+    let known: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.network == "front")
+        .cloned()
+        .collect();
+    let inv = fx.write_file("inventory.toml", &inventory_toml(&known));
+    let policy = fx.write_file(
+        "policy.toml",
+        "[groups.a]\nmatch = { name = \"a-*\" }\n[[allow]]\nwithin = \"a\"\n",
+    );
+    // Control: before netguard, everyone reaches their neighbour.
+    let all = Expected::from_rows(&[
+        ("a-1", "a-2", "all"),
+        ("a-2", "a-1", "all"),
+        ("l-1", "l-2", "all"),
+        ("l-2", "l-1", "all"),
+        ("x-1", "x-2", "all"),
+        ("x-2", "x-1", "all"),
+    ]);
+    let kinds = [Kind::Tcp(7777), Kind::Udp(6000), Kind::Icmp];
+    check_matrix(&fx, &all, &kinds).assert_ok("no netguard");
+    netguard(&fx, &policy, &inv, &["apply"], 0);
+    let expected = Expected::from_rows(&[
+        ("a-1", "a-2", "all"),
+        ("a-2", "a-1", "all"),
+        ("x-1", "x-2", "all"),
+        ("x-2", "x-1", "all"),
+    ]);
+    check_matrix(&fx, &expected, &kinds).assert_ok("br-late unknown, lxcbr9 untouched");
+}
+
 /// The datagrams a container received whose payload is exactly `payload`.
 fn received(c: &Container, payload: &[u8]) -> Vec<Datagram> {
     c.received

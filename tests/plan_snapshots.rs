@@ -421,3 +421,58 @@ fn shared_network_namespace_is_one_endpoint_not_a_conflict() {
         assert_eq!(inet.set(g).map(|s| s.elements.len()), Some(1), "{g}");
     }
 }
+
+/// Names from Docker are not checked like an inventory file's: the plan itself keeps any
+/// name nftables would read as a pattern out of the ruleset.
+#[test]
+fn interface_names_nft_cannot_match_exactly_stay_out_of_the_ruleset() {
+    let policy = policy("p.toml", "[groups.app]\nmatch = { name = \"*\" }\n");
+    let mut inv = inventory(
+        "[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vetha\"\nipv4 = \"10.5.0.2\"\n\
+         [[container]]\nname = \"b\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vethb\"\nipv4 = \"10.5.0.3\"\n\
+         [[container]]\nname = \"c\"\n[[container.endpoint]]\nnetwork = \"odd\"\nbridge = \"br-odd\"\nveth = \"vethc\"\nipv4 = \"10.6.0.2\"\n",
+    );
+    // As a Docker host could report them (a renamed veth, a network's bridge option).
+    for c in &mut inv.containers {
+        for ep in &mut c.endpoints {
+            match c.name.as_str() {
+                "b" => ep.veth = Some("veth*".into()),
+                "c" => ep.bridge = "br@odd".into(),
+                _ => {}
+            }
+        }
+    }
+    for n in &mut inv.networks {
+        if n.name == "odd" {
+            n.bridge = Some("br@odd".into());
+        }
+    }
+    let p = plan(&policy, &inv);
+    let ep = |name: &str| {
+        p.containers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.endpoints[0].clone())
+            .expect(name)
+    };
+    assert!(ep("a").admitted);
+    let b = ep("b");
+    assert!(!b.admitted && b.managed, "{b:?}");
+    assert!(
+        b.reason.as_deref().is_some_and(|r| r.contains("\"veth*\"")),
+        "{b:?}"
+    );
+    assert!(!ep("c").managed);
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("network odd") && w.contains("left unmanaged")),
+        "{:?}",
+        p.warnings
+    );
+    let text = serde_json::to_string(&batch_json(&p)).expect("json");
+    assert!(
+        !text.contains("veth*") && !text.contains("br@odd"),
+        "{text}"
+    );
+}

@@ -169,7 +169,8 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
     Ok(inv)
 }
 
-/// Linux interface names: 1..=15 bytes, no '/', no whitespace, not "." or "..".
+/// Linux interface names: 1..=15 bytes, no '/', no whitespace, not "." or "..", and
+/// only the characters netguard can match exactly (`super::exact_ifname`).
 pub fn check_ifname(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 15 {
         return Err(format!(
@@ -183,6 +184,12 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
             .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return Err(format!("{name:?} is not a valid interface name"));
+    }
+    if !super::exact_ifname(name) {
+        return Err(format!(
+            "{name:?}: netguard takes interface names of letters, digits, '-', '_' and '.' \
+             (nftables reads '*' as a wildcard and '@' or '$' as references)"
+        ));
     }
     Ok(())
 }
@@ -240,5 +247,25 @@ ipv4 = "10.98.0.11"
         assert!(e.starts_with("inv.toml:6:8:"), "{e}");
         let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"a/b\"\nipv4 = \"10.0.0.3\"\n").unwrap_err();
         assert!(e.starts_with("inv.toml:5:10:"), "{e}");
+    }
+
+    #[test]
+    fn names_nft_would_read_as_patterns_are_rejected_where_they_stand() {
+        for (bridge, veth) in [("br*", "vethA"), ("@br", "vethA"), ("br0", "ve$th")] {
+            let text = format!(
+                "[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\n\
+                 bridge = \"{bridge}\"\nveth = \"{veth}\"\nipv4 = \"10.0.0.3\"\n"
+            );
+            let e = parse(&text).unwrap_err();
+            let at = if bridge == "br0" {
+                "inv.toml:6:8:"
+            } else {
+                "inv.toml:5:10:"
+            };
+            assert!(e.starts_with(at), "{e}");
+            assert!(e.contains("letters, digits, '-', '_' and '.'"), "{e}");
+        }
+        assert!(check_ifname("br-0a1b2c3d4e5f").is_ok());
+        assert!(check_ifname("veth1a2.b_c").is_ok());
     }
 }

@@ -74,6 +74,17 @@ fn default_driver() -> String {
     "bridge".to_string()
 }
 
+/// An interface name nftables matches exactly, whatever path writes it: nft reads a
+/// trailing `*` as a wildcard, a leading `@` or `$` as a reference, and quotes and
+/// backslashes as syntax. Docker's names (`docker0`, `br-<hex>`, `veth<hex>`) and
+/// Podman's (`podman0`) are all of this form.
+pub fn exact_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// A container that netguard sees but cannot isolate, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unisolable {

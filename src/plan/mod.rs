@@ -157,7 +157,9 @@ pub fn plan_networks(policy: &Policy, inventory: &Inventory) -> BTreeMap<String,
                 bridge: n.bridge.clone(),
                 driver: n.driver.clone(),
                 managed: n.driver == "bridge"
-                    && n.bridge.is_some()
+                    && n.bridge
+                        .as_deref()
+                        .is_some_and(crate::inventory::exact_ifname)
                     && policy.settings.manages_network(&n.name),
             },
         );
@@ -178,7 +180,8 @@ pub fn implied_network(policy: &Policy, ep: &crate::inventory::Endpoint) -> Plan
         name: ep.network.clone(),
         bridge: Some(ep.bridge.clone()),
         driver: "bridge".into(),
-        managed: policy.settings.manages_network(&ep.network),
+        managed: crate::inventory::exact_ifname(&ep.bridge)
+            && policy.settings.manages_network(&ep.network),
     }
 }
 
@@ -187,6 +190,20 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
     let mut warnings = Vec::new();
 
     let networks = plan_networks(policy, inventory);
+    for n in networks.values() {
+        if let Some(b) = &n.bridge
+            && !n.managed
+            && n.driver == "bridge"
+            && policy.settings.manages_network(&n.name)
+            && !crate::inventory::exact_ifname(b)
+        {
+            warnings.push(format!(
+                "network {}: bridge name {b:?} cannot be matched exactly by nftables \
+                 (letters, digits, '-', '_', '.'): left unmanaged",
+                n.name
+            ));
+        }
+    }
     let claims = claims(&inventory.containers);
     let mut containers = Vec::new();
     for c in &inventory.containers {
@@ -275,6 +292,14 @@ pub fn plan_container(
             None
         } else if policy.settings.anti_spoofing && ep.veth.is_none() {
             Some("host-side veth unknown: cannot bind its addresses".to_string())
+        } else if let Some(v) = ep
+            .veth
+            .as_deref()
+            .filter(|v| !crate::inventory::exact_ifname(v))
+        {
+            Some(format!(
+                "host-side veth {v:?} cannot be matched exactly by nftables"
+            ))
         } else if ep
             .ipv4
             .is_some_and(|a| contested(&ep.bridge, IpAddr::V4(a)))
@@ -383,7 +408,12 @@ fn build_ruleset(
     for n in networks.values() {
         match (&n.bridge, n.managed) {
             (Some(b), true) => add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone())),
-            (Some(b), false) => add(names::UNMANAGED, Elem::Ifname(b.clone())),
+            // A name nft would read as a pattern stays out: a Docker-shaped one is then
+            // judged by the default-deny rule for unknown bridges (fail closed).
+            (Some(b), false) if crate::inventory::exact_ifname(b) => {
+                add(names::UNMANAGED, Elem::Ifname(b.clone()))
+            }
+            (Some(_), false) => {}
             (None, _) => {}
         }
     }

@@ -784,7 +784,7 @@ fn duplicate_message(text: &str, span: Range<usize>) -> String {
         if key == "allow" && before_key.trim_start_matches('[').trim().is_empty() {
             return "duplicate key \"allow\": write [[allow]] (two brackets) before every allow entry".into();
         }
-        return format!("duplicate key {key:?}");
+        return format!("duplicate key {key:?}: a key is set once per table; remove one of them");
     }
     match first_group_line(text, &key, line_start) {
         Some(line) => format!(
@@ -1054,7 +1054,7 @@ to = "web"
         // Other duplicate keys stay plain, but named.
         assert_eq!(
             one_error("[settings]\nlog_denied = true\nlog_denied = false\n"),
-            "3:1: duplicate key \"log_denied\""
+            "3:1: duplicate key \"log_denied\": a key is set once per table; remove one of them"
         );
     }
 
@@ -1115,6 +1115,12 @@ to = "web"
             "5:1: \"within\" cannot be combined with \"from\"/\"to\": use within = \"GROUP\" \
              for a trust group, or from/to for a one-way flow"
         );
+        // `to` alone with `within` is refused the same way, located at `within`.
+        assert_eq!(
+            one_error(&format!("{WEB}[[allow]]\nwithin = \"web\"\nto = \"web\"\n")),
+            "4:1: \"within\" cannot be combined with \"from\"/\"to\": use within = \"GROUP\" \
+             for a trust group, or from/to for a one-way flow"
+        );
         assert_eq!(
             one_error("[[allow]]\nwithin = \"*\"\n"),
             "2:10: within = \"*\" would switch isolation off: name one trust group, \
@@ -1134,7 +1140,7 @@ to = "web"
             [
                 "4:20: bad port \"0\" in \"0/tcp\": expected a number from 1 to 65535",
                 "5:3: bad port \"70000\" in \"70000/tcp\": expected a number from 1 to 65535",
-                "5:16: bad port range in \"20-10/tcp\": 20 is greater than 10",
+                "5:16: bad port range in \"20-10/tcp\": 20 is greater than 10; expected LOW-HIGH with LOW <= HIGH (e.g. \"10-20\")",
                 "5:29: unknown protocol \"foo\" in \"80/foo\": expected tcp, udp or sctp (or the spec \"icmp\")",
                 "5:39: bad port spec \"80\": expected \"PORT/PROTO\", \"LOW-HIGH/PROTO\" or \"icmp\" \
                  (e.g. \"8080/tcp\", \"9000-9100/udp\")",

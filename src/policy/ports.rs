@@ -40,7 +40,9 @@ pub enum PortSpecError {
     Syntax(String),
     #[error("bad port {0:?} in {1:?}: expected a number from 1 to 65535")]
     BadPort(String, String),
-    #[error("bad port range in {0:?}: {1} is greater than {2}")]
+    #[error(
+        "bad port range in {0:?}: {1} is greater than {2}; expected LOW-HIGH with LOW <= HIGH (e.g. \"{2}-{1}\")"
+    )]
     Reversed(String, u16, u16),
     #[error("unknown protocol {0:?} in {1:?}: expected tcp, udp or sctp (or the spec \"icmp\")")]
     UnknownProto(String, String),
