@@ -402,3 +402,92 @@ ipv6 = "fd00::3"
         .unwrap();
     assert_eq!(f.family, "ipv4");
 }
+
+/// The example inventory plus containers Docker reports but netguard cannot confine.
+fn setup_with_unisolable() -> Plan {
+    let p = policy(POLICY);
+    let mut inv = inventory(INVENTORY);
+    for (id, name, reason) in [
+        (
+            "5e1f00000000",
+            "node-exporter",
+            "--network host: shares the host's network stack, no veth to filter",
+        ),
+        (
+            "7a2b00000000",
+            "debug-shell",
+            "--network container: shares the network namespace of vpn, which cannot be \
+             isolated: attached to network lan with driver \"macvlan\", whose traffic does \
+             not cross a host bridge",
+        ),
+    ] {
+        inv.unisolable.push(netguard::inventory::Unisolable {
+            id: id.into(),
+            name: name.into(),
+            reason: reason.into(),
+        });
+    }
+    inv.normalize();
+    plan(&p, &inv)
+}
+
+#[test]
+fn diff_lists_unisolable_containers_in_sync_and_pending() {
+    let pl = setup_with_unisolable();
+    let live = live_of(&pl.ruleset);
+    let text = diff_text(&pl, &live);
+    insta::assert_snapshot!("diff_in_sync_unisolable_text", text);
+    assert!(text.starts_with("in sync: no changes\n"), "{text}");
+    let changes = diff(&pl.ruleset, &live);
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let j = ndiff::json(&impact, &changes, &pl.warnings);
+    assert_eq!(j["in_sync"], true);
+    insta::assert_json_snapshot!("diff_in_sync_unisolable_json", j);
+
+    let live = no_tables();
+    let text = diff_text(&pl, &live);
+    let head: String = text
+        .split("\nnftables objects:")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        head.contains("Cannot be isolated")
+            && head.contains("node-exporter")
+            && head.contains("debug-shell"),
+        "{head}"
+    );
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let j = ndiff::json(&impact, &diff(&pl.ruleset, &live), &pl.warnings);
+    assert_eq!(j["unisolable"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["unisolable"][1]["name"], "node-exporter");
+}
+
+#[test]
+fn status_lists_unisolable_containers() {
+    let pl = setup_with_unisolable();
+    let health = status::Health {
+        inet_table: true,
+        bridge_table: true,
+        current: Some(true),
+        global_bridge_nf: Some((true, true)),
+        bridges: vec![],
+        source: status::SourceHealth {
+            kind: "docker".into(),
+            reachable: true,
+            error: None,
+        },
+        daemon: status::DaemonHealth {
+            state_file: "/run/netguard/state.json".into(),
+            state: None,
+            running: false,
+            error: None,
+        },
+    };
+    let text = status::render(&health, Some(&pl), &[], Style::plain());
+    let tail = text
+        .split("\ncannot be isolated:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no unisolable section:\n{text}"));
+    insta::assert_snapshot!("status_unisolable_text", tail);
+}
