@@ -123,10 +123,18 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+        // --help and --version are not errors: clap prints them as asked.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return EXIT_OK;
+        }
+        Err(e) => {
+            // A script that asked for JSON parses stdout whatever went wrong.
+            if argv_wants_json(std::env::args()) {
+                return report(Output::Json, Failure(vec![usage_error_line(&e)]));
+            }
+            let _ = e.print();
+            return EXIT_ERROR;
         }
     };
     init_tracing();
@@ -143,6 +151,42 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(f) => report(output, f),
     }
+}
+
+/// Whether the command line asks for `--output json`, read from the raw arguments
+/// because parsing them is what failed. The last `--output` wins, as in clap.
+pub fn argv_wants_json(args: impl IntoIterator<Item = String>) -> bool {
+    let mut json = false;
+    let mut prev: Option<String> = None;
+    for a in args {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--output=") {
+            json = v == "json";
+        } else if prev.as_deref() == Some("--output") {
+            json = a == "json";
+        }
+        prev = Some(a);
+    }
+    json
+}
+
+/// clap's message on one line: without its `error:` prefix, usage and `--help` advice.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        let line = line.strip_prefix("error:").unwrap_or(line).trim();
+        if !line.is_empty() {
+            parts.push(line);
+        }
+    }
+    parts.join(" ")
 }
 
 fn init_tracing() {
@@ -243,6 +287,10 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let plan = plan(&p, &inv);
             for w in &plan.warnings {
                 tracing::warn!("{w}");
+            }
+            // Checked before the bridge flags, whose own refusal would read differently.
+            if !crate::nft::exec::has_net_admin() {
+                return Err(Failure(vec![crate::nft::exec::PERMISSION_DENIED.into()]));
             }
             let bridges = managed_bridges(&plan);
             let missing = NetlinkBridges::connect()?.ensure_nf_call(&bridges).await?;
