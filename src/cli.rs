@@ -382,15 +382,21 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             };
             let counters = status::counters(&live);
             match cli.output {
-                Output::Text => print!(
-                    "{}",
-                    status::render(
-                        &health,
-                        plan.as_ref(),
-                        &counters,
-                        crate::ops::style::Style::detect()
-                    )
-                ),
+                Output::Text => {
+                    print!(
+                        "{}",
+                        status::render(
+                            &health,
+                            plan.as_ref(),
+                            &counters,
+                            crate::ops::style::Style::detect()
+                        )
+                    );
+                    // The report went to stdout; the failure is also said where errors go.
+                    if let Some(e) = status::source_error(&health) {
+                        eprintln!("netguard: {e}");
+                    }
+                }
                 Output::Json => println!("{}", status::json(&health, plan.as_ref(), &counters)),
             }
             Ok(if !health.source.reachable {

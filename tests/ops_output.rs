@@ -491,3 +491,57 @@ fn status_lists_unisolable_containers() {
         .unwrap_or_else(|| panic!("no unisolable section:\n{text}"));
     insta::assert_snapshot!("status_unisolable_text", tail);
 }
+
+/// An unreadable source: the health report stays, `ok` is false with the error listed.
+#[test]
+fn status_json_when_docker_cannot_be_read() {
+    let health = status::Health {
+        inet_table: true,
+        bridge_table: true,
+        current: None,
+        global_bridge_nf: None,
+        bridges: vec![],
+        source: status::SourceHealth {
+            kind: "docker".into(),
+            reachable: false,
+            error: Some(
+                "Docker socket /run/docker.sock does not exist: is dockerd running?".into(),
+            ),
+        },
+        daemon: status::DaemonHealth {
+            state_file: "/run/netguard/state.json".into(),
+            state: None,
+            running: false,
+            error: None,
+        },
+    };
+    insta::assert_json_snapshot!(
+        "status_json_source_unreachable",
+        status::json(&health, None, &[])
+    );
+    assert_eq!(
+        status::source_error(&health).as_deref(),
+        Some(
+            "cannot read containers from Docker: Docker socket /run/docker.sock does not exist: \
+             is dockerd running?"
+        )
+    );
+    let (_, _, pl) = setup();
+    let mut ok = health.clone();
+    ok.source.reachable = true;
+    ok.source.error = None;
+    let j = status::json(&ok, Some(&pl), &[]);
+    assert_eq!(j["ok"], true);
+    assert!(j.get("errors").is_none(), "{j}");
+    // The documented subset of the plan, nothing internal.
+    let keys: Vec<&str> = j["plan"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["containers", "flows", "networks", "unisolable", "warnings"]
+    );
+}

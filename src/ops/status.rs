@@ -342,13 +342,48 @@ pub fn render(
     out
 }
 
+/// The line for the user when the containers could not be read (`None`: they could).
+pub fn source_error(health: &Health) -> Option<String> {
+    if health.source.reachable {
+        return None;
+    }
+    let what = match health.source.kind.as_str() {
+        "docker" => "Docker",
+        other => other,
+    };
+    Some(match &health.source.error {
+        Some(e) => format!("cannot read containers from {what}: {e}"),
+        None => format!("cannot read containers from {what}"),
+    })
+}
+
+/// `status --output json`: see docs/output.md. Unlike other commands, an unreadable
+/// source still yields the health report (that is what `status` is asked for), with
+/// `ok: false` and the `errors` every error document carries.
 pub fn json(health: &Health, plan: Option<&Plan>, counters: &[RuleCounter]) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "ok": true,
         "healthy": health.ok(),
         "health": health,
         "in_sync": health.current,
-        "plan": plan,
+        "plan": plan.map(plan_json),
         "counters": counters,
+    });
+    if let Some(e) = source_error(health) {
+        doc["ok"] = false.into();
+        doc["errors"] = serde_json::json!([e]);
+    }
+    doc
+}
+
+/// The documented part of the plan. The nft objects (`Plan::ruleset`) are left out: they
+/// are netguard's internal model, not a contract; `diff` shows how they change.
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    serde_json::json!({
+        "networks": plan.networks,
+        "containers": plan.containers,
+        "unisolable": plan.unisolable,
+        "flows": plan.flows,
+        "warnings": plan.warnings,
     })
 }
