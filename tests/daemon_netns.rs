@@ -562,7 +562,8 @@ fn scrape(ns: &str, port: u16) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
-/// The real daemon with `--metrics-listen`, scraped over TCP: reconciles counted with their
+/// The real daemon with `--metrics-listen`, scraped over TCP (and `status` reading its state
+/// file): reconciles counted with their
 /// durations, and the managed-containers gauge counting only containers on managed networks
 /// (8 of the 10: side-web and api-side are on the unmanaged `side` network).
 #[test]
@@ -577,6 +578,41 @@ fn daemon_serves_metrics_of_its_reconciles() {
     let mut s = spec(&fx, &policy);
     s.metrics_listen = Some(format!("127.0.0.1:{PORT}"));
     let mut d = Daemon::start(&s);
+
+    // `status` finds the live daemon through its state file.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &fx.host_ns, &netguard_bin(), "-c"])
+        .arg(&policy)
+        .arg("--inventory")
+        .arg(&fx.inventory)
+        .arg("status")
+        .env("NETGUARD_STATE", &d.state_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("  daemon "))
+        .unwrap_or_else(|| panic!("no daemon line:\n{text}"));
+    let want = format!("  daemon        running (pid {}), last reconcile ", d.pid);
+    let rest = line
+        .strip_prefix(&want)
+        .unwrap_or_else(|| panic!("{line:?} does not start with {want:?}"));
+    let (ago, source) = rest
+        .split_once(", connected to ")
+        .unwrap_or_else(|| panic!("{line:?}: no source"));
+    let secs: u64 = ago
+        .strip_suffix("s ago")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}: not \"Ns ago\""));
+    assert!(secs < 60, "{line}");
+    assert_eq!(
+        source,
+        format!("inventory file {}", fx.inventory.display()),
+        "{line}"
+    );
+
     let m = scrape(&fx.host_ns, PORT);
     let reconciles = m["netguard_reconciles_total"];
     assert!(reconciles >= 1.0, "{m:?}");

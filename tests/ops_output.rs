@@ -545,3 +545,75 @@ fn status_json_when_docker_cannot_be_read() {
         ["containers", "flows", "networks", "unisolable", "warnings"]
     );
 }
+
+/// The daemon line of `status` from a state file entry: running, when it last reconciled,
+/// what it follows; and a daemon whose pid is gone, with its last error.
+#[test]
+fn status_daemon_line() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let daemon =
+        |running: bool, ago_ms: u64, source: Option<&str>, connected, err: Option<&str>| {
+            status::DaemonHealth {
+                state_file: "/run/netguard/state.json".into(),
+                state: Some(status::DaemonState {
+                    pid: 812,
+                    // Half-way into the unit, so that a slow test run does not change the text.
+                    last_reconcile_unix_ms: Some(now - ago_ms),
+                    last_error: err.map(String::from),
+                    source: source.map(String::from),
+                    connected,
+                    containers: Some(9),
+                }),
+                running,
+                error: None,
+            }
+        };
+    let line = |d: status::DaemonHealth| {
+        let health = status::Health {
+            inet_table: true,
+            bridge_table: true,
+            current: Some(true),
+            global_bridge_nf: Some((true, true)),
+            bridges: vec![],
+            source: status::SourceHealth {
+                kind: "docker".into(),
+                reachable: true,
+                error: None,
+            },
+            daemon: d,
+        };
+        status::render(&health, None, &[], Style::plain())
+            .lines()
+            .find(|l| l.starts_with("  daemon "))
+            .unwrap()
+            .to_string()
+    };
+    let lines = [
+        line(daemon(
+            true,
+            5_500,
+            Some("Docker at unix:///var/run/docker.sock"),
+            Some(true),
+            None,
+        )),
+        line(daemon(true, 30 * 60_000 + 30_000, None, Some(true), None)),
+        line(daemon(
+            false,
+            3 * 3_600_000 + 1_800_000,
+            Some("Docker at unix:///var/run/docker.sock"),
+            Some(false),
+            Some("cannot follow Docker: connection refused"),
+        )),
+        line(daemon(
+            true,
+            500,
+            Some("inventory file /etc/netguard/hosts.toml"),
+            Some(true),
+            None,
+        )),
+    ];
+    insta::assert_snapshot!("status_daemon_lines", lines.join("\n"));
+}

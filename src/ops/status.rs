@@ -25,7 +25,10 @@ pub struct DaemonState {
     pub last_reconcile_unix_ms: Option<u64>,
     #[serde(default)]
     pub last_error: Option<String>,
-    /// The daemon's own view of its Docker connection, when it reports one.
+    /// What the daemon follows (`Docker at unix:///...`, `inventory file PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The daemon's own view of its connection to `source`, when it reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,9 +264,11 @@ pub fn render(
                 .as_ref()
                 .map(|e| format!(", last error: {}", style.red(e)))
                 .unwrap_or_default();
+            // A daemon following an inventory file is not "connected to Docker".
+            let source = s.source.as_deref().unwrap_or("Docker");
             let docker = match s.connected {
-                Some(true) => ", connected to Docker".to_string(),
-                Some(false) => format!(", {}", style.red("NOT connected to Docker")),
+                Some(true) => format!(", connected to {source}"),
+                Some(false) => format!(", {}", style.red(&format!("NOT connected to {source}"))),
                 None => String::new(),
             };
             format!("{run}, last reconcile {last}{docker}{err}")
