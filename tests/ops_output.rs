@@ -617,3 +617,75 @@ fn status_daemon_line() {
     ];
     insta::assert_snapshot!("status_daemon_lines", lines.join("\n"));
 }
+
+/// `explain` takes names, full ids and unique id prefixes (≥ 4 characters), as `docker`
+/// does; an ambiguous prefix says which containers it matches.
+#[test]
+fn explain_by_id_and_id_prefix() {
+    let p = parse_policy(
+        Path::new("p.toml"),
+        "[groups.web]\nmatch = { name = \"web-*\" }\n[groups.api]\nmatch = { name = \"api-*\" }\n\
+         [[allow]]\nfrom = \"web\"\nto = \"api\"\nports = [\"8080/tcp\"]\n",
+    )
+    .unwrap();
+    let inv = inventory(
+        r#"
+[[container]]
+name = "web-1"
+id = "3f2a11c0ffee0000000000000000000000000000000000000000000000000001"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v1"
+ipv4 = "10.0.0.1"
+
+[[container]]
+name = "web-2"
+id = "3f2a22c0ffee0000000000000000000000000000000000000000000000000002"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v2"
+ipv4 = "10.0.0.2"
+
+[[container]]
+name = "api-1"
+id = "9d8e33c0ffee0000000000000000000000000000000000000000000000000003"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v3"
+ipv4 = "10.0.0.3"
+"#,
+    );
+    let pl = plan(&p, &inv);
+    let ask = |from: &str, to: &str| explain::explain(&p, &pl, &inv, from, to, Some("8080/tcp"));
+    // Full id, unique prefix, name: the same answer about the same pair.
+    for (from, to) in [
+        (
+            "3f2a11c0ffee0000000000000000000000000000000000000000000000000001",
+            "9d8e33c0ffee0000000000000000000000000000000000000000000000000003",
+        ),
+        ("3f2a1", "9d8e"),
+        ("web-1", "9d8e33c0ffee"),
+    ] {
+        let x = ask(from, to).unwrap_or_else(|e| panic!("{from} {to}: {e}"));
+        let j = explain::json(&x);
+        assert_eq!(j["from"]["name"], "web-1", "{from}");
+        assert_eq!(j["to"]["name"], "api-1", "{to}");
+        assert_eq!(j["allowed"], true);
+    }
+    let x = ask("3f2a2", "api-1").unwrap();
+    assert_eq!(explain::json(&x)["from"]["name"], "web-2");
+    // Ambiguous: both web containers start with 3f2a.
+    let e = ask("3f2a", "api-1").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ambiguous container \"3f2a\": the id prefix matches web-1 (3f2a11c0ffee), web-2 (3f2a22c0ffee)"
+    );
+    // Too short to be taken as a prefix; unknown ids are unknown.
+    let e = ask("3f2", "api-1").unwrap_err();
+    assert!(e.to_string().starts_with("no container \"3f2\""), "{e}");
+    let e = ask("ffff", "api-1").unwrap_err();
+    assert!(e.to_string().starts_with("no container \"ffff\""), "{e}");
+}
