@@ -486,10 +486,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                         crate::ops::style::Style::detect()
                     )
                 ),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({ "ok": true, "log_denied": p.settings.log_denied, "denials": ds })
-                ),
+                Output::Json => println!("{}", klog::json(&ds, p.settings.log_denied)),
             }
             Ok(EXIT_OK)
         }

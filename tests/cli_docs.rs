@@ -347,3 +347,85 @@ fn graph_svg_is_an_svg_of_the_example() {
     }
     assert!(svg_titles(&svg).iter().any(|t| t.contains("&#45;&gt;")));
 }
+
+/// The error documents of `--output json`, one per kind of failure: the contract is
+/// `{"ok": false, "errors": [...]}` with one line per error, and exit 2.
+#[test]
+fn error_documents() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[groups.web]\nmatch = { name = \"web-*\" }\n\n[[allow]]\nfrom = \"web\"\nto = \"dbs\"\n",
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{root}/policy.example.toml"),
+        dir.path().join("policy.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{root}/docs/example-inventory.toml"),
+        dir.path().join("inventory.toml"),
+    )
+    .unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        ("missing policy", &["-c", "missing.toml", "check"]),
+        ("invalid policy", &["-c", "bad.toml", "check"]),
+        ("usage", &["explain", "web-1"]),
+        (
+            "unknown container",
+            &[
+                "-c",
+                "policy.toml",
+                "--inventory",
+                "inventory.toml",
+                "explain",
+                "wbe-1",
+                "api-1",
+            ],
+        ),
+        (
+            "bad port",
+            &[
+                "-c",
+                "policy.toml",
+                "--inventory",
+                "inventory.toml",
+                "explain",
+                "web-1",
+                "api-1",
+                "http",
+            ],
+        ),
+        (
+            "missing inventory",
+            &["-c", "policy.toml", "--inventory", "none.toml", "graph"],
+        ),
+    ];
+    let mut docs = String::new();
+    for (what, args) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_netguard"))
+            .current_dir(dir.path())
+            .arg("--output")
+            .arg("json")
+            .args(*args)
+            .env_remove("NETGUARD_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{what}");
+        assert!(
+            out.stderr.is_empty(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "{what}: one line");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{what}: {v}");
+        assert_eq!(v["ok"], false);
+        assert!(v["errors"].as_array().is_some_and(|e| !e.is_empty()));
+        docs.push_str(&format!("{what}: {stdout}"));
+    }
+    insta::assert_snapshot!("error_documents", docs);
+}

@@ -106,6 +106,11 @@ fn diff_first_rollout_shows_what_is_cut() {
         .to_string();
     insta::assert_snapshot!("diff_first_rollout_text", head);
     let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let mut j = ndiff::json(&impact, &diff(&pl.ruleset, &live), &pl.warnings);
+    // The nft objects of a first rollout are the whole ruleset, pinned by plan_snapshots.
+    assert_eq!(j["changes"]["tables"][0]["create_table"], true);
+    j["changes"] = json!("(the whole ruleset)");
+    insta::assert_json_snapshot!("diff_first_rollout_json", j);
     assert!(impact.first_rollout);
     // Every same-network pair is open today: what the policy allows is not "new".
     assert!(impact.allowed.is_empty(), "{:?}", impact.allowed);
@@ -218,6 +223,7 @@ fn explain_allowed_and_unmanaged_and_no_port() {
     assert_eq!(json["allowed"], true);
     assert_eq!(json["services"], json!(["7000-7010/udp", "icmp"]));
     insta::assert_snapshot!("explain_no_port_text", text);
+    insta::assert_json_snapshot!("explain_no_port_json", json);
     // No common network.
     let (_, json) = explain_text("web-1", "pg-primary", None);
     assert_eq!(json["allowed"], false);
@@ -356,6 +362,7 @@ Nov 28 21:50:04 host kernel: [ 814.0] netguard-deny IN=br-back OUT=br-back SRC=1
         klog::resolve(d, &pl);
     }
     insta::assert_snapshot!("log_text", klog::render(&ds, true, Style::plain()));
+    insta::assert_json_snapshot!("log_json", klog::json(&ds, true));
 }
 
 #[test]
