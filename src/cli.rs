@@ -299,14 +299,13 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             let backend = Backend::system();
             let changes = backend.reconcile(&plan.ruleset)?;
-            let (added, removed) = changes.element_counts();
             match cli.output {
                 Output::Text => {
                     if changes.is_empty() {
                         println!("in sync: nothing to do");
                     } else {
                         print!("{}", render_changes(&plan, &changes));
-                        println!("applied: {added} set elements added, {removed} removed");
+                        println!("applied: {}", changes.summary(true));
                     }
                 }
                 Output::Json => println!(
@@ -641,8 +640,6 @@ pub fn render_changes(plan: &Plan, changes: &Changes) -> String {
             }
         }
     }
-    let (a, d) = changes.element_counts();
-    let plural = |n: usize| if n == 1 { "element" } else { "elements" };
-    let _ = writeln!(out, "{a} {} to add, {d} to remove", plural(a));
+    let _ = writeln!(out, "{}", changes.summary(false));
     out
 }

@@ -105,6 +105,14 @@ fn diff_first_rollout_shows_what_is_cut() {
         .unwrap()
         .to_string();
     insta::assert_snapshot!("diff_first_rollout_text", head);
+    let summary = text.lines().last().unwrap();
+    assert!(
+        summary.starts_with("2 tables to create, ")
+            && summary.contains(" rules to add")
+            && summary.contains(" elements to add")
+            && !summary.contains("rewrite"),
+        "{summary}"
+    );
     let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
     let mut j = ndiff::json(&impact, &diff(&pl.ruleset, &live), &pl.warnings);
     // The nft objects of a first rollout are the whole ruleset, pinned by plan_snapshots.
