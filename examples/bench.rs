@@ -1379,7 +1379,9 @@ impl Source for MemSource {
             None => ContainerState::Gone,
         })
     }
-    async fn subscribe(&mut self) -> Result<tokio::sync::mpsc::Receiver<Change>, SourceError> {
+    async fn subscribe(
+        &mut self,
+    ) -> Result<tokio::sync::mpsc::Receiver<netguard::daemon::source::Stamped>, SourceError> {
         let (_tx, rx) = tokio::sync::mpsc::channel(1);
         Ok(rx)
     }

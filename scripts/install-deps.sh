@@ -12,6 +12,7 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v iptables-restore >/dev/null || need+=(iptables)   # the bench's Docker-host baseline
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v dot >/dev/null || need+=(graphviz)   # `graph --format svg`
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -123,10 +123,18 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_ERROR } else { EXIT_OK };
+        // --help and --version are not errors: clap prints them as asked.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return EXIT_OK;
+        }
+        Err(e) => {
+            // A script that asked for JSON parses stdout whatever went wrong.
+            if argv_wants_json(std::env::args()) {
+                return report(Output::Json, Failure(vec![usage_error_line(&e)]));
+            }
+            let _ = e.print();
+            return EXIT_ERROR;
         }
     };
     init_tracing();
@@ -143,6 +151,42 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(f) => report(output, f),
     }
+}
+
+/// Whether the command line asks for `--output json`, read from the raw arguments
+/// because parsing them is what failed. The last `--output` wins, as in clap.
+pub fn argv_wants_json(args: impl IntoIterator<Item = String>) -> bool {
+    let mut json = false;
+    let mut prev: Option<String> = None;
+    for a in args {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--output=") {
+            json = v == "json";
+        } else if prev.as_deref() == Some("--output") {
+            json = a == "json";
+        }
+        prev = Some(a);
+    }
+    json
+}
+
+/// clap's message on one line: without its `error:` prefix, usage and `--help` advice.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with("Usage:") || line.starts_with("For more information") {
+            break;
+        }
+        let line = line.strip_prefix("error:").unwrap_or(line).trim();
+        if !line.is_empty() {
+            parts.push(line);
+        }
+    }
+    parts.join(" ")
 }
 
 fn init_tracing() {
@@ -244,6 +288,10 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             for w in &plan.warnings {
                 tracing::warn!("{w}");
             }
+            // Checked before the bridge flags, whose own refusal would read differently.
+            if !crate::nft::exec::has_net_admin() {
+                return Err(Failure(vec![crate::nft::exec::PERMISSION_DENIED.into()]));
+            }
             let bridges = managed_bridges(&plan);
             let missing = NetlinkBridges::connect()?.ensure_nf_call(&bridges).await?;
             for b in missing {
@@ -251,14 +299,13 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             let backend = Backend::system();
             let changes = backend.reconcile(&plan.ruleset)?;
-            let (added, removed) = changes.element_counts();
             match cli.output {
                 Output::Text => {
                     if changes.is_empty() {
                         println!("in sync: nothing to do");
                     } else {
                         print!("{}", render_changes(&plan, &changes));
-                        println!("applied: {added} set elements added, {removed} removed");
+                        println!("applied: {}", changes.summary(true));
                     }
                 }
                 Output::Json => println!(
@@ -337,15 +384,21 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             };
             let counters = status::counters(&live);
             match cli.output {
-                Output::Text => print!(
-                    "{}",
-                    status::render(
-                        &health,
-                        plan.as_ref(),
-                        &counters,
-                        crate::ops::style::Style::detect()
-                    )
-                ),
+                Output::Text => {
+                    print!(
+                        "{}",
+                        status::render(
+                            &health,
+                            plan.as_ref(),
+                            &counters,
+                            crate::ops::style::Style::detect()
+                        )
+                    );
+                    // The report went to stdout; the failure is also said where errors go.
+                    if let Some(e) = status::source_error(&health) {
+                        eprintln!("netguard: {e}");
+                    }
+                }
                 Output::Json => println!("{}", status::json(&health, plan.as_ref(), &counters)),
             }
             Ok(if !health.source.reachable {
@@ -435,10 +488,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                         crate::ops::style::Style::detect()
                     )
                 ),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({ "ok": true, "log_denied": p.settings.log_denied, "denials": ds })
-                ),
+                Output::Json => println!("{}", klog::json(&ds, p.settings.log_denied)),
             }
             Ok(EXIT_OK)
         }
@@ -593,8 +643,6 @@ pub fn render_changes(plan: &Plan, changes: &Changes) -> String {
             }
         }
     }
-    let (a, d) = changes.element_counts();
-    let plural = |n: usize| if n == 1 { "element" } else { "elements" };
-    let _ = writeln!(out, "{a} {} to add, {d} to remove", plural(a));
+    let _ = writeln!(out, "{}", changes.summary(false));
     out
 }

@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `netguard_reconciles_total` | counter | reconciles run (successful or not) |
 //! | `netguard_reconcile_duration_seconds` | histogram | one reconcile: inventory, plan, diff, apply |
-//! | `netguard_event_to_enforce_seconds` | histogram | Docker event stamped → rules live |
-//! | `netguard_managed_containers` | gauge | containers with an endpoint on a managed network |
+//! | `netguard_event_to_enforce_seconds` | histogram | container event received from Docker → rules live (time queued behind a reconcile included, Docker's own delay before it sends the event not) |
+//! | `netguard_managed_containers` | gauge | containers with at least one endpoint on a managed network (`settings.networks`), admitted or not |
 //! | `netguard_errors_total{kind}` | counter | errors by kind (`docker`, `nft`, `netlink`, `policy`, ...) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
@@ -145,7 +145,7 @@ impl Metrics {
         i.reconcile_duration.observe(took.as_secs_f64());
     }
 
-    /// A Docker event became enforced rules `latency` after Docker stamped it.
+    /// A container event became enforced rules `latency` after netguard received it.
     pub fn event_enforced(&self, latency: Duration) {
         self.lock().event_latency.observe(latency.as_secs_f64());
     }

@@ -536,3 +536,115 @@ fn inventory_change_without_sighup_is_picked_up_by_resync() {
     assert!(!probe(&fx, "web-1", "api-1", Kind::Tcp(8080)));
     assert!(probe(&fx, "web-2", "api-1", Kind::Tcp(8080)));
 }
+
+/// `GET /metrics` from inside network namespace `ns`: sample name (with labels) → value.
+fn scrape(ns: &str, port: u16) -> std::collections::BTreeMap<String, f64> {
+    let text = in_netns(ns, move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    });
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let v: f64 = v.parse().unwrap_or_else(|_| panic!("bad value {l:?}"));
+            (k.to_string(), v)
+        })
+        .collect()
+}
+
+/// The real daemon with `--metrics-listen`, scraped over TCP (and `status` reading its state
+/// file): reconciles counted with their
+/// durations, and the managed-containers gauge counting only containers on managed networks
+/// (8 of the 10: side-web and api-side are on the unmanaged `side` network).
+#[test]
+fn daemon_serves_metrics_of_its_reconciles() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("daemon_serves_metrics_of_its_reconciles") {
+        return;
+    }
+    const PORT: u16 = 9432;
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let mut s = spec(&fx, &policy);
+    s.metrics_listen = Some(format!("127.0.0.1:{PORT}"));
+    let mut d = Daemon::start(&s);
+
+    // `status` finds the live daemon through its state file.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &fx.host_ns, &netguard_bin(), "-c"])
+        .arg(&policy)
+        .arg("--inventory")
+        .arg(&fx.inventory)
+        .arg("status")
+        .env("NETGUARD_STATE", &d.state_file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("  daemon "))
+        .unwrap_or_else(|| panic!("no daemon line:\n{text}"));
+    let want = format!("  daemon        running (pid {}), last reconcile ", d.pid);
+    let rest = line
+        .strip_prefix(&want)
+        .unwrap_or_else(|| panic!("{line:?} does not start with {want:?}"));
+    let (ago, source) = rest
+        .split_once(", connected to ")
+        .unwrap_or_else(|| panic!("{line:?}: no source"));
+    let secs: u64 = ago
+        .strip_suffix("s ago")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}: not \"Ns ago\""));
+    assert!(secs < 60, "{line}");
+    assert_eq!(
+        source,
+        format!("inventory file {}", fx.inventory.display()),
+        "{line}"
+    );
+
+    let m = scrape(&fx.host_ns, PORT);
+    let reconciles = m["netguard_reconciles_total"];
+    assert!(reconciles >= 1.0, "{m:?}");
+    assert_eq!(
+        m["netguard_reconcile_duration_seconds_count"], reconciles,
+        "{m:?}"
+    );
+    assert_eq!(
+        m["netguard_reconcile_duration_seconds_bucket{le=\"+Inf\"}"],
+        reconciles
+    );
+    assert!(m["netguard_reconcile_duration_seconds_sum"] > 0.0);
+    // An inventory file sends no container events: the histogram exists and is empty.
+    assert_eq!(m["netguard_event_to_enforce_seconds_count"], 0.0, "{m:?}");
+    assert_eq!(
+        m["netguard_event_to_enforce_seconds_bucket{le=\"+Inf\"}"],
+        0.0
+    );
+    assert_eq!(fx.containers.len(), 10);
+    assert_eq!(m["netguard_managed_containers"], 8.0, "{m:?}");
+
+    // web-1 leaves, side-web (unmanaged) too: the gauge drops by one.
+    let rest: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "web-1" && c.name != "side-web")
+        .cloned()
+        .collect();
+    write_atomic(&fx.inventory, &inventory_toml(&rest));
+    d.reload();
+    let m = scrape(&fx.host_ns, PORT);
+    assert_eq!(m["netguard_managed_containers"], 7.0, "{m:?}");
+    assert!(m["netguard_reconciles_total"] > reconciles, "{m:?}");
+    assert!(d.alive(), "daemon died");
+}

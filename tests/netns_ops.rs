@@ -249,3 +249,69 @@ fn denied_connection_shows_up_in_log() {
 fn dst_str(fx: &Fixture, c: &str) -> String {
     fx.container(c).ipv4.to_string()
 }
+
+/// Docker cannot be read: `status` still prints the health report (exit 2), says so on one
+/// stderr line, and its JSON is `ok: false` with `errors` next to the report.
+#[test]
+fn status_with_unreachable_docker_is_an_error_with_a_report() {
+    if !prerequisites("status_with_unreachable_docker_is_an_error_with_a_report") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let status = |json: bool| {
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            fx.host_ns.clone(),
+            netguard_bin(),
+            "-c".into(),
+            policy.display().to_string(),
+            "--docker-host".into(),
+            "unix:///nonexistent/docker.sock".into(),
+        ];
+        if json {
+            args.extend(["--output".into(), "json".into()]);
+        }
+        args.push("status".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        output("ip", &args, None)
+    };
+    let out = status(false);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("enforcement: DEGRADED\n"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        stdout.contains("  source        docker: unreachable: "),
+        "{}",
+        show(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{}", show(&out));
+    assert!(
+        stderr.starts_with("netguard: cannot read containers from Docker: ")
+            && stderr.contains("/nonexistent/docker.sock"),
+        "{}",
+        show(&out)
+    );
+
+    let out = status(true);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(out.stderr.is_empty(), "{}", show(&out));
+    let j = json_of(&out);
+    assert_eq!(j["ok"], false, "{j:#}");
+    assert_eq!(j["healthy"], false);
+    assert_eq!(j["plan"], Value::Null);
+    assert_eq!(j["health"]["source"]["reachable"], false);
+    assert_eq!(j["health"]["inet_table"], false);
+    let errors = j["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{j:#}");
+    assert_eq!(
+        format!("netguard: {}\n", errors[0].as_str().unwrap()),
+        stderr
+    );
+}

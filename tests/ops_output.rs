@@ -105,7 +105,20 @@ fn diff_first_rollout_shows_what_is_cut() {
         .unwrap()
         .to_string();
     insta::assert_snapshot!("diff_first_rollout_text", head);
+    let summary = text.lines().last().unwrap();
+    assert!(
+        summary.starts_with("2 tables to create, ")
+            && summary.contains(" rules to add")
+            && summary.contains(" elements to add")
+            && !summary.contains("rewrite"),
+        "{summary}"
+    );
     let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let mut j = ndiff::json(&impact, &diff(&pl.ruleset, &live), &pl.warnings);
+    // The nft objects of a first rollout are the whole ruleset, pinned by plan_snapshots.
+    assert_eq!(j["changes"]["tables"][0]["create_table"], true);
+    j["changes"] = json!("(the whole ruleset)");
+    insta::assert_json_snapshot!("diff_first_rollout_json", j);
     assert!(impact.first_rollout);
     // Every same-network pair is open today: what the policy allows is not "new".
     assert!(impact.allowed.is_empty(), "{:?}", impact.allowed);
@@ -218,6 +231,7 @@ fn explain_allowed_and_unmanaged_and_no_port() {
     assert_eq!(json["allowed"], true);
     assert_eq!(json["services"], json!(["7000-7010/udp", "icmp"]));
     insta::assert_snapshot!("explain_no_port_text", text);
+    insta::assert_json_snapshot!("explain_no_port_json", json);
     // No common network.
     let (_, json) = explain_text("web-1", "pg-primary", None);
     assert_eq!(json["allowed"], false);
@@ -356,6 +370,7 @@ Nov 28 21:50:04 host kernel: [ 814.0] netguard-deny IN=br-back OUT=br-back SRC=1
         klog::resolve(d, &pl);
     }
     insta::assert_snapshot!("log_text", klog::render(&ds, true, Style::plain()));
+    insta::assert_json_snapshot!("log_json", klog::json(&ds, true));
 }
 
 #[test]
@@ -401,4 +416,291 @@ ipv6 = "fd00::3"
         .find(|f| f.from == "web-1" && f.to == "api-1")
         .unwrap();
     assert_eq!(f.family, "ipv4");
+}
+
+/// The example inventory plus containers Docker reports but netguard cannot confine.
+fn setup_with_unisolable() -> Plan {
+    let p = policy(POLICY);
+    let mut inv = inventory(INVENTORY);
+    for (id, name, reason) in [
+        (
+            "5e1f00000000",
+            "node-exporter",
+            "--network host: shares the host's network stack, no veth to filter",
+        ),
+        (
+            "7a2b00000000",
+            "debug-shell",
+            "--network container: shares the network namespace of vpn, which cannot be \
+             isolated: attached to network lan with driver \"macvlan\", whose traffic does \
+             not cross a host bridge",
+        ),
+    ] {
+        inv.unisolable.push(netguard::inventory::Unisolable {
+            id: id.into(),
+            name: name.into(),
+            reason: reason.into(),
+        });
+    }
+    inv.normalize();
+    plan(&p, &inv)
+}
+
+#[test]
+fn diff_lists_unisolable_containers_in_sync_and_pending() {
+    let pl = setup_with_unisolable();
+    let live = live_of(&pl.ruleset);
+    let text = diff_text(&pl, &live);
+    insta::assert_snapshot!("diff_in_sync_unisolable_text", text);
+    assert!(text.starts_with("in sync: no changes\n"), "{text}");
+    let changes = diff(&pl.ruleset, &live);
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let j = ndiff::json(&impact, &changes, &pl.warnings);
+    assert_eq!(j["in_sync"], true);
+    insta::assert_json_snapshot!("diff_in_sync_unisolable_json", j);
+
+    let live = no_tables();
+    let text = diff_text(&pl, &live);
+    let head: String = text
+        .split("\nnftables objects:")
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        head.contains("Cannot be isolated")
+            && head.contains("node-exporter")
+            && head.contains("debug-shell"),
+        "{head}"
+    );
+    let impact = ndiff::impact(&pl, &live, &BTreeSet::new());
+    let j = ndiff::json(&impact, &diff(&pl.ruleset, &live), &pl.warnings);
+    assert_eq!(j["unisolable"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["unisolable"][1]["name"], "node-exporter");
+}
+
+#[test]
+fn status_lists_unisolable_containers() {
+    let pl = setup_with_unisolable();
+    let health = status::Health {
+        inet_table: true,
+        bridge_table: true,
+        current: Some(true),
+        global_bridge_nf: Some((true, true)),
+        bridges: vec![],
+        source: status::SourceHealth {
+            kind: "docker".into(),
+            reachable: true,
+            error: None,
+        },
+        daemon: status::DaemonHealth {
+            state_file: "/run/netguard/state.json".into(),
+            state: None,
+            running: false,
+            error: None,
+        },
+    };
+    let text = status::render(&health, Some(&pl), &[], Style::plain());
+    let tail = text
+        .split("\ncannot be isolated:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no unisolable section:\n{text}"));
+    insta::assert_snapshot!("status_unisolable_text", tail);
+}
+
+/// An unreadable source: the health report stays, `ok` is false with the error listed.
+#[test]
+fn status_json_when_docker_cannot_be_read() {
+    let health = status::Health {
+        inet_table: true,
+        bridge_table: true,
+        current: None,
+        global_bridge_nf: None,
+        bridges: vec![],
+        source: status::SourceHealth {
+            kind: "docker".into(),
+            reachable: false,
+            error: Some(
+                "Docker socket /run/docker.sock does not exist: is dockerd running?".into(),
+            ),
+        },
+        daemon: status::DaemonHealth {
+            state_file: "/run/netguard/state.json".into(),
+            state: None,
+            running: false,
+            error: None,
+        },
+    };
+    insta::assert_json_snapshot!(
+        "status_json_source_unreachable",
+        status::json(&health, None, &[])
+    );
+    assert_eq!(
+        status::source_error(&health).as_deref(),
+        Some(
+            "cannot read containers from Docker: Docker socket /run/docker.sock does not exist: \
+             is dockerd running?"
+        )
+    );
+    let (_, _, pl) = setup();
+    let mut ok = health.clone();
+    ok.source.reachable = true;
+    ok.source.error = None;
+    let j = status::json(&ok, Some(&pl), &[]);
+    assert_eq!(j["ok"], true);
+    assert!(j.get("errors").is_none(), "{j}");
+    // The documented subset of the plan, nothing internal.
+    let keys: Vec<&str> = j["plan"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["containers", "flows", "networks", "unisolable", "warnings"]
+    );
+}
+
+/// The daemon line of `status` from a state file entry: running, when it last reconciled,
+/// what it follows; and a daemon whose pid is gone, with its last error.
+#[test]
+fn status_daemon_line() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let daemon =
+        |running: bool, ago_ms: u64, source: Option<&str>, connected, err: Option<&str>| {
+            status::DaemonHealth {
+                state_file: "/run/netguard/state.json".into(),
+                state: Some(status::DaemonState {
+                    pid: 812,
+                    // Half-way into the unit, so that a slow test run does not change the text.
+                    last_reconcile_unix_ms: Some(now - ago_ms),
+                    last_error: err.map(String::from),
+                    source: source.map(String::from),
+                    connected,
+                    containers: Some(9),
+                }),
+                running,
+                error: None,
+            }
+        };
+    let line = |d: status::DaemonHealth| {
+        let health = status::Health {
+            inet_table: true,
+            bridge_table: true,
+            current: Some(true),
+            global_bridge_nf: Some((true, true)),
+            bridges: vec![],
+            source: status::SourceHealth {
+                kind: "docker".into(),
+                reachable: true,
+                error: None,
+            },
+            daemon: d,
+        };
+        status::render(&health, None, &[], Style::plain())
+            .lines()
+            .find(|l| l.starts_with("  daemon "))
+            .unwrap()
+            .to_string()
+    };
+    let lines = [
+        line(daemon(
+            true,
+            5_500,
+            Some("Docker at unix:///var/run/docker.sock"),
+            Some(true),
+            None,
+        )),
+        line(daemon(true, 30 * 60_000 + 30_000, None, Some(true), None)),
+        line(daemon(
+            false,
+            3 * 3_600_000 + 1_800_000,
+            Some("Docker at unix:///var/run/docker.sock"),
+            Some(false),
+            Some("cannot follow Docker: connection refused"),
+        )),
+        line(daemon(
+            true,
+            500,
+            Some("inventory file /etc/netguard/hosts.toml"),
+            Some(true),
+            None,
+        )),
+    ];
+    insta::assert_snapshot!("status_daemon_lines", lines.join("\n"));
+}
+
+/// `explain` takes names, full ids and unique id prefixes (≥ 4 characters), as `docker`
+/// does; an ambiguous prefix says which containers it matches.
+#[test]
+fn explain_by_id_and_id_prefix() {
+    let p = parse_policy(
+        Path::new("p.toml"),
+        "[groups.web]\nmatch = { name = \"web-*\" }\n[groups.api]\nmatch = { name = \"api-*\" }\n\
+         [[allow]]\nfrom = \"web\"\nto = \"api\"\nports = [\"8080/tcp\"]\n",
+    )
+    .unwrap();
+    let inv = inventory(
+        r#"
+[[container]]
+name = "web-1"
+id = "3f2a11c0ffee0000000000000000000000000000000000000000000000000001"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v1"
+ipv4 = "10.0.0.1"
+
+[[container]]
+name = "web-2"
+id = "3f2a22c0ffee0000000000000000000000000000000000000000000000000002"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v2"
+ipv4 = "10.0.0.2"
+
+[[container]]
+name = "api-1"
+id = "9d8e33c0ffee0000000000000000000000000000000000000000000000000003"
+[[container.endpoint]]
+network = "n"
+bridge = "br0"
+veth = "v3"
+ipv4 = "10.0.0.3"
+"#,
+    );
+    let pl = plan(&p, &inv);
+    let ask = |from: &str, to: &str| explain::explain(&p, &pl, &inv, from, to, Some("8080/tcp"));
+    // Full id, unique prefix, name: the same answer about the same pair.
+    for (from, to) in [
+        (
+            "3f2a11c0ffee0000000000000000000000000000000000000000000000000001",
+            "9d8e33c0ffee0000000000000000000000000000000000000000000000000003",
+        ),
+        ("3f2a1", "9d8e"),
+        ("web-1", "9d8e33c0ffee"),
+    ] {
+        let x = ask(from, to).unwrap_or_else(|e| panic!("{from} {to}: {e}"));
+        let j = explain::json(&x);
+        assert_eq!(j["from"]["name"], "web-1", "{from}");
+        assert_eq!(j["to"]["name"], "api-1", "{to}");
+        assert_eq!(j["allowed"], true);
+    }
+    let x = ask("3f2a2", "api-1").unwrap();
+    assert_eq!(explain::json(&x)["from"]["name"], "web-2");
+    // Ambiguous: both web containers start with 3f2a.
+    let e = ask("3f2a", "api-1").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ambiguous container \"3f2a\": the id prefix matches web-1 (3f2a11c0ffee), web-2 (3f2a22c0ffee)"
+    );
+    // Too short to be taken as a prefix; unknown ids are unknown.
+    let e = ask("3f2", "api-1").unwrap_err();
+    assert!(e.to_string().starts_with("no container \"3f2\""), "{e}");
+    let e = ask("ffff", "api-1").unwrap_err();
+    assert!(e.to_string().starts_with("no container \"ffff\""), "{e}");
 }

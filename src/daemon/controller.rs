@@ -7,7 +7,7 @@
 use super::conntrack::{Conntrack, Ctnetlink, revoked};
 use super::engine::{Delta, Engine};
 use super::notify::notify;
-use super::source::{Change, Source};
+use super::source::{Change, Source, Stamped};
 use crate::bridge::{BridgeControl, NetlinkBridges};
 use crate::cli::managed_bridges;
 use crate::docker::ContainerState;
@@ -239,6 +239,7 @@ fn now_ms() -> u64 {
 pub trait Observer {
     fn reconciled(&self, _took: Duration, _ok: bool) {}
     fn enforced(&self, _event_to_rules: Duration) {}
+    /// Containers with an endpoint on a managed network, after each change.
     fn containers(&self, _n: usize) {}
     fn error(&self, _kind: &'static str) {}
 }
@@ -289,20 +290,20 @@ impl Batch {
 /// The batch an event starts: the first change of a burst goes at once; changes arriving
 /// within `coalesce` of the previous apply wait for the end of that window and go together.
 pub async fn gather(
-    first: Change,
-    rx: &mut mpsc::Receiver<Change>,
+    first: Stamped,
+    rx: &mut mpsc::Receiver<Stamped>,
     last_apply: Option<Instant>,
     coalesce: Duration,
 ) -> Batch {
     let mut batch = Batch::default();
-    batch.add(first, Instant::now());
+    batch.add(first.0, first.1);
     if let Some(t) = last_apply
         && t.elapsed() < coalesce
     {
         tokio::time::sleep(coalesce - t.elapsed()).await;
     }
-    while let Ok(c) = rx.try_recv() {
-        batch.add(c, Instant::now());
+    while let Ok((c, at)) = rx.try_recv() {
+        batch.add(c, at);
     }
     batch
 }
@@ -483,7 +484,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 }
                 self.enforcer.rejudge(&plan, None);
                 self.observer.reconciled(t0.elapsed(), true);
-                self.observer.containers(self.engine.container_count());
+                self.observer.containers(self.engine.managed_count());
                 self.state.reconciles += 1;
                 self.state.last_reconcile_unix_ms = Some(now_ms());
                 self.state.containers = self.engine.container_count();
@@ -575,7 +576,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             self.enforcer.rejudge(&plan, Some(&delta.regrouped));
         }
         self.state.containers = self.engine.container_count();
-        self.observer.containers(self.engine.container_count());
+        self.observer.containers(self.engine.managed_count());
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
     }
@@ -637,7 +638,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     }
 
     /// Subscribes and syncs; returns the change stream, or None if the source is down.
-    pub async fn connect(&mut self) -> Option<mpsc::Receiver<Change>> {
+    pub async fn connect(&mut self) -> Option<mpsc::Receiver<Stamped>> {
         match self.source.subscribe().await {
             Ok(rx) => {
                 self.state.connected = true;

@@ -56,6 +56,9 @@ pub struct Engine {
     /// Which containers claim each (bridge, address).
     claimants: HashMap<(String, IpAddr), BTreeSet<String>>,
     planned: BTreeMap<String, PlannedContainer>,
+    /// How many of `planned` are managed, kept in step with it: the metric is read after
+    /// every event, and counting 5,000 containers each time would cost more than the event.
+    managed: usize,
     counts: HashMap<Key, u32>,
 }
 
@@ -70,6 +73,7 @@ impl Engine {
             claims: Claims::new(),
             claimants: HashMap::new(),
             planned: BTreeMap::new(),
+            managed: 0,
             counts: HashMap::new(),
         };
         e.reset(inventory);
@@ -103,12 +107,14 @@ impl Engine {
             }
         }
         self.planned.clear();
+        self.managed = 0;
         self.counts.clear();
         let ids: Vec<String> = self.containers.keys().cloned().collect();
         for id in ids {
             let pc = self.plan_one(&id);
             self.count(&pc, 1);
             if let Some(pc) = pc {
+                self.managed += usize::from(pc.managed);
                 self.planned.insert(id, pc);
             }
         }
@@ -135,8 +141,15 @@ impl Engine {
         plan(&self.policy, &self.inventory())
     }
 
+    /// Every container with an endpoint the source reported, managed or not.
     pub fn container_count(&self) -> usize {
         self.containers.len()
+    }
+
+    /// Containers with at least one endpoint on a managed network (`settings.networks`),
+    /// admitted or not: `netguard_managed_containers`.
+    pub fn managed_count(&self) -> usize {
+        self.managed
     }
 
     /// Does this container sit on a network the engine does not know? (A network created
@@ -259,6 +272,7 @@ impl Engine {
         for t in &touched {
             let old = self.planned.remove(t);
             if let Some(pc) = &old {
+                self.managed -= usize::from(pc.managed);
                 old_admitted.insert(t.clone(), (admitted_addrs(pc), pc.groups.clone()));
             }
             self.count(&old, -1);
@@ -271,6 +285,7 @@ impl Engine {
             let fresh = self.plan_one(t);
             self.count(&fresh, 1);
             if let Some(pc) = fresh {
+                self.managed += usize::from(pc.managed);
                 self.planned.insert(t.clone(), pc);
             }
         }
@@ -453,6 +468,7 @@ mod tests {
 
     #[test]
     fn incremental_deltas_equal_the_full_plan() {
+        let mut some_unmanaged = false;
         for anti_spoofing in [true, false] {
             let mut r = Rng(0x9e3779b97f4a7c15);
             let mut engine = Engine::new(policy(anti_spoofing), Inventory::default());
@@ -481,8 +497,13 @@ mod tests {
                         .collect()
                 };
                 assert_eq!(strip(&kernel), strip(&want), "step {step}");
+                let plan = engine.plan();
+                let managed = plan.containers.iter().filter(|c| c.managed).count();
+                assert_eq!(engine.managed_count(), managed, "step {step}");
+                some_unmanaged |= managed < engine.container_count();
             }
         }
+        assert!(some_unmanaged, "the walk never had an unmanaged container");
     }
 
     #[test]

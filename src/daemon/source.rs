@@ -6,6 +6,7 @@ use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
 use bollard::models::{EventMessage, EventMessageTypeEnum, Network as DockerNetwork};
 use futures::StreamExt;
 use std::path::PathBuf;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// What an event asks the controller to look at again.
@@ -18,6 +19,11 @@ pub enum Change {
     /// Networks were created or removed: the structure may change.
     Networks,
 }
+
+/// A change and the moment netguard received it from the source: where
+/// `netguard_event_to_enforce_seconds` starts, so time spent queued behind a running
+/// reconcile counts as latency.
+pub type Stamped = (Change, Instant);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -35,7 +41,7 @@ pub trait Source {
     /// Starts following changes. The receiver closes when the stream breaks; changes since a
     /// moment before the call are included, so that nothing between subscribing and listing
     /// is missed.
-    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError>;
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError>;
     /// Whether the source is reachable again (for reconnecting).
     async fn ping(&mut self) -> Result<(), SourceError>;
     fn describe(&self) -> String;
@@ -119,7 +125,7 @@ impl Source for Docker {
         Ok(self.src()?.container(id, &networks).await?)
     }
 
-    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
         self.src()?.ping().await?;
         let (tx, rx) = mpsc::channel(8192);
         let mut events = Box::pin(self.src()?.events_since_now());
@@ -127,6 +133,7 @@ impl Source for Docker {
             while let Some(ev) = events.next().await {
                 match ev {
                     Ok(ev) => {
+                        let at = Instant::now();
                         let Some(c) = change_of(&ev) else { continue };
                         // Docker emits network connect before its container
                         // listing shows the change (a running container connected to a
@@ -142,13 +149,14 @@ impl Source for Docker {
                             tokio::spawn(async move {
                                 for ms in FOLLOW_UP_MS {
                                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-                                    if tx2.send(Change::Container(id.clone())).await.is_err() {
+                                    let c = Change::Container(id.clone());
+                                    if tx2.send((c, Instant::now())).await.is_err() {
                                         return;
                                     }
                                 }
                             });
                         }
-                        if tx.send(c).await.is_err() {
+                        if tx.send((c, at)).await.is_err() {
                             return;
                         }
                     }
@@ -186,7 +194,7 @@ pub struct File {
     current: Inventory,
     /// Held so that the change channel stays open: a file has no events, and a closed
     /// channel would read as a broken stream.
-    keep: Option<mpsc::Sender<Change>>,
+    keep: Option<mpsc::Sender<Stamped>>,
 }
 
 impl File {
@@ -212,7 +220,7 @@ impl Source for File {
         })
     }
 
-    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
         let (tx, rx) = mpsc::channel(1);
         self.keep = Some(tx);
         Ok(rx)

@@ -3,7 +3,7 @@
 
 use super::controller::*;
 use super::engine::Delta;
-use super::source::{Change, Source, SourceError};
+use super::source::{Change, Source, SourceError, Stamped};
 use crate::docker::ContainerState;
 use crate::inventory::{Container, Endpoint, Inventory, InventoryFileError};
 use crate::loc::Loc;
@@ -27,7 +27,7 @@ struct World {
     down: bool,
     subscribes: usize,
     /// The open event stream's sender; dropping it ends the stream as a dead dockerd would.
-    stream: Option<mpsc::Sender<Change>>,
+    stream: Option<mpsc::Sender<Stamped>>,
     inventories: usize,
     lookups: usize,
 }
@@ -74,7 +74,7 @@ impl Source for FakeSource {
         })
     }
 
-    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {
+    async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
         if self.world.borrow().down {
             return Err(down());
         }
@@ -288,12 +288,20 @@ async fn gather_applies_the_first_change_at_once_and_coalesces_the_rest() {
     let (tx, mut rx) = mpsc::channel(1000);
     // Nothing applied recently: no wait at all.
     let t = Instant::now();
-    let b = gather(Change::Networks, &mut rx, None, Duration::from_millis(50)).await;
+    let b = gather(
+        (Change::Networks, Instant::now()),
+        &mut rx,
+        None,
+        Duration::from_millis(50),
+    )
+    .await;
     assert!(t.elapsed() < Duration::from_millis(20) && b.networks);
     // A burst behind a fresh apply: waits out the window, then takes everything queued.
     let producer = tokio::spawn(async move {
         for n in 0..500 {
-            let _ = tx.send(Change::Container(format!("id{n}"))).await;
+            let _ = tx
+                .send((Change::Container(format!("id{n}")), Instant::now()))
+                .await;
         }
     });
     let mut batches = 0;
@@ -309,6 +317,34 @@ async fn gather_applies_the_first_change_at_once_and_coalesces_the_rest() {
     let _ = producer.await;
     assert_eq!(seen, 500);
     assert!(batches < 10, "{batches} batches for 500 changes");
+}
+
+/// Event → enforced starts when the source received the change, not when the controller
+/// got round to it: a change that waited in the queue carries its waiting time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_is_timed_from_when_its_first_change_was_received() {
+    let (tx, mut rx) = mpsc::channel(10);
+    let received = Instant::now();
+    tx.send((
+        Change::Container("id2".into()),
+        received + Duration::from_millis(1),
+    ))
+    .await
+    .expect("open");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let b = gather(
+        (Change::Container("id1".into()), received),
+        &mut rx,
+        None,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(b.first, Some(received));
+    assert_eq!(b.containers.len(), 2);
+    assert!(
+        b.first
+            .is_some_and(|t| t.elapsed() >= Duration::from_millis(30))
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -120,21 +120,28 @@ impl Inventory {
 
     /// Finds a container by exact name, exact id, or unique id prefix (as `docker` does).
     pub fn find(&self, key: &str) -> Option<&Container> {
+        self.lookup(key).ok()
+    }
+
+    /// Like [`Inventory::find`] (an id prefix needs at least 4 characters); `Err` lists what
+    /// an ambiguous prefix matches (empty: nothing matches).
+    pub fn lookup(&self, key: &str) -> Result<&Container, Vec<&Container>> {
         let key = key.trim_start_matches('/');
         if let Some(c) = self
             .containers
             .iter()
             .find(|c| c.name == key || c.id == key)
         {
-            return Some(c);
+            return Ok(c);
         }
-        let mut by_prefix = self
+        let by_prefix: Vec<&Container> = self
             .containers
             .iter()
-            .filter(|c| key.len() >= 4 && c.id.starts_with(key));
-        match (by_prefix.next(), by_prefix.next()) {
-            (Some(c), None) => Some(c),
-            _ => None,
+            .filter(|c| key.len() >= 4 && c.id.starts_with(key))
+            .collect();
+        match by_prefix.as_slice() {
+            [c] => Ok(c),
+            _ => Err(by_prefix),
         }
     }
 }

@@ -12,6 +12,34 @@ pub enum ExecError {
     Nft(String),
     #[error("cannot run nft: {0}")]
     Spawn(String),
+    #[error("{}", PERMISSION_DENIED)]
+    PermissionDenied,
+}
+
+/// The one line a user without the privilege sees, whichever path (libnftables, the nft
+/// binary, nfnetlink) hit the refusal first.
+pub const PERMISSION_DENIED: &str =
+    "cannot read nftables: permission denied (run as root or with CAP_NET_ADMIN)";
+
+/// nft's wording for EPERM / EACCES (its stderr spans several lines, none of them ours).
+fn refused(msg: &str) -> bool {
+    msg.contains("Operation not permitted") || msg.contains("Permission denied")
+}
+
+/// Whether this process holds CAP_NET_ADMIN, which nfnetlink demands of every request.
+/// libnftables writes "Operation not permitted (you must be root)" straight to fd 2,
+/// bypassing the error buffer, so the only way to keep a refused call quiet is not to
+/// make it. Unknown (no /proc) counts as yes: the kernel still has the last word.
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
 }
 
 /// Something that runs one nft command buffer (text or JSON) and returns its JSON output.
@@ -56,9 +84,11 @@ impl NftProcess {
             .wait_with_output()
             .map_err(|e| ExecError::Spawn(e.to_string()))?;
         if !out.status.success() {
-            return Err(ExecError::Nft(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+            let err = String::from_utf8_lossy(&out.stderr);
+            if refused(&err) {
+                return Err(ExecError::PermissionDenied);
+            }
+            return Err(ExecError::Nft(err.trim().to_string()));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -162,6 +192,9 @@ impl LibNftables {
     fn run_flags(&self, input: &str, flags: c_uint) -> Result<String, ExecError> {
         let cmd = CString::new(input)
             .map_err(|_| ExecError::Nft("command contains a NUL byte".into()))?;
+        if !has_net_admin() {
+            return Err(ExecError::PermissionDenied);
+        }
         let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: ctx is a live context owned by self; buffers are NUL-terminated strings
         // owned by the context and copied before the lock is released.
@@ -183,6 +216,9 @@ impl LibNftables {
             let out = read((self.out)(ctx.0));
             let err = read((self.err)(ctx.0));
             if rc != 0 {
+                if refused(&err) {
+                    return Err(ExecError::PermissionDenied);
+                }
                 return Err(ExecError::Nft(err.trim().to_string()));
             }
             Ok(out)

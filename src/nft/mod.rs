@@ -289,6 +289,62 @@ impl Changes {
     }
 
     /// Number of set elements added and removed.
+    /// Every kind of object that changes, counted: `1 chain to rewrite, 2 rules to add,
+    /// 2 rules to remove, 2 elements to remove` (`done`: `rewritten`, `added`, ...).
+    /// Element counts alone hid rule changes ("0 elements to add" for a policy change).
+    pub fn summary(&self, done: bool) -> String {
+        let mut n = [0usize; 11];
+        for t in self.tables.iter().filter(|t| !t.is_empty()) {
+            n[0] += usize::from(t.create_table);
+            n[1] += usize::from(t.delete_table);
+            n[2] += t.create_sets.len();
+            n[3] += t.delete_sets.len();
+            n[4] += t.create_chains.len();
+            n[5] += t.delete_chains.len();
+            // Chains created here are filled, not rewritten.
+            n[6] += t
+                .rewrite_chains
+                .iter()
+                .filter(|c| !t.create_chains.contains(c))
+                .count();
+            n[7] += t.added_rules.len();
+            n[8] += t.removed_rules.len();
+            n[9] += t.add_elements.values().map(Vec::len).sum::<usize>();
+            n[10] += t.delete_elements.values().map(Vec::len).sum::<usize>();
+        }
+        let what = [
+            ("table", "create", "created"),
+            ("table", "delete", "deleted"),
+            ("set", "create", "created"),
+            ("set", "delete", "deleted"),
+            ("chain", "create", "created"),
+            ("chain", "delete", "deleted"),
+            ("chain", "rewrite", "rewritten"),
+            ("rule", "add", "added"),
+            ("rule", "remove", "removed"),
+            ("element", "add", "added"),
+            ("element", "remove", "removed"),
+        ];
+        let parts: Vec<String> = n
+            .iter()
+            .zip(what)
+            .filter(|(count, _)| **count > 0)
+            .map(|(count, (noun, verb, past))| {
+                let s = if *count == 1 { "" } else { "s" };
+                if done {
+                    format!("{count} {noun}{s} {past}")
+                } else {
+                    format!("{count} {noun}{s} to {verb}")
+                }
+            })
+            .collect();
+        if parts.is_empty() {
+            "no changes".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     pub fn element_counts(&self) -> (usize, usize) {
         let count = |m: &BTreeMap<String, Vec<Elem>>| m.values().map(Vec::len).sum::<usize>();
         self.tables.iter().fold((0, 0), |(a, d), t| {

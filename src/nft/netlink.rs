@@ -54,6 +54,16 @@ pub enum NetlinkError {
     Malformed(String),
     #[error("nfnetlink: the ruleset kept changing while it was read")]
     Unstable,
+    #[error("{}", super::exec::PERMISSION_DENIED)]
+    PermissionDenied,
+}
+
+/// EPERM / EACCES become the one documented line; anything else keeps its errno text.
+fn os_error(e: io::Error) -> NetlinkError {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => NetlinkError::PermissionDenied,
+        _ => NetlinkError::Kernel(e),
+    }
 }
 
 enum Fail {
@@ -244,9 +254,7 @@ impl Sock {
                         if code == 0 {
                             return Ok(out);
                         }
-                        return Err(
-                            NetlinkError::Kernel(io::Error::from_raw_os_error(-code)).into()
-                        );
+                        return Err(os_error(io::Error::from_raw_os_error(-code)).into());
                     }
                     _ => {
                         out.push(body.get(4..).unwrap_or_default().to_vec());
@@ -669,7 +677,10 @@ pub(crate) fn with_sock<R>(
         None => Sock::open_subsys(subsys)?,
     };
     let r = f(&mut sock);
-    let clean = matches!(r, Ok(_) | Err(NetlinkError::Kernel(_)));
+    let clean = matches!(
+        r,
+        Ok(_) | Err(NetlinkError::Kernel(_)) | Err(NetlinkError::PermissionDenied)
+    );
     if clean && let Some(ns) = netns {
         SOCKS.with(|c| c.borrow_mut().push((subsys, ns, sock)));
     }
@@ -805,7 +816,7 @@ fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
     }
     sock.seq = seq;
     match first_err {
-        Some(code) => Err(NetlinkError::Kernel(io::Error::from_raw_os_error(-code))),
+        Some(code) => Err(os_error(io::Error::from_raw_os_error(-code))),
         None => Ok(()),
     }
 }

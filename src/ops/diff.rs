@@ -8,6 +8,7 @@
 
 use super::access::{Matrix, PairAccess, View, matrix};
 use super::style::Style;
+use crate::inventory::Unisolable;
 use crate::nft::{Changes, LiveState};
 use crate::plan::Plan;
 use serde::Serialize;
@@ -49,6 +50,9 @@ pub struct Impact {
     /// not read (they are replaced).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreadable_live_rules: Vec<String>,
+    /// Containers no rule can confine (host network, shared namespace, macvlan, ...): a
+    /// rollout leaves them exactly as open as before, which an operator must know.
+    pub unisolable: Vec<Unisolable>,
 }
 
 fn changes_between(before: &Matrix, after: &Matrix) -> (Vec<FlowChange>, Vec<FlowChange>) {
@@ -139,6 +143,7 @@ pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Im
         denied,
         groups: group_changes(plan, &before, &after),
         unreadable_live_rules: before.unreadable_rules.clone(),
+        unisolable: plan.unisolable.clone(),
     }
 }
 
@@ -157,6 +162,7 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
     if in_sync {
         out.push_str(&style.green("in sync: no changes"));
         out.push('\n');
+        render_unisolable(&mut out, impact, style);
         return out;
     }
     if impact.first_rollout {
@@ -221,6 +227,7 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
             style.yellow("warning:")
         );
     }
+    render_unisolable(&mut out, impact, style);
     let _ = writeln!(out, "\n{}", style.bold("nftables objects:"));
     for line in objects.lines() {
         let painted = if line.trim_start().starts_with('+') {
@@ -235,6 +242,21 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
     out
 }
 
+/// Listed on every diff, in sync or not: being in sync says nothing about these.
+fn render_unisolable(out: &mut String, impact: &Impact, style: Style) {
+    if impact.unisolable.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        style.bold("Cannot be isolated (netguard does not filter their traffic):")
+    );
+    for u in &impact.unisolable {
+        let _ = writeln!(out, "  {} {:<24} {}", style.yellow("!"), u.name, u.reason);
+    }
+}
+
 /// `diff --output json`: see docs/output.md.
 pub fn json(impact: &Impact, changes: &Changes, warnings: &[String]) -> serde_json::Value {
     serde_json::json!({
@@ -245,6 +267,7 @@ pub fn json(impact: &Impact, changes: &Changes, warnings: &[String]) -> serde_js
         "denied": impact.denied,
         "groups": impact.groups,
         "unreadable_live_rules": impact.unreadable_live_rules,
+        "unisolable": impact.unisolable,
         "changes": changes,
         "warnings": warnings,
     })

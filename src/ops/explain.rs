@@ -13,6 +13,8 @@ use std::fmt::Write;
 pub enum ExplainError {
     #[error("no container {name:?}{}", hint(.close))]
     Unknown { name: String, close: Vec<String> },
+    #[error("ambiguous container {key:?}: the id prefix matches {}", .matches.join(", "))]
+    Ambiguous { key: String, matches: Vec<String> },
     #[error("bad PORT/PROTO {0:?}: {1}")]
     BadPort(String, String),
     #[error("{0:?} is a port range: ask about one port, e.g. \"8080/tcp\"")]
@@ -50,9 +52,22 @@ pub fn close_matches(inv: &Inventory, key: &str) -> Vec<String> {
 }
 
 fn find<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
-    inv.find(key).ok_or_else(|| ExplainError::Unknown {
-        name: key.to_string(),
-        close: close_matches(inv, key),
+    inv.lookup(key).map_err(|matches| {
+        if matches.is_empty() {
+            ExplainError::Unknown {
+                name: key.to_string(),
+                close: close_matches(inv, key),
+            }
+        } else {
+            ExplainError::Ambiguous {
+                key: key.to_string(),
+                // Enough of each id to tell them apart, as `docker ps` shows them.
+                matches: matches
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.id.get(..12).unwrap_or(&c.id)))
+                    .collect(),
+            }
+        }
     })
 }
 

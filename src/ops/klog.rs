@@ -179,6 +179,11 @@ fn utc(ms: u64) -> String {
     )
 }
 
+/// `log --output json`: see docs/output.md.
+pub fn json(ds: &[Denial], log_denied: bool) -> serde_json::Value {
+    serde_json::json!({ "ok": true, "log_denied": log_denied, "denials": ds })
+}
+
 pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
     let mut out = String::new();
     if !log_denied {

@@ -25,7 +25,10 @@ pub struct DaemonState {
     pub last_reconcile_unix_ms: Option<u64>,
     #[serde(default)]
     pub last_error: Option<String>,
-    /// The daemon's own view of its Docker connection, when it reports one.
+    /// What the daemon follows (`Docker at unix:///...`, `inventory file PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The daemon's own view of its connection to `source`, when it reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -261,9 +264,11 @@ pub fn render(
                 .as_ref()
                 .map(|e| format!(", last error: {}", style.red(e)))
                 .unwrap_or_default();
+            // A daemon following an inventory file is not "connected to Docker".
+            let source = s.source.as_deref().unwrap_or("Docker");
             let docker = match s.connected {
-                Some(true) => ", connected to Docker".to_string(),
-                Some(false) => format!(", {}", style.red("NOT connected to Docker")),
+                Some(true) => format!(", connected to {source}"),
+                Some(false) => format!(", {}", style.red(&format!("NOT connected to {source}"))),
                 None => String::new(),
             };
             format!("{run}, last reconcile {last}{docker}{err}")
@@ -342,13 +347,48 @@ pub fn render(
     out
 }
 
+/// The line for the user when the containers could not be read (`None`: they could).
+pub fn source_error(health: &Health) -> Option<String> {
+    if health.source.reachable {
+        return None;
+    }
+    let what = match health.source.kind.as_str() {
+        "docker" => "Docker",
+        other => other,
+    };
+    Some(match &health.source.error {
+        Some(e) => format!("cannot read containers from {what}: {e}"),
+        None => format!("cannot read containers from {what}"),
+    })
+}
+
+/// `status --output json`: see docs/output.md. Unlike other commands, an unreadable
+/// source still yields the health report (that is what `status` is asked for), with
+/// `ok: false` and the `errors` every error document carries.
 pub fn json(health: &Health, plan: Option<&Plan>, counters: &[RuleCounter]) -> serde_json::Value {
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "ok": true,
         "healthy": health.ok(),
         "health": health,
         "in_sync": health.current,
-        "plan": plan,
+        "plan": plan.map(plan_json),
         "counters": counters,
+    });
+    if let Some(e) = source_error(health) {
+        doc["ok"] = false.into();
+        doc["errors"] = serde_json::json!([e]);
+    }
+    doc
+}
+
+/// The documented part of the plan. The nft objects (`Plan::ruleset`) are left out: they
+/// are netguard's internal model, not a contract; `diff` shows how they change.
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    serde_json::json!({
+        "networks": plan.networks,
+        "containers": plan.containers,
+        "unisolable": plan.unisolable,
+        "flows": plan.flows,
+        "warnings": plan.warnings,
     })
 }

@@ -27,6 +27,8 @@ pub struct Spec {
     pub dir: PathBuf,
     /// NETGUARD_LOG.
     pub log_level: String,
+    /// `--metrics-listen ADDR` (inside `netns` when one is set).
+    pub metrics_listen: Option<String>,
 }
 
 impl Spec {
@@ -39,6 +41,7 @@ impl Spec {
             coalesce_ms: 20,
             dir: dir.to_path_buf(),
             log_level: std::env::var("NETGUARD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            metrics_listen: None,
         }
     }
 }
@@ -93,6 +96,9 @@ impl Daemon {
             "--state-file".into(),
             state_file.display().to_string(),
         ]);
+        if let Some(addr) = &spec.metrics_listen {
+            args.extend(["--metrics-listen".into(), addr.clone()]);
+        }
         let logf = std::fs::File::create(&log).expect("daemon log file");
         let child = Command::new(&program)
             .args(&args)
