@@ -139,6 +139,21 @@ impl Engine {
         self.containers.len()
     }
 
+    /// Containers started with `--network container:<id>`: they live in `id`'s network
+    /// namespace, so the source hands them `id`'s endpoints (same veth, MAC and addresses),
+    /// and an identical endpoint is how they are recognised here. An unrelated container
+    /// never has an identical endpoint; one more refresh would be harmless anyway.
+    pub fn sharers_of(&self, id: &str) -> Vec<String> {
+        let Some(c) = self.containers.get(id) else {
+            return Vec::new();
+        };
+        self.containers
+            .values()
+            .filter(|o| o.id != id && o.endpoints.iter().any(|e| c.endpoints.contains(e)))
+            .map(|o| o.id.clone())
+            .collect()
+    }
+
     /// Does this container sit on a network the engine does not know? (A network created
     /// after the last full reconcile.)
     pub fn knows_networks_of(&self, c: &Container) -> bool {
