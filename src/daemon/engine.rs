@@ -139,10 +139,11 @@ impl Engine {
         self.containers.len()
     }
 
-    /// Containers started with `--network container:<id>`: they live in `id`'s network
-    /// namespace, so the source hands them `id`'s endpoints (same veth, MAC and addresses),
-    /// and an identical endpoint is how they are recognised here. An unrelated container
-    /// never has an identical endpoint; one more refresh would be harmless anyway.
+    /// The other containers in `id`'s network namespace: those started with
+    /// `--network container:<id>` or, for such a one, its owner and fellow sharers. The
+    /// source hands a sharer its owner's endpoints (same veth, MAC and addresses), so an
+    /// identical endpoint is how they are recognised here. An unrelated container never has
+    /// an identical endpoint; one more refresh would be harmless anyway.
     pub fn sharers_of(&self, id: &str) -> Vec<String> {
         let Some(c) = self.containers.get(id) else {
             return Vec::new();
