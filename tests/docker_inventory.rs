@@ -12,6 +12,8 @@ use docker_env::{IMAGE, Scene, docker_available, docker_ok};
 use netguard::docker::{DockerError, DockerSource};
 use netguard::inventory::{Container, Endpoint, Inventory};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Mutex;
 
 static SCENE_LOCK: Mutex<()> = Mutex::const_new(());
@@ -154,9 +156,13 @@ async fn docker_inventory_matches_docker_and_kernel() {
     let host = s.run("host", &["--network", "host"], IMAGE, &sleep);
     let none = s.run("none", &["--network", "none"], IMAGE, &sleep);
 
+    let own_netns = std::fs::read_link("/proc/self/ns/net").expect("own netns");
     let src = DockerSource::connect(None).expect("connect");
     let inv = src.inventory().await.expect("inventory");
     let first_calls = src.api_calls();
+    // Veth resolution enters container namespaces on threads of its own: none of the
+    // runtime's threads (workers, blocking pool) may be left in one.
+    assert_threads_in(&own_netns);
 
     for name in [&web, &api, &def, &nb] {
         check_against_docker(find(&inv, name));
@@ -212,6 +218,43 @@ async fn docker_inventory_matches_docker_and_kernel() {
         .filter(|c| !inspect_mode_is_container(&c.name))
         .count() as u64;
     assert_eq!(calls, 2 + with_veth, "API calls of the second inventory");
+}
+
+/// Every thread of this process is in `netns`. A thread that has just been joined can still
+/// be listed for a moment with the namespace it exited in, so offenders are looked at again
+/// for up to a second before they count.
+fn assert_threads_in(netns: &std::path::Path) {
+    let stray = || -> Vec<(String, std::path::PathBuf)> {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            panic!("cannot list /proc/self/task");
+        };
+        let mut out = Vec::new();
+        for t in tasks.flatten() {
+            // Gone since the listing: it is in no namespace any more.
+            if let Ok(ns) = std::fs::read_link(t.path().join("ns/net"))
+                && ns != netns
+            {
+                out.push((t.file_name().to_string_lossy().into_owned(), ns));
+            }
+        }
+        out
+    };
+    let mut left = stray();
+    assert!(
+        std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count()) > 1,
+        "a multi-threaded runtime has more than one thread"
+    );
+    for _ in 0..10 {
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = stray();
+    }
+    assert!(
+        left.is_empty(),
+        "threads left in another network namespace than {netns:?}: {left:?}"
+    );
 }
 
 fn inspect_mode_is_container(name: &str) -> bool {
@@ -296,6 +339,246 @@ async fn docker_api_version_mismatch_is_a_clear_error() {
     let err = src.inventory().await.unwrap_err();
     assert!(matches!(err, DockerError::ApiVersion { .. }), "{err:?}");
     assert!(err.to_string().contains("too old"), "{err}");
+}
+
+/// A fake daemon on 127.0.0.1, one request per connection: `answer` gets the request's path
+/// without the `/v1.NN` prefix and the query, and returns status and JSON body. Counts the
+/// requests it answered.
+fn fake_daemon(answer: impl Fn(&str) -> (u16, String) + Send + 'static) -> (u16, Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let req = String::from_utf8_lossy(&req);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let path = path.split('?').next().unwrap_or("");
+            let path = match path.strip_prefix("/v1.") {
+                Some(rest) => rest.find('/').map_or(path, |i| &rest[i..]),
+                None => path,
+            };
+            let (status, body) = answer(path);
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, served)
+}
+
+fn fixture_text(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/docker/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Deterministic "gone between list and inspect": the recorded scene of tests/docker_mapping.rs
+/// served by a fake daemon, where fx-api's inspect answers 404 (removed) and fx-def's says
+/// it is no longer running (stopped). The inventory succeeds without exactly those two.
+#[tokio::test]
+async fn docker_containers_gone_between_list_and_inspect_are_skipped() {
+    const WEB: &str = "bda84093dfc06d82839faca8b311726f4275c29a9f2aba4f0e7ad7d74e46f2a5";
+    const API: &str = "efd988575535eaf3f40bff1f72a7e7e041790a6cc09a3baf0d597d482954cd2e";
+    const DEF: &str = "832f8e4e107e9730bb5fd395cd40b76d5847d74616e6e5ca982551ea5982dd3e";
+    let mut def: Value = serde_json::from_str(&fixture_text("inspect-fx-def.json")).unwrap();
+    def["State"]["Running"] = Value::Bool(false);
+    def["State"]["Status"] = Value::String("exited".into());
+    def["State"]["Pid"] = Value::from(0);
+    let def = def.to_string();
+    let (port, served) = fake_daemon(move |path| match path {
+        "/version" => (
+            200,
+            r#"{"ApiVersion":"1.41","Version":"20.10.24","MinAPIVersion":"1.12"}"#.into(),
+        ),
+        "/containers/json" => (200, fixture_text("containers.json")),
+        "/networks" => (200, fixture_text("networks.json")),
+        p if p == format!("/containers/{WEB}/json") => (200, fixture_text("inspect-fx-web.json")),
+        p if p == format!("/containers/{DEF}/json") => (200, def.clone()),
+        p => (404, format!(r#"{{"message":"No such container: {p}"}}"#)),
+    });
+    let resolver = netguard::docker::StaticVethResolver::default()
+        .with(WEB, "fx-front", "veth232dfb8", "br-53e3b9c918c2")
+        .with(WEB, "fx-v6", "vethd005f6d", "br-265f044fa62d")
+        .with(API, "fx-named", "veth197bd5a", "fxbr0")
+        .with(DEF, "bridge", "vethe0794dd", "docker0");
+    let src = DockerSource::connect(Some(&format!("tcp://127.0.0.1:{port}")))
+        .expect("connect")
+        .with_resolver(Arc::new(resolver));
+    let inv = src
+        .inventory()
+        .await
+        .expect("inventory despite the vanished containers");
+
+    let names: Vec<&str> = inv.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["fx-side", "fx-web"], "{inv:#?}");
+    let web = inv.find("fx-web").expect("fx-web");
+    assert_eq!(web.endpoints.len(), 2);
+    assert!(web.endpoints.iter().all(|e| e.veth.is_some()), "{web:#?}");
+    let mut unisolable: Vec<&str> = inv.unisolable.iter().map(|u| u.name.as_str()).collect();
+    unisolable.sort();
+    assert_eq!(
+        unisolable,
+        ["fx-host", "fx-mv", "fx-none"],
+        "the vanished ones are not reported either"
+    );
+    // version, the two lists, three inspects (web, api, def); the counter agrees.
+    assert_eq!(served.load(Ordering::SeqCst), 6);
+    assert_eq!(src.api_calls(), 6);
+}
+
+/// Forwards TCP connections on 127.0.0.1 to Docker's unix socket and counts the HTTP
+/// requests going through (request lines; netguard only sends body-less GETs).
+async fn docker_proxy() -> (u16, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let requests = Arc::new(AtomicU64::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(unix) = tokio::net::UnixStream::connect("/var/run/docker.sock").await else {
+                    return;
+                };
+                let (mut tr, mut tw) = tcp.into_split();
+                let (mut ur, mut uw) = unix.into_split();
+                let up = async move {
+                    let mut buf = vec![0u8; 16384];
+                    // The tail of the previous read, so a request line split across reads
+                    // is still counted once.
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match tr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let mut seen = std::mem::take(&mut tail);
+                        seen.extend_from_slice(&buf[..n]);
+                        let mark = b" HTTP/1.1\r\n";
+                        let hits = seen.windows(mark.len()).filter(|w| *w == mark).count();
+                        counter.fetch_add(hits as u64, Ordering::SeqCst);
+                        tail = seen[seen.len().saturating_sub(mark.len() - 1)..].to_vec();
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = uw.shutdown().await;
+                };
+                let down = async move {
+                    let _ = tokio::io::copy(&mut ur, &mut tw).await;
+                    let _ = tw.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    (port, requests)
+}
+
+/// `tcp://` end to end against the real dockerd (through a proxy to its socket): the same
+/// inventory as over the unix socket, and `api_calls()` equals the requests the proxy saw.
+/// Then the CLI: `--docker-host` wins over `DOCKER_HOST`, and `DOCKER_HOST` alone is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_tcp_host_matches_the_socket_and_counts_its_calls() {
+    if !docker_available("docker_tcp_host_matches_the_socket_and_counts_its_calls") {
+        return;
+    }
+    let _serial = SCENE_LOCK.lock().await;
+    let mut s = Scene::new("tcp");
+    let net = s.network("net", &[]);
+    let a = s.run(
+        "a",
+        &["--network", &net, "--label", "role=a"],
+        IMAGE,
+        &["sleep", "3600"],
+    );
+    s.run("b", &[], IMAGE, &["sleep", "3600"]);
+    let (port, requests) = docker_proxy().await;
+    let host = format!("tcp://127.0.0.1:{port}");
+
+    let over_unix = DockerSource::connect(Some(netguard::docker::DEFAULT_DOCKER_HOST))
+        .expect("connect unix")
+        .inventory()
+        .await
+        .expect("inventory over the socket");
+    let src = DockerSource::connect(Some(&host)).expect("connect tcp");
+    let over_tcp = src.inventory().await.expect("inventory over tcp");
+    assert_eq!(over_tcp, over_unix);
+    check_against_docker(find(&over_tcp, &a));
+    let seen = requests.load(Ordering::SeqCst);
+    assert!(
+        seen >= 4,
+        "version, two lists and inspects went through: {seen}"
+    );
+    assert_eq!(
+        src.api_calls(),
+        seen,
+        "api_calls() against the proxy's count"
+    );
+    src.inventory().await.expect("second inventory over tcp");
+    assert_eq!(src.api_calls(), requests.load(Ordering::SeqCst));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[groups.a]\nmatch = { name = \"x*\" }\n").expect("policy");
+    let dead = "tcp://127.0.0.1:1";
+    // `diff` asks Docker, then reads the kernel: 1 (changes pending) or 0 once Docker
+    // answered, 2 when it could not.
+    let diff = |flag: Option<&str>, env: &str| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_netguard"));
+        cmd.arg("-c").arg(&policy);
+        if let Some(h) = flag {
+            cmd.args(["--docker-host", h]);
+        }
+        let out = cmd
+            .arg("diff")
+            .env("DOCKER_HOST", env)
+            .output()
+            .expect("run netguard");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), text)
+    };
+    let before = requests.load(Ordering::SeqCst);
+    let (code, err) = diff(Some(&host), dead);
+    assert!(
+        matches!(code, Some(0 | 1)),
+        "--docker-host over DOCKER_HOST: {code:?} {err}"
+    );
+    let after_flag = requests.load(Ordering::SeqCst);
+    assert!(after_flag > before, "the flag's host was asked");
+    let (code, err) = diff(Some(dead), &host);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        after_flag,
+        "DOCKER_HOST not asked when --docker-host is given"
+    );
+    let (code, err) = diff(None, &host);
+    assert!(
+        matches!(code, Some(0 | 1)),
+        "DOCKER_HOST alone: {code:?} {err}"
+    );
+    assert!(requests.load(Ordering::SeqCst) > after_flag);
 }
 
 /// As an unprivileged user the socket (root:docker, 0660) refuses us: the CLI must say so.

@@ -8,7 +8,8 @@
 //! `fx-mv` on the macvlan network `fx-mac`.
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, Network};
-use netguard::docker::{StaticVethResolver, VethError, map_inventory, needs_inspect};
+use netguard::docker::map::BRIDGE_NAME_OPTION;
+use netguard::docker::{StaticVethResolver, VethError, bridge_name, map_inventory, needs_inspect};
 use netguard::inventory::{Container, Inventory};
 use std::collections::HashMap;
 
@@ -250,4 +251,71 @@ fn inventory_round_trips_through_json() {
     let text = serde_json::to_string(&inv).unwrap();
     let back: Inventory = serde_json::from_str(&text).unwrap();
     assert_eq!(back, inv);
+}
+
+/// The default network as some engines list it: no `com.docker.network.bridge.name` option
+/// (the recorded answer carries it; here it is taken out). Its bridge is still `docker0`.
+#[test]
+fn default_bridge_without_the_name_option_is_docker0() {
+    let mut s = scene();
+    let bridge = s
+        .networks
+        .iter_mut()
+        .find(|n| n.name.as_deref() == Some("bridge"))
+        .expect("default network recorded");
+    let options = bridge.options.as_mut().expect("recorded options");
+    assert!(options.remove(BRIDGE_NAME_OPTION).is_some());
+    assert_eq!(bridge_name(bridge).as_deref(), Some("docker0"));
+    let inv = map_inventory(&s.containers, &s.networks, &s.inspected, &resolver());
+    let def = container(&inv, "fx-def");
+    assert_eq!(def.endpoints[0].bridge, "docker0");
+    assert_eq!(def.endpoints[0].veth.as_deref(), Some("vethe0794dd"));
+    let net = inv
+        .networks
+        .iter()
+        .find(|n| n.name == "bridge")
+        .expect("listed");
+    assert_eq!(net.bridge.as_deref(), Some("docker0"));
+}
+
+/// ipvlan and overlay attachments, like macvlan, never cross a host bridge: the recorded
+/// macvlan network `fx-mac` with its driver swapped.
+#[test]
+fn ipvlan_and_overlay_are_unisolable() {
+    for driver in ["ipvlan", "overlay"] {
+        let mut s = scene();
+        let mac = s
+            .networks
+            .iter_mut()
+            .find(|n| n.name.as_deref() == Some("fx-mac"))
+            .expect("fx-mac recorded");
+        mac.driver = Some(driver.to_string());
+        let mv = s
+            .containers
+            .iter()
+            .find(|c| c.names.as_deref() == Some(&["/fx-mv".to_string()][..]))
+            .expect("fx-mv listed");
+        assert!(
+            !needs_inspect(mv, &s.networks),
+            "{driver}: nothing to inspect"
+        );
+        let inv = map_inventory(&s.containers, &s.networks, &s.inspected, &resolver());
+        assert!(inv.find("fx-mv").is_none(), "{driver}: not isolated");
+        let u = inv
+            .unisolable
+            .iter()
+            .find(|u| u.name == "fx-mv")
+            .unwrap_or_else(|| panic!("{driver}: fx-mv not reported: {:#?}", inv.unisolable));
+        assert!(
+            u.reason.contains(&format!("driver \"{driver}\"")) && u.reason.contains("fx-mac"),
+            "{driver}: {}",
+            u.reason
+        );
+        let net = inv
+            .networks
+            .iter()
+            .find(|n| n.name == "fx-mac")
+            .expect("listed");
+        assert_eq!((net.driver.as_str(), net.bridge.as_deref()), (driver, None));
+    }
 }

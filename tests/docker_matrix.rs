@@ -1,8 +1,11 @@
 //! End to end against a real dockerd (root; see tests/common/docker.rs): containers exercising
 //! every selector kind, `netguard -c POLICY apply`, then the who-can-reach-whom matrix probed
 //! from inside the containers with real TCP (busybox `nc`) and ping, over IPv4 and over IPv6 on
-//! the IPv6-enabled network; then `netguard uninstall`, after which Docker's own tables must be
-//! byte for byte what they were before (counters stripped).
+//! the IPv6-enabled network, including a `--network container:` sidecar of api-1 in a group
+//! of its own (the pair is one endpoint with the union of both groups, docs/docker.md); then
+//! two running containers are connected to another managed network, `apply` runs again and
+//! the new endpoints are probed; then `netguard uninstall`, after which Docker's own tables
+//! must be byte for byte what they were before (counters stripped).
 //!
 //! Applies rules to the host's nftables, so only one such test may run at a time: this file
 //! holds exactly one test. It manages the default `bridge` network too; other containers on it
@@ -32,7 +35,8 @@ fn netguard(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// Docker's tables without counters: what netguard must leave untouched.
+/// Docker's tables without counters: what netguard must leave untouched. Both must list and
+/// hold Docker's `DOCKER` chain, or the before/after comparison could compare nothing.
 fn docker_tables() -> String {
     let mut all = String::new();
     for t in ["filter", "nat"] {
@@ -41,6 +45,16 @@ fn docker_tables() -> String {
             .output()
             .expect("nft");
         let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "nft list table ip {t} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("chain DOCKER {"),
+            "ip {t} has no DOCKER chain: is this Docker's table?\n{text}"
+        );
         for line in text.lines() {
             let mut l = line.to_string();
             while let Some(i) = l.find("counter packets ") {
@@ -86,6 +100,12 @@ fn addresses(name: &str, network: &str) -> Box_ {
     }
 }
 
+/// Two containers to probe between: on the same network and not in one network namespace
+/// (a `--network container:` sidecar reaches its owner over loopback, never the firewall).
+fn apart(a: &Box_, b: &Box_) -> bool {
+    a.name != b.name && a.network == b.network && a.v4 != b.v4
+}
+
 /// Probes every (source, target, probe) pair on a shared network from inside the sources,
 /// in parallel: one `docker exec` per source running all its probes at once.
 /// Result keys: "src>dst:tcp8080" / "src>dst:ping", with "6" appended for IPv6.
@@ -96,7 +116,7 @@ fn probe(boxes: &[Box_], short: &dyn Fn(&str) -> String) -> BTreeSet<String> {
             .iter()
             .map(|src| {
                 let mut script = String::new();
-                for dst in boxes.iter().filter(|d| d.name != src.name && d.network == src.network) {
+                for dst in boxes.iter().filter(|d| apart(src, d)) {
                     let mut targets = vec![(dst.v4.clone(), "")];
                     if let Some(v6) = &dst.v6 {
                         targets.push((v6.clone(), "6"));
@@ -156,10 +176,7 @@ fn probe_rounds(
 fn everything(boxes: &[Box_], short: &dyn Fn(&str) -> String) -> BTreeSet<String> {
     let mut all = BTreeSet::new();
     for src in boxes {
-        for dst in boxes
-            .iter()
-            .filter(|d| d.name != src.name && d.network == src.network)
-        {
+        for dst in boxes.iter().filter(|d| apart(src, d)) {
             let fams: &[&str] = if dst.v6.is_some() { &["", "6"] } else { &[""] };
             for fam in fams {
                 let key = format!("{}>{}", short(&src.name), short(&dst.name));
@@ -188,6 +205,8 @@ fn docker_matrix_apply_probe_uninstall() {
             &format!("fd42:{:x}:1::/64", pid & 0xffff),
         ],
     );
+    // Managed, IPv4 only; `web` and `stray` are connected to it while netguard is applied.
+    let back = s.network("back", &[]);
     let pg = s.tag("pg:15");
     let listen = [
         "sh",
@@ -249,10 +268,33 @@ fn docker_matrix_apply_probe_uninstall() {
     // network selector, on the default bridge
     run(&mut s, "legacy-1", "bridge", &[], IMAGE);
     run(&mut s, "legacy-2", "bridge", &[], IMAGE);
+    // Alone on `back` until the network-connect phase.
+    run(&mut s, "cache", &back, &["--label", "role=cache"], IMAGE);
 
     let prefix = s.prefix.clone();
     let short = move |n: &str| n.strip_prefix(&prefix).unwrap_or(n).to_string();
-    let boxes: Vec<Box_> = boxes.iter().map(|(n, net)| addresses(n, net)).collect();
+    let mut boxes: Vec<Box_> = boxes.iter().map(|(n, net)| addresses(n, net)).collect();
+    // A sidecar in api-1's network namespace, in a group of its own. It cannot listen on
+    // PORTS (api-1's listeners hold them in the shared namespace); api-1's answer for it.
+    let api1 = s.name("api-1");
+    let side = s.run(
+        "side",
+        &[
+            "--network",
+            &format!("container:{api1}"),
+            "--label",
+            "role=side",
+        ],
+        IMAGE,
+        &["sleep", "3600"],
+    );
+    let mut side_box = boxes
+        .iter()
+        .find(|b| b.name == api1)
+        .expect("api-1 box")
+        .clone();
+    side_box.name = side;
+    boxes.push(side_box);
     for b in &boxes {
         if b.network == front {
             assert!(b.v6.is_some(), "{} has no IPv6 on {front}", b.name);
@@ -280,6 +322,10 @@ match = {{ label = {{ "com.docker.compose.project" = "{project}", "com.docker.co
 match = {{ label = {{ "com.docker.compose.service" = "queue" }} }}
 [groups.legacy]
 match = {{ network = "bridge" }}
+[groups.side]
+match = {{ label = {{ role = "side" }} }}
+[groups.cache]
+match = {{ label = {{ role = "cache" }} }}
 
 [[allow]]
 from = "web"
@@ -303,6 +349,21 @@ ports = ["5432/tcp"]
 
 [[allow]]
 within = "legacy"
+
+[[allow]]
+from = "side"
+to = "queue"
+ports = ["8080/tcp"]
+
+[[allow]]
+from = "queue"
+to = "side"
+ports = ["5432/tcp"]
+
+[[allow]]
+from = "web"
+to = "cache"
+ports = ["5432/tcp"]
 "#,
         p = s.prefix
     );
@@ -343,8 +404,15 @@ within = "legacy"
             ("mon", "api-1", "ping"),
             ("mon", "db", "ping"),
             ("worker-1", "queue-1", "tcp5432"),
+            // side's own lines, for the address it shares with api-1
+            ("api-1", "queue-1", "tcp8080"),
+            ("queue-1", "api-1", "tcp5432"),
         ] {
+            // docs/docker.md: api-1 and its sidecar are one endpoint whose groups are the
+            // union of both, so every line of either holds for both.
+            let as_side = |n: &str| if n == "api-1" { "side" } else { n }.to_string();
             expected.insert(format!("{from}>{to}:{what}{fam}"));
+            expected.insert(format!("{}>{}:{what}{fam}", as_side(from), as_side(to)));
         }
     }
     for (a, b) in [("legacy-1", "legacy-2"), ("legacy-2", "legacy-1")] {
@@ -359,6 +427,34 @@ within = "legacy"
         missing.is_empty() && extra.is_empty(),
         "matrix differs from the policy\n  allowed by policy but blocked: {missing:?}\n  \
          passed but not allowed: {extra:?}"
+    );
+
+    // A running container connected to a managed network: the next apply enforces the new
+    // endpoint like any other (web may reach cache on 5432 only, stray nothing), and `diff`
+    // sees the pending change before it.
+    for who in ["web", "stray"] {
+        docker_ok(&["network", "connect", &back, &s.name(who)]);
+    }
+    let (code, out) = netguard(&["-c", cfg, "diff"]);
+    assert_eq!(code, 1, "diff after network connect, before apply:\n{out}");
+    let (code, out) = netguard(&["-c", cfg, "apply"]);
+    assert_eq!(
+        code, 0,
+        "netguard apply after network connect failed:\n{out}"
+    );
+    let (code, out) = netguard(&["-c", cfg, "diff"]);
+    assert_eq!(code, 0, "not in sync right after the second apply:\n{out}");
+    let on_back: Vec<Box_> = ["cache", "web", "stray"]
+        .iter()
+        .map(|n| addresses(&s.name(n), &back))
+        .collect();
+    let expected: BTreeSet<String> = ["web>cache:tcp5432".to_string()].into();
+    let got = probe_rounds(&on_back, &short, &expected);
+    assert_eq!(
+        got,
+        expected,
+        "on {back} after network connect and apply (every probe: {:?})",
+        everything(&on_back, &short)
     );
 
     drop(guard);

@@ -518,8 +518,26 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         let mut delta = Delta::default();
         let mut full = false;
-        for (id, running) in &batch.containers {
-            let d = if !*running {
+        let mut queue: Vec<(String, bool)> = batch
+            .containers
+            .iter()
+            .map(|(id, running)| (id.clone(), *running))
+            .collect();
+        let mut seen: BTreeSet<String> = batch.containers.keys().cloned().collect();
+        let mut next = 0;
+        while let Some((id, running)) = queue.get(next).cloned() {
+            next += 1;
+            // Docker sends no event for a container sharing this one's netns when this one
+            // dies or is (dis)connected, yet its endpoints are this one's: without a refresh
+            // it would keep the old ones, and its stale claim would contest the address's
+            // next owner. Looked up before the change, while they still hold the old ones.
+            for s in self.engine.sharers_of(&id) {
+                if seen.insert(s.clone()) {
+                    queue.push((s, true));
+                }
+            }
+            let id = &id;
+            let d = if !running {
                 self.engine.remove(id)
             } else {
                 let asked = Instant::now();

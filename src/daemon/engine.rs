@@ -152,6 +152,22 @@ impl Engine {
         self.managed
     }
 
+    /// The other containers in `id`'s network namespace: those started with
+    /// `--network container:<id>` or, for such a one, its owner and fellow sharers. The
+    /// source hands a sharer its owner's endpoints (same veth, MAC and addresses), so an
+    /// identical endpoint is how they are recognised here. An unrelated container never has
+    /// an identical endpoint; one more refresh would be harmless anyway.
+    pub fn sharers_of(&self, id: &str) -> Vec<String> {
+        let Some(c) = self.containers.get(id) else {
+            return Vec::new();
+        };
+        self.containers
+            .values()
+            .filter(|o| o.id != id && o.endpoints.iter().any(|e| c.endpoints.contains(e)))
+            .map(|o| o.id.clone())
+            .collect()
+    }
+
     /// Does this container sit on a network the engine does not know? (A network created
     /// after the last full reconcile.)
     pub fn knows_networks_of(&self, c: &Container) -> bool {

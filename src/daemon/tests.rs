@@ -514,3 +514,55 @@ async fn serve_reconnects_quickly_after_a_lost_stream() {
     assert_eq!(n, 2);
     r.assert_converged();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_sharing_a_netns_follows_its_owner() {
+    // `web-side` runs with `--network container:id1`: Docker reports id1's endpoints for it
+    // and sends events only for id1.
+    let mut r = rig(4);
+    let mut side = container(1);
+    side.id = "side".into();
+    side.name = "web-side".into();
+    r.world.borrow_mut().containers.push(side);
+    let _rx = r.ctl.connect().await;
+    r.assert_converged();
+
+    // id1 is reconnected: new veth and address, for both.
+    {
+        let mut w = r.world.borrow_mut();
+        for c in w
+            .containers
+            .iter_mut()
+            .filter(|c| c.id == "id1" || c.id == "side")
+        {
+            c.endpoints[0].veth = Some("veth1b".into());
+            c.endpoints[0].ipv4 = Some(Ipv4Addr::new(10, 1, 0, 99));
+        }
+    }
+    let lookups = r.world.borrow().lookups;
+    let mut b = Batch::default();
+    b.add(Change::Container("id1".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert_eq!(r.world.borrow().lookups - lookups, 2, "id1 and its sharer");
+    r.assert_converged();
+    let inv = r.ctl.engine.inventory();
+    let ep = &inv.find("web-side").expect("sharer kept").endpoints[0];
+    assert_eq!(ep.veth.as_deref(), Some("veth1b"));
+
+    // id1 dies: the sharer has no network left and Docker no longer lists it as isolable.
+    r.world
+        .borrow_mut()
+        .containers
+        .retain(|c| c.id != "id1" && c.id != "side");
+    let mut b = Batch::default();
+    b.add(Change::Gone("id1".into()), Instant::now());
+    r.ctl.process(b).await;
+    r.assert_converged();
+    assert!(r.ctl.engine.inventory().find("web-side").is_none());
+    assert!(
+        r.calls
+            .borrow()
+            .cut
+            .contains(&"10.1.0.99".parse::<IpAddr>().expect("ip"))
+    );
+}
