@@ -349,3 +349,43 @@ fn bridge_mismatch_is_still_caught() {
         u.reason
     );
 }
+
+/// Podman's compat events (recorded, `tests/fixtures/podman/events.json`): `px-ev` started
+/// and exited, `px-cli` connected to and disconnected from `px-named`, `px-ev` removed.
+/// Podman makes the container the actor of a network event and gives no `container`
+/// attribute, so the daemon must take the actor.
+#[test]
+fn podman_events_name_the_container_to_look_at() {
+    use bollard::models::EventMessage;
+    use netguard::daemon::source::{Change, change_of};
+    let evs: Vec<EventMessage> = fixture("events.json");
+    let ev = "baeb83b9c0970fdce8bed020e7ef66697346b5ac613ca434588460aac59004b4";
+    let cli = "90884dc98f550803b2bdfe0e0003aae4f7961d6e942d9a0794c9c8c5c2b3a17a";
+    let got: Vec<Option<Change>> = evs.iter().map(change_of).collect();
+    assert_eq!(
+        got,
+        [
+            Some(Change::Container(ev.into())),
+            Some(Change::Gone(ev.into())),
+            Some(Change::Container(cli.into())),
+            Some(Change::Container(cli.into())),
+            None,
+        ]
+    );
+
+    // Docker's network events keep naming the container by its attribute, not the actor
+    // (the network).
+    let docker: EventMessage = serde_json::from_str(
+        r#"{"Type":"network","Action":"connect",
+            "Actor":{"ID":"53e3b9c918c21da769014f3c09c3b61d6de71580ebbe3c39dc66be408aeba895",
+                     "Attributes":{"container":"bda84093dfc06d82839faca8b311726f4275c29a9f2aba4f0e7ad7d74e46f2a5",
+                                   "name":"fx-front","type":"bridge"}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        change_of(&docker),
+        Some(Change::Container(
+            "bda84093dfc06d82839faca8b311726f4275c29a9f2aba4f0e7ad7d74e46f2a5".into()
+        ))
+    );
+}

@@ -93,7 +93,14 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
         }
         Some(EventMessageTypeEnum::NETWORK) => match action {
             "connect" | "disconnect" => {
-                let c = actor.attributes.as_ref()?.get("container")?.clone();
+                // Docker names the container in an attribute (the actor is the network);
+                // Podman's compat events make the container the actor and leave it out.
+                let c = actor
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("container"))
+                    .or(actor.id.as_ref())?
+                    .clone();
                 Some(Change::Container(c))
             }
             "create" | "destroy" | "remove" => Some(Change::Networks),
