@@ -7,7 +7,9 @@
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, Network, SystemVersion};
 use netguard::docker::podman::{LibpodNetwork, adopt, libpod_api};
-use netguard::docker::{StaticVethResolver, bridge_name, map_inventory, needs_inspect};
+use netguard::docker::{
+    StaticVethResolver, bridge_name, map_inventory, names_unknown_network, needs_inspect,
+};
 use netguard::inventory::{Container, Inventory};
 use std::collections::HashMap;
 
@@ -388,4 +390,35 @@ fn podman_events_name_the_container_to_look_at() {
             "bda84093dfc06d82839faca8b311726f4275c29a9f2aba4f0e7ad7d74e46f2a5".into()
         ))
     );
+}
+
+/// Podman sends no event when a network is created, so the daemon's copy of the network list
+/// can be older than a container; the source notices from the container's own endpoints.
+#[test]
+fn a_container_on_a_network_missing_from_the_list_is_noticed() {
+    let s = scene(false);
+    assert!(!names_unknown_network(&s.containers, &s.networks));
+    let older: Vec<Network> = s
+        .networks
+        .iter()
+        .filter(|n| n.name.as_deref() != Some("px-named"))
+        .cloned()
+        .collect();
+    let api: Vec<ContainerSummary> = s
+        .containers
+        .iter()
+        .filter(|c| c.id.as_deref() == Some(API))
+        .cloned()
+        .collect();
+    assert!(names_unknown_network(&api, &older));
+    let def: Vec<ContainerSummary> = s
+        .containers
+        .iter()
+        .filter(|c| c.id.as_deref() == Some(DEF))
+        .cloned()
+        .collect();
+    assert!(!names_unknown_network(&def, &older));
+    // The compat list alone does not know `podman` by that name.
+    let compat = scene(true);
+    assert!(names_unknown_network(&def, &compat.networks));
 }

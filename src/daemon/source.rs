@@ -122,8 +122,13 @@ impl Source for Docker {
             let networks = self.src()?.raw_networks().await?;
             self.networks = networks;
         }
-        let networks = self.networks.clone();
-        Ok(self.src()?.container(id, &networks).await?)
+        let mut networks = std::mem::take(&mut self.networks);
+        let state = match self.src() {
+            Ok(src) => src.container(id, &mut networks).await,
+            Err(e) => Err(e),
+        };
+        self.networks = networks;
+        Ok(state?)
     }
 
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Change>, SourceError> {

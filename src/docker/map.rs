@@ -89,6 +89,21 @@ fn find_network<'a>(
         .or_else(|| networks.iter().find(|n| n.name.as_deref() == Some(name)))
 }
 
+/// Does an endpoint of these containers name a network missing from `networks`? Then the
+/// list is older than the container (Podman sends no event when a network is created).
+pub fn names_unknown_network(containers: &[ContainerSummary], networks: &[DockerNetwork]) -> bool {
+    containers.iter().any(|c| {
+        c.network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .is_some_and(|eps| {
+                eps.iter().any(|(name, ep)| {
+                    find_network(networks, ep.network_id.as_deref(), name).is_none()
+                })
+            })
+    })
+}
+
 /// A container's name as `docker ps` shows it: the entry without further slashes (the others
 /// are legacy link aliases like `/web/db`), without the leading slash.
 fn container_name(c: &ContainerSummary, inspected: Option<&ContainerInspectResponse>) -> String {

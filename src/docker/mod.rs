@@ -14,7 +14,7 @@ pub mod map;
 pub mod podman;
 pub mod veth;
 
-pub use map::{bridge_name, finish, map_inventory, needs_inspect, prepare};
+pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};
 pub use veth::{
     NetlinkVethResolver, ResolvedVeth, StaticVethResolver, VethError, VethQuery, VethResolver,
 };
@@ -307,16 +307,25 @@ impl DockerSource {
     /// One container, as the inventory would hold it: for a daemon event, without listing
     /// everything (a list filtered on the id, an inspect when needed, its veths). A container
     /// sharing another's netns (`--network container:X`) brings X's summary along.
+    /// `networks` is the caller's copy of the network list; it is listed again (and updated)
+    /// when the container is on a network it lacks.
     pub async fn container(
         &self,
         id: &str,
-        networks: &[DockerNetwork],
+        networks: &mut Vec<DockerNetwork>,
     ) -> Result<ContainerState, DockerError> {
         self.negotiate().await?;
         let mut summaries = self.list_by_id(id).await?;
         let Some(first) = summaries.first().cloned() else {
             return Ok(ContainerState::Gone);
         };
+        // Docker announces new networks with an event, Podman does not: without this, a
+        // container on a network created since the last full list would be reported as on
+        // a network nobody listed, and its bridge left unmanaged until the next resync.
+        if names_unknown_network(&summaries, networks) {
+            *networks = self.networks().await?;
+        }
+        let networks: &[DockerNetwork] = networks;
         let full_id = first.id.clone().unwrap_or_else(|| id.to_string());
         let to_inspect = |list: &[ContainerSummary]| -> Vec<String> {
             list.iter()
