@@ -99,7 +99,14 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
         }
         Some(EventMessageTypeEnum::NETWORK) => match action {
             "connect" | "disconnect" => {
-                let c = actor.attributes.as_ref()?.get("container")?.clone();
+                // Docker names the container in an attribute (the actor is the network);
+                // Podman's compat events make the container the actor and leave it out.
+                let c = actor
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("container"))
+                    .or(actor.id.as_ref())?
+                    .clone();
                 Some(Change::Container(c))
             }
             "create" | "destroy" | "remove" => Some(Change::Networks),
@@ -121,8 +128,13 @@ impl Source for Docker {
             let networks = self.src()?.raw_networks().await?;
             self.networks = networks;
         }
-        let networks = self.networks.clone();
-        Ok(self.src()?.container(id, &networks).await?)
+        let mut networks = std::mem::take(&mut self.networks);
+        let state = match self.src() {
+            Ok(src) => src.container(id, &mut networks).await,
+            Err(e) => Err(e),
+        };
+        self.networks = networks;
+        Ok(state?)
     }
 
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {

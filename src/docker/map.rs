@@ -28,10 +28,14 @@ pub fn bridge_name(net: &DockerNetwork) -> Option<String> {
 }
 
 /// Does this container need `GET /containers/{id}/json`? Only for what the list lacks:
-/// the PID (to enter its netns) when it has a bridge endpoint, and the configured image when
-/// the list shows an image id instead (Docker does that once the tag moved on).
+/// the PID (to enter its netns) when it has a bridge endpoint, the configured image when
+/// the list shows an image id instead (Docker does that once the tag moved on), and the
+/// network mode when the list has no `HostConfig` (Podman's compat list never has one).
 pub fn needs_inspect(c: &ContainerSummary, networks: &[DockerNetwork]) -> bool {
-    if network_mode(c).starts_with("container:") {
+    if c.host_config.is_none() {
+        return true;
+    }
+    if network_mode(c, None).starts_with("container:") {
         return image_is_id(c);
     }
     let has_bridge = c
@@ -55,12 +59,25 @@ fn image_is_id(c: &ContainerSummary) -> bool {
     }
 }
 
-fn network_mode(c: &ContainerSummary) -> &str {
+/// `HostConfig.NetworkMode` (`bridge`, `host`, `container:<id>`, ...): from the list when it
+/// says, else from the inspect.
+pub fn network_mode<'a>(
+    c: &'a ContainerSummary,
+    inspected: Option<&'a ContainerInspectResponse>,
+) -> &'a str {
     c.host_config
         .as_ref()
         .and_then(|h| h.network_mode.as_deref())
+        .or_else(|| {
+            inspected
+                .and_then(|i| i.host_config.as_ref())
+                .and_then(|h| h.network_mode.as_deref())
+        })
         .unwrap_or("")
 }
+
+const HOST_REASON: &str = "--network host: shares the host's network stack, no veth to filter";
+const NONE_REASON: &str = "--network none: no network interface to isolate";
 
 fn find_network<'a>(
     networks: &'a [DockerNetwork],
@@ -70,6 +87,21 @@ fn find_network<'a>(
     id.filter(|i| !i.is_empty())
         .and_then(|id| networks.iter().find(|n| n.id.as_deref() == Some(id)))
         .or_else(|| networks.iter().find(|n| n.name.as_deref() == Some(name)))
+}
+
+/// Does an endpoint of these containers name a network missing from `networks`? Then the
+/// list is older than the container (Podman sends no event when a network is created).
+pub fn names_unknown_network(containers: &[ContainerSummary], networks: &[DockerNetwork]) -> bool {
+    containers.iter().any(|c| {
+        c.network_settings
+            .as_ref()
+            .and_then(|n| n.networks.as_ref())
+            .is_some_and(|eps| {
+                eps.iter().any(|(name, ep)| {
+                    find_network(networks, ep.network_id.as_deref(), name).is_none()
+                })
+            })
+    })
 }
 
 /// A container's name as `docker ps` shows it: the entry without further slashes (the others
@@ -175,7 +207,7 @@ pub fn prepare(
             endpoints: Vec::new(),
         };
 
-        let mode = network_mode(c);
+        let mode = network_mode(c, insp);
         if let Some(target) = mode.strip_prefix("container:") {
             p.shared.push((container, target.to_string()));
             continue;
@@ -195,11 +227,13 @@ pub fn prepare(
         // HashMap order is random; keep queries and reports deterministic.
         eps.sort_by(|a, b| a.0.cmp(b.0));
         if eps.is_empty() {
-            p.report(
-                &id,
-                &name,
-                format!("no network endpoint (network mode {mode:?})"),
-            );
+            // Docker lists host and none as endpoints (handled below); Podman lists none.
+            let reason = match mode {
+                "host" => HOST_REASON.to_string(),
+                "none" => NONE_REASON.to_string(),
+                _ => format!("no network endpoint (network mode {mode:?})"),
+            };
+            p.report(&id, &name, reason);
         }
         let mut queries = Vec::new();
         for (net_name, ep) in eps {
@@ -215,19 +249,11 @@ pub fn prepare(
             match driver {
                 "bridge" => {}
                 "host" => {
-                    p.report(
-                        &id,
-                        &name,
-                        "--network host: shares the host's network stack, no veth to filter".into(),
-                    );
+                    p.report(&id, &name, HOST_REASON.into());
                     continue;
                 }
                 "null" => {
-                    p.report(
-                        &id,
-                        &name,
-                        "--network none: no network interface to isolate".into(),
-                    );
+                    p.report(&id, &name, NONE_REASON.into());
                     continue;
                 }
                 other => {

@@ -5,27 +5,32 @@
 //! (to find its host veth) when it has a bridge endpoint, or its configured image when the list
 //! shows an image id. The first inventory also pays one `GET /version` to negotiate the API
 //! version. Veths come from netlink, not from Docker (see [`veth`]).
+//!
+//! Podman (its Docker-compatible socket) is recognised from that same `GET /version` and costs
+//! one call more per inventory, its own network list (see [`podman`]); its container list
+//! lacks the network mode, so every container is inspected there.
 
 pub mod map;
+pub mod podman;
 pub mod veth;
 
-pub use map::{bridge_name, finish, map_inventory, needs_inspect, prepare};
+pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};
 pub use veth::{
     NetlinkVethResolver, ResolvedVeth, StaticVethResolver, VethError, VethQuery, VethResolver,
 };
 
 use crate::inventory::{Container, Inventory, Unisolable};
-use bollard::Docker;
 use bollard::models::{
     ContainerInspectResponse, ContainerSummary, EventMessage, Network as DockerNetwork,
 };
 use bollard::query_parameters::{
     EventsOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
 };
+use bollard::{ClientVersion, Docker};
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Default Docker endpoint when neither `--docker-host` nor `DOCKER_HOST` is set.
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -77,11 +82,45 @@ pub enum ContainerState {
 
 /// A connection to a Docker (or Docker-compatible) daemon.
 pub struct DockerSource {
-    docker: Docker,
+    endpoint: Endpoint,
+    /// Replaced when negotiation settles on another API version or engine.
+    session: RwLock<Session>,
     host: String,
     calls: Arc<AtomicU64>,
     negotiated: AtomicBool,
     resolver: Arc<dyn VethResolver>,
+}
+
+/// Where the daemon listens: what bollard connects to, and where the one request bollard
+/// has no method for goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(String),
+    /// `http://HOST:PORT` (a `tcp://` host rewritten).
+    Http(String),
+}
+
+#[derive(Clone)]
+struct Session {
+    docker: Docker,
+    /// `Some(libpod API version)` when the daemon is Podman.
+    podman: Option<String>,
+}
+
+fn open(endpoint: &Endpoint, version: &ClientVersion) -> Result<Docker, bollard::errors::Error> {
+    match endpoint {
+        Endpoint::Unix(path) => Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version),
+        Endpoint::Http(url) => Docker::connect_with_http(url, REQUEST_TIMEOUT_SECS, version),
+    }
+}
+
+/// `"1.41"` as bollard's version; anything else is no version.
+fn parse_api_version(v: &str) -> Option<ClientVersion> {
+    let (major, minor) = v.split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
 }
 
 impl std::fmt::Debug for DockerSource {
@@ -100,22 +139,28 @@ impl DockerSource {
             .map(str::to_string)
             .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
             .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string());
-        let version = bollard::API_DEFAULT_VERSION;
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
+        let endpoint = if let Some(path) = host.strip_prefix("unix://") {
             if !std::path::Path::new(path).exists() {
                 return Err(DockerError::SocketMissing {
                     path: path.to_string(),
                 });
             }
-            Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version)
-        } else if host.starts_with("tcp://") || host.starts_with("http://") {
-            Docker::connect_with_http(&host, REQUEST_TIMEOUT_SECS, version)
+            Endpoint::Unix(path.to_string())
+        } else if let Some(addr) = host.strip_prefix("tcp://") {
+            Endpoint::Http(format!("http://{addr}"))
+        } else if host.starts_with("http://") {
+            Endpoint::Http(host.clone())
         } else {
             return Err(DockerError::InvalidHost { host });
-        }
-        .map_err(|e| classify(&host, "connect", e))?;
+        };
+        let docker = open(&endpoint, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| classify(&host, "connect", e))?;
         Ok(DockerSource {
-            docker,
+            endpoint,
+            session: RwLock::new(Session {
+                docker,
+                podman: None,
+            }),
             host,
             calls: Arc::new(AtomicU64::new(0)),
             negotiated: AtomicBool::new(false),
@@ -143,22 +188,76 @@ impl DockerSource {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn session(&self) -> Session {
+        // A poisoned lock still holds a usable connection: nothing panics while writing it.
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn docker(&self) -> Docker {
+        self.session().docker
+    }
+
     /// Settles on the highest API version both sides speak, once per source: bollard
     /// defaults to a newer version than older engines (Docker 20.10 stops at 1.41) accept,
     /// and newer engines reject versions that are too old, so no fixed version fits all.
+    /// The same answer tells Podman from Docker. bollard's `negotiate_version` would make the
+    /// same request but keep the answer to itself, so this does what it does: lower the
+    /// client version to the server's when that is older.
     async fn negotiate(&self) -> Result<(), DockerError> {
         if self.negotiated.load(Ordering::Acquire) {
             return Ok(());
         }
         self.count();
-        // bollard keeps the version behind a shared Arc, so the clone negotiates for us too.
-        self.docker
-            .clone()
-            .negotiate_version()
+        let current = self.docker();
+        let v = current
+            .version()
             .await
             .map_err(|e| classify(&self.host, "version negotiation", e))?;
+        let server = v
+            .api_version
+            .as_deref()
+            .and_then(parse_api_version)
+            .ok_or_else(|| DockerError::ApiVersion {
+                host: self.host.clone(),
+                detail: "the daemon reported an API version netguard cannot parse".into(),
+            })?;
+        let docker = if server < current.client_version() {
+            open(&self.endpoint, &server).map_err(|e| classify(&self.host, "connect", e))?
+        } else {
+            current
+        };
+        let podman = podman::libpod_api(&v);
+        if let Some(api) = &podman {
+            tracing::info!(host = %self.host, libpod_api = %api, "the daemon is Podman");
+        }
+        *self.session.write().unwrap_or_else(|e| e.into_inner()) = Session { docker, podman };
         self.negotiated.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The networks as the mapping needs them: Docker's list as it is, Podman's fixed up
+    /// from its own list (one more call, made alongside).
+    async fn networks(&self) -> Result<Vec<DockerNetwork>, DockerError> {
+        let s = self.session();
+        self.count();
+        let compat = s.docker.list_networks(None::<ListNetworksOptions>);
+        let Some(api) = s.podman else {
+            return compat
+                .await
+                .map_err(|e| classify(&self.host, "list networks", e));
+        };
+        self.count();
+        let (compat, libpod) = futures::join!(
+            compat,
+            podman::libpod_networks(&self.endpoint, &api, REQUEST_TIMEOUT_SECS)
+        );
+        let mut networks = compat.map_err(|e| classify(&self.host, "list networks", e))?;
+        let libpod = libpod.map_err(|e| classify_raw(&self.host, e))?;
+        podman::adopt(&mut networks, &libpod);
+        Ok(networks)
     }
 
     /// Lists the running containers with their endpoints, veths and unisolable reasons.
@@ -170,13 +269,11 @@ impl DockerSource {
             ..Default::default()
         };
         self.count();
-        self.count();
-        let (containers, networks) = futures::join!(
-            self.docker.list_containers(Some(list_opts)),
-            self.docker.list_networks(None::<ListNetworksOptions>),
-        );
+        let docker = self.docker();
+        let (containers, networks) =
+            futures::join!(docker.list_containers(Some(list_opts)), self.networks());
         let containers = containers.map_err(|e| classify(&self.host, "list containers", e))?;
-        let networks = networks.map_err(|e| classify(&self.host, "list networks", e))?;
+        let networks = networks?;
 
         let to_inspect: Vec<String> = containers
             .iter()
@@ -201,44 +298,49 @@ impl DockerSource {
         Ok(inv)
     }
 
-    /// Docker's networks, as the mapping needs them (one call).
+    /// Docker's networks, as the mapping needs them (one call; two with Podman).
     pub async fn raw_networks(&self) -> Result<Vec<DockerNetwork>, DockerError> {
         self.negotiate().await?;
-        self.count();
-        self.docker
-            .list_networks(None::<ListNetworksOptions>)
-            .await
-            .map_err(|e| classify(&self.host, "list networks", e))
+        self.networks().await
     }
 
     /// One container, as the inventory would hold it: for a daemon event, without listing
     /// everything (a list filtered on the id, an inspect when needed, its veths). A container
     /// sharing another's netns (`--network container:X`) brings X's summary along.
+    /// `networks` is the caller's copy of the network list; it is listed again (and updated)
+    /// when the container is on a network it lacks.
     pub async fn container(
         &self,
         id: &str,
-        networks: &[DockerNetwork],
+        networks: &mut Vec<DockerNetwork>,
     ) -> Result<ContainerState, DockerError> {
         self.negotiate().await?;
         let mut summaries = self.list_by_id(id).await?;
         let Some(first) = summaries.first().cloned() else {
             return Ok(ContainerState::Gone);
         };
-        let full_id = first.id.clone().unwrap_or_else(|| id.to_string());
-        let mode = first
-            .host_config
-            .as_ref()
-            .and_then(|h| h.network_mode.clone())
-            .unwrap_or_default();
-        if let Some(target) = mode.strip_prefix("container:") {
-            summaries.extend(self.list_by_id(target).await?);
+        // Docker announces new networks with an event, Podman does not: without this, a
+        // container on a network created since the last full list would be reported as on
+        // a network nobody listed, and its bridge left unmanaged until the next resync.
+        if names_unknown_network(&summaries, networks) {
+            *networks = self.networks().await?;
         }
-        let to_inspect: Vec<String> = summaries
-            .iter()
-            .filter(|c| needs_inspect(c, networks))
-            .filter_map(|c| c.id.clone())
-            .collect();
-        let inspected = self.inspect_all(to_inspect).await?;
+        let networks: &[DockerNetwork] = networks;
+        let full_id = first.id.clone().unwrap_or_else(|| id.to_string());
+        let to_inspect = |list: &[ContainerSummary]| -> Vec<String> {
+            list.iter()
+                .filter(|c| needs_inspect(c, networks))
+                .filter_map(|c| c.id.clone())
+                .collect()
+        };
+        // Podman's list has no network mode; the inspect (always made then) has it.
+        let mut inspected = self.inspect_all(to_inspect(&summaries)).await?;
+        let mode = map::network_mode(&first, inspected.get(&full_id)).to_string();
+        if let Some(target) = mode.strip_prefix("container:") {
+            let more = self.list_by_id(target).await?;
+            inspected.extend(self.inspect_all(to_inspect(&more)).await?);
+            summaries.extend(more);
+        }
         let inv = self
             .resolve(prepare(&summaries, networks, &inspected))
             .await?;
@@ -270,7 +372,7 @@ impl DockerSource {
             ..Default::default()
         };
         let list = self
-            .docker
+            .docker()
             .list_containers(Some(opts))
             .await
             .map_err(|e| classify(&self.host, "list containers", e))?;
@@ -304,7 +406,7 @@ impl DockerSource {
         };
         let host = self.host.clone();
         self.count();
-        self.docker
+        self.docker()
             .events(Some(opts))
             .map(move |r| r.map_err(|e| classify(&host, "events", e)))
     }
@@ -319,12 +421,14 @@ impl DockerSource {
         &self,
         ids: Vec<String>,
     ) -> Result<HashMap<String, ContainerInspectResponse>, DockerError> {
+        let docker = self.docker();
+        let docker = &docker;
         let results: Vec<_> = futures::stream::iter(ids)
             .map(|id| {
                 self.count();
                 async move {
                     let opts = InspectContainerOptions { size: false };
-                    let r = self.docker.inspect_container(&id, Some(opts)).await;
+                    let r = docker.inspect_container(&id, Some(opts)).await;
                     (id, r)
                 }
             })
@@ -351,6 +455,30 @@ impl DockerSource {
             }
         }
         Ok(out)
+    }
+}
+
+/// The same situations for the request bollard does not make (Podman's network list).
+fn classify_raw(host: &str, e: podman::RawError) -> DockerError {
+    use podman::RawError as R;
+    let host = host.to_string();
+    match e {
+        R::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            DockerError::PermissionDenied { host }
+        }
+        R::Io(io) => DockerError::DaemonDown {
+            host,
+            detail: io.to_string(),
+        },
+        R::Timeout(_) => DockerError::DaemonDown {
+            host,
+            detail: e.to_string(),
+        },
+        other => DockerError::Api {
+            host,
+            what: "list Podman networks",
+            detail: other.to_string(),
+        },
     }
 }
 
