@@ -332,12 +332,23 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             use crate::ops::status;
             let p = policy(&cli)?;
             let live = Backend::system().read_live()?;
-            let kind = if cli.inventory.is_some() {
+            let mut kind = if cli.inventory.is_some() {
                 "inventory file"
             } else {
                 "docker"
             };
-            let (plan, source) = match inventory(&cli).await {
+            let read = match &cli.inventory {
+                Some(path) => load_inventory_file(path).map_err(Failure::from),
+                None => match DockerSource::connect(cli.docker_host.as_deref()) {
+                    Ok(source) => {
+                        let inv = source.inventory().await;
+                        kind = source.engine();
+                        inv.map_err(Failure::from)
+                    }
+                    Err(e) => Err(Failure::from(e)),
+                },
+            };
+            let (plan, source) = match read {
                 Ok(inv) => (
                     Some(plan(&p, &inv)),
                     status::SourceHealth {

@@ -5,6 +5,9 @@
 //! `px-v6`), `px-api` on `px-named` (bridge `pxbr0` asked for), `px-def` on the default network
 //! `podman`, `px-side` with `--network container:px-web`, `px-host` and `px-none`.
 
+#[path = "common/fake_daemon.rs"]
+mod fake_daemon;
+
 use bollard::models::{ContainerInspectResponse, ContainerSummary, Network, SystemVersion};
 use netguard::docker::podman::{LibpodNetwork, adopt, libpod_api};
 use netguard::docker::{
@@ -421,4 +424,63 @@ fn a_container_on_a_network_missing_from_the_list_is_noticed() {
     // The compat list alone does not know `podman` by that name.
     let compat = scene(true);
     assert!(names_unknown_network(&def, &compat.networks));
+}
+
+/// The whole source against the recorded answers served over tcp, as Podman's socket would
+/// serve them: it tells Podman from `/version`, makes the one extra libpod call, and maps
+/// the same inventory as the mapping alone.
+#[tokio::test]
+async fn the_source_against_recorded_podman_answers() {
+    let text = |name: &str| {
+        let path = format!(
+            "{}/tests/fixtures/podman/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let mut answers: HashMap<String, String> = HashMap::new();
+    answers.insert("/version".into(), text("version.json"));
+    answers.insert("/containers/json".into(), text("containers.json"));
+    answers.insert("/networks".into(), text("networks.json"));
+    answers.insert(
+        "/v4.3.1/libpod/networks/json".into(),
+        text("libpod-networks.json"),
+    );
+    for n in NAMES {
+        let body = text(&format!("inspect-{n}.json"));
+        let v: serde_json::Value = serde_json::from_str(&body).expect("inspect json");
+        let id = v["Id"].as_str().expect("id").to_string();
+        answers.insert(format!("/containers/{id}/json"), body);
+    }
+    let (port, served) = fake_daemon::fake_daemon(move |path| match answers.get(path) {
+        Some(body) => (200, body.clone()),
+        None => (
+            404,
+            format!(r#"{{"message":"no answer recorded for {path}"}}"#),
+        ),
+    });
+    let src = netguard::docker::DockerSource::connect(Some(&format!("tcp://127.0.0.1:{port}")))
+        .expect("connect")
+        .with_resolver(std::sync::Arc::new(resolver()));
+    assert_eq!(src.engine(), "docker", "nothing is known before /version");
+    let inv = src
+        .inventory()
+        .await
+        .expect("inventory from Podman's answers");
+    assert_eq!(src.engine(), "podman");
+    assert_eq!(inv, inventory(), "the source maps what the mapping maps");
+    let bridges: Vec<&str> = inv
+        .containers
+        .iter()
+        .flat_map(|c| c.endpoints.iter().map(|e| e.bridge.as_str()))
+        .collect();
+    assert!(
+        bridges.contains(&"pxbr0") && bridges.contains(&"podman0"),
+        "{bridges:?}"
+    );
+    // version, the two lists, the libpod list, one inspect per container (Podman's list
+    // carries no network mode); the fake daemon agrees with the source's counter.
+    let want = 4 + NAMES.len() as u64;
+    assert_eq!(src.api_calls(), want);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), want);
 }

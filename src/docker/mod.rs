@@ -188,6 +188,16 @@ impl DockerSource {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `podman` once `GET /version` has shown the daemon to be Podman, else `docker`.
+    pub fn engine(&self) -> &'static str {
+        let podman = self
+            .session
+            .read()
+            .map(|s| s.podman.is_some())
+            .unwrap_or_else(|e| e.into_inner().podman.is_some());
+        if podman { "podman" } else { "docker" }
+    }
+
     fn session(&self) -> Session {
         // A poisoned lock still holds a usable connection: nothing panics while writing it.
         self.session

@@ -94,7 +94,7 @@ pub struct BridgeHealth {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceHealth {
-    /// `docker` or `inventory file`.
+    /// `docker`, `podman` or `inventory file`.
     pub kind: String,
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -354,6 +354,7 @@ pub fn source_error(health: &Health) -> Option<String> {
     }
     let what = match health.source.kind.as_str() {
         "docker" => "Docker",
+        "podman" => "Podman",
         other => other,
     };
     Some(match &health.source.error {
