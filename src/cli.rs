@@ -429,7 +429,13 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let p = policy(&cli)?;
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
-            let x = explain::explain(&p, &plan, &inv, from, to, port.as_deref())?;
+            let mut x = explain::explain(&p, &plan, &inv, from, to, port.as_deref())?;
+            let live = Backend::system().read_live().map_err(|e| e.to_string());
+            x.caveats = explain::kernel_caveats(
+                &plan,
+                live.as_ref().map_err(Clone::clone),
+                crate::ops::status::global_bridge_nf().is_some(),
+            );
             match cli.output {
                 Output::Text => print!(
                     "{}",

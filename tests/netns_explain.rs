@@ -73,6 +73,30 @@ fn explain_verdicts_equal_real_packets() {
     }
     let fx = Fixture::new(&Topology::standard());
     let policy_path = fx.write_file("policy.toml", POLICY);
+    let caveats = |inv: &std::path::Path| -> Vec<String> {
+        let out = fx.netguard(
+            &policy_path,
+            inv,
+            &["--output", "json", "explain", "web-1", "api-1", "8080/tcp"],
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("explain JSON: {e}: {out:?}"));
+        assert_eq!(doc["allowed"], serde_json::Value::Bool(true), "{doc}");
+        doc["caveats"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Before any apply the verdict is the policy's, and explain says nothing enforces it.
+    let before = caveats(&fx.inventory);
+    assert!(
+        before.len() == 1 && before[0].contains("tables are not installed"),
+        "{before:?}"
+    );
     let out = fx.netguard(&policy_path, &fx.inventory, &["apply"]);
     assert_eq!(
         out.status.code(),
@@ -117,6 +141,22 @@ fn explain_verdicts_equal_real_packets() {
         wrong.join("\n")
     );
     assert!(expected.iter().any(|e| *e) && expected.iter().any(|e| !*e));
+
+    // Applied and current: no caveat. One container gone from the inventory: the kernel
+    // is stale, and explain says so.
+    assert_eq!(caveats(&fx.inventory), Vec::<String>::new());
+    let fewer: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "lonely")
+        .cloned()
+        .collect();
+    let stale = fx.write_file("inventory-stale.toml", &inventory_toml(&fewer));
+    let after = caveats(&stale);
+    assert!(
+        after.len() == 1 && after[0].contains("not in sync"),
+        "{after:?}"
+    );
 
     // The CLI: exit 0 allowed, 1 denied, 2 unknown container.
     for (args, code) in [

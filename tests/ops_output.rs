@@ -704,3 +704,28 @@ ipv4 = "10.0.0.3"
     let e = ask("ffff", "api-1").unwrap_err();
     assert!(e.to_string().starts_with("no container \"ffff\""), "{e}");
 }
+
+#[test]
+fn explain_says_when_the_kernel_may_disagree() {
+    let (p, inv, pl) = setup();
+    let mut x = explain::explain(&p, &pl, &inv, "web-1", "api-1", Some("8080/tcp")).unwrap();
+    x.caveats = explain::kernel_caveats(&pl, Err("permission denied".into()), false);
+    assert_eq!(x.caveats.len(), 2, "{:?}", x.caveats);
+    assert!(x.caveats[0].contains("the kernel was not read (permission denied)"));
+    assert!(x.caveats[1].contains("br_netfilter is not loaded"));
+    let text = explain::render(&x, Style::plain());
+    assert!(
+        text.contains("kernel: br_netfilter is not loaded"),
+        "{text}"
+    );
+    assert_eq!(
+        explain::json(&x)["caveats"].as_array().map(Vec::len),
+        Some(2)
+    );
+    // In sync and br_netfilter there: nothing to say, and the JSON has no caveats key.
+    let live: LiveState = [(Family::Inet, None), (Family::Bridge, None)].into();
+    let none = explain::kernel_caveats(&pl, Ok(&live), true);
+    assert!(none[0].contains("not installed"), "{none:?}");
+    x.caveats.clear();
+    assert!(explain::json(&x).get("caveats").is_none());
+}

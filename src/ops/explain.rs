@@ -144,6 +144,46 @@ pub struct Explanation {
     pub networks: Vec<NetworkCheck>,
     pub entries: Vec<EntryCheck>,
     pub hints: Vec<String>,
+    /// Why the kernel may not do what the policy says right now (tables missing or stale,
+    /// br_netfilter absent). Filled in by the caller, which reads the kernel; the verdict
+    /// itself is always the policy's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub caveats: Vec<String>,
+}
+
+/// What may make the kernel disagree with an explanation: `live` is netguard's tables as
+/// read (or why they could not be), `br_netfilter` whether its sysctls exist.
+pub fn kernel_caveats(
+    plan: &Plan,
+    live: Result<&crate::nft::LiveState, String>,
+    br_netfilter: bool,
+) -> Vec<String> {
+    use crate::plan::ruleset::Family;
+    let mut out = Vec::new();
+    match live {
+        Err(e) => out.push(format!(
+            "the kernel was not read ({e}): this is what the policy says, not what is enforced"
+        )),
+        Ok(live) if !live.get(&Family::Inet).is_some_and(Option::is_some) => out.push(
+            "netguard's tables are not installed: nothing is enforced yet \
+             (`netguard diff`, then `netguard apply`)"
+                .into(),
+        ),
+        Ok(live) if !crate::nft::diff(&plan.ruleset, live).is_empty() => out.push(
+            "the kernel is not in sync with this policy and these containers: packets follow \
+             what was applied last (`netguard diff` shows the difference)"
+                .into(),
+        ),
+        Ok(_) => {}
+    }
+    if !br_netfilter {
+        out.push(
+            "br_netfilter is not loaded: traffic between two containers of one bridge is not \
+             filtered at all"
+                .into(),
+        );
+    }
+    out
 }
 
 fn selector_check(sel: &Selector, c: &Container) -> SelectorCheck {
@@ -458,6 +498,7 @@ pub fn explain(
         networks,
         entries,
         hints,
+        caveats: Vec::new(),
     })
 }
 
@@ -565,6 +606,11 @@ pub fn render(x: &Explanation, style: Style) -> String {
     }
     for h in &x.hints {
         let _ = writeln!(out, "{} {h}", style.yellow("hint:"));
+    }
+    // Right under the verdict's details: a 3 a.m. reader must not miss that the kernel
+    // may be doing something else.
+    for c in &x.caveats {
+        let _ = writeln!(out, "{} {c}", style.red("kernel:"));
     }
     out.push('\n');
     // Groups FROM would need to be in for an entry towards TO, and the other way round.
