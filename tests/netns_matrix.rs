@@ -285,14 +285,13 @@ fn apply_refuses_a_managed_bridge_the_hook_cannot_see() {
     assert!(!t.contains("netguard"), "apply refused yet wrote:\n{t}");
 }
 
-/// A network created while netguard was not looking: its bridge is Docker-shaped
-/// (`br-*`), so it is judged as managed with no members (fail closed) until the inventory
-/// knows it; a bridge of another shape (LXC's here) stays untouched. The host has the
-/// global bridge-nf-call switches on, as Docker before 27 sets them, so the inet hook sees
-/// both bridges without netguard flagging them.
-#[test]
-fn an_unknown_docker_bridge_is_denied_and_other_bridges_untouched() {
-    if !prerequisites("an_unknown_docker_bridge_is_denied_and_other_bridges_untouched") {
+/// A network created while netguard was not looking: its bridge has the engine's shape
+/// (`br-*` for Docker, `podman*` for Podman), so it is judged as managed with no members
+/// (fail closed) until the inventory knows it; a bridge of another shape (LXC's, the other
+/// engine's) stays untouched. The host has the global bridge-nf-call switches on, as Docker
+/// before 27 sets them, so the inet hook sees every bridge without netguard flagging them.
+fn unknown_bridges(test: &str, engine: &str, known: &str, unknown: &str, foreign: &str) {
+    if !prerequisites(test) {
         return;
     }
     let fx = Fixture::new(
@@ -300,15 +299,15 @@ fn an_unknown_docker_bridge_is_denied_and_other_bridges_untouched() {
             bridges: vec![],
             containers: vec![],
         }
-        .bridge("front", "br-front", 1)
-        .bridge("late", "br-late", 4)
-        .bridge("lxc", "lxcbr9", 5)
+        .bridge("front", known, 1)
+        .bridge("late", unknown, 4)
+        .bridge("other", foreign, 5)
         .container("a-1", "front", 11, "app:1", &[])
         .container("a-2", "front", 12, "app:1", &[])
         .container("l-1", "late", 11, "app:1", &[])
         .container("l-2", "late", 12, "app:1", &[])
-        .container("x-1", "lxc", 11, "app:1", &[])
-        .container("x-2", "lxc", 12, "app:1", &[]),
+        .container("x-1", "other", 11, "app:1", &[])
+        .container("x-2", "other", 12, "app:1", &[]),
     );
     fx.set_global_bridge_nf(true);
     let known: Vec<Container> = fx
@@ -317,7 +316,10 @@ fn an_unknown_docker_bridge_is_denied_and_other_bridges_untouched() {
         .filter(|c| c.network == "front")
         .cloned()
         .collect();
-    let inv = fx.write_file("inventory.toml", &inventory_toml(&known));
+    let inv = fx.write_file(
+        "inventory.toml",
+        &format!("engine = {engine:?}\n{}", inventory_toml(&known)),
+    );
     let policy = fx.write_file(
         "policy.toml",
         "[groups.a]\nmatch = { name = \"a-*\" }\n[[allow]]\nwithin = \"a\"\n",
@@ -340,7 +342,30 @@ fn an_unknown_docker_bridge_is_denied_and_other_bridges_untouched() {
         ("x-1", "x-2", "all"),
         ("x-2", "x-1", "all"),
     ]);
-    check_matrix(&fx, &expected, &kinds).assert_ok("br-late unknown, lxcbr9 untouched");
+    check_matrix(&fx, &expected, &kinds)
+        .assert_ok(&format!("{engine}: {unknown} unknown, {foreign} untouched"));
+}
+
+#[test]
+fn an_unknown_docker_bridge_is_denied_and_other_bridges_untouched() {
+    unknown_bridges(
+        "an_unknown_docker_bridge_is_denied_and_other_bridges_untouched",
+        "docker",
+        "br-front",
+        "br-late",
+        "lxcbr9",
+    );
+}
+
+#[test]
+fn an_unknown_podman_bridge_is_denied_and_dockers_untouched() {
+    unknown_bridges(
+        "an_unknown_podman_bridge_is_denied_and_dockers_untouched",
+        "podman",
+        "podman1",
+        "podman7",
+        "br-late",
+    );
 }
 
 /// The datagrams a container received whose payload is exactly `payload`.

@@ -48,6 +48,8 @@ impl Delta {
 
 pub struct Engine {
     policy: Policy,
+    /// Which container engine the source is (Docker or Podman), from the last full read.
+    engine: crate::inventory::Engine,
     networks: Vec<Network>,
     planned_networks: BTreeMap<String, PlannedNetwork>,
     containers: BTreeMap<String, Container>,
@@ -66,6 +68,7 @@ impl Engine {
     pub fn new(policy: Policy, inventory: Inventory) -> Engine {
         let mut e = Engine {
             policy,
+            engine: crate::inventory::Engine::default(),
             networks: Vec::new(),
             planned_networks: BTreeMap::new(),
             containers: BTreeMap::new(),
@@ -86,6 +89,7 @@ impl Engine {
 
     /// Replaces the whole state (start, resync, reload, network changes).
     pub fn reset(&mut self, inventory: Inventory) {
+        self.engine = inventory.engine;
         self.networks = inventory.networks.clone();
         self.planned_networks = plan_networks(&self.policy, &inventory);
         self.containers = inventory
@@ -131,6 +135,7 @@ impl Engine {
             containers: self.containers.values().cloned().collect(),
             networks: self.networks.clone(),
             unisolable: self.unisolable.values().cloned().collect(),
+            engine: self.engine,
         };
         inv.normalize();
         inv

@@ -423,6 +423,8 @@ pub fn finish(mut p: Prepared, answers: Vec<Result<ResolvedVeth, VethError>>) ->
                 reason: reasons.join("; "),
             })
             .collect(),
+        // The source sets it: the mapping cannot tell Podman from Docker.
+        engine: crate::inventory::Engine::Docker,
     };
     inv.normalize();
     inv

@@ -294,9 +294,12 @@ impl DockerSource {
         let inspected = self.inspect_all(to_inspect).await?;
         let t_inspect = t0.elapsed() - t_list;
 
-        let inv = self
+        let mut inv = self
             .resolve(prepare(&containers, &networks, &inspected))
             .await?;
+        if self.engine() == "podman" {
+            inv.engine = crate::inventory::Engine::Podman;
+        }
         tracing::debug!(
             containers = inv.containers.len(),
             inspected = inspected.len(),

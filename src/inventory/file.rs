@@ -23,6 +23,9 @@ pub enum InventoryFileError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileModel {
+    /// `docker` (default) or `podman`: whose bridge names are judged while unknown.
+    #[serde(default)]
+    engine: super::Engine,
     #[serde(default)]
     container: Vec<Spanned<FileContainer>>,
 }
@@ -71,7 +74,10 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
     let model: FileModel =
         toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_string()))?;
 
-    let mut inv = Inventory::default();
+    let mut inv = Inventory {
+        engine: model.engine,
+        ..Inventory::default()
+    };
     let mut names = BTreeSet::new();
     let mut ids = BTreeSet::new();
     let mut veths = BTreeSet::new();
@@ -247,6 +253,19 @@ ipv4 = "10.98.0.11"
         assert!(e.starts_with("inv.toml:6:8:"), "{e}");
         let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"a/b\"\nipv4 = \"10.0.0.3\"\n").unwrap_err();
         assert!(e.starts_with("inv.toml:5:10:"), "{e}");
+    }
+
+    #[test]
+    fn engine_defaults_to_docker_and_is_checked() {
+        use crate::inventory::Engine;
+        assert_eq!(parse("").unwrap().engine, Engine::Docker);
+        assert_eq!(
+            parse("engine = \"podman\"\n").unwrap().engine,
+            Engine::Podman
+        );
+        let e = parse("\nengine = \"lxc\"\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:2:10:"), "{e}");
+        assert!(e.contains("docker") && e.contains("podman"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,37 @@ pub struct Inventory {
     /// Containers that cannot be isolated by netguard (host network, macvlan, ...).
     #[serde(default)]
     pub unisolable: Vec<Unisolable>,
+    /// The engine whose containers these are: it decides which bridge names are its own
+    /// (judged fail-closed while not yet known) and which belong to someone else.
+    #[serde(default, skip_serializing_if = "Engine::is_docker")]
+    pub engine: Engine,
+}
+
+/// The container engine behind the source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Docker, or an inventory file describing a Docker host (the default).
+    #[default]
+    Docker,
+    Podman,
+}
+
+impl Engine {
+    pub fn is_docker(&self) -> bool {
+        *self == Engine::Docker
+    }
+
+    /// The bridge names this engine gives the networks it creates. A bridge of that shape
+    /// that netguard does not know yet (created while it was not looking) is judged as
+    /// managed with no members until it is known: fail closed. Names of another engine's
+    /// shape are left alone, so following one engine never cuts the other's networks.
+    pub fn bridge_patterns(&self) -> &'static [&'static str] {
+        match self {
+            Engine::Docker => &["docker0", "br-*"],
+            Engine::Podman => &["podman*"],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,9 +54,9 @@ pub struct View {
     pub unreadable_rules: Vec<String>,
     /// The inet table exists.
     pub present: bool,
-    /// Docker-shaped bridges (`docker0`, `br-*`) not known yet are judged too (fail
-    /// closed), unless listed in the `unmanaged` set.
-    pub docker_patterns: bool,
+    /// Bridge name patterns of the engine (`docker0`, `br-*`; `podman*`): such bridges not
+    /// known yet are judged too (fail closed), unless listed in the `unmanaged` set.
+    pub unknown_patterns: Vec<String>,
     /// Bridges the inet hook does not see (br_netfilter off for them): never judged.
     pub unseen: BTreeSet<String>,
 }
@@ -80,12 +80,17 @@ impl View {
             v.sets.insert(s.name.clone(), s.elements.clone());
         }
         v.judged = judged_of(&v.sets);
-        v.docker_patterns = t.chains.iter().any(|c| {
-            c.name == names::FORWARD
-                && c.rules
-                    .iter()
-                    .any(|r| r.matches.iter().any(|m| matches!(m, Match::IifPattern(_))))
-        });
+        v.unknown_patterns = t
+            .chains
+            .iter()
+            .filter(|c| c.name == names::FORWARD)
+            .flat_map(|c| &c.rules)
+            .flat_map(|r| &r.matches)
+            .filter_map(|m| match m {
+                Match::IifPattern(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
         let jumps = t
             .chains
             .iter()
@@ -159,10 +164,10 @@ impl View {
         // Traffic only reaches `isolate` through the forward chain's jump.
         if let Some(fwd) = t.chains.get(names::FORWARD) {
             v.judged = judged_of(&v.sets);
-            // The jumps after the first judge Docker-shaped bridges netguard does not know
-            // (see `plan::DOCKER_BRIDGE_PATTERNS`). Counted by jump, not by rule: the chain
-            // also holds the accept for established packets.
-            let jumps = fwd
+            // The jumps that match a plain `iifname` judge the engine's bridges netguard
+            // does not know (`Engine::bridge_patterns`); the other jump matches the set of
+            // managed bridges (`@bridges`), and the chain also holds the established accept.
+            v.unknown_patterns = fwd
                 .rules
                 .iter()
                 .filter(|r| {
@@ -170,8 +175,16 @@ impl View {
                         .iter()
                         .any(|st| st["jump"]["target"] == names::ISOLATE)
                 })
-                .count();
-            v.docker_patterns = jumps > 1;
+                .flat_map(|r| &r.expr)
+                .filter_map(|st| {
+                    let m = &st["match"];
+                    (m["left"]["meta"]["key"] == "iifname")
+                        .then(|| m["right"].as_str())
+                        .flatten()
+                        .filter(|p| !p.starts_with('@'))
+                        .map(String::from)
+                })
+                .collect();
         }
         let jumps = t
             .chains
@@ -215,10 +228,9 @@ impl View {
         if self.judged.contains(bridge) {
             return true;
         }
-        self.docker_patterns
-            && crate::plan::DOCKER_BRIDGE_PATTERNS
-                .iter()
-                .any(|p| crate::policy::Glob::new(p).is_ok_and(|g| g.matches(bridge)))
+        self.unknown_patterns
+            .iter()
+            .any(|p| crate::policy::Glob::new(p).is_ok_and(|g| g.matches(bridge)))
             && !self
                 .sets
                 .get(names::UNMANAGED)
@@ -635,10 +647,10 @@ mod tests {
             {"payload": {"protocol": proto, "field": field}}]}, "right": format!("@{set}")}})
     }
 
-    /// The forward chain starts with the accept for established packets; only the jumps
-    /// after the first one mean "unknown Docker-shaped bridges are judged".
+    /// The patterns of unknown bridges are read from the forward chain's jumps that match a
+    /// plain `iifname`; the established accept and the jump on `@bridges` add none.
     #[test]
-    fn docker_patterns_are_counted_by_jump() {
+    fn unknown_bridge_patterns_are_read_from_the_jumps() {
         use crate::nft::live::{LiveChain, LiveRule, LiveTable};
         let rule = |expr: Vec<Value>| LiveRule {
             handle: None,
@@ -651,9 +663,15 @@ mod tests {
             json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
             json!({"accept": null}),
         ]);
-        let jump = || {
+        let managed = rule(vec![
+            json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": "iifname"}}, {"meta": {"key": "oifname"}}]}, "right": "@bridges"}}),
+            json!({"jump": {"target": "isolate"}}),
+        ]);
+        let jump = |p: &str| {
             rule(vec![
-                json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "br-*"}}),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": p}}),
+                json!({"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": p}}),
+                json!({"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "@unmanaged"}}),
                 json!({"jump": {"target": "isolate"}}),
             ])
         };
@@ -663,12 +681,19 @@ mod tests {
                 .insert(names::FORWARD.into(), LiveChain { base: None, rules });
             View::from_live(&[(Family::Inet, Some(t))].into_iter().collect())
         };
-        assert!(!view(vec![established.clone(), jump()]).docker_patterns);
-        assert!(view(vec![established, jump(), jump(), jump()]).docker_patterns);
-        assert!(
-            !view(vec![jump()]).docker_patterns,
-            "an older table: one jump"
-        );
+        let v = view(vec![established.clone(), managed.clone()]);
+        assert!(v.unknown_patterns.is_empty(), "{:?}", v.unknown_patterns);
+        assert!(!v.judges("br-1234"));
+        let v = view(vec![
+            established.clone(),
+            managed.clone(),
+            jump("docker0"),
+            jump("br-*"),
+        ]);
+        assert_eq!(v.unknown_patterns, ["docker0", "br-*"]);
+        assert!(v.judges("br-1234") && v.judges("docker0") && !v.judges("podman3"));
+        let v = view(vec![established, managed, jump("podman*")]);
+        assert!(v.judges("podman3") && !v.judges("br-1234"));
     }
 
     /// Allow rules live in the per-source chains; a chain `isolate` does not jump to (left

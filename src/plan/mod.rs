@@ -230,7 +230,7 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
         })
         .collect();
 
-    let ruleset = build_ruleset(policy, &networks, &containers, &flows);
+    let ruleset = build_ruleset(policy, &networks, &containers, &flows, inventory.engine);
     Plan {
         networks: networks.into_values().collect(),
         containers,
@@ -380,6 +380,7 @@ fn build_ruleset(
     networks: &BTreeMap<String, PlannedNetwork>,
     containers: &[PlannedContainer],
     flows: &[Flow],
+    engine: crate::inventory::Engine,
 ) -> Ruleset {
     let mut sets: BTreeMap<String, SetDef> = BTreeMap::new();
     let mut new_set = |name: &str, kind: SetKind| {
@@ -520,7 +521,7 @@ fn build_ruleset(
                     hook: Hook::Forward,
                     priority: -10,
                 }),
-                rules: forward_rules(),
+                rules: forward_rules(engine),
             },
             Chain {
                 name: names::ISOLATE.into(),
@@ -599,12 +600,9 @@ fn deny_counter_rules(policy: &Policy) -> Vec<Rule> {
     rules
 }
 
-/// Docker's bridge names: `docker0` and `br-<id>`. A bridge of that shape that netguard does
-/// not know yet (a network created while netguard was not looking) is judged as if it were
-/// managed, with no members: fail closed until the network is known.
-pub const DOCKER_BRIDGE_PATTERNS: [&str; 2] = ["docker0", "br-*"];
-
-fn forward_rules() -> Vec<Rule> {
+/// The forward hook's entry: replies first, then managed bridges, then the bridges of the
+/// engine's shape that netguard does not know yet (`Engine::bridge_patterns`).
+fn forward_rules(engine: crate::inventory::Engine) -> Vec<Rule> {
     let mut rules = vec![
         // First, before the bridge lookup and the jump: nearly every packet belongs to a
         // connection already admitted, and accepting it in this base chain changes nothing
@@ -620,7 +618,7 @@ fn forward_rules() -> Vec<Rule> {
             "traffic between two ports of one managed bridge",
         ),
     ];
-    for p in DOCKER_BRIDGE_PATTERNS {
+    for &p in engine.bridge_patterns() {
         rules.push(Rule::new(
             vec![
                 Match::IifPattern(p.into()),
