@@ -162,15 +162,28 @@ impl Engine {
     /// source hands a sharer its owner's endpoints (same veth, MAC and addresses), so an
     /// identical endpoint is how they are recognised here. An unrelated container never has
     /// an identical endpoint; one more refresh would be harmless anyway.
+    ///
+    /// Looked up through the claimants of `id`'s addresses, not by scanning every container:
+    /// this runs on every event, and a scan would make events slower as the host grows. An
+    /// endpoint without an address claims nothing and, having no address, admits nothing.
     pub fn sharers_of(&self, id: &str) -> Vec<String> {
         let Some(c) = self.containers.get(id) else {
             return Vec::new();
         };
-        self.containers
-            .values()
-            .filter(|o| o.id != id && o.endpoints.iter().any(|e| c.endpoints.contains(e)))
-            .map(|o| o.id.clone())
-            .collect()
+        let mut out = BTreeSet::new();
+        for (k, _) in claims_of(c) {
+            for o in self.claimants.get(&k).into_iter().flatten() {
+                if o != id
+                    && self
+                        .containers
+                        .get(o)
+                        .is_some_and(|oc| oc.endpoints.iter().any(|e| c.endpoints.contains(e)))
+                {
+                    out.insert(o.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
     }
 
     /// Does this container sit on a network the engine does not know? (A network created
