@@ -31,7 +31,33 @@ impl Drop for Cleanup {
             args.extend(ids);
             docker(&args);
         }
-        docker(&["network", "rm", &self.0]);
+        // Docker 20.10 can report endpoints of containers it has just removed for a while
+        // (seen after this bench's 200 removals): retry, and force the stale ones off.
+        for i in 0..60 {
+            let out = std::process::Command::new("docker")
+                .args(["network", "rm", &self.0])
+                .output();
+            if out.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            if i == 10 {
+                let eps = docker(&[
+                    "network",
+                    "inspect",
+                    &self.0,
+                    "-f",
+                    "{{range $k, $v := .Containers}}{{$k}} {{end}}",
+                ]);
+                for id in eps.split_whitespace() {
+                    docker(&["network", "disconnect", "-f", &self.0, id]);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        eprintln!(
+            "network {} left behind: remove it with `docker network rm`",
+            self.0
+        );
     }
 }
 
