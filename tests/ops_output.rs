@@ -478,10 +478,10 @@ fn diff_lists_unisolable_containers_in_sync_and_pending() {
     assert_eq!(j["unisolable"][1]["name"], "node-exporter");
 }
 
-#[test]
-fn status_lists_unisolable_containers() {
-    let pl = setup_with_unisolable();
-    let health = status::Health {
+/// A healthy host as `status` reports it: tables present and current, br_netfilter on,
+/// Docker reachable, no daemon. Tests change what they are about.
+fn healthy() -> status::Health {
+    status::Health {
         inet_table: true,
         bridge_table: true,
         current: Some(true),
@@ -498,7 +498,13 @@ fn status_lists_unisolable_containers() {
             running: false,
             error: None,
         },
-    };
+    }
+}
+
+#[test]
+fn status_lists_unisolable_containers() {
+    let pl = setup_with_unisolable();
+    let health = healthy();
     let text = status::render(&health, Some(&pl), &[], Style::plain());
     let tail = text
         .split("\ncannot be isolated:\n")
@@ -511,11 +517,8 @@ fn status_lists_unisolable_containers() {
 #[test]
 fn status_json_when_docker_cannot_be_read() {
     let health = status::Health {
-        inet_table: true,
-        bridge_table: true,
         current: None,
         global_bridge_nf: None,
-        bridges: vec![],
         source: status::SourceHealth {
             kind: "docker".into(),
             reachable: false,
@@ -523,12 +526,7 @@ fn status_json_when_docker_cannot_be_read() {
                 "Docker socket /run/docker.sock does not exist: is dockerd running?".into(),
             ),
         },
-        daemon: status::DaemonHealth {
-            state_file: "/run/netguard/state.json".into(),
-            state: None,
-            running: false,
-            error: None,
-        },
+        ..healthy()
     };
     insta::assert_json_snapshot!(
         "status_json_source_unreachable",
@@ -588,17 +586,8 @@ fn status_daemon_line() {
         };
     let line = |d: status::DaemonHealth| {
         let health = status::Health {
-            inet_table: true,
-            bridge_table: true,
-            current: Some(true),
-            global_bridge_nf: Some((true, true)),
-            bridges: vec![],
-            source: status::SourceHealth {
-                kind: "docker".into(),
-                reachable: true,
-                error: None,
-            },
             daemon: d,
+            ..healthy()
         };
         status::render(&health, None, &[], Style::plain())
             .lines()
