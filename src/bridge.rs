@@ -38,6 +38,14 @@ pub struct NfCall {
     pub ip6tables: bool,
 }
 
+/// `net.bridge.bridge-nf-call-iptables` / `-ip6tables` in this network namespace; `None`
+/// when br_netfilter is not loaded (then no bridge is seen by the inet hook at all).
+pub fn global_nf_call() -> Option<(bool, bool)> {
+    let on = |p: &str| std::fs::read_to_string(p).ok().map(|v| v.trim() == "1");
+    let [v4, v6] = BR_NETFILTER_SYSCTLS;
+    Some((on(v4)?, on(v6)?))
+}
+
 /// What `apply` needs from the host's bridges.
 #[allow(async_fn_in_trait)]
 pub trait BridgeControl {
@@ -47,9 +55,7 @@ pub trait BridgeControl {
 
     /// br_netfilter is active in the current network namespace.
     fn br_netfilter_loaded(&self) -> bool {
-        BR_NETFILTER_SYSCTLS
-            .iter()
-            .all(|p| std::path::Path::new(p).exists())
+        global_nf_call().is_some()
     }
 
     /// Loads br_netfilter. Loading turns the host-wide switches on in every namespace

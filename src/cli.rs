@@ -3,7 +3,7 @@
 
 use crate::bridge::{BridgeControl, NetlinkBridges};
 use crate::docker::DockerSource;
-use crate::inventory::{Inventory, load_inventory_file};
+use crate::inventory::{Engine, Inventory, load_inventory_file};
 use crate::nft::{Backend, Changes, diff};
 use crate::plan::{Plan, plan};
 use crate::policy::{Policy, load_policy};
@@ -224,12 +224,24 @@ fn policy(cli: &Cli) -> Result<Policy, Failure> {
 }
 
 async fn inventory(cli: &Cli) -> Result<Inventory, Failure> {
+    read_inventory(cli).await.0
+}
+
+/// The containers, and what they came from as `status` names it (`inventory file`, `docker`,
+/// `podman`: the engine is known once the daemon has answered).
+async fn read_inventory(cli: &Cli) -> (Result<Inventory, Failure>, &'static str) {
     match &cli.inventory {
-        Some(path) => Ok(load_inventory_file(path)?),
-        None => {
-            let source = DockerSource::connect(cli.docker_host.as_deref())?;
-            Ok(source.inventory().await?)
-        }
+        Some(path) => (
+            load_inventory_file(path).map_err(Failure::from),
+            "inventory file",
+        ),
+        None => match DockerSource::connect(cli.docker_host.as_deref()) {
+            Ok(source) => {
+                let inv = source.inventory().await.map_err(Failure::from);
+                (inv, source.engine().as_str())
+            }
+            Err(e) => (Err(Failure::from(e)), Engine::Docker.as_str()),
+        },
     }
 }
 
@@ -332,22 +344,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             use crate::ops::status;
             let p = policy(&cli)?;
             let live = Backend::system().read_live()?;
-            let mut kind = if cli.inventory.is_some() {
-                "inventory file"
-            } else {
-                "docker"
-            };
-            let read = match &cli.inventory {
-                Some(path) => load_inventory_file(path).map_err(Failure::from),
-                None => match DockerSource::connect(cli.docker_host.as_deref()) {
-                    Ok(source) => {
-                        let inv = source.inventory().await;
-                        kind = source.engine();
-                        inv.map_err(Failure::from)
-                    }
-                    Err(e) => Err(Failure::from(e)),
-                },
-            };
+            let (read, kind) = read_inventory(&cli).await;
             let (plan, source) = match read {
                 Ok(inv) => (
                     Some(plan(&p, &inv)),
@@ -366,7 +363,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                     },
                 ),
             };
-            let global = status::global_bridge_nf();
+            let global = crate::bridge::global_nf_call();
             let mut bridges = Vec::new();
             if let Some(plan) = &plan {
                 let nl = NetlinkBridges::connect()?;
@@ -434,7 +431,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             x.caveats = explain::kernel_caveats(
                 &plan,
                 live.as_ref().map_err(Clone::clone),
-                crate::ops::status::global_bridge_nf().is_some(),
+                crate::bridge::global_nf_call().is_some(),
             );
             match cli.output {
                 Output::Text => print!(
@@ -542,7 +539,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
 /// `apply` turns the flags on for managed bridges, so after it this set is empty for them.
 async fn unflagged_bridges(plan: &Plan) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::new();
-    if crate::ops::status::global_bridge_nf() == Some((true, true)) {
+    if crate::bridge::global_nf_call() == Some((true, true)) {
         return out;
     }
     let Ok(nl) = NetlinkBridges::connect() else {

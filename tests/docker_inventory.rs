@@ -162,7 +162,7 @@ async fn docker_inventory_matches_docker_and_kernel() {
     let own_netns = std::fs::read_link("/proc/self/ns/net").expect("own netns");
     let src = DockerSource::connect(None).expect("connect");
     let inv = src.inventory().await.expect("inventory");
-    assert_eq!(src.engine(), "docker");
+    assert_eq!(src.engine(), netguard::inventory::Engine::Docker);
     assert_eq!(inv.engine, netguard::inventory::Engine::Docker);
     let first_calls = src.api_calls();
     // Veth resolution enters container namespaces on threads of its own: none of the

@@ -462,12 +462,16 @@ async fn the_source_against_recorded_podman_answers() {
     let src = netguard::docker::DockerSource::connect(Some(&format!("tcp://127.0.0.1:{port}")))
         .expect("connect")
         .with_resolver(std::sync::Arc::new(resolver()));
-    assert_eq!(src.engine(), "docker", "nothing is known before /version");
+    assert_eq!(
+        src.engine(),
+        netguard::inventory::Engine::Docker,
+        "nothing is known before /version"
+    );
     let inv = src
         .inventory()
         .await
         .expect("inventory from Podman's answers");
-    assert_eq!(src.engine(), "podman");
+    assert_eq!(src.engine(), netguard::inventory::Engine::Podman);
     assert_eq!(inv.engine, netguard::inventory::Engine::Podman);
     let mapped = Inventory {
         engine: netguard::inventory::Engine::Podman,

@@ -19,7 +19,7 @@ pub use veth::{
     NetlinkVethResolver, ResolvedVeth, StaticVethResolver, VethError, VethQuery, VethResolver,
 };
 
-use crate::inventory::{Container, Inventory, Unisolable};
+use crate::inventory::{Container, Engine, Inventory, Unisolable};
 use bollard::models::{
     ContainerInspectResponse, ContainerSummary, EventMessage, Network as DockerNetwork,
 };
@@ -188,14 +188,13 @@ impl DockerSource {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `podman` once `GET /version` has shown the daemon to be Podman, else `docker`.
-    pub fn engine(&self) -> &'static str {
-        let podman = self
-            .session
-            .read()
-            .map(|s| s.podman.is_some())
-            .unwrap_or_else(|e| e.into_inner().podman.is_some());
-        if podman { "podman" } else { "docker" }
+    /// Podman once `GET /version` has shown the daemon to be Podman, else Docker.
+    pub fn engine(&self) -> Engine {
+        if self.session().podman.is_some() {
+            Engine::Podman
+        } else {
+            Engine::Docker
+        }
     }
 
     fn session(&self) -> Session {
@@ -297,9 +296,7 @@ impl DockerSource {
         let mut inv = self
             .resolve(prepare(&containers, &networks, &inspected))
             .await?;
-        if self.engine() == "podman" {
-            inv.engine = crate::inventory::Engine::Podman;
-        }
+        inv.engine = self.engine();
         tracing::debug!(
             containers = inv.containers.len(),
             inspected = inspected.len(),

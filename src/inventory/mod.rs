@@ -43,6 +43,14 @@ impl Engine {
         *self == Engine::Docker
     }
 
+    /// As `status` and the inventory file name it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Engine::Docker => "docker",
+            Engine::Podman => "podman",
+        }
+    }
+
     /// The bridge names this engine gives the networks it creates. A bridge of that shape
     /// that netguard does not know yet (created while it was not looking) is judged as
     /// managed with no members until it is known: fail closed. Names of another engine's

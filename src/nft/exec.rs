@@ -30,16 +30,20 @@ fn refused(msg: &str) -> bool {
 /// libnftables writes "Operation not permitted (you must be root)" straight to fd 2,
 /// bypassing the error buffer, so the only way to keep a refused call quiet is not to
 /// make it. Unknown (no /proc) counts as yes: the kernel still has the last word.
+/// Read once: netguard never changes its own capabilities, and this guards every call.
 pub fn has_net_admin() -> bool {
-    const CAP_NET_ADMIN: u32 = 12;
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return true;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        const CAP_NET_ADMIN: u32 = 12;
+        let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+            return true;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_none_or(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+    })
 }
 
 /// Something that runs one nft command buffer (text or JSON) and returns its JSON output.

@@ -288,7 +288,6 @@ impl Changes {
         })
     }
 
-    /// Number of set elements added and removed.
     /// Every kind of object that changes, counted: `1 chain to rewrite, 2 rules to add,
     /// 2 rules to remove, 2 elements to remove` (`done`: `rewritten`, `added`, ...).
     /// Element counts alone hid rule changes ("0 elements to add" for a policy change).
@@ -345,6 +344,7 @@ impl Changes {
         }
     }
 
+    /// Number of set elements added and removed.
     pub fn element_counts(&self) -> (usize, usize) {
         let count = |m: &BTreeMap<String, Vec<Elem>>| m.values().map(Vec::len).sum::<usize>();
         self.tables.iter().fold((0, 0), |(a, d), t| {

@@ -164,7 +164,7 @@ pub fn kernel_caveats(
         Err(e) => out.push(format!(
             "the kernel was not read ({e}): this is what the policy says, not what is enforced"
         )),
-        Ok(live) if !live.get(&Family::Inet).is_some_and(Option::is_some) => out.push(
+        Ok(live) if !super::status::live_has(live, Family::Inet) => out.push(
             "netguard's tables are not installed: nothing is enforced yet \
              (`netguard diff`, then `netguard apply`)"
                 .into(),

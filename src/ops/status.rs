@@ -69,20 +69,6 @@ pub fn daemon_health(path: &Path) -> DaemonHealth {
     h
 }
 
-/// `net.bridge.bridge-nf-call-iptables` / `-ip6tables` in this namespace; `None` when
-/// br_netfilter is not loaded (then no bridge is seen by the inet hook at all).
-pub fn global_bridge_nf() -> Option<(bool, bool)> {
-    let r = |p: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/bridge/{p}"))
-            .ok()
-            .map(|v| v.trim() == "1")
-    };
-    Some((
-        r("bridge-nf-call-iptables")?,
-        r("bridge-nf-call-ip6tables")?,
-    ))
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BridgeHealth {
     pub bridge: String,
