@@ -156,11 +156,7 @@ pub fn plan_networks(policy: &Policy, inventory: &Inventory) -> BTreeMap<String,
                 name: n.name.clone(),
                 bridge: n.bridge.clone(),
                 driver: n.driver.clone(),
-                managed: n.driver == "bridge"
-                    && n.bridge
-                        .as_deref()
-                        .is_some_and(crate::inventory::exact_ifname)
-                    && policy.settings.manages_network(&n.name),
+                managed: manageable(policy, &n.name, &n.driver, n.bridge.as_deref()),
             },
         );
     }
@@ -180,9 +176,16 @@ pub fn implied_network(policy: &Policy, ep: &crate::inventory::Endpoint) -> Plan
         name: ep.network.clone(),
         bridge: Some(ep.bridge.clone()),
         driver: "bridge".into(),
-        managed: crate::inventory::exact_ifname(&ep.bridge)
-            && policy.settings.manages_network(&ep.network),
+        managed: manageable(policy, &ep.network, "bridge", Some(&ep.bridge)),
     }
+}
+
+/// A network netguard manages: a bridge network the policy selects, on a bridge whose name
+/// nftables matches exactly (see `inventory::exact_ifname`).
+fn manageable(policy: &Policy, name: &str, driver: &str, bridge: Option<&str>) -> bool {
+    driver == "bridge"
+        && bridge.is_some_and(crate::inventory::exact_ifname)
+        && policy.settings.manages_network(name)
 }
 
 /// The plan. Pure and deterministic: equal inputs give equal output.
@@ -192,7 +195,6 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
     let networks = plan_networks(policy, inventory);
     for n in networks.values() {
         if let Some(b) = &n.bridge
-            && !n.managed
             && n.driver == "bridge"
             && policy.settings.manages_network(&n.name)
             && !crate::inventory::exact_ifname(b)
