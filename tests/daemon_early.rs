@@ -303,35 +303,36 @@ fn network_connect_of_a_running_container_passes_the_first_packet() {
         return;
     };
     let db = env.db_ip.clone();
-    // Starts on an unmanaged network, then waits inside for the managed network's interface
-    // and pings at once: the first packet from the new address.
+    // Runs on an unmanaged network and pings the db the moment `docker network connect` has
+    // returned (a file the test creates then, polled every millisecond): the first packet
+    // from its new address, as soon as a user could expect it to pass.
     let other = env.scene.network("other", &[]);
-    let prefix = db
-        .rsplit_once('.')
-        .map(|(p, _)| p)
-        .unwrap_or("")
-        .to_string();
+    let trigger = tempfile::Builder::new()
+        .prefix("netguard-early-trigger-")
+        .tempdir()
+        .unwrap();
+    let mount = format!("{}:/trigger", trigger.path().display());
     let cmd = format!(
-        "while ! ip -4 addr | grep -q 'inet {prefix}\\.'; do usleep 2000; done; \
-         usleep 50000; {}",
+        "while [ ! -e /trigger/go ]; do usleep 1000; done; {}",
         ping_cmd(&db)
     );
     let web = env.scene.run(
         "web",
-        &["--network", &other, "--label", "nge.role=web"],
+        &["--network", &other, "--label", "nge.role=web", "-v", &mount],
         IMAGE,
         &["sh", "-c", &cmd],
     );
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     docker_ok(&["network", "connect", &env.net, &web]);
+    let connected = t.elapsed();
+    std::fs::write(trigger.path().join("go"), b"").unwrap();
     let code = docker_ok(&["wait", &web]);
     let logs = docker(&["logs", &web]).unwrap_or_default();
     if code != "0" {
         env.fail(&format!(
-            "connected while running: the first echo request (50 ms after the address appeared, \
-             {:?} after the connect began) got no answer (exit {code}): {logs}",
-            t.elapsed()
+            "connected while running ({connected:?}): the first echo request right after the \
+             connect returned got no answer (exit {code}): {logs}"
         ));
     }
 }

@@ -5,12 +5,14 @@
 //! and a broken Docker stream keeps the rules while it reconnects.
 
 use super::conntrack::{Conntrack, Ctnetlink, revoked};
+use super::early::{Action, Early};
 use super::engine::{Delta, Engine};
 use super::notify::notify;
 use super::source::{Change, Source, Stamped};
 use crate::bridge::{BridgeControl, NetlinkBridges};
 use crate::cli::managed_bridges;
 use crate::docker::ContainerState;
+use crate::docker::early::EarlyChange;
 use crate::inventory::Inventory;
 use crate::nft::{Backend, Changes, NftError};
 use crate::plan::Plan;
@@ -257,6 +259,10 @@ pub struct Controller<S: Source, E: Enforcer> {
     resyncs: u32,
     /// Something failed since the last full sync; the next resync does a full one.
     dirty: bool,
+    /// Containers admitted before Docker reported them running.
+    pub early: Early,
+    /// The source's early changes (see [`admitting`]).
+    early_rx: Option<mpsc::Receiver<EarlyChange>>,
 }
 
 /// A batch of changes with the time the first of them was received.
@@ -266,6 +272,8 @@ pub struct Batch {
     /// Last change per container wins (a stop after a start means stopped).
     pub containers: BTreeMap<String, bool>,
     pub networks: bool,
+    /// When the last stop/die/destroy of each container was received.
+    pub gone_at: BTreeMap<String, Instant>,
 }
 
 impl Batch {
@@ -276,6 +284,7 @@ impl Batch {
                 self.containers.insert(id, true);
             }
             Change::Gone(id) => {
+                self.gone_at.insert(id.clone(), at);
                 self.containers.insert(id, false);
             }
             Change::Networks => self.networks = true,
@@ -384,6 +393,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             observer: Box::new(NoObserver),
             resyncs: 0,
             dirty: false,
+            early: Early::default(),
+            early_rx: None,
         }
     }
 
@@ -437,7 +448,21 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     /// Reads everything, replans, reconciles the kernel, cuts what is no longer allowed.
     pub async fn full_sync(&mut self) -> Result<(), ()> {
         let t0 = Instant::now();
-        let inv = match self.source.inventory().await {
+        let mut held = Delta::default();
+        let mut failed = false;
+        let read = admitting(
+            self.source.inventory(),
+            EarlyPath {
+                rx: &mut self.early_rx,
+                engine: &mut self.engine,
+                early: &mut self.early,
+                enforcer: &mut self.enforcer,
+                held: &mut held,
+                failed: &mut failed,
+            },
+        )
+        .await;
+        let mut inv = match read {
             Ok(i) => i,
             Err(e) => {
                 self.error(
@@ -447,6 +472,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 return Err(());
             }
         };
+        // The source lists running containers; the starting ones admitted early stay.
+        self.early.complete(&mut inv, Instant::now());
         // Who held each admitted address before: a full sync can drop containers too
         // (reload, resync after missed events, reconnect, inventory file), and their open
         // connections must be cut like on a per-event removal.
@@ -512,12 +539,16 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         self.state.events += batch.containers.len() as u64 + batch.networks as u64;
         self.state.last_event_unix_ms = Some(now_ms());
+        for (id, at) in &batch.gone_at {
+            self.early.gone(id, *at);
+        }
         if batch.networks {
             let _ = self.full_sync().await;
             return;
         }
         let mut delta = Delta::default();
         let mut full = false;
+        let mut early_failed = false;
         let mut queue: Vec<(String, bool)> = batch
             .containers
             .iter()
@@ -541,13 +572,26 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 self.engine.remove(id)
             } else {
                 let asked = Instant::now();
-                match self.source.container(id).await {
+                let read = admitting(
+                    self.source.container(id),
+                    EarlyPath {
+                        rx: &mut self.early_rx,
+                        engine: &mut self.engine,
+                        early: &mut self.early,
+                        enforcer: &mut self.enforcer,
+                        held: &mut delta,
+                        failed: &mut early_failed,
+                    },
+                )
+                .await;
+                match read {
                     Ok(ContainerState::Running(c)) if !self.engine.knows_networks_of(&c) => {
                         // On a network created since the last full sync: structure changes.
                         full = true;
                         continue;
                     }
                     Ok(ContainerState::Running(c)) => {
+                        let c = self.early.running(c, Instant::now());
                         tracing::debug!(
                             container = %c.name,
                             endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
@@ -558,8 +602,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     }
                     Ok(ContainerState::Unisolable(u)) => {
                         tracing::warn!(container = %u.name, "cannot be isolated: {}", u.reason);
+                        self.early.forget(id);
                         self.engine.set_unisolable(u)
                     }
+                    // Only created so far (its start is under way): what was admitted early
+                    // stays until Docker reports it running or gone.
+                    Ok(ContainerState::Gone) if self.early.keeps(id, Instant::now()) => continue,
                     Ok(ContainerState::Gone) => self.engine.remove(id),
                     Err(e) => {
                         self.error("source", format!("cannot read container {id}: {e}"));
@@ -569,7 +617,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             };
             merge(&mut delta, d);
         }
-        if full {
+        if full || early_failed {
             let _ = self.full_sync().await;
             return;
         }
@@ -597,6 +645,39 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         self.observer.containers(self.engine.managed_count());
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
+    }
+
+    /// Early changes that came while the loop was idle: admitted at once.
+    fn admit_now(&mut self, e: EarlyChange) {
+        let mut held = Delta::default();
+        let mut failed = false;
+        EarlyPath {
+            rx: &mut None,
+            engine: &mut self.engine,
+            early: &mut self.early,
+            enforcer: &mut self.enforcer,
+            held: &mut held,
+            failed: &mut failed,
+        }
+        .admit(e);
+        if failed {
+            self.dirty = true;
+        }
+    }
+
+    /// Containers admitted early that Docker never reported running: refreshed, so that
+    /// Docker's answer (running, or not) decides.
+    pub async fn expire_early(&mut self) {
+        let ids = self.early.expired(Instant::now());
+        if ids.is_empty() {
+            return;
+        }
+        let mut batch = Batch::default();
+        for id in ids {
+            tracing::info!(container = %id, "admitted early, not started in time: asking Docker again");
+            batch.add(Change::Container(id), Instant::now());
+        }
+        self.process(batch).await;
     }
 
     /// SIGHUP: a valid policy replaces the running one atomically; an invalid one is
@@ -645,7 +726,11 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 return;
             }
         }
-        match self.source.inventory().await {
+        let read = self.source.inventory().await.map(|mut inv| {
+            self.early.complete(&mut inv, Instant::now());
+            inv
+        });
+        match read {
             Ok(inv) if inv != self.engine.inventory() => {
                 tracing::info!("inventory changed without an event; reconciling");
                 let _ = self.full_sync().await;
@@ -659,6 +744,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     pub async fn connect(&mut self) -> Option<mpsc::Receiver<Stamped>> {
         match self.source.subscribe().await {
             Ok(rx) => {
+                self.early_rx = self.source.early_changes();
                 self.state.connected = true;
                 let _ = self.full_sync().await;
                 Some(rx)
@@ -749,7 +835,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     Some(Signal::Stop(why)) => { tracing::info!("{why}: exiting, rules stay in place"); break; }
                     None => break,
                 },
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.expire_early().await,
+                Some(e) = next_early(&mut self.early_rx) => self.admit_now(e),
                 _ = resync.tick() => self.resync().await,
                 _ = tokio::time::sleep_until(reconnect_at), if !connected => {
                     tracing::info!("reconnecting to {}", self.source.describe());
@@ -780,5 +867,96 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         notify("STOPPING=1");
         self.write_state();
+    }
+}
+
+/// The next early change, or never when the source has none.
+async fn next_early(rx: &mut Option<mpsc::Receiver<EarlyChange>>) -> Option<EarlyChange> {
+    match rx.as_mut() {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What admitting an early change touches: every part of the controller but the source, so
+/// that it can run while a request to the source is under way.
+struct EarlyPath<'a, E: Enforcer> {
+    rx: &'a mut Option<mpsc::Receiver<EarlyChange>>,
+    engine: &'a mut Engine,
+    early: &'a mut Early,
+    enforcer: &'a mut E,
+    /// The batch's changes not applied yet: applied together with the early one, in order,
+    /// so that the kernel never sees them out of order.
+    held: &'a mut Delta,
+    /// An apply failed: the caller reconciles fully.
+    failed: &'a mut bool,
+}
+
+impl<E: Enforcer> EarlyPath<'_, E> {
+    fn admit(&mut self, e: EarlyChange) {
+        let id = match &e {
+            EarlyChange::Endpoint { created, .. } | EarlyChange::Sharer { created, .. } => {
+                created.id.clone()
+            }
+            EarlyChange::Disconnected { container, .. } => container.clone(),
+        };
+        let engine = &*self.engine;
+        let action = self.early.admit(
+            e,
+            engine.container(&id),
+            |o| engine.container(o),
+            Instant::now(),
+        );
+        let d = match action {
+            // A network created since the last full sync: the start refresh resyncs.
+            Action::Upsert(c) if !self.engine.knows_networks_of(&c) => {
+                self.early.forget(&id);
+                return;
+            }
+            Action::Upsert(c) => {
+                tracing::debug!(
+                    container = %c.name,
+                    endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
+                    "admitted before its start"
+                );
+                self.engine.upsert(c)
+            }
+            Action::Remove(id) => self.engine.remove(&id),
+            Action::Nothing => return,
+        };
+        merge(self.held, d);
+        let now = Delta {
+            add: std::mem::take(&mut self.held.add),
+            delete: std::mem::take(&mut self.held.delete),
+            ..Delta::default()
+        };
+        if now.is_empty() {
+            return;
+        }
+        match self.enforcer.apply(&now) {
+            Ok(()) => tracing::debug!(elements = now.len(), "applied early"),
+            Err(e) => {
+                tracing::warn!("early element update failed ({e}); reconciling fully");
+                *self.failed = true;
+            }
+        }
+    }
+}
+
+/// Awaits `fut` (a request to the source) while admitting the early changes that come
+/// meanwhile: a starting container must not wait for another container's refresh, which
+/// can take hundreds of milliseconds when Docker is busy.
+async fn admitting<T, E: Enforcer>(
+    fut: impl std::future::Future<Output = T>,
+    mut p: EarlyPath<'_, E>,
+) -> T {
+    tokio::pin!(fut);
+    loop {
+        let rx = &mut *p.rx;
+        tokio::select! {
+            biased;
+            Some(e) = next_early(rx) => p.admit(e),
+            r = &mut fut => return r,
+        }
     }
 }

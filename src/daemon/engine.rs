@@ -186,6 +186,11 @@ impl Engine {
         out.into_iter().collect()
     }
 
+    /// The container as the engine holds it now.
+    pub fn container(&self, id: &str) -> Option<&Container> {
+        self.containers.get(id)
+    }
+
     /// Does this container sit on a network the engine does not know? (A network created
     /// after the last full reconcile.)
     pub fn knows_networks_of(&self, c: &Container) -> bool {

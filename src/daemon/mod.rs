@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod controller;
+pub mod early;
 pub mod engine;
 pub mod notify;
 pub mod source;

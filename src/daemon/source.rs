@@ -1,7 +1,10 @@
 //! Where the daemon learns about containers: Docker (events + targeted refreshes) or an
 //! inventory file (re-read on SIGHUP and resync; no events).
 
-use crate::docker::{ContainerState, DockerError, DockerSource};
+use crate::docker::early::EarlyChange;
+use crate::docker::{
+    ContainerState, DockerError, DockerSource, EarlyWatch, Emit, NetlinkPortFinder,
+};
 use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
 use bollard::models::{EventMessage, EventMessageTypeEnum, Network as DockerNetwork};
 use futures::StreamExt;
@@ -10,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// What an event asks the controller to look at again.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Refresh this container (started, connected, disconnected, renamed).
     Container(String),
@@ -42,6 +45,11 @@ pub trait Source {
     /// moment before the call are included, so that nothing between subscribing and listing
     /// is missed.
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError>;
+    /// What the source learns about starting containers ahead of their start, on a channel of
+    /// its own so that it never queues behind other changes; taken once per subscription.
+    fn early_changes(&mut self) -> Option<mpsc::Receiver<EarlyChange>> {
+        None
+    }
     /// Whether the source is reachable again (for reconnecting).
     async fn ping(&mut self) -> Result<(), SourceError>;
     fn describe(&self) -> String;
@@ -53,6 +61,7 @@ pub struct Docker {
     host: Option<String>,
     src: Option<DockerSource>,
     networks: Vec<DockerNetwork>,
+    early: Option<mpsc::Receiver<EarlyChange>>,
 }
 
 impl Docker {
@@ -67,6 +76,7 @@ impl Docker {
             host,
             src,
             networks: Vec::new(),
+            early: None,
         })
     }
 
@@ -140,12 +150,26 @@ impl Source for Docker {
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
         self.src()?.ping().await?;
         let (tx, rx) = mpsc::channel(8192);
+        // A connection of its own: its requests run beside the controller's.
+        let early = EarlyWatch::new(
+            std::sync::Arc::new(DockerSource::connect(self.host.as_deref())?),
+            std::sync::Arc::new(NetlinkPortFinder),
+        );
+        let (early_tx, early_rx) = mpsc::channel(8192);
+        self.early = Some(early_rx);
+        let emit: Emit = std::sync::Arc::new(move |e| {
+            // A full queue loses only the head start: the start refresh still admits.
+            if early_tx.try_send(e).is_err() {
+                tracing::warn!("early change queue full; an early admission is dropped");
+            }
+        });
         let mut events = Box::pin(self.src()?.events_since_now());
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
                     Ok(ev) => {
                         let at = Instant::now();
+                        early.on_event(&ev, at, &emit);
                         let Some(c) = change_of(&ev) else { continue };
                         // Docker emits network connect before its container
                         // listing shows the change (a running container connected to a
@@ -181,6 +205,10 @@ impl Source for Docker {
             tracing::warn!("Docker event stream ended");
         });
         Ok(rx)
+    }
+
+    fn early_changes(&mut self) -> Option<mpsc::Receiver<EarlyChange>> {
+        self.early.take()
     }
 
     async fn ping(&mut self) -> Result<(), SourceError> {

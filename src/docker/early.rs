@@ -17,6 +17,31 @@ use bollard::models::{ContainerSummary, Network as DockerNetwork, NetworkInspect
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+/// What the event stream learned about a starting container, ahead of its `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EarlyChange {
+    /// An endpoint with its veth, found while the container starts (or is connected).
+    Endpoint {
+        created: Created,
+        endpoint: Endpoint,
+        /// When netguard received the event this comes from: a `die` or `destroy` received
+        /// after it wins, however late the endpoint is ready.
+        event_at: std::time::Instant,
+    },
+    /// A container created with `--network container:<owner>`: it will use the owner's
+    /// endpoints.
+    Sharer {
+        created: Created,
+        owner: String,
+        event_at: std::time::Instant,
+    },
+    /// The container left this network (by id): an endpoint admitted early for it goes.
+    Disconnected {
+        container: String,
+        network_id: String,
+    },
+}
+
 /// What the container list says of a container that may not run yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {

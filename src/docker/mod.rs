@@ -16,6 +16,7 @@ pub mod map;
 pub mod podman;
 pub mod veth;
 
+pub use early_source::{EarlyWatch, Emit, PORT_WAIT};
 pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};
 pub use veth::{
     BridgePort, NetlinkPortFinder, NetlinkVethResolver, PortFinder, ResolvedVeth, StaticPortFinder,
