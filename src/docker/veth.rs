@@ -557,9 +557,8 @@ fn on_own_thread<T: Send>(
     })
 }
 
-/// How often the ports are read again when no link notification came: a safety net for a
-/// notification lost to a full socket buffer.
-const RECHECK_EVERY: Duration = Duration::from_millis(50);
+/// How often the ports are read again when no notification showed the MAC: a safety net.
+const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Link notifications of this namespace and of every namespace it has an id for (the
 /// sandboxes, once a veth peer has moved there): the container side getting its MAC is such a
@@ -581,9 +580,9 @@ impl LinkEvents {
         Ok(LinkEvents(s))
     }
 
-    /// Waits up to `d` for notifications and drains them; true if any came (or the socket
-    /// overflowed, which means some did).
-    fn wait(&self, d: Duration) -> bool {
+    /// Waits up to `d` for notifications and drains them; true if one of them shows a link
+    /// taking `mac` (or the socket overflowed, which may have hidden one).
+    fn wait(&self, d: Duration, mac: &str) -> bool {
         use std::os::fd::AsRawFd;
         let mut pfd = libc::pollfd {
             fd: self.0.as_raw_fd(),
@@ -597,10 +596,39 @@ impl LinkEvents {
             return false;
         }
         let mut buf = vec![0u8; 64 * 1024];
-        // Drained to the end: the content does not matter, only that something changed.
-        while self.0.recv(&mut &mut buf[..], 0).is_ok() {}
-        true
+        let mut hit = false;
+        loop {
+            match self.0.recv(&mut &mut buf[..], 0) {
+                Ok(len) => hit |= carries_mac(&buf[..len.min(buf.len())], mac),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return hit,
+                // ENOBUFS: notifications were lost.
+                Err(_) => return true,
+            }
+        }
     }
+}
+
+/// Whether one datagram of link notifications has a link whose address is `mac`.
+fn carries_mac(mut buf: &[u8], mac: &str) -> bool {
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::link::LinkAttribute;
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            return false;
+        }
+        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
+            && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload
+            && l.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Address(a) if format_mac(a) == mac))
+        {
+            return true;
+        }
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    false
 }
 
 /// Waits up to `timeout` for the port of `bridge` whose peer carries `mac` (see
@@ -639,9 +667,15 @@ pub fn wait_for_port(
                         mac: mac.to_string(),
                     }));
                 }
-                // The socket is read outside the runtime's reactor: a short blocking wait on
-                // this thread of our own.
-                events.wait(left.min(RECHECK_EVERY));
+                // The socket is read outside the runtime's reactor: a blocking wait on this
+                // thread of our own, until a link takes the MAC (or the safety net).
+                let until = std::time::Instant::now() + left.min(RECHECK_EVERY);
+                loop {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() || events.wait(left, mac) {
+                        break;
+                    }
+                }
             };
             drop(handle);
             conn.abort();
@@ -649,4 +683,69 @@ pub fn wait_for_port(
         })
     })
     .map_err(VethError::Failed)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(veth: &str, nsid: Option<i32>, mac: Option<&str>) -> BridgePort {
+        BridgePort {
+            veth: veth.into(),
+            index: 1,
+            peer_netnsid: nsid,
+            peer_mac: mac.map(String::from),
+        }
+    }
+
+    #[test]
+    fn only_a_peer_moved_out_of_the_host_with_the_mac_is_taken() {
+        let mac = "02:42:ac:12:00:02";
+        // Still in the host's namespace: never, even with the right MAC.
+        let ports = [
+            port("va", None, Some(mac)),
+            port("vb", Some(3), Some("02:00:00:00:00:01")),
+        ];
+        assert_eq!(port_with_mac(&ports, mac), Ok(None));
+        let ports = [port("va", None, Some(mac)), port("vb", Some(3), Some(mac))];
+        assert_eq!(
+            port_with_mac(&ports, mac).map(|p| p.map(|p| p.veth.clone())),
+            Ok(Some("vb".into()))
+        );
+        assert_eq!(
+            port_with_mac(&ports, &mac.to_uppercase()).map(|p| p.map(|p| p.veth.clone())),
+            Ok(Some("vb".into()))
+        );
+        let ports = [
+            port("va", Some(2), Some(mac)),
+            port("vb", Some(3), Some(mac)),
+        ];
+        assert!(port_with_mac(&ports, mac).is_err(), "two ports, one MAC");
+    }
+
+    #[test]
+    fn a_notification_is_recognised_by_the_mac_it_carries() {
+        use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+        use rtnetlink::packet_core::NetlinkMessage;
+        let msg = |mac: [u8; 6]| {
+            let mut l = LinkMessage::default();
+            l.attributes.push(LinkAttribute::IfName("eth0".into()));
+            l.attributes.push(LinkAttribute::Address(mac.to_vec()));
+            let mut m = NetlinkMessage::from(RouteNetlinkMessage::NewLink(l));
+            m.finalize();
+            let mut buf = vec![0u8; m.buffer_len()];
+            m.serialize(&mut buf);
+            buf
+        };
+        let mine = [0x02, 0x42, 0xac, 0x12, 0x00, 0x02];
+        let other = [0x02, 0x42, 0xac, 0x12, 0x00, 0x03];
+        assert!(carries_mac(&msg(mine), "02:42:ac:12:00:02"));
+        assert!(!carries_mac(&msg(other), "02:42:ac:12:00:02"));
+        // Two messages in one datagram: the second one counts too.
+        let mut two = msg(other);
+        two.extend(msg(mine));
+        assert!(carries_mac(&two, "02:42:ac:12:00:02"));
+        assert!(!carries_mac(&[1, 2, 3], "02:42:ac:12:00:02"));
+    }
 }
