@@ -381,3 +381,83 @@ fn a_compose_style_burst_of_ten_passes_every_first_packet() {
         ));
     }
 }
+
+#[test]
+fn a_network_container_sharer_passes_its_first_packet_with_its_own_groups() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("sharer", "share") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    // The owner is in no allowed group: only the sharer's own label lets the shared address
+    // reach the db.
+    let net = env.net.clone();
+    let pod = env.scene.run(
+        "pod",
+        &["--network", &net, "--label", "nge.role=other"],
+        IMAGE,
+        &["sleep", "3600"],
+    );
+    let pod_ip = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &pod,
+    ]);
+    if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        bound(&pod_ip)
+    })
+    .is_none()
+    {
+        env.fail(&format!("owner {pod_ip} never admitted"));
+    }
+    let mode = format!("container:{pod}");
+    for (i, role, want) in [(0, "web", 0), (1, "other", 1)] {
+        let name = env.name(&format!("side{i}"));
+        env.scene.adopt(&name);
+        let label = format!("nge.role={role}");
+        let out = Command::new("docker")
+            .args(["run", "--rm", "--name", &name, "--network", &mode, "--label", &label])
+            .args([IMAGE, "sh", "-c", &ping_cmd(&db)])
+            .output()
+            .expect("docker run");
+        let code = out.status.code().unwrap_or(-1);
+        if code != want {
+            env.fail(&format!(
+                "--network container: sharer with role {role}: first echo request exit {code}, \
+                 want {want}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+}
+
+#[test]
+fn an_address_handed_from_an_allowed_container_to_a_denied_one_lets_nothing_through() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("reuse", "reuse") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    // One after the other, Docker hands each new container the address the previous one
+    // left: the denied one must not ride on what the allowed one had (its conntrack entry
+    // for the very same echo id, or its admission, if its removal is processed late).
+    let cmd = format!("ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; {}", ping_cmd(&db));
+    let mut denied_passed = Vec::new();
+    for i in 0..8 {
+        let (code, out) = env.client(&format!("w{i}"), "web", &cmd);
+        if code != 0 {
+            env.fail(&format!("round {i}: the allowed client's first echo request got no answer: {out}"));
+        }
+        let (code, out) = env.client(&format!("o{i}"), "other", &cmd);
+        if code == 0 {
+            denied_passed.push(format!("round {i}: {}", out.replace('\n', " ")));
+        }
+    }
+    if !denied_passed.is_empty() {
+        env.fail(&format!(
+            "a denied client on a reused address got through:\n{}",
+            denied_passed.join("\n")
+        ));
+    }
+}

@@ -100,6 +100,11 @@ pub trait Enforcer {
     fn structure_in_sync(&mut self, desired: &Ruleset) -> Result<bool, EnforceError>;
     /// Cuts open connections from and to addresses that left.
     fn cut(&mut self, addrs: &BTreeSet<IpAddr>);
+    /// Like `cut`, but done when it returns: before an address is admitted for a new holder,
+    /// no connection of a previous holder may be left for the new one to ride on.
+    fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
+        self.cut(addrs);
+    }
     /// Cuts open connections the plan no longer allows (all, or those touching `only`).
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>);
 }
@@ -204,6 +209,11 @@ impl Enforcer for Kernel {
         if let Err(addrs) = queued {
             self.conntrack.delete_addresses(&addrs);
         }
+    }
+
+    fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
+        self.conntrack.delete_addresses(&addrs);
     }
 
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>) {
@@ -663,6 +673,13 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         if failed {
             self.dirty = true;
         }
+        if !held.gone.is_empty() {
+            self.enforcer.cut(&held.gone);
+        }
+        if !held.regrouped.is_empty() {
+            let plan = self.engine.plan();
+            self.enforcer.rejudge(&plan, Some(&held.regrouped));
+        }
     }
 
     /// Containers admitted early that Docker never reported running: refreshed, so that
@@ -900,6 +917,16 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             }
             EarlyChange::Disconnected { container, .. } => container.clone(),
         };
+        // A new endpoint's addresses were just handed out by Docker: whatever else claims
+        // them on that bridge is a previous holder whose removal has not been processed yet.
+        let fresh: Option<(String, Option<String>, BTreeSet<IpAddr>)> = match &e {
+            EarlyChange::Endpoint { endpoint, .. } => Some((
+                endpoint.bridge.clone(),
+                endpoint.veth.clone(),
+                endpoint.addresses().collect(),
+            )),
+            _ => None,
+        };
         let engine = &*self.engine;
         let action = self.early.admit(
             e,
@@ -914,6 +941,16 @@ impl<E: Enforcer> EarlyPath<'_, E> {
                 return;
             }
             Action::Upsert(c) => {
+                if let Some((bridge, veth, addrs)) = &fresh {
+                    for stale in self.engine.other_claimants(&id, bridge, veth.as_deref(), addrs) {
+                        tracing::info!(container = %stale, "its address was handed to a new endpoint: removed");
+                        let d = self.engine.remove(&stale);
+                        merge(self.held, d);
+                    }
+                    // No connection of a previous holder is left for the new one to ride on
+                    // (conntrack would let its first packets through as established).
+                    self.enforcer.cut_now(addrs);
+                }
                 tracing::debug!(
                     container = %c.name,
                     endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
