@@ -417,7 +417,16 @@ fn a_network_container_sharer_passes_its_first_packet_with_its_own_groups() {
         env.scene.adopt(&name);
         let label = format!("nge.role={role}");
         let out = Command::new("docker")
-            .args(["run", "--rm", "--name", &name, "--network", &mode, "--label", &label])
+            .args([
+                "run",
+                "--rm",
+                "--name",
+                &name,
+                "--network",
+                &mode,
+                "--label",
+                &label,
+            ])
             .args([IMAGE, "sh", "-c", &ping_cmd(&db)])
             .output()
             .expect("docker run");
@@ -442,12 +451,17 @@ fn an_address_handed_from_an_allowed_container_to_a_denied_one_lets_nothing_thro
     // One after the other, Docker hands each new container the address the previous one
     // left: the denied one must not ride on what the allowed one had (its conntrack entry
     // for the very same echo id, or its admission, if its removal is processed late).
-    let cmd = format!("ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; {}", ping_cmd(&db));
+    let cmd = format!(
+        "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; {}",
+        ping_cmd(&db)
+    );
     let mut denied_passed = Vec::new();
     for i in 0..8 {
         let (code, out) = env.client(&format!("w{i}"), "web", &cmd);
         if code != 0 {
-            env.fail(&format!("round {i}: the allowed client's first echo request got no answer: {out}"));
+            env.fail(&format!(
+                "round {i}: the allowed client's first echo request got no answer: {out}"
+            ));
         }
         let (code, out) = env.client(&format!("o{i}"), "other", &cmd);
         if code == 0 {

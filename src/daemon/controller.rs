@@ -273,6 +273,9 @@ pub struct Controller<S: Source, E: Enforcer> {
     pub early: Early,
     /// The source's early changes (see [`admitting`]).
     early_rx: Option<mpsc::Receiver<EarlyChange>>,
+    /// Addresses that left recently, and when: their connections are being cut off the
+    /// loop, and an early admission of one of them waits for that cut (see [`EarlyPath`]).
+    released: BTreeMap<IpAddr, Instant>,
 }
 
 /// A batch of changes with the time the first of them was received.
@@ -405,6 +408,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             dirty: false,
             early: Early::default(),
             early_rx: None,
+            released: BTreeMap::new(),
         }
     }
 
@@ -469,6 +473,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 enforcer: &mut self.enforcer,
                 held: &mut held,
                 failed: &mut failed,
+                released: &self.released,
             },
         )
         .await;
@@ -517,6 +522,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         addresses = left.len(),
                         "cutting connections of addresses that left or changed hands"
                     );
+                    self.release(&left);
                     self.enforcer.cut(&left);
                 }
                 self.enforcer.rejudge(&plan, None);
@@ -591,6 +597,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         enforcer: &mut self.enforcer,
                         held: &mut delta,
                         failed: &mut early_failed,
+                        released: &self.released,
                     },
                 )
                 .await;
@@ -645,6 +652,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             self.observer.enforced(t.elapsed());
         }
         if !delta.gone.is_empty() {
+            self.release(&delta.gone);
             self.enforcer.cut(&delta.gone);
         }
         if !delta.regrouped.is_empty() {
@@ -655,6 +663,15 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         self.observer.containers(self.engine.managed_count());
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
+    }
+
+    fn release(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let now = Instant::now();
+        self.released
+            .retain(|_, t| now.duration_since(*t) < RELEASE_CUT_WINDOW);
+        for a in addrs {
+            self.released.insert(*a, now);
+        }
     }
 
     /// Early changes that came while the loop was idle: admitted at once.
@@ -668,12 +685,14 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             enforcer: &mut self.enforcer,
             held: &mut held,
             failed: &mut failed,
+            released: &self.released,
         }
         .admit(e);
         if failed {
             self.dirty = true;
         }
         if !held.gone.is_empty() {
+            self.release(&held.gone);
             self.enforcer.cut(&held.gone);
         }
         if !held.regrouped.is_empty() {
@@ -887,6 +906,9 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     }
 }
 
+/// How long after an address left its cut (off the loop) is not taken as done.
+const RELEASE_CUT_WINDOW: Duration = Duration::from_secs(5);
+
 /// The next early change, or never when the source has none.
 async fn next_early(rx: &mut Option<mpsc::Receiver<EarlyChange>>) -> Option<EarlyChange> {
     match rx.as_mut() {
@@ -907,6 +929,7 @@ struct EarlyPath<'a, E: Enforcer> {
     held: &'a mut Delta,
     /// An apply failed: the caller reconciles fully.
     failed: &'a mut bool,
+    released: &'a BTreeMap<IpAddr, Instant>,
 }
 
 impl<E: Enforcer> EarlyPath<'_, E> {
@@ -934,6 +957,7 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             |o| engine.container(o),
             Instant::now(),
         );
+        let mut cut_after: Option<BTreeSet<IpAddr>> = None;
         let d = match action {
             // A network created since the last full sync: the start refresh resyncs.
             Action::Upsert(c) if !self.engine.knows_networks_of(&c) => {
@@ -942,14 +966,22 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             }
             Action::Upsert(c) => {
                 if let Some((bridge, veth, addrs)) = &fresh {
-                    for stale in self.engine.other_claimants(&id, bridge, veth.as_deref(), addrs) {
+                    for stale in self
+                        .engine
+                        .other_claimants(&id, bridge, veth.as_deref(), addrs)
+                    {
                         tracing::info!(container = %stale, "its address was handed to a new endpoint: removed");
                         let d = self.engine.remove(&stale);
                         merge(self.held, d);
                     }
-                    // No connection of a previous holder is left for the new one to ride on
-                    // (conntrack would let its first packets through as established).
-                    self.enforcer.cut_now(addrs);
+                    let recent = |a: &IpAddr| {
+                        self.released
+                            .get(a)
+                            .is_some_and(|t| t.elapsed() < RELEASE_CUT_WINDOW)
+                    };
+                    if !self.held.gone.is_empty() || addrs.iter().any(recent) {
+                        cut_after = Some(addrs.clone());
+                    }
                 }
                 tracing::debug!(
                     container = %c.name,
@@ -967,15 +999,22 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             delete: std::mem::take(&mut self.held.delete),
             ..Delta::default()
         };
-        if now.is_empty() {
-            return;
-        }
-        match self.enforcer.apply(&now) {
-            Ok(()) => tracing::debug!(elements = now.len(), "applied early"),
-            Err(e) => {
-                tracing::warn!("early element update failed ({e}); reconciling fully");
-                *self.failed = true;
+        if !now.is_empty() {
+            match self.enforcer.apply(&now) {
+                Ok(()) => tracing::debug!(elements = now.len(), "applied early"),
+                Err(e) => {
+                    tracing::warn!("early element update failed ({e}); reconciling fully");
+                    *self.failed = true;
+                }
             }
+        }
+        // No connection of a previous holder of the address may be left for the new one to
+        // ride on (conntrack would pass its packets as established, admitted or not). When
+        // the holder was removed just now, or a moment ago (its cut off the loop may still be
+        // under way), the cut is done here, right after the admission and still before the
+        // new container's process runs; an address that left longer ago was cut then.
+        if let Some(addrs) = cut_after {
+            self.enforcer.cut_now(&addrs);
         }
     }
 }

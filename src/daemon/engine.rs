@@ -202,7 +202,12 @@ impl Engine {
     ) -> Vec<String> {
         let mut out = BTreeSet::new();
         for a in addrs {
-            for o in self.claimants.get(&(bridge.to_string(), *a)).into_iter().flatten() {
+            for o in self
+                .claimants
+                .get(&(bridge.to_string(), *a))
+                .into_iter()
+                .flatten()
+            {
                 let same_veth = self.containers.get(o).is_some_and(|c| {
                     c.endpoints
                         .iter()
