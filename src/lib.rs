@@ -6,6 +6,7 @@
 
 pub mod bridge;
 pub mod cli;
+pub mod commands;
 pub mod daemon;
 pub mod docker;
 pub mod inventory;
@@ -15,3 +16,4 @@ pub mod nft;
 pub mod ops;
 pub mod plan;
 pub mod policy;
+pub mod state;

@@ -2,6 +2,7 @@
 //! inventories, snapshot-tested (insta). No kernel needed: live tables are built the way
 //! nft 1.0.6 lists them.
 
+use netguard::bridge::Blind;
 use netguard::inventory::{Inventory, parse_inventory};
 use netguard::nft::live::parse_table;
 use netguard::nft::render::{rule_comment, statements};
@@ -88,7 +89,7 @@ fn diff_text(pl: &Plan, live: &LiveState) -> String {
     let impact = ndiff::impact(pl, live, &BTreeSet::new());
     ndiff::render(
         &impact,
-        &netguard::cli::render_changes(pl, &changes),
+        &netguard::ops::diff::render_changes(pl, &changes),
         changes.is_empty(),
         Style::plain(),
     )
@@ -579,6 +580,7 @@ fn status_daemon_line() {
                     source: source.map(String::from),
                     connected,
                     containers: Some(9),
+                    ..Default::default()
                 }),
                 running,
                 error: None,
@@ -698,7 +700,11 @@ ipv4 = "10.0.0.3"
 fn explain_says_when_the_kernel_may_disagree() {
     let (p, inv, pl) = setup();
     let mut x = explain::explain(&p, &pl, &inv, "web-1", "api-1", Some("8080/tcp")).unwrap();
-    x.caveats = explain::kernel_caveats(&pl, Err("permission denied".into()), false);
+    x.caveats = explain::kernel_caveats(
+        &pl,
+        Err("permission denied".into()),
+        &[("br-front".into(), Blind::NoBrNetfilter)],
+    );
     assert_eq!(x.caveats.len(), 2, "{:?}", x.caveats);
     assert!(x.caveats[0].contains("the kernel was not read (permission denied)"));
     assert!(x.caveats[1].contains("br_netfilter is not loaded"));
@@ -713,7 +719,7 @@ fn explain_says_when_the_kernel_may_disagree() {
     );
     // In sync and br_netfilter there: nothing to say, and the JSON has no caveats key.
     let live: LiveState = [(Family::Inet, None), (Family::Bridge, None)].into();
-    let none = explain::kernel_caveats(&pl, Ok(&live), true);
+    let none = explain::kernel_caveats(&pl, Ok(&live), &[]);
     assert!(none[0].contains("not installed"), "{none:?}");
     x.caveats.clear();
     assert!(explain::json(&x).get("caveats").is_none());

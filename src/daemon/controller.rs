@@ -9,13 +9,13 @@ use super::engine::{Delta, Engine};
 use super::notify::notify;
 use super::source::{Change, Source, Stamped};
 use crate::bridge::{BridgeControl, NetlinkBridges};
-use crate::cli::managed_bridges;
 use crate::docker::ContainerState;
 use crate::inventory::Inventory;
 use crate::nft::{Backend, Changes, NftError};
 use crate::plan::Plan;
 use crate::plan::ruleset::{Elem, Family, Ruleset};
 use crate::policy::{Policy, load_policy};
+use crate::state::DaemonState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -74,7 +74,7 @@ impl Options {
             resync: Duration::from_secs(300),
             coalesce: Duration::from_millis(20),
             element_check_every: 12,
-            state_file: Some(PathBuf::from("/run/netguard/state.json")),
+            state_file: Some(PathBuf::from(crate::state::DEFAULT_PATH)),
             metrics_listen: None,
         }
     }
@@ -211,21 +211,6 @@ impl Enforcer for Kernel {
             self.conntrack.delete(&e);
         }
     }
-}
-
-/// What the daemon reports to `netguard status` (written to the state file).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct DaemonState {
-    pub pid: u32,
-    pub source: String,
-    pub started_unix_ms: u64,
-    pub last_reconcile_unix_ms: Option<u64>,
-    pub last_event_unix_ms: Option<u64>,
-    pub containers: usize,
-    pub connected: bool,
-    pub last_error: Option<String>,
-    pub reconciles: u64,
-    pub events: u64,
 }
 
 fn now_ms() -> u64 {
@@ -371,8 +356,10 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     pub fn new(opts: Options, policy: Policy, source: S, enforcer: E) -> Controller<S, E> {
         let state = DaemonState {
             pid: std::process::id(),
-            source: source.describe(),
+            source: Some(source.describe()),
             started_unix_ms: now_ms(),
+            containers: Some(0),
+            connected: Some(false),
             ..Default::default()
         };
         Controller {
@@ -398,18 +385,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let Some(path) = &self.opts.state_file else {
             return;
         };
-        let Ok(json) = serde_json::to_vec_pretty(&self.state) else {
-            return;
-        };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = path.with_extension("json.tmp");
-        if std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .is_err()
-        {
-            tracing::debug!(path = %path.display(), "cannot write the state file");
+        if let Err(e) = crate::state::write(path, &self.state) {
+            tracing::debug!(path = %path.display(), "cannot write the state file: {e}");
         }
     }
 
@@ -456,7 +433,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        if let Err(e) = self.enforcer.prepare_bridges(&managed_bridges(&plan)).await {
+        if let Err(e) = self.enforcer.prepare_bridges(&plan.managed_bridges()).await {
             self.error("bridge", e.to_string());
         }
         match self.enforcer.reconcile(&plan.ruleset) {
@@ -487,7 +464,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 self.observer.containers(self.engine.managed_count());
                 self.state.reconciles += 1;
                 self.state.last_reconcile_unix_ms = Some(now_ms());
-                self.state.containers = self.engine.container_count();
+                self.state.containers = Some(self.engine.container_count());
                 self.state.last_error = None;
                 self.dirty = false;
                 self.write_state();
@@ -593,7 +570,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             let plan = self.engine.plan();
             self.enforcer.rejudge(&plan, Some(&delta.regrouped));
         }
-        self.state.containers = self.engine.container_count();
+        self.state.containers = Some(self.engine.container_count());
         self.observer.containers(self.engine.managed_count());
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
@@ -659,12 +636,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     pub async fn connect(&mut self) -> Option<mpsc::Receiver<Stamped>> {
         match self.source.subscribe().await {
             Ok(rx) => {
-                self.state.connected = true;
+                self.state.connected = Some(true);
                 let _ = self.full_sync().await;
                 Some(rx)
             }
             Err(e) => {
-                self.state.connected = false;
+                self.state.connected = Some(false);
                 self.error(
                     "source",
                     format!(
@@ -759,7 +736,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 }
                 change = next => match change {
                     None => {
-                        self.state.connected = false;
+                        self.state.connected = Some(false);
                         self.error("source", format!("lost {}; rules stay as they are, reconnecting", self.source.describe()));
                         self.write_state();
                         notify("STATUS=reconnecting");

@@ -10,7 +10,8 @@ pub mod engine;
 pub mod notify;
 pub mod source;
 
-pub use controller::{Controller, DaemonState, Enforcer, Kernel, Options, enforce_delta};
+pub use crate::state::DaemonState;
+pub use controller::{Controller, Enforcer, Kernel, Options, enforce_delta};
 
 use crate::metrics::{Metrics, MetricsServer};
 use crate::nft::Backend;

@@ -11,8 +11,9 @@ use super::style::Style;
 use crate::inventory::Unisolable;
 use crate::nft::{Changes, LiveState};
 use crate::plan::Plan;
+use crate::plan::ruleset::Elem;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 /// One direction of one pair, and what changes for it.
@@ -255,6 +256,93 @@ fn render_unisolable(out: &mut String, impact: &Impact, style: Style) {
     for u in &impact.unisolable {
         let _ = writeln!(out, "  {} {:<24} {}", style.yellow("!"), u.name, u.reason);
     }
+}
+
+/// Which container owns an element, for humans reading a diff.
+fn owners(plan: &Plan) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for c in &plan.containers {
+        for e in &c.endpoints {
+            for a in e
+                .ipv4
+                .map(|a| a.to_string())
+                .into_iter()
+                .chain(e.ipv6.map(|a| a.to_string()))
+            {
+                m.insert(a, c.name.clone());
+            }
+            if let Some(v) = &e.veth {
+                m.insert(v.clone(), c.name.clone());
+            }
+        }
+    }
+    m
+}
+
+fn owner_of(owners: &BTreeMap<String, String>, e: &Elem) -> String {
+    use Elem::*;
+    let key = match e {
+        IfnameV4(_, a) | V4(a) => a.to_string(),
+        IfnameV6(_, a) | V6(a) => a.to_string(),
+        Ifname(i) => i.clone(),
+        IfnamePair(..) | Port(..) => return String::new(),
+    };
+    owners
+        .get(&key)
+        .map(|n| format!("  ({n})"))
+        .unwrap_or_default()
+}
+
+/// The nft objects a diff or an apply changes, one per line, elements with their owner;
+/// the last line is the summary. `render` shows it under "nftables objects:".
+pub fn render_changes(plan: &Plan, changes: &Changes) -> String {
+    let mut out = String::new();
+    if changes.is_empty() {
+        out.push_str("in sync: no changes\n");
+        return out;
+    }
+    let owners = owners(plan);
+    for t in changes.tables.iter().filter(|t| !t.is_empty()) {
+        let fam = t.family.map(|f| f.as_str()).unwrap_or("?");
+        let _ = writeln!(out, "table {fam} netguard:");
+        if t.delete_table {
+            let _ = writeln!(out, "  - delete table");
+            continue;
+        }
+        if t.create_table {
+            let _ = writeln!(out, "  + create table");
+        }
+        for (s, _) in &t.create_sets {
+            let _ = writeln!(out, "  + set {s}");
+        }
+        for s in &t.delete_sets {
+            let _ = writeln!(out, "  - set {s}");
+        }
+        for c in &t.create_chains {
+            let _ = writeln!(out, "  + chain {c}");
+        }
+        for c in &t.delete_chains {
+            let _ = writeln!(out, "  - chain {c}");
+        }
+        for r in &t.removed_rules {
+            let _ = writeln!(out, "  - rule {r}");
+        }
+        for r in &t.added_rules {
+            let _ = writeln!(out, "  + rule {r}");
+        }
+        for (set, elems) in &t.delete_elements {
+            for e in elems {
+                let _ = writeln!(out, "  - element {set} {{ {e} }}{}", owner_of(&owners, e));
+            }
+        }
+        for (set, elems) in &t.add_elements {
+            for e in elems {
+                let _ = writeln!(out, "  + element {set} {{ {e} }}{}", owner_of(&owners, e));
+            }
+        }
+    }
+    let _ = writeln!(out, "{}", changes.summary(false));
+    out
 }
 
 /// `diff --output json`: see docs/output.md.

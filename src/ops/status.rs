@@ -5,35 +5,11 @@ use crate::bridge::NfCall;
 use crate::nft::LiveState;
 use crate::plan::Plan;
 use crate::plan::ruleset::Family;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Where the daemon records its last reconcile (`NETGUARD_STATE` overrides).
-pub const STATE_FILE: &str = "/run/netguard/state.json";
-
-pub fn state_file() -> PathBuf {
-    std::env::var_os("NETGUARD_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(STATE_FILE))
-}
-
-/// What the daemon writes after each reconcile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonState {
-    pub pid: u32,
-    pub last_reconcile_unix_ms: Option<u64>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// What the daemon follows (`Docker at unix:///...`, `inventory file PATH`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The daemon's own view of its connection to `source`, when it reports one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connected: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub containers: Option<usize>,
-}
+pub use crate::state::DaemonState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonHealth {
@@ -54,17 +30,14 @@ pub fn daemon_health(path: &Path) -> DaemonHealth {
         running: false,
         error: None,
     };
-    match std::fs::read_to_string(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    match crate::state::read(path) {
+        Ok(None) => {}
+        Ok(Some(s)) => {
+            h.running = std::fs::read_to_string(format!("/proc/{}/comm", s.pid))
+                .is_ok_and(|c| c.trim().starts_with("netguard"));
+            h.state = Some(s);
+        }
         Err(e) => h.error = Some(e.to_string()),
-        Ok(text) => match serde_json::from_str::<DaemonState>(&text) {
-            Ok(s) => {
-                h.running = std::fs::read_to_string(format!("/proc/{}/comm", s.pid))
-                    .is_ok_and(|c| c.trim().starts_with("netguard"));
-                h.state = Some(s);
-            }
-            Err(e) => h.error = Some(format!("unreadable: {e}")),
-        },
     }
     h
 }
@@ -85,6 +58,24 @@ pub struct SourceHealth {
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl SourceHealth {
+    pub fn reachable(kind: &str) -> SourceHealth {
+        SourceHealth {
+            kind: kind.into(),
+            reachable: true,
+            error: None,
+        }
+    }
+
+    pub fn unreachable(kind: &str, error: String) -> SourceHealth {
+        SourceHealth {
+            kind: kind.into(),
+            reachable: false,
+            error: Some(error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -115,6 +106,27 @@ impl Health {
             && self.current == Some(true)
             && self.source.reachable
             && self.bridges.iter().all(|b| b.nf_call.is_none() || b.seen)
+    }
+}
+
+/// The health report from what was read: the live tables, the plan (`None`: the containers
+/// could not be read), the host-wide sysctls, the managed bridges, the source, the daemon.
+pub fn health(
+    live: &LiveState,
+    plan: Option<&Plan>,
+    global_bridge_nf: Option<(bool, bool)>,
+    bridges: Vec<BridgeHealth>,
+    source: SourceHealth,
+    daemon: DaemonHealth,
+) -> Health {
+    Health {
+        inet_table: live_has(live, Family::Inet),
+        bridge_table: live_has(live, Family::Bridge),
+        current: plan.map(|pl| crate::nft::diff(&pl.ruleset, live).is_empty()),
+        global_bridge_nf,
+        bridges,
+        source,
+        daemon,
     }
 }
 

@@ -49,6 +49,22 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
+impl Plan {
+    /// The host bridges of the managed networks, sorted, each once: those whose nf_call
+    /// switches `apply` and the daemon turn on, and whose health `status` reports.
+    pub fn managed_bridges(&self) -> Vec<String> {
+        let mut b: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|n| n.managed)
+            .filter_map(|n| n.bridge.clone())
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedNetwork {
     pub name: String,
