@@ -612,6 +612,31 @@ fn daemon_serves_metrics_of_its_reconciles() {
         format!("inventory file {}", fx.inventory.display()),
         "{line}"
     );
+    // The same file given as `status --state-file`, the flag `run` was given: it wins over
+    // NETGUARD_STATE, and the document is the one the daemon wrote, whole.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &fx.host_ns, &netguard_bin(), "-c"])
+        .arg(&policy)
+        .arg("--inventory")
+        .arg(&fx.inventory)
+        .args(["--output", "json", "status", "--state-file"])
+        .arg(&d.state_file)
+        .env("NETGUARD_STATE", fx.dir.path().join("no-such-state.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let daemon = &j["health"]["daemon"];
+    assert_eq!(daemon["state_file"], d.state_file.display().to_string());
+    assert_eq!(daemon["running"], true, "{daemon:#}");
+    let written = d.state().unwrap();
+    for key in ["pid", "source", "started_unix_ms"] {
+        assert_eq!(daemon["state"][key], written[key], "{key}: {daemon:#}");
+    }
+    assert!(
+        daemon["state"]["reconciles"].as_u64() >= Some(1),
+        "{daemon:#}"
+    );
 
     let m = scrape(&fx.host_ns, PORT);
     let reconciles = m["netguard_reconciles_total"];

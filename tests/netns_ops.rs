@@ -315,3 +315,88 @@ fn status_with_unreachable_docker_is_an_error_with_a_report() {
         stderr
     );
 }
+
+/// A managed bridge whose switches are turned off behind netguard's back: the packets
+/// between its containers are no longer filtered, and `diff`, `status` and `explain` all say
+/// so, from the one reading of whether the inet hook sees a bridge. `apply` fixes it.
+#[test]
+fn a_bridge_the_hook_does_not_see_is_named_by_diff_status_and_explain() {
+    use netns::probe::*;
+    if !prerequisites("a_bridge_the_hook_does_not_see_is_named_by_diff_status_and_explain") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    run(&fx, &policy, &["apply"], 0);
+    // No allow entry between web containers: denied by the policy.
+    let probes: Vec<Probe> = [Kind::Tcp(8080), Kind::Icmp]
+        .into_iter()
+        .flat_map(|kind| {
+            FAMILIES.map(|family| Probe {
+                from: "web-1".into(),
+                to: "web-2".into(),
+                kind,
+                family,
+            })
+        })
+        .collect();
+    let packets = || run_probes(&fx, &probes, ProbeOpts::default());
+    assert_eq!(
+        packets(),
+        vec![false; probes.len()],
+        "denied while filtered"
+    );
+    let bridges_of = |j: &Value| j["health"]["bridges"].clone();
+    let caveats = || {
+        let j = json_of(&run(
+            &fx,
+            &policy,
+            &["--output", "json", "explain", "web-1", "web-2", "8080/tcp"],
+            1,
+        ));
+        assert_eq!(j["allowed"], false, "the verdict stays the policy's: {j:#}");
+        j["caveats"].clone()
+    };
+    assert_eq!(caveats(), Value::Null, "filtered: nothing to say");
+
+    fx.set_global_bridge_nf(false);
+    fx.set_bridge_nf_flags("br-front", false);
+    assert_eq!(packets(), vec![true; probes.len()], "open once unseen");
+
+    let c = caveats();
+    let c = c.as_array().unwrap_or_else(|| panic!("no caveats: {c}"));
+    assert!(
+        c.len() == 1
+            && c[0]
+                .as_str()
+                .is_some_and(|s| s.starts_with("bridge br-front: ")),
+        "{c:?}"
+    );
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 1));
+    assert_eq!(j["healthy"], false, "{j:#}");
+    let front = bridges_of(&j)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bridge"] == "br-front")
+        .cloned()
+        .unwrap_or_else(|| panic!("{j:#}"));
+    assert_eq!(front["seen"], false, "{j:#}");
+    // The tables are current, yet what apply changes for the packets is the cut.
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "diff"], 0));
+    assert!(
+        has_flow(&j["denied"], "web-1", "web-2", json!(["all"])),
+        "{j:#}"
+    );
+    assert!(
+        !j["denied"].to_string().contains("db-1"),
+        "br-back is still seen: {j:#}"
+    );
+
+    run(&fx, &policy, &["apply"], 0);
+    assert_eq!(fx.bridge_nf_flags("br-front"), (true, true));
+    assert_eq!(packets(), vec![false; probes.len()], "filtered again");
+    assert_eq!(caveats(), Value::Null);
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 0));
+    assert_eq!(j["healthy"], true, "{j:#}");
+}
