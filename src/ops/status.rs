@@ -47,7 +47,8 @@ pub struct BridgeHealth {
     pub bridge: String,
     /// `None`: the bridge does not exist on this host.
     pub nf_call: Option<NfCall>,
-    /// The inet hook sees this bridge's traffic (flags on, or the global sysctls on).
+    /// The inet hook sees this bridge's traffic (`bridge::forward_hook_blind`: br_netfilter
+    /// loaded, and its switches or the global sysctls on).
     pub seen: bool,
 }
 
