@@ -129,7 +129,7 @@ fn group_changes(plan: &Plan, before: &View, after: &View) -> Vec<GroupChange> {
 }
 
 /// What applying `plan` changes for the containers, given the live tables.
-/// `unflagged`: bridges whose traffic the inet hook does not see today (br_netfilter off),
+/// `unflagged`: bridges whose traffic the inet hook does not see today (`bridge::unseen_bridges`),
 /// so whatever the live table says, they are open.
 pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Impact {
     let mut before = View::from_live(live);
