@@ -16,6 +16,7 @@
 //! counter reset.
 
 use crate::nft::LiveState;
+use crate::nft::render::comment_text;
 use crate::plan::ruleset::Family;
 use crate::plan::{DENY_COUNTER_PREFIX, names};
 use std::collections::BTreeMap;
@@ -171,7 +172,7 @@ impl Metrics {
                     continue;
                 };
                 if let Some(pair) = c.strip_prefix(DENY_COUNTER_PREFIX) {
-                    let pair = pair.split(" [ng:").next().unwrap_or(pair);
+                    let pair = comment_text(pair);
                     if let Some((a, b)) = pair.split_once(" -> ") {
                         *denied.entry((a.to_string(), b.to_string())).or_default() += p;
                     }

@@ -12,6 +12,7 @@
 
 use crate::nft::LiveState;
 use crate::nft::live::port_range;
+use crate::nft::render::comment_text;
 use crate::plan::ruleset::*;
 use crate::plan::{Plan, names};
 use serde::Serialize;
@@ -62,10 +63,7 @@ pub struct View {
 }
 
 fn strip_fingerprint(c: &str) -> String {
-    match c.rfind(" [ng:") {
-        Some(i) => c[..i].to_string(),
-        None => c.to_string(),
-    }
+    comment_text(c).to_string()
 }
 
 impl View {
