@@ -348,22 +348,3 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
 }
-
-/// The daemon's hooks feed the registry: `controller.observer = Box::new(metrics.clone())`.
-impl crate::daemon::controller::Observer for Arc<Metrics> {
-    fn reconciled(&self, took: Duration, ok: bool) {
-        Metrics::reconciled(self, took);
-        if !ok {
-            Metrics::error(self, "reconcile");
-        }
-    }
-    fn enforced(&self, event_to_rules: Duration) {
-        self.event_enforced(event_to_rules);
-    }
-    fn containers(&self, n: usize) {
-        self.set_managed_containers(n);
-    }
-    fn error(&self, kind: &'static str) {
-        Metrics::error(self, kind);
-    }
-}
