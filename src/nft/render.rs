@@ -164,9 +164,7 @@ pub struct LiveComment<'a> {
 
 /// Splits a live rule's comment as `rule_comment` wrote it.
 pub fn parse_comment(comment: &str) -> LiveComment<'_> {
-    let human = comment
-        .rfind(" [ng:")
-        .map_or(comment, |i| &comment[..i]);
+    let human = comment.rfind(" [ng:").map_or(comment, |i| &comment[..i]);
     let fingerprint = comment.rfind("[ng:").and_then(|i| {
         let hex = &comment[i + 4..];
         let end = hex.find(']')?;
