@@ -4,7 +4,6 @@
 //! list, reconcile, notify systemd. Then each event touches only the set elements it
 //! concerns (see [`engine`]); network changes, reloads and reconnects reconcile fully.
 
-pub mod conntrack;
 pub mod controller;
 pub mod engine;
 pub mod notify;
