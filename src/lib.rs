@@ -7,11 +7,13 @@
 pub mod bridge;
 pub mod cli;
 pub mod commands;
+pub mod conntrack;
 pub mod daemon;
 pub mod docker;
 pub mod inventory;
 pub mod loc;
 pub mod metrics;
+pub mod nfnetlink;
 pub mod nft;
 pub mod ops;
 pub mod plan;

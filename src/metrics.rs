@@ -16,6 +16,7 @@
 //! counter reset.
 
 use crate::nft::LiveState;
+use crate::nft::render::comment_text;
 use crate::plan::ruleset::Family;
 use crate::plan::{DENY_COUNTER_PREFIX, names};
 use std::collections::BTreeMap;
@@ -171,7 +172,7 @@ impl Metrics {
                     continue;
                 };
                 if let Some(pair) = c.strip_prefix(DENY_COUNTER_PREFIX) {
-                    let pair = pair.split(" [ng:").next().unwrap_or(pair);
+                    let pair = comment_text(pair);
                     if let Some((a, b)) = pair.split_once(" -> ") {
                         *denied.entry((a.to_string(), b.to_string())).or_default() += p;
                     }
@@ -346,23 +347,4 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     }
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
-}
-
-/// The daemon's hooks feed the registry: `controller.observer = Box::new(metrics.clone())`.
-impl crate::daemon::controller::Observer for Arc<Metrics> {
-    fn reconciled(&self, took: Duration, ok: bool) {
-        Metrics::reconciled(self, took);
-        if !ok {
-            Metrics::error(self, "reconcile");
-        }
-    }
-    fn enforced(&self, event_to_rules: Duration) {
-        self.event_enforced(event_to_rules);
-    }
-    fn containers(&self, n: usize) {
-        self.set_managed_containers(n);
-    }
-    fn error(&self, kind: &'static str) {
-        Metrics::error(self, kind);
-    }
 }

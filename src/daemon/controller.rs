@@ -4,11 +4,11 @@
 //! It never removes rules on its way out: SIGTERM leaves the kernel as it is (fail closed),
 //! and a broken Docker stream keeps the rules while it reconnects.
 
-use super::conntrack::{Conntrack, Ctnetlink, revoked};
 use super::engine::{Delta, Engine};
 use super::notify::notify;
 use super::source::{Change, Source, Stamped};
 use crate::bridge::{BridgeControl, NetlinkBridges};
+use crate::conntrack::{Conntrack, Ctnetlink, revoked};
 use crate::docker::ContainerState;
 use crate::inventory::Inventory;
 use crate::nft::{Backend, Changes, NftError};

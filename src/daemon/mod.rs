@@ -4,10 +4,10 @@
 //! list, reconcile, notify systemd. Then each event touches only the set elements it
 //! concerns (see [`engine`]); network changes, reloads and reconnects reconcile fully.
 
-pub mod conntrack;
 pub mod controller;
 pub mod engine;
 pub mod notify;
+mod observe;
 pub mod source;
 
 pub use crate::state::DaemonState;

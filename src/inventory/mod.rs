@@ -184,3 +184,14 @@ impl Inventory {
         }
     }
 }
+
+/// What an event of the inventory's source asks the daemon to look at again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    /// Refresh this container (started, connected, disconnected, renamed).
+    Container(String),
+    /// This container stopped or was removed.
+    Gone(String),
+    /// Networks were created or removed: the structure may change.
+    Networks,
+}

@@ -3,6 +3,7 @@
 use super::style::Style;
 use crate::bridge::NfCall;
 use crate::nft::LiveState;
+use crate::nft::render::comment_text;
 use crate::plan::Plan;
 use crate::plan::ruleset::Family;
 use serde::Serialize;
@@ -139,11 +140,7 @@ pub fn counters(live: &LiveState) -> Vec<RuleCounter> {
         for (chain, ch) in &t.chains {
             for r in &ch.rules {
                 if let Some(packets) = r.packets {
-                    let comment = r.comment.as_deref().unwrap_or("");
-                    let comment = comment
-                        .rfind(" [ng:")
-                        .map(|i| &comment[..i])
-                        .unwrap_or(comment);
+                    let comment = comment_text(r.comment.as_deref().unwrap_or(""));
                     out.push(RuleCounter {
                         table: format!("{} netguard", fam.as_str()),
                         chain: chain.clone(),
