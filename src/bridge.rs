@@ -1,6 +1,6 @@
 //! Per-bridge br_netfilter switches (`IFLA_BR_NF_CALL_IPTABLES`/`_IP6TABLES`): they make
 //! the inet forward hook see traffic between two ports of one bridge, without turning on
-//! the host-wide sysctl that would push every other bridge through FORWARD (DESIGN.md 5).
+//! the host-wide sysctl that would push every other bridge through FORWARD (docs/architecture.md 5.2).
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoBridge, InfoData, LinkAttribute, LinkInfo, LinkMessage};

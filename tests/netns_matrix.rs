@@ -210,7 +210,7 @@ fn matrix_policy_a_with_global_bridge_nf_off() {
     assert_eq!(
         fx.global_bridge_nf(),
         (false, false),
-        "netguard must not turn on the global bridge-nf-call sysctls (DESIGN §5)"
+        "netguard must not turn on the global bridge-nf-call sysctls (docs/architecture.md 5.2)"
     );
     assert_eq!(
         fx.bridge_nf_flags("br-side"),

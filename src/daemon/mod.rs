@@ -1,4 +1,4 @@
-//! `netguard run`: the event-driven, fail-closed controller (DESIGN.md section 4).
+//! `netguard run`: the event-driven, fail-closed controller (docs/architecture.md section 3).
 //!
 //! Start: install default-deny tables if netguard has none, subscribe to Docker's events,
 //! list, reconcile, notify systemd. Then each event touches only the set elements it

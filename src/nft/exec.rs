@@ -145,7 +145,7 @@ pub struct LibNftables {
     err: GetBuf,
 }
 
-// In libnftables 1.0.6 JSON input is switched on by the JSON output flag (DESIGN.md 5).
+// In libnftables 1.0.6 JSON input is switched on by the JSON output flag (docs/architecture.md 5.6).
 const NFT_CTX_OUTPUT_JSON: c_uint = 1 << 4;
 const NFT_CTX_OUTPUT_TERSE: c_uint = 1 << 11;
 

@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Prefix of kernel log lines for denied connections (contract, DESIGN.md section 1).
+/// Prefix of kernel log lines for denied connections (contract, docs/policy.md).
 pub const LOG_PREFIX: &str = "netguard-deny ";
 
 /// Names of netguard's sets. Kept here so the plan, status and tests agree on them.

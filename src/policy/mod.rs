@@ -1,4 +1,4 @@
-//! The policy: trust groups and the flows allowed between them (DESIGN.md section 1).
+//! The policy: trust groups and the flows allowed between them (the contract: docs/policy.md).
 //!
 //! `parse` turns TOML into this validated model; everything downstream can rely on its
 //! invariants: every group referenced exists, every glob compiled, every port range valid.
