@@ -75,6 +75,9 @@ pub enum Command {
     },
     /// Networks, containers, groups, addresses, veths, enforcement health.
     Status,
+    /// Containers and daemon settings that defeat isolation; groups that must not share
+    /// this host (exit 0 nothing found, 1 findings, 2 error). Read-only.
+    Audit,
     /// Remove netguard's own tables, nothing else.
     Uninstall,
     /// Is a new connection FROM → TO allowed, and why (exit 0 allowed, 1 denied, 2 error).
@@ -389,6 +392,13 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 bridges,
                 source,
                 daemon: status::daemon_health(&status::state_file()),
+                audit: match cli.inventory {
+                    Some(_) => None,
+                    None => Some(match crate::commands::audit::summary(&cli, &p).await {
+                        Ok(s) => crate::audit::AuditStatus::Counts(s),
+                        Err(error) => crate::audit::AuditStatus::Unknown { error },
+                    }),
+                },
             };
             let counters = status::counters(&live);
             match cli.output {
@@ -417,6 +427,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 EXIT_PENDING
             })
         }
+        Command::Audit => crate::commands::audit::run(&cli).await,
         Command::Explain {
             ref from,
             ref to,

@@ -4,8 +4,10 @@
 //! ruleset the `nft` backend reconciles with the kernel. Everything that does I/O
 //! (Docker, netlink, nft) sits behind a small trait so the core stays testable.
 
+pub mod audit;
 pub mod bridge;
 pub mod cli;
+pub mod commands;
 pub mod daemon;
 pub mod docker;
 pub mod inventory;

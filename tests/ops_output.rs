@@ -314,6 +314,7 @@ fn status_text_and_json() {
             running: false,
             error: None,
         },
+        audit: None,
     };
     assert!(!health.ok(), "br-front is not filtered");
     let counters: Vec<_> = status::counters(&live)
@@ -498,6 +499,7 @@ fn healthy() -> status::Health {
             running: false,
             error: None,
         },
+        audit: None,
     }
 }
 
