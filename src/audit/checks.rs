@@ -248,11 +248,17 @@ pub fn container(c: &ContainerSecurity, d: &DaemonFacts) -> Vec<Finding> {
         );
     }
     if runs_as_root(&c.user) && (!d.userns || c.userns_mode == "host") {
-        let evidence = if c.user.is_empty() {
-            "Config.User=\"\" (the image's default: root), and the daemon has no userns-remap".to_string()
+        let user = if c.user.is_empty() {
+            "Config.User=\"\" (the image's default: root)".to_string()
         } else {
-            format!("Config.User={:?}, and the daemon has no userns-remap", c.user)
+            format!("Config.User={:?}", c.user)
         };
+        let why = if d.userns {
+            "HostConfig.UsernsMode=\"host\" opts out of the daemon's userns-remap"
+        } else {
+            "the daemon has no userns-remap"
+        };
+        let evidence = format!("{user}, and {why}");
         add(
             "root-user",
             Severity::Medium,

@@ -12,7 +12,7 @@ use super::{Finding, Severity};
 use crate::policy::Policy;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// One pair breaking one `[[separate]]` line. `a <= b` by id.
+/// One pair breaking one `[[separate]]` line, `a` before `b` by (name, id).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Violation {
     /// Index of the line in `Policy::separates`.
@@ -27,9 +27,14 @@ pub struct Violation {
 }
 
 impl Violation {
-    /// The line and the two ids: what identifies it whatever the names say.
+    /// The line and the two ids (in id order): what identifies it whatever the names say.
     pub fn key(&self) -> (usize, String, String) {
-        (self.line, self.a.clone(), self.b.clone())
+        let (x, y) = if self.a <= self.b {
+            (&self.a, &self.b)
+        } else {
+            (&self.b, &self.a)
+        };
+        (self.line, x.clone(), y.clone())
     }
 
     pub fn describe(&self, policy: &Policy) -> String {
@@ -96,7 +101,11 @@ fn pair(
     x: (&str, &str, &[usize]),
     y: (&str, &str, &[usize]),
 ) -> Violation {
-    let (x, y) = if x.0 <= y.0 { (x, y) } else { (y, x) };
+    let (x, y) = if (x.1, x.0) <= (y.1, y.0) {
+        (x, y)
+    } else {
+        (y, x)
+    };
     Violation {
         line,
         a: x.0.to_string(),
