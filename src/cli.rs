@@ -254,14 +254,18 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let p = policy(&cli)?;
             match cli.output {
                 Output::Text => println!(
-                    "{}: valid ({} groups, {} allow entries)",
+                    "{}: valid ({} groups, {} allow entries{})",
                     cli.config.display(),
                     p.groups.len(),
-                    p.allows.len()
+                    p.allows.len(),
+                    match p.separates.len() {
+                        0 => String::new(),
+                        n => format!(", {n} separate lines"),
+                    }
                 ),
                 Output::Json => println!(
                     "{}",
-                    serde_json::json!({ "ok": true, "groups": p.groups.len(), "allows": p.allows.len() })
+                    serde_json::json!({ "ok": true, "groups": p.groups.len(), "allows": p.allows.len(), "separates": p.separates.len() })
                 ),
             }
             Ok(EXIT_OK)

@@ -294,3 +294,135 @@ impl Tracker {
         self.violations.values().cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    fn policy() -> Policy {
+        parse_policy(
+            Path::new("p.toml"),
+            "[groups.a]\nmatch = { name = \"a*\" }\n[groups.b]\nmatch = { name = \"b*\" }\n\
+             [groups.c]\nmatch = { name = \"c*\" }\n[groups.d]\nmatch = { name = \"d*\" }\n\
+             [[separate]]\ngroups = [\"a\", \"b\", \"c\"]\n[[separate]]\ngroups = [\"c\", \"d\"]\n",
+        )
+        .expect("policy")
+    }
+
+    fn m(id: &str, groups: &[&str]) -> (String, String, Vec<String>) {
+        (
+            id.into(),
+            format!("n-{id}"),
+            groups.iter().map(|g| g.to_string()).collect(),
+        )
+    }
+
+    fn keys(v: &[Violation]) -> Vec<(usize, String, String)> {
+        let mut k: Vec<_> = v.iter().map(Violation::key).collect();
+        k.sort();
+        k
+    }
+
+    #[test]
+    fn pairs_across_groups_of_a_line() {
+        let p = policy();
+        let v = violations(
+            &p,
+            &[
+                m("1", &["a"]),
+                m("2", &["a"]),
+                m("3", &["b"]),
+                m("4", &["c"]),
+                m("5", &[]),
+                m("6", &["a", "b"]),
+            ],
+        );
+        let k = keys(&v);
+        let want: Vec<(usize, String, String)> = [
+            (0, "1", "3"),
+            (0, "1", "4"),
+            (0, "1", "6"),
+            (0, "2", "3"),
+            (0, "2", "4"),
+            (0, "2", "6"),
+            (0, "3", "4"),
+            (0, "3", "6"),
+            (0, "4", "6"),
+            (0, "6", "6"),
+        ]
+        .iter()
+        .map(|(l, a, b)| (*l, a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(k, want, "same group is fine, c and d only meet on line 1");
+        let own = v.iter().find(|x| x.a == "6" && x.b == "6").expect("6 alone");
+        assert_eq!(
+            own.describe(&p),
+            "n-6 is in a and b at once: [[separate]] at p.toml:9:1 keeps [a, b, c] apart"
+        );
+        let pair = v.iter().find(|x| x.a == "1" && x.b == "3").expect("1-3");
+        assert_eq!(
+            pair.describe(&p),
+            "n-1 (a) and n-3 (b) run on this host: [[separate]] at p.toml:9:1 keeps [a, b, c] apart"
+        );
+        assert!(violations(&p, &[m("1", &["a"]), m("2", &["a"]), m("3", &["d"])]).is_empty());
+    }
+
+    /// xorshift: deterministic, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// The tracker, updated per container, always holds what a full computation finds, and
+    /// reports a violation as new exactly once.
+    #[test]
+    fn tracker_matches_the_full_computation() {
+        let p = policy();
+        let all = ["a", "b", "c", "d"];
+        let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut t = Tracker::default();
+        let mut world: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        assert!(t.reset(&p, &[]).is_empty());
+        let mut reported: BTreeSet<(usize, String, String)> = BTreeSet::new();
+        for step in 0..2000 {
+            let id = format!("{}", r.next(12));
+            if r.next(4) == 0 {
+                world.remove(&id);
+                t.remove(&id);
+            } else {
+                let groups: Vec<String> = all
+                    .iter()
+                    .filter(|_| r.next(3) == 0)
+                    .map(|g| g.to_string())
+                    .collect();
+                world.insert(id.clone(), groups.clone());
+                for v in t.update(&p, &id, &format!("n-{id}"), &groups) {
+                    assert!(v.a == id || v.b == id, "new only for the changed one");
+                    reported.insert(v.key());
+                }
+            }
+            let members: Vec<(String, String, Vec<String>)> = world
+                .iter()
+                .map(|(i, g)| (i.clone(), format!("n-{i}"), g.clone()))
+                .collect();
+            let want = violations(&p, &members);
+            assert_eq!(keys(&t.all()), keys(&want), "step {step}");
+            assert_eq!(t.count(), want.len());
+            // Everything standing has been reported at some point.
+            for k in keys(&want) {
+                assert!(reported.contains(&k), "step {step}: {k:?} never reported");
+            }
+            if step % 500 == 0 {
+                let fresh = t.reset(&p, &members);
+                assert!(fresh.is_empty(), "a reset over the same world finds nothing new");
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod controller;
 pub mod engine;
 pub mod notify;
+pub mod separation;
 pub mod source;
 
 pub use controller::{Controller, DaemonState, Enforcer, Kernel, Options, enforce_delta};

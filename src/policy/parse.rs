@@ -1428,6 +1428,53 @@ to = "web"
     }
 
     #[test]
+    fn separate_lines() {
+        let two = "[groups.public]\nmatch = { name = \"p*\" }\n[groups.payments]\nmatch = { name = \"c*\" }\n";
+        let p = ok(&format!(
+            "{two}[[separate]]\ngroups = [\"public\", \"payments\", \"public\"]\ncomment = \"apart\"\n"
+        ));
+        assert_eq!(p.separates.len(), 1);
+        let s = &p.separates[0];
+        assert_eq!(s.groups, ["public", "payments"], "repeats collapse");
+        assert_eq!(s.comment.as_deref(), Some("apart"));
+        assert_eq!((s.loc.line, s.loc.col), (5, 1));
+        assert!(ok(two).separates.is_empty());
+
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = [\"public\", \"paymnets\"]\n")),
+            "6:21: unknown group \"paymnets\" in \"groups\" (did you mean \"payments\"?)"
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = [\"public\"]\n")),
+            "6:10: [[separate]] needs at least two different groups, found 1: members of one group may always share a host"
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = [\"public\", \"public\"]\n")),
+            "6:10: [[separate]] needs at least two different groups, found 1: members of one group may always share a host"
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = [\"public\", \"payments\"]\ngrups = 1\n")),
+            "7:1: unknown key \"grups\" in [[separate]] (did you mean \"groups\"?); expected one of \"groups\", \"comment\""
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ncomment = \"x\"\n")),
+            "5:1: [[separate]] needs \"groups\": the trust groups whose members must not share this host, such as groups = [\"public\", \"payments\"]"
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = \"public\"\n")),
+            "6:10: \"groups\" must be a list of at least two group names, found the string \"public\""
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = [\"*\", \"public\"]\n")),
+            "6:11: \"*\" cannot be separated: name the trust groups that must not share a host"
+        );
+        assert_eq!(
+            one_error(&format!("separate = 1\n{two}")),
+            "1:12: \"separate\" must be a list of entries, found the integer 1: write [[separate]] (two brackets) before each entry"
+        );
+    }
+
+    #[test]
     fn typo_distance() {
         assert_eq!(edit_distance("wbe", "web"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
