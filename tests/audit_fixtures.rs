@@ -17,10 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = format!(
-        "{}/tests/fixtures/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
@@ -94,7 +91,11 @@ fn scene() -> Scene {
         list.push(c);
         inspected.insert(i.id.clone().expect("id"), i);
     }
-    assert_eq!(containers.len(), NAMES.len(), "containers.json lists the scene");
+    assert_eq!(
+        containers.len(),
+        NAMES.len(),
+        "containers.json lists the scene"
+    );
     let inventory = finish(prepare(&containers, &networks, &inspected), Vec::new());
     Scene {
         inventory,
@@ -244,14 +245,20 @@ fn daemon_settings_change_the_container_checks() {
 #[test]
 fn managed_containers_in_no_group() {
     let s = scene();
-    let p = policy("[settings]\nnetworks = [\"fa-open\"]\n[groups.web]\nmatch = { name = \"fa-netadmin\" }\n");
+    let p = policy(
+        "[settings]\nnetworks = [\"fa-open\"]\n[groups.web]\nmatch = { name = \"fa-netadmin\" }\n",
+    );
     let fs = findings(&p, &s);
     let no_group: Vec<&str> = fs
         .iter()
         .filter(|f| f.id == "no-group")
         .filter_map(|f| f.container.as_deref())
         .collect();
-    assert_eq!(no_group, ["fa-device"], "fa-netadmin has a group; the rest are unmanaged");
+    assert_eq!(
+        no_group,
+        ["fa-device"],
+        "fa-netadmin has a group; the rest are unmanaged"
+    );
 }
 
 #[test]
@@ -274,7 +281,13 @@ fn daemon_listening_on_tcp() {
 
     let mut cfg = DaemonConfig::default();
     let file = parse_dockerd_args(
-        &args(&["/usr/sbin/dockerd", "-H", "fd://", "--host=tcp://0.0.0.0:2375", "--containerd=/run/containerd/containerd.sock"]),
+        &args(&[
+            "/usr/sbin/dockerd",
+            "-H",
+            "fd://",
+            "--host=tcp://0.0.0.0:2375",
+            "--containerd=/run/containerd/containerd.sock",
+        ]),
         "/proc/1/cmdline",
         &mut cfg,
     );
@@ -286,11 +299,19 @@ fn daemon_listening_on_tcp() {
     cfg.tls = true;
     assert_eq!(
         tcp(cfg.clone()),
-        ["listens on tcp://0.0.0.0:2375 (from /proc/1/cmdline) with TLS without client verification (--tls, no --tlsverify)"]
+        [
+            "listens on tcp://0.0.0.0:2375 (from /proc/1/cmdline) with TLS without client verification (--tls, no --tlsverify)"
+        ]
     );
     let mut verified = DaemonConfig::default();
     parse_dockerd_args(
-        &args(&["dockerd", "-H=tcp://0.0.0.0:2376", "--tlsverify", "--config-file", "/etc/d.json"]),
+        &args(&[
+            "dockerd",
+            "-H=tcp://0.0.0.0:2376",
+            "--tlsverify",
+            "--config-file",
+            "/etc/d.json",
+        ]),
         "cmdline",
         &mut verified,
     );

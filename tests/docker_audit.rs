@@ -18,7 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
 /// The clean container's options; every other one changes exactly one thing.
-const CLEAN: &[&str] = &["-u", "1000", "--read-only", "--security-opt", "no-new-privileges"];
+const CLEAN: &[&str] = &[
+    "-u",
+    "1000",
+    "--read-only",
+    "--security-opt",
+    "no-new-privileges",
+];
 
 struct Case {
     short: &'static str,
@@ -29,20 +35,96 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { short: "clean", replace: None, extra: &[], want: &[] },
-    Case { short: "priv", replace: None, extra: &["--privileged"], want: &["privileged"] },
-    Case { short: "hostnet", replace: None, extra: &["--network", "host"], want: &["host-network", "not-isolable"] },
-    Case { short: "hostpid", replace: None, extra: &["--pid", "host"], want: &["host-pid"] },
-    Case { short: "netadmin", replace: None, extra: &["--cap-add", "NET_ADMIN"], want: &["cap-isolation"] },
-    Case { short: "root0", replace: Some(&["-u", "0", "--read-only", "--security-opt", "no-new-privileges"]), extra: &[], want: &["root-user"] },
-    Case { short: "rootimage", replace: Some(&["--read-only", "--security-opt", "no-new-privileges"]), extra: &[], want: &["root-user"] },
-    Case { short: "seccomp", replace: None, extra: &["--security-opt", "seccomp=unconfined"], want: &["seccomp-unconfined"] },
-    Case { short: "apparmor", replace: None, extra: &["--security-opt", "apparmor=unconfined"], want: &["apparmor-unconfined"] },
-    Case { short: "sock", replace: None, extra: &["-v", "/var/run/docker.sock:/var/run/docker.sock"], want: &["engine-socket"] },
-    Case { short: "sysrw", replace: None, extra: &["-v", "/sys:/host-sys"], want: &["host-path-writable"] },
-    Case { short: "device", replace: None, extra: &["--device", "/dev/null:/dev/xnull"], want: &["device"] },
-    Case { short: "rw", replace: Some(&["-u", "1000", "--security-opt", "no-new-privileges"]), extra: &[], want: &["rootfs-writable"] },
-    Case { short: "nnp", replace: Some(&["-u", "1000", "--read-only"]), extra: &[], want: &["no-new-privileges"] },
+    Case {
+        short: "clean",
+        replace: None,
+        extra: &[],
+        want: &[],
+    },
+    Case {
+        short: "priv",
+        replace: None,
+        extra: &["--privileged"],
+        want: &["privileged"],
+    },
+    Case {
+        short: "hostnet",
+        replace: None,
+        extra: &["--network", "host"],
+        want: &["host-network", "not-isolable"],
+    },
+    Case {
+        short: "hostpid",
+        replace: None,
+        extra: &["--pid", "host"],
+        want: &["host-pid"],
+    },
+    Case {
+        short: "netadmin",
+        replace: None,
+        extra: &["--cap-add", "NET_ADMIN"],
+        want: &["cap-isolation"],
+    },
+    Case {
+        short: "root0",
+        replace: Some(&[
+            "-u",
+            "0",
+            "--read-only",
+            "--security-opt",
+            "no-new-privileges",
+        ]),
+        extra: &[],
+        want: &["root-user"],
+    },
+    Case {
+        short: "rootimage",
+        replace: Some(&["--read-only", "--security-opt", "no-new-privileges"]),
+        extra: &[],
+        want: &["root-user"],
+    },
+    Case {
+        short: "seccomp",
+        replace: None,
+        extra: &["--security-opt", "seccomp=unconfined"],
+        want: &["seccomp-unconfined"],
+    },
+    Case {
+        short: "apparmor",
+        replace: None,
+        extra: &["--security-opt", "apparmor=unconfined"],
+        want: &["apparmor-unconfined"],
+    },
+    Case {
+        short: "sock",
+        replace: None,
+        extra: &["-v", "/var/run/docker.sock:/var/run/docker.sock"],
+        want: &["engine-socket"],
+    },
+    Case {
+        short: "sysrw",
+        replace: None,
+        extra: &["-v", "/sys:/host-sys"],
+        want: &["host-path-writable"],
+    },
+    Case {
+        short: "device",
+        replace: None,
+        extra: &["--device", "/dev/null:/dev/xnull"],
+        want: &["device"],
+    },
+    Case {
+        short: "rw",
+        replace: Some(&["-u", "1000", "--security-opt", "no-new-privileges"]),
+        extra: &[],
+        want: &["rootfs-writable"],
+    },
+    Case {
+        short: "nnp",
+        replace: Some(&["-u", "1000", "--read-only"]),
+        extra: &[],
+        want: &["no-new-privileges"],
+    },
 ];
 
 fn netguard(policy: &std::path::Path, args: &[&str]) -> std::process::Output {
@@ -67,15 +149,19 @@ fn json_of(out: &std::process::Output) -> Value {
 
 /// The daemon's security options as `docker info` reports them.
 fn daemon_options() -> (Vec<String>, bool) {
-    let opts: Vec<String> =
-        serde_json::from_str(&docker_ok(&["info", "--format", "{{json .SecurityOptions}}"]))
-            .expect("SecurityOptions");
+    let opts: Vec<String> = serde_json::from_str(&docker_ok(&[
+        "info",
+        "--format",
+        "{{json .SecurityOptions}}",
+    ]))
+    .expect("SecurityOptions");
     let live = docker_ok(&["info", "--format", "{{.LiveRestoreEnabled}}"]) == "true";
     (opts, live)
 }
 
 fn has(opts: &[String], name: &str) -> bool {
-    opts.iter().any(|o| o.split(',').any(|kv| kv == format!("name={name}")))
+    opts.iter()
+        .any(|o| o.split(',').any(|kv| kv == format!("name={name}")))
 }
 
 /// docker-bench-security's container checks, each as its own script tests it: the same
@@ -84,10 +170,24 @@ fn has(opts: &[String], name: &str) -> bool {
 fn docker_bench(names: &[String]) -> BTreeMap<&'static str, BTreeSet<String>> {
     let f = |c: &str, fmt: &str| docker_ok(&["inspect", "--format", fmt, c]);
     let defaults = [
-        "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-        "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "NET_RAW",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
     ];
-    let sensitive = ["/", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys", "/usr"];
+    let sensitive = [
+        "/", "/boot", "/dev", "/etc", "/lib", "/proc", "/sys", "/usr",
+    ];
     let mut out: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
     for c in names {
         let mut warn = |id: &'static str, yes: bool| {
@@ -96,9 +196,15 @@ fn docker_bench(names: &[String]) -> BTreeMap<&'static str, BTreeSet<String>> {
             }
         };
         let user = f(c, "{{.Config.User}}");
-        warn("4.1", matches!(user.as_str(), "" | "0" | "root" | "[]" | "<no value>"));
+        warn(
+            "4.1",
+            matches!(user.as_str(), "" | "0" | "root" | "[]" | "<no value>"),
+        );
         let aa = f(c, "{{ .AppArmorProfile }}");
-        warn("5.2", matches!(aa.as_str(), "" | "[]" | "<no value>" | "unconfined"));
+        warn(
+            "5.2",
+            matches!(aa.as_str(), "" | "[]" | "<no value>" | "unconfined"),
+        );
         let so = f(c, "{{ .HostConfig.SecurityOpt }}");
         warn("5.3", matches!(so.as_str(), "" | "[]" | "<no value>"));
         let caps = f(c, "{{ .HostConfig.CapAdd }}").to_ascii_uppercase();
@@ -114,7 +220,10 @@ fn docker_bench(names: &[String]) -> BTreeMap<&'static str, BTreeSet<String>> {
         // for the directory between blanks followed later by `true`.
         let mounts = f(c, "{{ .Mounts }}");
         let hit = mounts.split('}').any(|m| {
-            let words: Vec<&str> = m.trim_start_matches([' ', '[', '{']).split_whitespace().collect();
+            let words: Vec<&str> = m
+                .trim_start_matches([' ', '[', '{'])
+                .split_whitespace()
+                .collect();
             words.iter().any(|w| sensitive.contains(w)) && words.contains(&"true")
         });
         warn("5.6", hit);
@@ -123,11 +232,22 @@ fn docker_bench(names: &[String]) -> BTreeMap<&'static str, BTreeSet<String>> {
         warn("5.16", f(c, "{{ .HostConfig.PidMode }}") == "host");
         warn("5.17", f(c, "{{ .HostConfig.IpcMode }}") == "host");
         let devices = f(c, "{{ .HostConfig.Devices }}");
-        warn("5.18", !matches!(devices.as_str(), "" | "[]" | "<no value>"));
+        warn(
+            "5.18",
+            !matches!(devices.as_str(), "" | "[]" | "<no value>"),
+        );
         warn("5.21", f(c, "{{ .HostConfig.UTSMode }}") == "host");
-        warn("5.22", so.contains("seccomp:unconfined") || so.contains("seccomp=unconfined"));
+        warn(
+            "5.22",
+            so.contains("seccomp:unconfined") || so.contains("seccomp=unconfined"),
+        );
         warn("5.26", !so.contains("no-new-privileges"));
-        warn("5.31", f(c, "{{ .HostConfig.UsernsMode }}").to_ascii_lowercase().contains("host"));
+        warn(
+            "5.31",
+            f(c, "{{ .HostConfig.UsernsMode }}")
+                .to_ascii_lowercase()
+                .contains("host"),
+        );
         warn("5.32", mounts.contains("docker.sock"));
     }
     out
@@ -141,7 +261,11 @@ fn audit_flags_each_misconfiguration_and_not_the_clean_container() {
     let prefix = format!("ngaudit-{}-", std::process::id());
     let mut scene = Scene::with_prefix(&prefix);
     let (opts, live_restore) = daemon_options();
-    let (apparmor, selinux, userns) = (has(&opts, "apparmor"), has(&opts, "selinux"), has(&opts, "userns"));
+    let (apparmor, selinux, userns) = (
+        has(&opts, "apparmor"),
+        has(&opts, "selinux"),
+        has(&opts, "userns"),
+    );
 
     let mut want: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     for case in CASES {
@@ -201,7 +325,12 @@ fn audit_flags_each_misconfiguration_and_not_the_clean_container() {
     }
     let mut wrong = Vec::new();
     for (name, w) in &want {
-        let g: BTreeSet<&str> = got.get(name).into_iter().flatten().map(String::as_str).collect();
+        let g: BTreeSet<&str> = got
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
         if &g != w {
             wrong.push(format!("{name}: got {g:?}, want {w:?}"));
         }
@@ -225,10 +354,16 @@ fn audit_flags_each_misconfiguration_and_not_the_clean_container() {
     if !apparmor && !selinux {
         want_daemon.insert("daemon-no-lsm");
     }
-    if !opts.iter().any(|o| o.contains("name=seccomp") && !o.contains("profile=unconfined")) {
+    if !opts
+        .iter()
+        .any(|o| o.contains("name=seccomp") && !o.contains("profile=unconfined"))
+    {
         want_daemon.insert("daemon-seccomp-off");
     }
-    assert_eq!(daemon, want_daemon, "daemon findings for SecurityOptions {opts:?}");
+    assert_eq!(
+        daemon, want_daemon,
+        "daemon findings for SecurityOptions {opts:?}"
+    );
 
     // docker-bench-security's checks of the same settings: audit flags at least those
     // containers (AppArmor/SELinux absent: audit says so once for the daemon instead).
@@ -265,20 +400,29 @@ fn audit_flags_each_misconfiguration_and_not_the_clean_container() {
                 _ => false,
             };
             if !flagged && !by_daemon {
-                missed.push(format!("CIS {cis}: docker-bench warns about {c}, audit has {:?}", got.get(c)));
+                missed.push(format!(
+                    "CIS {cis}: docker-bench warns about {c}, audit has {:?}",
+                    got.get(c)
+                ));
             }
         }
     }
     assert!(missed.is_empty(), "{}", missed.join("\n"));
     assert!(
-        bench.get("5.5").is_some_and(|s| s.len() == 1) && bench.get("5.32").is_some_and(|s| s.len() == 1),
+        bench.get("5.5").is_some_and(|s| s.len() == 1)
+            && bench.get("5.32").is_some_and(|s| s.len() == 1),
         "the docker-bench conditions see the scene: {bench:?}"
     );
 
     // Read-only: the same findings without a single capability (no nft, no netlink writes,
     // no namespace entered), the socket reached as its owner.
     let out2 = Command::new("setpriv")
-        .args(["--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"])
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--no-new-privs",
+            "--",
+        ])
         .arg(env!("CARGO_BIN_EXE_netguard"))
         .arg("-c")
         .arg(&policy)
@@ -286,17 +430,30 @@ fn audit_flags_each_misconfiguration_and_not_the_clean_container() {
         .env_remove("DOCKER_HOST")
         .output()
         .expect("setpriv (util-linux)");
-    assert_eq!(out2.status.code(), Some(1), "{}", String::from_utf8_lossy(&out2.stderr));
+    assert_eq!(
+        out2.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out2.stderr)
+    );
     let mine = |d: &Value| -> Vec<Value> {
         d["findings"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|f| f["container"].as_str().is_some_and(|c| c.starts_with(&prefix)))
+            .filter(|f| {
+                f["container"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with(&prefix))
+            })
             .cloned()
             .collect()
     };
-    assert_eq!(mine(&json_of(&out2)), mine(&doc), "same findings without capabilities");
+    assert_eq!(
+        mine(&json_of(&out2)),
+        mine(&doc),
+        "same findings without capabilities"
+    );
 
     // Text: the clean container is not mentioned at all.
     let text = netguard(&policy, &["audit"]);
@@ -348,7 +505,11 @@ fn separate_lines_are_reported_per_pair() {
         .as_array()
         .expect("findings")
         .iter()
-        .filter(|f| f["container"].as_str().is_some_and(|c| c.starts_with(&prefix)))
+        .filter(|f| {
+            f["container"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&prefix))
+        })
         .collect();
     assert_eq!(ours.len(), 1, "{ours:#?}");
     assert_eq!(ours[0]["id"], "separation");

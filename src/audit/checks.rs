@@ -219,7 +219,11 @@ pub fn container(c: &ContainerSecurity, d: &DaemonFacts) -> Vec<Finding> {
         add(
             "cap-isolation",
             Severity::High,
-            format!("HostConfig.CapAdd={} (isolation: {})", quoted(&c.cap_add), isolation.join(", ")),
+            format!(
+                "HostConfig.CapAdd={} (isolation: {})",
+                quoted(&c.cap_add),
+                isolation.join(", ")
+            ),
             "remove --cap-add for these (compose: cap_add:); for NET_RAW also --cap-drop NET_RAW",
             Some("5.4"),
         );
@@ -233,7 +237,11 @@ pub fn container(c: &ContainerSecurity, d: &DaemonFacts) -> Vec<Finding> {
         add(
             "cap-extra",
             Severity::Medium,
-            format!("HostConfig.CapAdd={} (beyond Docker's default: {})", quoted(&c.cap_add), extra.join(", ")),
+            format!(
+                "HostConfig.CapAdd={} (beyond Docker's default: {})",
+                quoted(&c.cap_add),
+                extra.join(", ")
+            ),
             "remove the --cap-add it does not need (compose: cap_add:); start from --cap-drop ALL",
             Some("5.4"),
         );
@@ -278,8 +286,8 @@ pub fn container(c: &ContainerSecurity, d: &DaemonFacts) -> Vec<Finding> {
     }
     // Docker writes "unconfined" into AppArmorProfile for a privileged container too; with
     // AppArmor absent the field is empty and the daemon-level finding says so once.
-    let apparmor_off = has_opt(c, "apparmor", "unconfined")
-        || (d.apparmor && c.apparmor_profile == "unconfined");
+    let apparmor_off =
+        has_opt(c, "apparmor", "unconfined") || (d.apparmor && c.apparmor_profile == "unconfined");
     if apparmor_off {
         add(
             "apparmor-unconfined",
@@ -306,7 +314,10 @@ pub fn container(c: &ContainerSecurity, d: &DaemonFacts) -> Vec<Finding> {
         add(
             "no-new-privileges",
             Severity::Medium,
-            format!("HostConfig.SecurityOpt={} (no no-new-privileges)", quoted(&c.security_opt)),
+            format!(
+                "HostConfig.SecurityOpt={} (no no-new-privileges)",
+                quoted(&c.security_opt)
+            ),
             "--security-opt no-new-privileges (compose: security_opt: [\"no-new-privileges:true\"]), or dockerd --no-new-privileges",
             Some("5.26"),
         );
@@ -336,9 +347,7 @@ pub fn container(c: &ContainerSecurity, d: &DaemonFacts) -> Vec<Finding> {
                 "remove the -v/--mount of the engine's socket (compose: volumes:); whoever holds it is root on the host, read-only or not",
                 Some("5.32"),
             );
-        } else if host_side
-            && m.rw
-            && SENSITIVE_HOST_PATHS.contains(&normalize(&m.source).as_str())
+        } else if host_side && m.rw && SENSITIVE_HOST_PATHS.contains(&normalize(&m.source).as_str())
         {
             add(
                 "host-path-writable",
@@ -370,7 +379,11 @@ pub fn plan_findings(plan: &Plan) -> Vec<Finding> {
             cis: None,
         });
     }
-    for c in plan.containers.iter().filter(|c| c.managed && c.groups.is_empty()) {
+    for c in plan
+        .containers
+        .iter()
+        .filter(|c| c.managed && c.groups.is_empty())
+    {
         let nets: Vec<String> = c
             .endpoints
             .iter()

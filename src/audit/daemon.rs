@@ -118,7 +118,9 @@ pub fn findings(d: &DaemonSecurity, plan: &Plan) -> Vec<Finding> {
         add(
             "daemon-tcp-no-tls",
             Severity::High,
-            format!("netguard reaches the daemon at {host} over plain HTTP (--docker-host / DOCKER_HOST)"),
+            format!(
+                "netguard reaches the daemon at {host} over plain HTTP (--docker-host / DOCKER_HOST)"
+            ),
             "listen on TCP only with TLS: dockerd --tlsverify --tlscacert --tlscert --tlskey (daemon.json \"tlsverify\": true), or use the unix socket",
             Some("2.7"),
         );
@@ -143,7 +145,10 @@ pub fn findings(d: &DaemonSecurity, plan: &Plan) -> Vec<Finding> {
     let Some(opts) = &d.security_options else {
         return out;
     };
-    let names: Vec<&str> = opts.iter().filter_map(|o| security_option_name(o)).collect();
+    let names: Vec<&str> = opts
+        .iter()
+        .filter_map(|o| security_option_name(o))
+        .collect();
     let evidence = format!("/info SecurityOptions={opts:?}");
     let seccomp = opts
         .iter()
@@ -193,10 +198,7 @@ pub fn findings(d: &DaemonSecurity, plan: &Plan) -> Vec<Finding> {
         if n.driver != "bridge" {
             continue;
         }
-        let managed = plan
-            .networks
-            .iter()
-            .any(|p| p.name == n.name && p.managed);
+        let managed = plan.networks.iter().any(|p| p.name == n.name && p.managed);
         let icc_on = n.enable_icc.as_deref().is_none_or(|v| v != "false");
         if managed || !icc_on {
             continue;

@@ -51,5 +51,7 @@ pub fn json(findings: &[Finding]) -> serde_json::Value {
 pub enum AuditStatus {
     Counts(Summary),
     /// The audit could not be made (Docker unreachable, ...).
-    Unknown { error: String },
+    Unknown {
+        error: String,
+    },
 }

@@ -72,7 +72,8 @@ impl Violation {
             severity: Severity::High,
             container: Some(self.a_name.clone()),
             evidence: format!("{}{comment}", self.describe(policy)),
-            fix: "run one of the two on another host (or change its labels so it leaves the group)".into(),
+            fix: "run one of the two on another host (or change its labels so it leaves the group)"
+                .into(),
             cis: None,
         }
     }
@@ -247,11 +248,7 @@ impl Tracker {
         let before = self.by_container.get(id).cloned().unwrap_or_default();
         self.remove(id);
         self.insert(policy, id, name, groups);
-        let per_line = self
-            .of
-            .get(id)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default();
+        let per_line = self.of.get(id).map(|(_, p)| p.clone()).unwrap_or_default();
         let mut found = Vec::new();
         for (l, mine) in per_line.iter().enumerate() {
             if mine.is_empty() {
@@ -269,8 +266,17 @@ impl Tracker {
                     if other == id {
                         continue;
                     }
-                    let theirs = self.of.get(other).map(|(_, p)| p[l].clone()).unwrap_or_default();
-                    found.push(pair(policy, l, (id, name, mine), (other, other_name, &theirs)));
+                    let theirs = self
+                        .of
+                        .get(other)
+                        .map(|(_, p)| p[l].clone())
+                        .unwrap_or_default();
+                    found.push(pair(
+                        policy,
+                        l,
+                        (id, name, mine),
+                        (other, other_name, &theirs),
+                    ));
                 }
             }
         }
@@ -356,7 +362,10 @@ mod tests {
         .map(|(l, a, b)| (*l, a.to_string(), b.to_string()))
         .collect();
         assert_eq!(k, want, "same group is fine, c and d only meet on line 1");
-        let own = v.iter().find(|x| x.a == "6" && x.b == "6").expect("6 alone");
+        let own = v
+            .iter()
+            .find(|x| x.a == "6" && x.b == "6")
+            .expect("6 alone");
         assert_eq!(
             own.describe(&p),
             "n-6 is in a and b at once: [[separate]] at p.toml:9:1 keeps [a, b, c] apart"
@@ -421,7 +430,10 @@ mod tests {
             }
             if step % 500 == 0 {
                 let fresh = t.reset(&p, &members);
-                assert!(fresh.is_empty(), "a reset over the same world finds nothing new");
+                assert!(
+                    fresh.is_empty(),
+                    "a reset over the same world finds nothing new"
+                );
             }
         }
     }

@@ -192,11 +192,9 @@ impl DockerSource {
                 plain_tcp_client: Some(self.host.clone()),
                 ..DaemonConfig::default()
             },
-            (Endpoint::Unix(_), Engine::Docker) => {
-                tokio::task::spawn_blocking(read_dockerd_config)
-                    .await
-                    .unwrap_or_default()
-            }
+            (Endpoint::Unix(_), Engine::Docker) => tokio::task::spawn_blocking(read_dockerd_config)
+                .await
+                .unwrap_or_default(),
             (Endpoint::Unix(_), Engine::Podman) => DaemonConfig::default(),
         };
         Ok((

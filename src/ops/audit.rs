@@ -59,7 +59,10 @@ pub fn summary_line(a: &AuditStatus, style: Style) -> String {
             format!("  audit         {text}")
         }
         AuditStatus::Unknown { error } => {
-            format!("  audit         {}", style.yellow(&format!("unknown: {error}")))
+            format!(
+                "  audit         {}",
+                style.yellow(&format!("unknown: {error}"))
+            )
         }
     }
 }

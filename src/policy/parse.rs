@@ -1441,7 +1441,9 @@ to = "web"
         assert!(ok(two).separates.is_empty());
 
         assert_eq!(
-            one_error(&format!("{two}[[separate]]\ngroups = [\"public\", \"paymnets\"]\n")),
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"public\", \"paymnets\"]\n"
+            )),
             "6:21: unknown group \"paymnets\" in \"groups\" (did you mean \"payments\"?)"
         );
         assert_eq!(
@@ -1449,11 +1451,15 @@ to = "web"
             "6:10: [[separate]] needs at least two different groups, found 1: members of one group may always share a host"
         );
         assert_eq!(
-            one_error(&format!("{two}[[separate]]\ngroups = [\"public\", \"public\"]\n")),
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"public\", \"public\"]\n"
+            )),
             "6:10: [[separate]] needs at least two different groups, found 1: members of one group may always share a host"
         );
         assert_eq!(
-            one_error(&format!("{two}[[separate]]\ngroups = [\"public\", \"payments\"]\ngrups = 1\n")),
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"public\", \"payments\"]\ngrups = 1\n"
+            )),
             "7:1: unknown key \"grups\" in [[separate]] (did you mean \"groups\"?); expected one of \"groups\", \"comment\""
         );
         assert_eq!(
@@ -1465,7 +1471,9 @@ to = "web"
             "6:10: \"groups\" must be a list of at least two group names, found the string \"public\""
         );
         assert_eq!(
-            one_error(&format!("{two}[[separate]]\ngroups = [\"*\", \"public\"]\n")),
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"*\", \"public\"]\n"
+            )),
             "6:11: \"*\" cannot be separated: name the trust groups that must not share a host"
         );
         assert_eq!(
