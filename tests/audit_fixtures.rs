@@ -393,3 +393,63 @@ fn podman_inspect_maps_the_same() {
     let c = container_security(&web).expect("id");
     assert!(!c.privileged && c.cap_add.is_empty() && c.network_mode == "bridge");
 }
+
+/// Errors exit 2 with one line (text) or the error document (JSON): an inventory file has no
+/// security settings, an unreachable daemon, an invalid `[[separate]]` line.
+#[test]
+fn audit_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[groups.a]\nmatch = { name = \"a\" }\n").expect("write");
+    let inv = dir.path().join("inv.toml");
+    std::fs::write(&inv, "").expect("write");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_netguard"))
+            .arg("-c")
+            .arg(&policy)
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let inv_s = inv.to_string_lossy().into_owned();
+    let out = run(&["--inventory", &inv_s, "audit"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "netguard: audit reads each container's security settings from Docker or Podman, and an --inventory file has none: run it without --inventory"
+    );
+    let out = run(&[
+        "--docker-host",
+        "unix:///nonexistent/docker.sock",
+        "--output",
+        "json",
+        "audit",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("/nonexistent/docker.sock does not exist")),
+        "{v}"
+    );
+    std::fs::write(
+        &policy,
+        "[groups.a]\nmatch = { name = \"a\" }\n[[separate]]\ngroups = [\"a\", \"b\"]\n",
+    )
+    .expect("write");
+    for cmd in ["check", "audit"] {
+        let out = run(&[cmd]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            format!(
+                "netguard: {}:4:16: unknown group \"b\" in \"groups\"; defined groups: a",
+                policy.display()
+            ),
+            "{cmd}"
+        );
+    }
+}

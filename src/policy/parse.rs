@@ -1068,6 +1068,12 @@ to = "web"
     fn example_policy_parses() {
         let text = include_str!("../../policy.example.toml");
         let p = ok(text);
+        // Its commented-out [[separate]] is valid once uncommented.
+        let uncommented = text.replace("# [[separate]]", "[[separate]]").replace(
+            "# groups = [\"web\", \"db\"]",
+            "groups = [\"web\", \"db\"]",
+        );
+        assert_eq!(ok(&uncommented).separates.len(), 1);
         assert!(p.groups.contains_key("monitoring"));
         assert!(p.allows.iter().any(|a| a.within));
         assert!(p.allows.iter().any(|a| a.to == Peers::Any));
