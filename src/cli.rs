@@ -48,6 +48,9 @@ pub enum Command {
     Run(commands::run::Args),
     /// Networks, containers, groups, addresses, veths, enforcement health.
     Status(commands::status::Args),
+    /// Containers and daemon settings that defeat isolation; groups that must not share
+    /// this host (exit 0 nothing found, 1 findings, 2 error). Read-only.
+    Audit,
     /// Remove netguard's own tables, nothing else.
     Uninstall,
     /// Is a new connection FROM → TO allowed, and why (exit 0 allowed, 1 denied, 2 error).
@@ -175,6 +178,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Apply => commands::apply::run(&ctx).await,
         Command::Run(args) => commands::run::run(&ctx, args).await,
         Command::Status(args) => commands::status::run(&ctx, args).await,
+        Command::Audit => commands::audit::run(&ctx).await,
         Command::Uninstall => commands::uninstall::run(&ctx).await,
         Command::Explain(args) => commands::explain::run(&ctx, args).await,
         Command::Graph(args) => commands::graph::run(&ctx, args).await,

@@ -4,6 +4,7 @@
 //! ruleset the `nft` backend reconciles with the kernel. Everything that does I/O
 //! (Docker, netlink, nft) sits behind a small trait so the core stays testable.
 
+pub mod audit;
 pub mod bridge;
 pub mod cli;
 pub mod commands;

@@ -7,6 +7,7 @@
 //! | `netguard_reconcile_duration_seconds` | histogram | one reconcile: inventory, plan, diff, apply |
 //! | `netguard_event_to_enforce_seconds` | histogram | container event received from Docker → rules live (time queued behind a reconcile included, Docker's own delay before it sends the event not) |
 //! | `netguard_managed_containers` | gauge | containers with at least one endpoint on a managed network (`settings.networks`), admitted or not |
+//! | `netguard_separation_violations` | gauge | pairs of containers on this host breaking a `[[separate]]` line of the policy |
 //! | `netguard_errors_total{kind}` | counter | errors by kind (`docker`, `nft`, `netlink`, `policy`, ...) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
@@ -77,6 +78,7 @@ struct Inner {
     reconcile_duration: Histogram,
     event_latency: Histogram,
     managed_containers: u64,
+    separation_violations: u64,
     errors: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
     default_deny: u64,
@@ -155,6 +157,10 @@ impl Metrics {
         self.lock().managed_containers = n as u64;
     }
 
+    pub fn set_separation_violations(&self, n: usize) {
+        self.lock().separation_violations = n as u64;
+    }
+
     /// One error of `kind` (a short fixed word: `docker`, `nft`, `netlink`, `policy`).
     pub fn error(&self, kind: &str) {
         *self.lock().errors.entry(kind.to_string()).or_default() += 1;
@@ -218,6 +224,17 @@ impl Metrics {
             "Containers with an endpoint on a managed network.",
         );
         let _ = writeln!(out, "netguard_managed_containers {}", i.managed_containers);
+        head(
+            &mut out,
+            "netguard_separation_violations",
+            "gauge",
+            "Pairs of containers on this host breaking a [[separate]] line.",
+        );
+        let _ = writeln!(
+            out,
+            "netguard_separation_violations {}",
+            i.separation_violations
+        );
         head(
             &mut out,
             "netguard_errors_total",

@@ -315,6 +315,7 @@ fn status_text_and_json() {
             running: false,
             error: None,
         },
+        audit: None,
     };
     assert!(!health.ok(), "br-front is not filtered");
     let counters: Vec<_> = status::counters(&live)
@@ -499,6 +500,7 @@ fn healthy() -> status::Health {
             running: false,
             error: None,
         },
+        audit: None,
     }
 }
 
@@ -723,4 +725,41 @@ fn explain_says_when_the_kernel_may_disagree() {
     assert!(none[0].contains("not installed"), "{none:?}");
     x.caveats.clear();
     assert!(explain::json(&x).get("caveats").is_none());
+}
+
+/// `status` carries the audit's counts: one line under the health, `health.audit` in JSON.
+#[test]
+fn status_shows_the_audit_summary() {
+    use netguard::audit::{AuditStatus, Summary};
+    let mut health = healthy();
+    health.audit = Some(AuditStatus::Counts(Summary {
+        high: 2,
+        medium: 1,
+        low: 0,
+    }));
+    let text = status::render(&health, None, &[], Style::plain());
+    assert!(
+        text.contains("\n  audit         3 findings: 2 high, 1 medium, 0 low (netguard audit)\n"),
+        "{text}"
+    );
+    assert!(health.ok(), "findings do not make enforcement degraded");
+    let j = status::json(&health, None, &[]);
+    assert_eq!(
+        j["health"]["audit"],
+        serde_json::json!({"high": 2, "medium": 1, "low": 0})
+    );
+    health.audit = Some(AuditStatus::Counts(Summary::default()));
+    let text = status::render(&health, None, &[], Style::plain());
+    assert!(text.contains("\n  audit         nothing found\n"), "{text}");
+    health.audit = Some(AuditStatus::Unknown {
+        error: "cannot reach the Docker daemon".into(),
+    });
+    let j = status::json(&health, None, &[]);
+    assert_eq!(
+        j["health"]["audit"],
+        serde_json::json!({"error": "cannot reach the Docker daemon"})
+    );
+    health.audit = None;
+    let text = status::render(&health, None, &[], Style::plain());
+    assert!(!text.contains("audit"), "{text}");
 }

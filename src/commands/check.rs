@@ -7,13 +7,17 @@ pub async fn run(ctx: &Context) -> Result<i32, Failure> {
     ctx.print(
         || {
             format!(
-                "{}: valid ({} groups, {} allow entries)\n",
+                "{}: valid ({} groups, {} allow entries{})\n",
                 ctx.config.display(),
                 p.groups.len(),
-                p.allows.len()
+                p.allows.len(),
+                match p.separates.len() {
+                    0 => String::new(),
+                    n => format!(", {n} separate lines"),
+                }
             )
         },
-        || serde_json::json!({ "ok": true, "groups": p.groups.len(), "allows": p.allows.len() }),
+        || serde_json::json!({ "ok": true, "groups": p.groups.len(), "allows": p.allows.len(), "separates": p.separates.len() }),
     );
     Ok(EXIT_OK)
 }

@@ -7,6 +7,7 @@
 //! What they format lives beside what it renders, in `ops`; the commands only gather.
 
 pub mod apply;
+pub mod audit;
 pub mod check;
 pub mod completions;
 mod context;

@@ -30,7 +30,7 @@ pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
         Some(plan) => bridges(plan).await?,
         None => Vec::new(),
     };
-    let health = status::health(
+    let mut health = status::health(
         &live,
         plan.as_ref(),
         global,
@@ -38,6 +38,12 @@ pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
         source,
         status::daemon_health(&args.state.state_file),
     );
+    if ctx.inventory.is_none() {
+        health.audit = Some(match super::audit::summary(ctx, &p).await {
+            Ok(s) => crate::audit::AuditStatus::Counts(s),
+            Err(error) => crate::audit::AuditStatus::Unknown { error },
+        });
+    }
     let counters = status::counters(&live);
     match ctx.output {
         Output::Text => {

@@ -227,6 +227,8 @@ pub trait Observer {
     /// Containers with an endpoint on a managed network, after each change.
     fn containers(&self, _n: usize) {}
     fn error(&self, _kind: &'static str) {}
+    /// Pairs of containers breaking a `[[separate]]` line, after each change.
+    fn separation_violations(&self, _n: usize) {}
 }
 
 pub struct NoObserver;
@@ -239,6 +241,7 @@ pub struct Controller<S: Source, E: Enforcer> {
     pub engine: Engine,
     pub state: DaemonState,
     pub observer: Box<dyn Observer>,
+    separation: super::separation::Separation,
     resyncs: u32,
     /// Something failed since the last full sync; the next resync does a full one.
     dirty: bool,
@@ -369,6 +372,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             engine: Engine::new(policy, Inventory::default()),
             state,
             observer: Box::new(NoObserver),
+            separation: Default::default(),
             resyncs: 0,
             dirty: false,
         }
@@ -430,6 +434,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let before = admitted_addresses(&self.engine.plan());
         self.engine.reset(inv);
         let plan = self.engine.plan();
+        let n = self.separation.reset(self.engine.policy(), &plan);
+        self.observer.separation_violations(n);
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
@@ -546,6 +552,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             };
             merge(&mut delta, d);
         }
+        let n = self.separation.changed(&self.engine, seen.iter());
+        self.observer.separation_violations(n);
         if full {
             let _ = self.full_sync().await;
             return;

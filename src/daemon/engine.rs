@@ -146,6 +146,11 @@ impl Engine {
         plan(&self.policy, &self.inventory())
     }
 
+    /// One container as planned now (its groups), if the source reported it with an endpoint.
+    pub fn planned(&self, id: &str) -> Option<&PlannedContainer> {
+        self.planned.get(id)
+    }
+
     /// Every container with an endpoint the source reported, managed or not.
     pub fn container_count(&self) -> usize {
         self.containers.len()

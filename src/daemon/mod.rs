@@ -8,6 +8,7 @@ pub mod controller;
 pub mod engine;
 pub mod notify;
 mod observe;
+pub mod separation;
 pub mod source;
 
 pub use crate::state::DaemonState;

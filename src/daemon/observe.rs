@@ -20,6 +20,9 @@ impl Observer for Arc<Metrics> {
     fn containers(&self, n: usize) {
         self.set_managed_containers(n);
     }
+    fn separation_violations(&self, n: usize) {
+        self.set_separation_violations(n);
+    }
     fn error(&self, kind: &'static str) {
         Metrics::error(self, kind);
     }

@@ -13,6 +13,7 @@
 pub mod events;
 pub mod map;
 pub mod podman;
+pub mod security;
 pub mod veth;
 
 pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};

@@ -99,6 +99,10 @@ pub struct Health {
     pub bridges: Vec<BridgeHealth>,
     pub source: SourceHealth,
     pub daemon: DaemonHealth,
+    /// Counts of `netguard audit`'s findings (not part of `ok`: enforcement can be healthy
+    /// on a host whose containers undo it). `None` with an inventory file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditStatus>,
 }
 
 impl Health {
@@ -129,6 +133,7 @@ pub fn health(
         bridges,
         source,
         daemon,
+        audit: None,
     }
 }
 
@@ -271,6 +276,9 @@ pub fn render(
         }
     };
     let _ = writeln!(out, "  daemon        {daemon}");
+    if let Some(a) = &health.audit {
+        let _ = writeln!(out, "{}", super::audit::summary_line(a, style));
+    }
 
     if let Some(plan) = plan {
         let _ = writeln!(out, "\n{}", style.bold("networks:"));

@@ -23,6 +23,18 @@ pub struct Policy {
     pub groups: BTreeMap<String, Group>,
     /// Allow entries in file order.
     pub allows: Vec<Allow>,
+    /// `[[separate]]` lines in file order: trust groups that must not share this host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub separates: Vec<Separate>,
+}
+
+/// Members of these groups (at least two, all defined) must not run on the same host.
+/// netguard cannot move containers: `audit`, the daemon's log and its metrics report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Separate {
+    pub groups: Vec<String>,
+    pub comment: Option<String>,
+    pub loc: Loc,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
