@@ -1,4 +1,5 @@
-//! The `bridge` table: each admitted address bound to its veth, in both directions.
+//! The `bridge` table: each admitted address bound to its veth, in both directions, and
+//! each admitted endpoint's MAC bound to its veth before the bridge learns from a frame.
 
 use super::names;
 use super::ruleset::*;
@@ -14,6 +15,9 @@ pub(super) fn table() -> Table {
         (names::ADDRS_6, SetKind::V6),
         (names::BIND_4, SetKind::IfnameV4),
         (names::BIND_6, SetKind::IfnameV6),
+        (names::BIND_MAC, SetKind::IfnameMac),
+        (names::MAC_VETHS, SetKind::Ifname),
+        (names::MACS, SetKind::Mac),
         (names::VETHS, SetKind::Ifname),
     ]
     .into_iter()
@@ -69,7 +73,8 @@ pub(super) fn table() -> Table {
         )
         .counted(),
     ];
-    let mut pre = bound_source(Ip, V4, names::BIND_4, names::ADDRS_4);
+    let mut pre = bound_mac();
+    pre.extend(bound_source(Ip, V4, names::BIND_4, names::ADDRS_4));
     pre.extend(arp);
     pre.push(Rule::new(
         vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
@@ -106,6 +111,70 @@ pub(super) fn table() -> Table {
             },
         ],
     }
+}
+
+/// First in `prerouting`, whose hook runs before the bridge learns a frame's source MAC:
+/// a frame whose Ethernet source is another endpoint's MAC never moves that MAC's
+/// forwarding entry to the sender's port (which would cut its owner off, the address
+/// binding then dropping whatever reaches the wrong port), and a MAC-bound veth sends from
+/// its own MAC only. ARP's sender hardware address is held to the same binding.
+/// The bound lookup comes first in each rule: a genuine frame stops there, one lookup.
+fn bound_mac() -> Vec<Rule> {
+    let own = |negate| Match::EtherSaddrInSet {
+        iface: IfSide::Iif,
+        set: names::BIND_MAC.into(),
+        negate,
+    };
+    let own_sha = |negate| Match::ArpShaInSet {
+        iface: IfSide::Iif,
+        set: names::BIND_MAC.into(),
+        negate,
+    };
+    vec![
+        Rule::new(
+            vec![
+                own(true),
+                Match::EtherSaddrInSet {
+                    iface: IfSide::None,
+                    set: names::MACS.into(),
+                    negate: false,
+                },
+            ],
+            Verdict::Drop,
+            "another container's MAC",
+        )
+        .counted(),
+        Rule::new(
+            vec![own(true), Match::IifInSet(names::MAC_VETHS.into())],
+            Verdict::Drop,
+            "MAC-bound veth, MAC not its own",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(EtherType::Arp),
+                own_sha(true),
+                Match::ArpShaInSet {
+                    iface: IfSide::None,
+                    set: names::MACS.into(),
+                    negate: false,
+                },
+            ],
+            Verdict::Drop,
+            "ARP with another container's MAC",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(EtherType::Arp),
+                own_sha(true),
+                Match::IifInSet(names::MAC_VETHS.into()),
+            ],
+            Verdict::Drop,
+            "MAC-bound veth, ARP sender MAC not its own",
+        )
+        .counted(),
+    ]
 }
 
 /// A frame may leave a veth only with that veth's own address; a bound address coming from

@@ -111,7 +111,7 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
 
 const TOP_KEYS: &[&str] = &["version", "settings", "groups", "allow"];
 const SETTINGS_KEYS: &[&str] = &["networks", "anti_spoofing", "log_denied"];
-const GROUP_KEYS: &[&str] = &["match"];
+const GROUP_KEYS: &[&str] = &["match", "mac_binding"];
 const SELECTOR_KEYS: &[&str] = &["name", "image", "network", "label"];
 const ALLOW_KEYS: &[&str] = &["from", "to", "within", "ports", "comment"];
 
@@ -291,11 +291,18 @@ impl Parser<'_> {
             }
             let loc_offset = self.table_start(key, value);
             let selectors = self.group_body(name, value, loc_offset);
+            let mac_binding = value
+                .get_ref()
+                .as_table()
+                .and_then(|t| t.get("mac_binding"))
+                .and_then(|v| self.boolean("mac_binding", v))
+                .unwrap_or(true);
             groups.insert(
                 name.to_string(),
                 Group {
                     name: name.to_string(),
                     selectors,
+                    mac_binding,
                     loc: self.loc(loc_offset),
                 },
             );
@@ -997,7 +1004,7 @@ to = "web"
         assert_eq!(
             one_error(&format!("{WEB}matches = 1\n")),
             "3:1: unknown key \"matches\" in group \"web\" (did you mean \"match\"?); \
-             expected only \"match\""
+             expected one of \"match\", \"mac_binding\""
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = { names = \"w\" }\n"),
