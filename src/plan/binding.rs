@@ -259,3 +259,108 @@ fn bound_destination(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -
         .counted(),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::inventory::parse_inventory;
+    use crate::plan::{names, plan};
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    use super::*;
+
+    const INV: &str = "[[container]]\nname = \"web\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vweb\"\nipv4 = \"10.0.0.2\"\nmac = \"02:00:00:00:00:02\"\n\
+        [[container]]\nname = \"lb\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vlb\"\nipv4 = \"10.0.0.3\"\nmac = \"02:00:00:00:00:03\"\n\
+        [[container]]\nname = \"old\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vold\"\nipv4 = \"10.0.0.4\"\n";
+
+    fn elements(policy: &str) -> (crate::plan::Plan, BTreeSet<(String, Elem)>) {
+        let p = parse_policy(Path::new("p.toml"), policy).expect("policy");
+        let inv = parse_inventory(Path::new("i.toml"), INV).expect("inventory");
+        let planned = plan(&p, &inv);
+        let e = planned
+            .ruleset
+            .elements()
+            .into_iter()
+            .filter(|(f, s, _)| *f == Family::Bridge && s.contains("mac"))
+            .map(|(_, s, e)| (s, e))
+            .collect();
+        (planned, e)
+    }
+
+    fn mac(s: &str) -> Mac {
+        s.parse().expect("mac")
+    }
+
+    #[test]
+    fn opted_out_members_keep_their_mac_bound_but_not_their_veth() {
+        let (p, got) = elements(
+            "[groups.web]\nmatch = { name = \"web\" }\n\
+             [groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
+        );
+        let want: BTreeSet<(String, Elem)> = [
+            (
+                names::BIND_MAC,
+                Elem::IfnameMac("vweb".into(), mac("02:00:00:00:00:02")),
+            ),
+            (
+                names::BIND_MAC,
+                Elem::IfnameMac("vlb".into(), mac("02:00:00:00:00:03")),
+            ),
+            (names::MACS, Elem::Mac(mac("02:00:00:00:00:02"))),
+            (names::MACS, Elem::Mac(mac("02:00:00:00:00:03"))),
+            (names::MAC_VETHS, Elem::Ifname("vweb".into())),
+        ]
+        .into_iter()
+        .map(|(s, e)| (s.to_string(), e))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(p.mac_binding.opt_out_groups, ["lb"]);
+        assert!(p.mac_binding.enabled);
+        // Without a MAC: admitted, addresses bound, MAC not, and said so.
+        let old = &p
+            .containers
+            .iter()
+            .find(|c| c.name == "old")
+            .unwrap()
+            .endpoints[0];
+        assert!(old.admitted && !old.mac_binding && old.mac.is_none());
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.starts_with("old on n: MAC unknown")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn without_anti_spoofing_nothing_is_bound() {
+        let (p, got) = elements("[settings]\nanti_spoofing = false\n");
+        assert!(got.is_empty(), "{got:?}");
+        assert!(!p.mac_binding.enabled);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(
+            p.containers
+                .iter()
+                .all(|c| c.endpoints.iter().all(|e| !e.mac_binding))
+        );
+    }
+
+    #[test]
+    fn a_mac_the_source_reports_badly_is_not_admitted() {
+        let p = parse_policy(Path::new("p.toml"), "").expect("policy");
+        let mut inv = parse_inventory(Path::new("i.toml"), INV).expect("inventory");
+        inv.containers[0].endpoints[0].mac = Some("02:00:00:00:00".into());
+        inv.containers[1].endpoints[0].mac = Some("33:33:00:00:00:01".into());
+        let planned = plan(&p, &inv);
+        for c in &planned.containers[..2] {
+            let ep = &c.endpoints[0];
+            assert!(!ep.admitted, "{}", c.name);
+            assert!(
+                ep.reason.as_deref().is_some_and(|r| r.contains("MAC")),
+                "{:?}",
+                ep.reason
+            );
+        }
+    }
+}

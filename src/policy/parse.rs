@@ -1219,6 +1219,10 @@ to = "web"
             "2:17: \"anti_spoofing\" must be a boolean (true or false), found the string \"yes\""
         );
         assert_eq!(
+            one_error("[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = \"no\"\n"),
+            "3:15: \"mac_binding\" must be a boolean (true or false), found the string \"no\""
+        );
+        assert_eq!(
             one_error("[settings]\nlog_denied = 1\n"),
             "2:14: \"log_denied\" must be a boolean (true or false), found the integer 1"
         );
