@@ -109,6 +109,11 @@ pub(super) fn table() -> Table {
                 }),
                 rules: post,
             },
+            Chain {
+                name: names::FOREIGN_MAC.into(),
+                base: None,
+                rules: foreign_mac(),
+            },
         ],
     }
 }
@@ -118,13 +123,9 @@ pub(super) fn table() -> Table {
 /// forwarding entry to the sender's port (which would cut its owner off, the address
 /// binding then dropping whatever reaches the wrong port), and a MAC-bound veth sends from
 /// its own MAC only. ARP's sender hardware address is held to the same binding.
-/// The bound lookup comes first in each rule: a genuine frame stops there, one lookup.
+/// A genuine frame costs one lookup: only a frame whose source is not bound to its port
+/// goes on to `foreign_mac` to learn whether that is allowed.
 fn bound_mac() -> Vec<Rule> {
-    let own = |negate| Match::EtherSaddrInSet {
-        iface: IfSide::Iif,
-        set: names::BIND_MAC.into(),
-        negate,
-    };
     let own_sha = |negate| Match::ArpShaInSet {
         iface: IfSide::Iif,
         set: names::BIND_MAC.into(),
@@ -132,24 +133,14 @@ fn bound_mac() -> Vec<Rule> {
     };
     vec![
         Rule::new(
-            vec![
-                own(true),
-                Match::EtherSaddrInSet {
-                    iface: IfSide::None,
-                    set: names::MACS.into(),
-                    negate: false,
-                },
-            ],
-            Verdict::Drop,
-            "another container's MAC",
-        )
-        .counted(),
-        Rule::new(
-            vec![own(true), Match::IifInSet(names::MAC_VETHS.into())],
-            Verdict::Drop,
-            "MAC-bound veth, MAC not its own",
-        )
-        .counted(),
+            vec![Match::EtherSaddrInSet {
+                iface: IfSide::Iif,
+                set: names::BIND_MAC.into(),
+                negate: true,
+            }],
+            Verdict::Jump(names::FOREIGN_MAC.into()),
+            "source MAC not bound to this port",
+        ),
         Rule::new(
             vec![
                 Match::EtherType(EtherType::Arp),
@@ -172,6 +163,30 @@ fn bound_mac() -> Vec<Rule> {
             ],
             Verdict::Drop,
             "MAC-bound veth, ARP sender MAC not its own",
+        )
+        .counted(),
+    ]
+}
+
+/// A frame whose source MAC is not bound to the port it came from: dropped when the MAC
+/// is another endpoint's, or when the port is a MAC-bound veth; anything else (a port
+/// netguard does not manage, an opted-out group's unowned MAC) returns to `prerouting`.
+fn foreign_mac() -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![Match::EtherSaddrInSet {
+                iface: IfSide::None,
+                set: names::MACS.into(),
+                negate: false,
+            }],
+            Verdict::Drop,
+            "another container's MAC",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::IifInSet(names::MAC_VETHS.into())],
+            Verdict::Drop,
+            "MAC-bound veth, MAC not its own",
         )
         .counted(),
     ]

@@ -35,6 +35,7 @@ pub mod names {
     pub const ISOLATE: &str = "isolate";
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
+    pub const FOREIGN_MAC: &str = "foreign_mac";
 
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
