@@ -558,7 +558,14 @@ fn status_json_when_docker_cannot_be_read() {
         .collect();
     assert_eq!(
         keys,
-        ["containers", "flows", "networks", "unisolable", "warnings"]
+        [
+            "containers",
+            "flows",
+            "mac_binding",
+            "networks",
+            "unisolable",
+            "warnings"
+        ]
     );
 }
 

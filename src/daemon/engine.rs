@@ -464,6 +464,7 @@ mod tests {
             "[settings]\nnetworks = [\"m-*\"]\nanti_spoofing = {anti_spoofing}\n\
              [groups.a]\nmatch = {{ name = \"a*\" }}\n\
              [groups.b]\nmatch = [{{ name = \"b*\" }}, {{ network = \"m-2\" }}]\n\
+             [groups.vrrp]\nmatch = {{ name = \"*2\" }}\nmac_binding = false\n\
              [[allow]]\nfrom = \"a\"\nto = \"b\"\n"
         );
         parse_policy(Path::new("p.toml"), &text).expect("policy")
@@ -492,7 +493,11 @@ mod tests {
                     } else {
                         None
                     },
-                    mac: None,
+                    // Few MACs too, so that two veths share one and a MAC moves.
+                    mac: match r.next(3) {
+                        0 => None,
+                        n => Some(format!("02:00:00:00:0{n}:{host:02x}")),
+                    },
                 });
             }
         }

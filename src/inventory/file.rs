@@ -52,7 +52,7 @@ struct FileEndpoint {
     veth: Option<Spanned<String>>,
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
-    mac: Option<String>,
+    mac: Option<Spanned<String>>,
 }
 
 /// Reads and validates an inventory file.
@@ -131,6 +131,22 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
                 }
                 None => None,
             };
+            let mac = match ep.mac {
+                Some(m) => {
+                    let parsed = m
+                        .get_ref()
+                        .parse::<super::Mac>()
+                        .map_err(|e| invalid(Some(m.span()), format!("mac: {e}")))?;
+                    if !parsed.is_ownable() {
+                        return Err(invalid(
+                            Some(m.span()),
+                            format!("mac: {parsed} is not a unicast address"),
+                        ));
+                    }
+                    Some(parsed.to_string())
+                }
+                None => None,
+            };
             let bridge = ep.bridge.into_inner();
             if let Some(prev) = networks.get(&ep.network)
                 && *prev != bridge
@@ -151,7 +167,7 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
                 veth,
                 ipv4: ep.ipv4,
                 ipv6: ep.ipv6,
-                mac: ep.mac,
+                mac,
             });
         }
         inv.containers.push(Container {
@@ -253,6 +269,23 @@ ipv4 = "10.98.0.11"
         assert!(e.starts_with("inv.toml:6:8:"), "{e}");
         let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"a/b\"\nipv4 = \"10.0.0.3\"\n").unwrap_err();
         assert!(e.starts_with("inv.toml:5:10:"), "{e}");
+        let ep = "[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\nipv4 = \"10.0.0.3\"\n";
+        let e = parse(&format!("{ep}mac = \"02:42:0a\"\n")).unwrap_err();
+        assert!(e.starts_with("inv.toml:7:7:") && e.contains("MAC"), "{e}");
+        let e = parse(&format!("{ep}mac = \"ff:ff:ff:ff:ff:ff\"\n")).unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:7:7:") && e.contains("unicast"),
+            "{e}"
+        );
+        let inv = parse_inventory(
+            Path::new("inv.toml"),
+            &format!("{ep}mac = \"02:42:0A:00:00:03\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            inv.containers[0].endpoints[0].mac.as_deref(),
+            Some("02:42:0a:00:00:03")
+        );
     }
 
     #[test]

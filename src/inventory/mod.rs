@@ -4,8 +4,10 @@
 //! plan never knows where its containers came from.
 
 mod file;
+mod mac;
 
 pub use file::{InventoryFileError, load_inventory_file, parse_inventory};
+pub use mac::Mac;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

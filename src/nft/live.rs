@@ -172,6 +172,7 @@ fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
         Value::String(one) => match one.as_str() {
             "ifname" => Some(SetKind::Ifname),
             "ipv4_addr" => Some(SetKind::V4),
+            "ether_addr" => Some(SetKind::Mac),
             "ipv6_addr" => Some(SetKind::V6),
             _ => None,
         },
@@ -186,6 +187,7 @@ fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
                 ["ifname", "ifname"] => Some(SetKind::IfnamePair),
                 ["ifname", "ipv4_addr"] => Some(SetKind::IfnameV4),
                 ["ifname", "ipv6_addr"] => Some(SetKind::IfnameV6),
+                ["ifname", "ether_addr"] => Some(SetKind::IfnameMac),
                 _ => None,
             }
         }
@@ -216,6 +218,8 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
             .parse::<Ipv6Addr>()
             .ok()
             .map(|a| Elem::IfnameV6(i.to_string(), a)),
+        (SetKind::IfnameMac, [i, m]) => m.parse().ok().map(|m| Elem::IfnameMac(i.to_string(), m)),
+        (SetKind::Mac, [m]) => m.parse().ok().map(Elem::Mac),
         (SetKind::V4, [a]) => a.parse().ok().map(Elem::V4),
         (SetKind::V6, [a]) => a.parse().ok().map(Elem::V6),
         _ => None,

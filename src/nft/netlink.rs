@@ -34,6 +34,7 @@ const NFT_SET_OBJECT: u32 = 0x40;
 // nftables datatypes (src/datatype.h) and concatenation (TYPE_BITS = 6).
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
+const TYPE_ETHERADDR: u32 = 9;
 const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_IFNAME: u32 = 41;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
@@ -105,9 +106,11 @@ fn kind_of(key_type: u32, flags: u32) -> Option<SetKind> {
         TYPE_IFNAME => Some(SetKind::Ifname),
         TYPE_IPADDR => Some(SetKind::V4),
         TYPE_IP6ADDR => Some(SetKind::V6),
+        TYPE_ETHERADDR => Some(SetKind::Mac),
         t if t == (TYPE_IFNAME << 6) | TYPE_IFNAME => Some(SetKind::IfnamePair),
         t if t == (TYPE_IFNAME << 6) | TYPE_IPADDR => Some(SetKind::IfnameV4),
         t if t == (TYPE_IFNAME << 6) | TYPE_IP6ADDR => Some(SetKind::IfnameV6),
+        t if t == (TYPE_IFNAME << 6) | TYPE_ETHERADDR => Some(SetKind::IfnameMac),
         _ => None,
     }
 }
@@ -120,6 +123,10 @@ fn ifname(b: &[u8]) -> Option<String> {
 fn v4(b: &[u8]) -> Option<Ipv4Addr> {
     let a: [u8; 4] = b.try_into().ok()?;
     Some(Ipv4Addr::from(a))
+}
+
+fn mac(b: &[u8]) -> Option<Mac> {
+    Some(Mac(b.try_into().ok()?))
 }
 
 fn v6(b: &[u8]) -> Option<Ipv6Addr> {
@@ -160,6 +167,9 @@ fn elem_of(kind: SetKind, k: &[u8]) -> Option<Elem> {
         (SetKind::IfnamePair, 32) => Some(Elem::IfnamePair(ifname(&k[..n])?, ifname(&k[n..])?)),
         (SetKind::IfnameV4, 20) => Some(Elem::IfnameV4(ifname(&k[..n])?, v4(&k[n..])?)),
         (SetKind::IfnameV6, 32) => Some(Elem::IfnameV6(ifname(&k[..n])?, v6(&k[n..])?)),
+        // In a concatenation the 6-byte address is padded to 8.
+        (SetKind::IfnameMac, 24) => Some(Elem::IfnameMac(ifname(&k[..n])?, mac(&k[n..n + 6])?)),
+        (SetKind::Mac, 6) => Some(Elem::Mac(mac(k)?)),
         (SetKind::V4, 4) => Some(Elem::V4(v4(k)?)),
         (SetKind::V6, 16) => Some(Elem::V6(v6(k)?)),
         _ => None,
@@ -382,6 +392,12 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
             name(&mut k, i);
             k.extend_from_slice(&a.octets());
         }
+        Elem::IfnameMac(i, m) => {
+            name(&mut k, i);
+            k.extend_from_slice(&m.0);
+            k.extend_from_slice(&[0, 0]);
+        }
+        Elem::Mac(m) => k.extend_from_slice(&m.0),
         Elem::V4(a) => k.extend_from_slice(&a.octets()),
         Elem::V6(a) => k.extend_from_slice(&a.octets()),
         // Never sent: an interval is two elements, and `apply_elements` refuses ranges.

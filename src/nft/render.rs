@@ -68,6 +68,10 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::IfnameV6 => {
             schema::SetTypeValue::Concatenated(vec![T::Ifname, T::Ipv6Addr].into())
         }
+        SetKind::IfnameMac => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::EtherAddr].into())
+        }
+        SetKind::Mac => schema::SetTypeValue::Single(T::EtherAddr),
         SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
         SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
@@ -100,6 +104,11 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
             s(i.clone()),
             s(a.to_string()),
         ])),
+        Elem::IfnameMac(i, m) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(m.to_string()),
+        ])),
+        Elem::Mac(m) => s(m.to_string()),
         Elem::V4(a) => s(a.to_string()),
         Elem::V6(a) => s(a.to_string()),
         Elem::Port(lo, hi) => port_item(*lo, *hi),
@@ -289,6 +298,16 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         Match::ArpSaddrInSet { iface, set } => {
             m(keyed(*iface, payload("arp", "saddr ip")), EQ, set_ref(set))
         }
+        Match::EtherSaddrInSet { iface, set, negate } => m(
+            keyed(*iface, payload("ether", "saddr")),
+            if *negate { Operator::NEQ } else { EQ },
+            set_ref(set),
+        ),
+        Match::ArpShaInSet { iface, set, negate } => m(
+            keyed(*iface, payload("arp", "saddr ether")),
+            if *negate { Operator::NEQ } else { EQ },
+            set_ref(set),
+        ),
         Match::ArpSaddrIsZero => m(payload("arp", "saddr ip"), EQ, s("0.0.0.0")),
         Match::Saddr6In(p) => m(payload("ip6", "saddr"), EQ, prefixes(p)),
         Match::Daddr6In(p) => m(payload("ip6", "daddr"), EQ, prefixes(p)),

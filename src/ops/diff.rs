@@ -284,8 +284,8 @@ fn owner_of(owners: &BTreeMap<String, String>, e: &Elem) -> String {
     let key = match e {
         IfnameV4(_, a) | V4(a) => a.to_string(),
         IfnameV6(_, a) | V6(a) => a.to_string(),
-        Ifname(i) => i.clone(),
-        IfnamePair(..) | Port(..) => return String::new(),
+        Ifname(i) | IfnameMac(i, _) => i.clone(),
+        IfnamePair(..) | Port(..) | Mac(_) => return String::new(),
     };
     owners
         .get(&key)

@@ -276,6 +276,13 @@ pub fn render(
         }
     };
     let _ = writeln!(out, "  daemon        {daemon}");
+    if let Some(plan) = plan {
+        let _ = writeln!(
+            out,
+            "  mac binding   {}",
+            mac_binding_text(&plan.mac_binding)
+        );
+    }
     if let Some(a) = &health.audit {
         let _ = writeln!(out, "{}", super::audit::summary_line(a, style));
     }
@@ -309,9 +316,15 @@ pub fn render(
                     .into_iter()
                     .chain(e.ipv6.map(|a| a.to_string()))
                     .collect();
+                let opted_out = e.admitted && !e.mac_binding && plan.mac_binding.enabled;
+                let mac = match (e.mac, opted_out) {
+                    (Some(m), false) => format!(" mac {m}"),
+                    (Some(m), true) => format!(" mac {m} (mac_binding = false)"),
+                    (None, _) => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "      {} via {} veth {} {}{}",
+                    "      {} via {} veth {} {}{mac}{}",
                     e.network,
                     e.bridge,
                     e.veth.as_deref().unwrap_or("?"),
@@ -349,6 +362,18 @@ pub fn render(
         }
     }
     out
+}
+
+fn mac_binding_text(m: &crate::plan::MacBinding) -> String {
+    match (m.enabled, m.opt_out_groups.as_slice()) {
+        (false, _) => "off (anti_spoofing = false)".into(),
+        (true, []) => "on: every admitted endpoint sends from its own MAC only".into(),
+        (true, g) => format!(
+            "on, except groups with mac_binding = false: {} (their members may send from \
+             MACs no endpoint owns)",
+            g.join(", ")
+        ),
+    }
 }
 
 /// The line for the user when the containers could not be read (`None`: they could).
@@ -394,6 +419,7 @@ fn plan_json(plan: &Plan) -> serde_json::Value {
         "containers": plan.containers,
         "unisolable": plan.unisolable,
         "flows": plan.flows,
+        "mac_binding": plan.mac_binding,
         "warnings": plan.warnings,
     })
 }

@@ -28,10 +28,14 @@ pub mod names {
     pub const BIND_6: &str = "bind_6";
     pub const ADDRS_4: &str = "addrs_4";
     pub const ADDRS_6: &str = "addrs_6";
+    pub const BIND_MAC: &str = "bind_mac";
+    pub const MACS: &str = "macs";
+    pub const MAC_VETHS: &str = "mac_veths";
     pub const FORWARD: &str = "forward";
     pub const ISOLATE: &str = "isolate";
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
+    pub const FOREIGN_MAC: &str = "foreign_mac";
 
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
@@ -49,6 +53,7 @@ pub struct Plan {
     pub containers: Vec<PlannedContainer>,
     pub unisolable: Vec<Unisolable>,
     pub flows: Vec<Flow>,
+    pub mac_binding: MacBinding,
     pub ruleset: Ruleset,
     pub warnings: Vec<String>,
 }
@@ -66,6 +71,30 @@ impl Plan {
         b.sort();
         b.dedup();
         b
+    }
+}
+
+/// Whether admitted endpoints' MACs are bound to their veths, and which groups opted out
+/// (`mac_binding = false`): what `status` shows and `audit` reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MacBinding {
+    /// On with `anti_spoofing` (the MAC is bound where the addresses are).
+    pub enabled: bool,
+    /// Groups whose members may send from MACs not their own, sorted.
+    pub opt_out_groups: Vec<String>,
+}
+
+impl MacBinding {
+    pub fn of(policy: &Policy) -> MacBinding {
+        MacBinding {
+            enabled: policy.settings.anti_spoofing,
+            opt_out_groups: policy
+                .groups
+                .values()
+                .filter(|g| !g.mac_binding)
+                .map(|g| g.name.clone())
+                .collect(),
+        }
     }
 }
 
@@ -94,6 +123,13 @@ pub struct PlannedEndpoint {
     pub veth: Option<String>,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// Its veth may send only from `mac` (and no other port from it). `false` for a
+    /// member of a group with `mac_binding = false` (its MAC is still its own: no other
+    /// port may send from it), for an endpoint whose MAC is not known, and without
+    /// `anti_spoofing`.
+    pub mac_binding: bool,
     pub managed: bool,
     /// Its addresses are in netguard's sets. A managed endpoint that is not admitted
     /// reaches no one (fail closed); `reason` says why.
@@ -234,6 +270,12 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
             if let Some(r) = &ep.reason {
                 warnings.push(format!("{} on {}: not admitted: {r}", c.name, ep.network));
             }
+            if ep.admitted && policy.settings.anti_spoofing && ep.mac.is_none() {
+                warnings.push(format!(
+                    "{} on {}: MAC unknown: its addresses are bound, its MAC is not",
+                    c.name, ep.network
+                ));
+            }
         }
         containers.push(pc);
     }
@@ -258,6 +300,7 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
         containers,
         unisolable: inventory.unisolable.clone(),
         flows,
+        mac_binding: MacBinding::of(policy),
         ruleset,
         warnings,
     }
@@ -307,11 +350,22 @@ pub fn plan_container(
             .get(&(bridge.to_string(), a))
             .is_some_and(|o| o.len() > 1)
     };
+    let groups = groups_of(policy, c);
+    let opted_out = groups
+        .iter()
+        .any(|g| policy.groups.get(g).is_some_and(|g| !g.mac_binding));
     let mut endpoints = Vec::new();
     for ep in &c.endpoints {
         let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
+        let mac = ep.mac.as_deref().map(str::parse::<Mac>);
         let reason = if !managed {
             None
+        } else if let (true, Some(Err(e))) = (policy.settings.anti_spoofing, &mac) {
+            Some(format!("cannot bind its MAC: {e}"))
+        } else if let (true, Some(Ok(m))) = (policy.settings.anti_spoofing, &mac)
+            && !m.is_ownable()
+        {
+            Some(format!("cannot bind its MAC: {m} is not a unicast address"))
         } else if policy.settings.anti_spoofing && ep.veth.is_none() {
             Some("host-side veth unknown: cannot bind its addresses".to_string())
         } else if let Some(v) = ep
@@ -333,14 +387,22 @@ pub fn plan_container(
         } else {
             None
         };
+        let admitted = managed && reason.is_none();
+        let mac = mac.and_then(Result::ok);
         endpoints.push(PlannedEndpoint {
             network: ep.network.clone(),
             bridge: ep.bridge.clone(),
             veth: ep.veth.clone(),
             ipv4: ep.ipv4,
             ipv6: ep.ipv6,
+            mac,
+            mac_binding: admitted
+                && policy.settings.anti_spoofing
+                && mac.is_some()
+                && ep.veth.is_some()
+                && !opted_out,
             managed,
-            admitted: managed && reason.is_none(),
+            admitted,
             reason,
         });
     }
@@ -348,7 +410,7 @@ pub fn plan_container(
         id: c.id.clone(),
         name: c.name.clone(),
         managed: endpoints.iter().any(|e| e.managed),
-        groups: groups_of(policy, c),
+        groups,
         endpoints,
     }
 }
@@ -376,6 +438,23 @@ pub fn container_elements(
         }
         if let (true, Some(v)) = (anti_spoofing, &ep.veth) {
             out.push((Family::Bridge, names::VETHS.into(), Elem::Ifname(v.clone())));
+            // An opted-out endpoint's MAC stays bound to it (no one else sends from it);
+            // only its own veth is not held to it.
+            if let Some(m) = ep.mac {
+                out.push((
+                    Family::Bridge,
+                    names::BIND_MAC.into(),
+                    Elem::IfnameMac(v.clone(), m),
+                ));
+                out.push((Family::Bridge, names::MACS.into(), Elem::Mac(m)));
+            }
+            if ep.mac_binding {
+                out.push((
+                    Family::Bridge,
+                    names::MAC_VETHS.into(),
+                    Elem::Ifname(v.clone()),
+                ));
+            }
             if let Some(a) = ep.ipv4 {
                 out.push((
                     Family::Bridge,

@@ -66,6 +66,9 @@ pub struct Group {
     pub name: String,
     /// A container is a member when ANY selector matches.
     pub selectors: Vec<Selector>,
+    /// `false` (`mac_binding = false`): its members may send from MACs that are not
+    /// their own (VRRP, keepalived). Never from another endpoint's bound MAC.
+    pub mac_binding: bool,
     pub loc: Loc,
 }
 

@@ -111,7 +111,7 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
 
 const TOP_KEYS: &[&str] = &["version", "settings", "groups", "allow", "separate"];
 const SETTINGS_KEYS: &[&str] = &["networks", "anti_spoofing", "log_denied"];
-const GROUP_KEYS: &[&str] = &["match"];
+const GROUP_KEYS: &[&str] = &["match", "mac_binding"];
 const SELECTOR_KEYS: &[&str] = &["name", "image", "network", "label"];
 const ALLOW_KEYS: &[&str] = &["from", "to", "within", "ports", "comment"];
 const SEPARATE_KEYS: &[&str] = &["groups", "comment"];
@@ -297,11 +297,18 @@ impl Parser<'_> {
             }
             let loc_offset = self.table_start(key, value);
             let selectors = self.group_body(name, value, loc_offset);
+            let mac_binding = value
+                .get_ref()
+                .as_table()
+                .and_then(|t| t.get("mac_binding"))
+                .and_then(|v| self.boolean("mac_binding", v))
+                .unwrap_or(true);
             groups.insert(
                 name.to_string(),
                 Group {
                     name: name.to_string(),
                     selectors,
+                    mac_binding,
                     loc: self.loc(loc_offset),
                 },
             );
@@ -1093,7 +1100,7 @@ to = "web"
         assert_eq!(
             one_error(&format!("{WEB}matches = 1\n")),
             "3:1: unknown key \"matches\" in group \"web\" (did you mean \"match\"?); \
-             expected only \"match\""
+             expected one of \"match\", \"mac_binding\""
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = { names = \"w\" }\n"),
@@ -1306,6 +1313,10 @@ to = "web"
         assert_eq!(
             one_error("[settings]\nanti_spoofing = \"yes\"\n"),
             "2:17: \"anti_spoofing\" must be a boolean (true or false), found the string \"yes\""
+        );
+        assert_eq!(
+            one_error("[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = \"no\"\n"),
+            "3:15: \"mac_binding\" must be a boolean (true or false), found the string \"no\""
         );
         assert_eq!(
             one_error("[settings]\nlog_denied = 1\n"),
