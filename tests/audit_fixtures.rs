@@ -352,6 +352,48 @@ fn daemon_without_seccomp() {
     assert!(!has(&s), "a daemon that says nothing is not judged");
 }
 
+/// The policy above with the catch-all group opted out of the MAC binding.
+fn mac_opt_out_policy() -> String {
+    POLICY.replacen(
+        "[groups.all]\nmatch = { name = \"fa-*\" }\n",
+        "[groups.all]\nmatch = { name = \"fa-*\" }\nmac_binding = false\n",
+        1,
+    )
+}
+
+/// A group's `mac_binding = false` is reported for its managed members only, and only then.
+#[test]
+fn mac_binding_opt_out_is_reported_for_managed_members() {
+    let s = scene();
+    let with = |p: &str| -> Vec<String> {
+        findings(&policy(p), &s)
+            .iter()
+            .filter(|f| f.id == "mac-binding-off")
+            .filter_map(|f| f.container.clone())
+            .collect()
+    };
+    assert!(with(POLICY).is_empty(), "no group opts out in POLICY");
+    let opted = mac_opt_out_policy();
+    assert_ne!(opted, POLICY, "the opt-out was written into the policy");
+    let got = with(&opted);
+    let plan = plan(&policy(&opted), &s.inventory);
+    let managed: Vec<String> = plan
+        .containers
+        .iter()
+        .filter(|c| c.managed && c.groups.iter().any(|g| g == "all"))
+        .map(|c| c.name.clone())
+        .collect();
+    assert!(
+        !managed.is_empty(),
+        "the scene has managed members of `all`"
+    );
+    let mut want = managed;
+    want.sort();
+    let mut got_sorted = got;
+    got_sorted.sort();
+    assert_eq!(got_sorted, want);
+}
+
 /// Every id of the catalogue is produced by one of the scenes above: a check cannot
 /// disappear without a test noticing (each of these tests pins who gets it).
 #[test]
@@ -365,6 +407,11 @@ fn every_catalogued_finding_is_exercised() {
     s2.host.daemon.security_options = Some(vec!["name=selinux".into()]);
     s2.host.daemon.config.plain_tcp_client = Some("tcp://h:2375".into());
     seen.extend(findings(&policy(POLICY), &s2).iter().map(|f| f.id));
+    seen.extend(
+        findings(&policy(&mac_opt_out_policy()), &s)
+            .iter()
+            .map(|f| f.id),
+    );
     let missing: Vec<&str> = CATALOGUE
         .iter()
         .map(|(id, _)| *id)

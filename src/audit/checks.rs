@@ -402,5 +402,27 @@ pub fn plan_findings(plan: &Plan) -> Vec<Finding> {
             cis: None,
         });
     }
+    for c in plan.containers.iter().filter(|c| c.managed) {
+        let opted: Vec<&str> = c
+            .groups
+            .iter()
+            .filter(|g| plan.mac_binding.opt_out_groups.contains(g))
+            .map(String::as_str)
+            .collect();
+        if opted.is_empty() || !plan.mac_binding.enabled {
+            continue;
+        }
+        out.push(Finding {
+            id: "mac-binding-off",
+            severity: Severity::Low,
+            container: Some(c.name.clone()),
+            evidence: format!(
+                "in group {} with mac_binding = false: it may send from MACs that no endpoint owns",
+                opted.join(", ")
+            ),
+            fix: "keep mac_binding = false only for workloads that must send from a virtual MAC (VRRP, keepalived); remove it otherwise".into(),
+            cis: None,
+        });
+    }
     out
 }

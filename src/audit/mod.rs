@@ -185,6 +185,7 @@ pub const CATALOGUE: &[(&str, Severity)] = &[
     ("host-path-writable", Severity::High),
     ("not-isolable", Severity::Medium),
     ("no-group", Severity::Medium),
+    ("mac-binding-off", Severity::Low),
     ("separation", Severity::High),
 ];
 
