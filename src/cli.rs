@@ -101,6 +101,22 @@ pub enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Real packets from each container's network namespace to its peers, compared with the
+    /// policy (exit 0 all matched, 1 mismatches, 2 error).
+    Verify {
+        /// Only probes from this container (name, id or unique id prefix).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only probes to this container (name, id or unique id prefix).
+        #[arg(long)]
+        to: Option<String>,
+        /// Pairs probed per class of (source groups, destination groups, network); 0: every pair.
+        #[arg(long, default_value_t = 1)]
+        sample: usize,
+        /// How long a probe waits for an answer before it counts as blocked.
+        #[arg(long, default_value_t = 300)]
+        timeout_ms: u64,
+    },
     /// Shell completion script for SHELL on stdout.
     Completions {
         #[arg(value_enum)]
@@ -482,10 +498,12 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                     None
                 }
             };
-            let mut ds = match file {
-                Some(f) => klog::read_file(f)?,
-                None => klog::read_kmsg("/dev/kmsg")?,
+            let records = match file {
+                Some(f) => klog::read_file_records(f)?,
+                None => klog::read_kmsg_records("/dev/kmsg")?,
             };
+            let hidden = records.probes_hidden;
+            let mut ds = records.denials;
             let skip = ds.len().saturating_sub(lines);
             ds.drain(..skip);
             if let Some(plan) = &plan {
@@ -495,16 +513,52 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             match cli.output {
                 Output::Text => print!(
-                    "{}",
+                    "{}{}",
                     klog::render(
                         &ds,
                         p.settings.log_denied,
                         crate::ops::style::Style::detect()
-                    )
+                    ),
+                    klog::hidden_note(hidden)
                 ),
-                Output::Json => println!("{}", klog::json(&ds, p.settings.log_denied)),
+                Output::Json => println!(
+                    "{}",
+                    klog::with_hidden(klog::json(&ds, p.settings.log_denied), hidden)
+                ),
             }
             Ok(EXIT_OK)
+        }
+        Command::Verify {
+            ref from,
+            ref to,
+            sample,
+            timeout_ms,
+        } => {
+            let p = policy(&cli)?;
+            let inv = inventory(&cli).await?;
+            let args = crate::verify::command::Args {
+                from: from.clone(),
+                to: to.clone(),
+                sample,
+                timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
+            };
+            let docker = match &cli.inventory {
+                None => Some(DockerSource::connect(cli.docker_host.as_deref())?),
+                Some(_) => None,
+            };
+            let o = crate::verify::command::verify(&p, &inv, &args, docker.as_ref()).await?;
+            match cli.output {
+                Output::Text => print!(
+                    "{}",
+                    crate::verify::report::render(
+                        &o,
+                        timeout_ms,
+                        crate::ops::style::Style::detect()
+                    )
+                ),
+                Output::Json => println!("{}", crate::verify::report::json(&o, timeout_ms)),
+            }
+            Ok(o.exit_code())
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

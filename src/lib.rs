@@ -15,3 +15,4 @@ pub mod nft;
 pub mod ops;
 pub mod plan;
 pub mod policy;
+pub mod verify;

@@ -11,6 +11,7 @@
 //! lacks the network mode, so every container is inspected there.
 
 pub mod map;
+mod netns;
 pub mod podman;
 pub mod veth;
 
