@@ -202,7 +202,12 @@ async fn udp(spec: &ProbeSpec, sport: u16, timeout: Duration) -> io::Result<Meas
     // A connected UDP socket reports the ICMP port unreachable of a closed port as
     // ECONNREFUSED on the next receive.
     match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
-        Err(_) => Ok(silence(timeout)),
+        // Silence is a drop, or a listener that ignores a datagram it cannot parse: from
+        // the source the two look the same, so it reads as blocked (docs/output.md).
+        Err(_) => Ok(Measured::blocked(format!(
+            "no answer within {} ms (or a listener that ignores unknown datagrams)",
+            timeout.as_millis()
+        ))),
         Ok(Ok(_)) => Ok(Measured::reached("answered")),
         Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
             Ok(Measured::reached("port unreachable (ICMP)"))
