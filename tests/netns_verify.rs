@@ -208,7 +208,13 @@ fn verify_matches_after_apply_and_names_the_leaks_of_a_sabotaged_bridge() {
     assert!(leaked(&j, false).contains("web-1>web-2"), "{j:#}");
 
     run(&fx, &policy, &["apply"], 0);
+    let t = std::time::Instant::now();
     let j = verify(&fx, &policy, &["--sample", "0"], 0);
+    eprintln!(
+        "verify --sample 0: {} probes in {:?}",
+        probes(&j).len(),
+        t.elapsed()
+    );
     let n = probes(&j).len();
     assert!(
         n > 100,
@@ -242,7 +248,13 @@ fn verify_matches_after_apply_and_names_the_leaks_of_a_sabotaged_bridge() {
     );
 
     // The default samples one pair per class, and still matches.
+    let t = std::time::Instant::now();
     let j = verify(&fx, &policy, &[], 0);
+    eprintln!(
+        "verify (one pair per class): {} probes in {:?}",
+        probes(&j).len(),
+        t.elapsed()
+    );
     assert!(
         j["pairs"]["probed"].as_u64() < j["pairs"]["total"].as_u64(),
         "{j:#}"
@@ -431,4 +443,54 @@ fn log_does_not_report_the_probes_but_still_real_denials() {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("the real denial is not in `netguard log`: {last:#}");
+}
+
+/// Sampling keeps a crowded host quick: 60 containers in four groups (and none) on one
+/// network are 3540 pairs but 25 classes, one pair each by default.
+#[test]
+fn sampling_probes_one_pair_per_class_on_a_crowded_host() {
+    if !prerequisites("sampling_probes_one_pair_per_class_on_a_crowded_host") {
+        return;
+    }
+    let mut topo = Topology {
+        bridges: vec![],
+        containers: vec![],
+    }
+    .bridge("front", "br-front", 1);
+    let roles = ["web", "api", "db", "monitoring", "none"];
+    for i in 0..60u8 {
+        let role = roles[usize::from(i) % roles.len()];
+        let labels: &[(&str, &str)] = if role == "none" {
+            &[]
+        } else {
+            &[("role", role)]
+        };
+        let image = if role == "db" {
+            "postgres:16"
+        } else {
+            "busybox:1"
+        };
+        let name = if role == "api" {
+            format!("api-{i}")
+        } else {
+            format!("c{i}")
+        };
+        topo = topo.container(&name, "front", 10 + i, image, labels);
+    }
+    let fx = Fixture::new(&topo);
+    let policy = fx.write_file("policy.toml", POLICY);
+    run(&fx, &policy, &["apply"], 0);
+    let t = std::time::Instant::now();
+    let j = verify(&fx, &policy, &[], 0);
+    let took = t.elapsed();
+    eprintln!(
+        "crowded host: {} pairs, {} probed, {} probes in {took:?}",
+        j["pairs"]["total"],
+        j["pairs"]["probed"],
+        probes(&j).len()
+    );
+    assert_eq!(j["pairs"]["total"], 60 * 59);
+    assert_eq!(j["pairs"]["probed"], j["pairs"]["classes"]);
+    assert_eq!(j["pairs"]["classes"], 25, "{:#}", j["pairs"]);
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
