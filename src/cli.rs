@@ -55,9 +55,17 @@ pub enum Command {
     /// Validate the policy (exit 0 valid, 2 invalid).
     Check,
     /// Dry run against the kernel (exit 0 in sync, 1 changes pending, 2 error).
-    Diff,
+    Diff {
+        /// List every nftables object that changes, not only their count.
+        #[arg(long)]
+        objects: bool,
+    },
     /// Reconcile once (exit 0 done, 2 error).
-    Apply,
+    Apply {
+        /// List every nftables object that changed, not only their count.
+        #[arg(long)]
+        objects: bool,
+    },
     /// The daemon: follow Docker, keep the tables in step (SIGHUP reloads, SIGTERM leaves the rules).
     Run {
         /// Seconds between full resyncs (drift repair).
@@ -279,7 +287,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(EXIT_OK)
         }
-        Command::Diff => {
+        Command::Diff { objects } => {
             let p = policy(&cli)?;
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
@@ -289,15 +297,23 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let unflagged = unflagged_bridges(&plan).await;
             let impact = crate::ops::diff::impact(&plan, &live, &unflagged);
             match cli.output {
-                Output::Text => print!(
-                    "{}",
-                    crate::ops::diff::render(
-                        &impact,
-                        &render_changes(&plan, &changes),
-                        changes.is_empty(),
-                        crate::ops::style::Style::detect()
+                Output::Text => {
+                    use crate::ops::diff::Objects;
+                    let list = objects.then(|| render_changes(&plan, &changes));
+                    let shown = match &list {
+                        Some(l) => Objects::List(l),
+                        None => Objects::Summary(&changes),
+                    };
+                    print!(
+                        "{}",
+                        crate::ops::diff::render_with(
+                            &impact,
+                            shown,
+                            changes.is_empty(),
+                            crate::ops::style::Style::detect()
+                        )
                     )
-                ),
+                }
                 Output::Json => println!(
                     "{}",
                     crate::ops::diff::json(&impact, &changes, &plan.warnings)
@@ -309,7 +325,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 EXIT_PENDING
             })
         }
-        Command::Apply => {
+        Command::Apply { objects } => {
             let p = policy(&cli)?;
             let inv = inventory(&cli).await?;
             let plan = plan(&p, &inv);
@@ -326,13 +342,28 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 tracing::warn!(bridge = %b, "managed bridge does not exist on this host");
             }
             let backend = Backend::system();
+            // What the containers will see, read before the kernel changes (text only).
+            let impact = match cli.output {
+                Output::Text => {
+                    let live = backend.read_live()?;
+                    let unflagged = unflagged_bridges(&plan).await;
+                    Some(crate::ops::diff::impact(&plan, &live, &unflagged))
+                }
+                Output::Json => None,
+            };
             let changes = backend.reconcile(&plan.ruleset)?;
             match cli.output {
                 Output::Text => {
                     if changes.is_empty() {
                         println!("in sync: nothing to do");
                     } else {
-                        print!("{}", render_changes(&plan, &changes));
+                        let style = crate::ops::style::Style::detect();
+                        if let Some(impact) = &impact {
+                            print!("{}", crate::ops::diff::render_flows(impact, style));
+                        }
+                        if objects {
+                            print!("{}", render_changes(&plan, &changes));
+                        }
                         println!("applied: {}", changes.summary(true));
                     }
                 }
