@@ -555,8 +555,8 @@ pub fn inventory_toml(containers: &[Container]) -> String {
     for c in containers {
         writeln!(
             s,
-            "\n[[container]]\nname = {:?}\nimage = {:?}",
-            c.name, c.image
+            "\n[[container]]\nname = {:?}\nimage = {:?}\nnetns = {:?}",
+            c.name, c.image, c.ns
         )
         .unwrap();
         if !c.labels.is_empty() {

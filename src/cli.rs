@@ -41,9 +41,9 @@ pub enum Command {
     /// Validate the policy (exit 0 valid, 2 invalid).
     Check,
     /// Dry run against the kernel (exit 0 in sync, 1 changes pending, 2 error).
-    Diff,
+    Diff(commands::diff::Args),
     /// Reconcile once (exit 0 done, 2 error).
-    Apply,
+    Apply(commands::apply::Args),
     /// The daemon: follow Docker, keep the tables in step (SIGHUP reloads, SIGTERM leaves the rules).
     Run(commands::run::Args),
     /// Networks, containers, groups, addresses, veths, enforcement health.
@@ -59,6 +59,9 @@ pub enum Command {
     Graph(commands::graph::Args),
     /// Recent denied connections from the kernel log, with container names.
     Log(commands::log::Args),
+    /// Real packets from each container's network namespace to its peers, compared with the
+    /// policy (exit 0 all matched, 1 mismatches, 2 error).
+    Verify(commands::verify::Args),
     /// Shell completion script for SHELL on stdout.
     Completions(commands::completions::Args),
     /// The manual page (roff) on stdout.
@@ -174,8 +177,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     };
     match &cli.command {
         Command::Check => commands::check::run(&ctx).await,
-        Command::Diff => commands::diff::run(&ctx).await,
-        Command::Apply => commands::apply::run(&ctx).await,
+        Command::Diff(args) => commands::diff::run(&ctx, args).await,
+        Command::Apply(args) => commands::apply::run(&ctx, args).await,
         Command::Run(args) => commands::run::run(&ctx, args).await,
         Command::Status(args) => commands::status::run(&ctx, args).await,
         Command::Audit => commands::audit::run(&ctx).await,
@@ -183,6 +186,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
         Command::Explain(args) => commands::explain::run(&ctx, args).await,
         Command::Graph(args) => commands::graph::run(&ctx, args).await,
         Command::Log(args) => commands::log::run(&ctx, args).await,
+        Command::Verify(args) => commands::verify::run(&ctx, args).await,
         Command::Completions(args) => commands::completions::run(Cli::command(), args),
         Command::Man => commands::man::run(Cli::command()),
     }

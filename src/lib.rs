@@ -20,3 +20,4 @@ pub mod ops;
 pub mod plan;
 pub mod policy;
 pub mod state;
+pub mod verify;

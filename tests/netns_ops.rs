@@ -400,3 +400,70 @@ fn a_bridge_the_hook_does_not_see_is_named_by_diff_status_and_explain() {
     let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 0));
     assert_eq!(j["healthy"], true, "{j:#}");
 }
+
+/// `diff` and `apply` print the flows and one line for the nft objects by default; every
+/// object with `--objects`; the JSON documents keep every object either way.
+#[test]
+fn diff_and_apply_summarise_objects_unless_asked() {
+    if !prerequisites("diff_and_apply_summarise_objects_unless_asked") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let text = |args: &[&str], want: i32| {
+        String::from_utf8_lossy(&run(&fx, &policy, args, want).stdout).into_owned()
+    };
+
+    let short = text(&["diff"], 1);
+    assert!(
+        short.contains("Open today, cut by this rollout:"),
+        "{short}"
+    );
+    assert!(short.contains("  - web-1 → web-2  all"), "{short}");
+    let last = short.lines().last().unwrap();
+    assert!(
+        last.starts_with("nftables objects: 2 tables to create, ")
+            && last.ends_with(" (`--objects` lists them)"),
+        "{short}"
+    );
+    assert!(!short.contains("+ element"), "{short}");
+    let long = text(&["diff", "--objects"], 1);
+    assert!(long.contains("+ element g_web_4"), "{long}");
+    assert!(long.starts_with(short.split("\nnftables objects:").next().unwrap()));
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "diff"], 1));
+    assert!(
+        !j["changes"]["tables"].as_array().unwrap().is_empty(),
+        "{j:#}"
+    );
+
+    let applied = text(&["apply"], 0);
+    assert!(
+        applied.contains("Open today, cut by this rollout:"),
+        "{applied}"
+    );
+    assert!(applied.contains("  - web-1 → web-2  all"), "{applied}");
+    assert!(!applied.contains("+ element"), "{applied}");
+    assert!(
+        applied
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("applied: 2 tables created, "),
+        "{applied}"
+    );
+
+    let changed = fx.write_file(
+        "policy2.toml",
+        &POLICY.replace("\"8080/tcp\", ", "\"8080/tcp\", \"8081/tcp\", "),
+    );
+    let out = fx.netguard(&changed, &fx.inventory, &["apply", "--objects"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let applied = String::from_utf8_lossy(&out.stdout);
+    assert!(applied.contains("Become allowed:"), "{applied}");
+    assert!(applied.contains("+ web-1 → api-1  8081/tcp"), "{applied}");
+    assert!(applied.contains("+ rule from_g_web_4:"), "{applied}");
+    assert!(
+        applied.lines().last().unwrap().starts_with("applied: "),
+        "{applied}"
+    );
+}

@@ -770,3 +770,52 @@ fn status_shows_the_audit_summary() {
     let text = status::render(&health, None, &[], Style::plain());
     assert!(!text.contains("audit"), "{text}");
 }
+
+/// `diff` and `apply` by default: the flows, then one line for the nft objects; the whole
+/// list only with `--objects` (the snapshots above).
+#[test]
+fn diff_text_by_default_summarises_the_objects() {
+    let (_, inv, before) = setup();
+    let live = live_of(&before.ruleset);
+    let p = policy(&POLICY.replace(
+        "ports = [\"8080/tcp\"]",
+        "ports = [\"8080-8081/tcp\", \"icmp\"]",
+    ));
+    let after = plan(&p, &inv);
+    let changes = diff(&after.ruleset, &live);
+    let impact = ndiff::impact(&after, &live, &BTreeSet::new());
+    let text = ndiff::render_with(
+        &impact,
+        ndiff::Objects::Summary(&changes),
+        changes.is_empty(),
+        Style::plain(),
+    );
+    insta::assert_snapshot!("diff_pending_text_default", text);
+    // The same flows as the full form, and no object listed.
+    let full = diff_text(&after, &live);
+    let flows = |t: &str| t.split("\nnftables objects:").next().unwrap().to_string();
+    assert_eq!(flows(&text), flows(&full));
+    assert!(
+        !text.contains("+ rule") && !text.contains("+ element"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().last().unwrap(),
+        format!(
+            "nftables objects: {} (`--objects` lists them)",
+            changes.summary(false)
+        )
+    );
+    // In sync: the same one line as ever.
+    let synced = diff(&before.ruleset, &live);
+    let impact = ndiff::impact(&before, &live, &BTreeSet::new());
+    assert_eq!(
+        ndiff::render_with(
+            &impact,
+            ndiff::Objects::Summary(&synced),
+            true,
+            Style::plain()
+        ),
+        "in sync: no changes\n"
+    );
+}

@@ -8,7 +8,14 @@ use crate::ops::style::Style;
 use crate::plan::{Plan, plan};
 use std::collections::BTreeSet;
 
-pub async fn run(ctx: &Context) -> Result<i32, Failure> {
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// List every nftables object that changes, not only their count.
+    #[arg(long)]
+    pub objects: bool,
+}
+
+pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
     let p = ctx.policy()?;
     let inv = ctx.inventory().await?;
     let plan = plan(&p, &inv);
@@ -17,12 +24,14 @@ pub async fn run(ctx: &Context) -> Result<i32, Failure> {
     let impact = render::impact(&plan, &live, &unseen_today(&plan).await);
     ctx.print(
         || {
-            render::render(
-                &impact,
-                &render::render_changes(&plan, &changes),
-                changes.is_empty(),
-                Style::detect(),
-            )
+            let list = args
+                .objects
+                .then(|| render::render_changes(&plan, &changes));
+            let shown = match &list {
+                Some(l) => render::Objects::List(l),
+                None => render::Objects::Summary(&changes),
+            };
+            render::render_with(&impact, shown, changes.is_empty(), Style::detect())
         },
         || render::json(&impact, &changes, &plan.warnings),
     );
@@ -36,7 +45,7 @@ pub async fn run(ctx: &Context) -> Result<i32, Failure> {
 /// Bridges of the plan whose traffic the inet hook does not see today: open, whatever the
 /// live table says. `apply` turns the switches on for managed bridges, so after it this
 /// set is empty for them. Without netlink the preview goes on as if all were seen.
-async fn unseen_today(plan: &Plan) -> BTreeSet<String> {
+pub(super) async fn unseen_today(plan: &Plan) -> BTreeSet<String> {
     let Ok(nl) = NetlinkBridges::connect() else {
         return BTreeSet::new();
     };

@@ -26,10 +26,12 @@ pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
             None
         }
     };
-    let mut ds = match &args.file {
-        Some(f) => klog::read_file(f)?,
-        None => klog::read_kmsg("/dev/kmsg")?,
+    let records = match &args.file {
+        Some(f) => klog::read_file_records(f)?,
+        None => klog::read_kmsg_records("/dev/kmsg")?,
     };
+    let hidden = records.probes_hidden;
+    let mut ds = records.denials;
     let skip = ds.len().saturating_sub(args.lines);
     ds.drain(..skip);
     if let Some(plan) = &plan {
@@ -39,8 +41,8 @@ pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
     }
     let log_denied = p.settings.log_denied;
     ctx.print(
-        || klog::render(&ds, log_denied, Style::detect()),
-        || klog::json(&ds, log_denied),
+        || klog::render(&ds, log_denied, Style::detect()) + &klog::hidden_note(hidden),
+        || klog::with_hidden(klog::json(&ds, log_denied), hidden),
     );
     Ok(EXIT_OK)
 }

@@ -19,5 +19,6 @@ pub mod man;
 pub mod run;
 pub mod status;
 pub mod uninstall;
+pub mod verify;
 
 pub use context::{Context, EXIT_ERROR, EXIT_OK, EXIT_PENDING, Failure, Output, StateFile};

@@ -136,6 +136,7 @@ impl Engine {
             networks: self.networks.clone(),
             unisolable: self.unisolable.values().cloned().collect(),
             engine: self.engine,
+            netns: Default::default(),
         };
         inv.normalize();
         inv

@@ -438,6 +438,8 @@ pub fn finish(mut p: Prepared, answers: Vec<Result<ResolvedVeth, VethError>>) ->
             .collect(),
         // The source sets it: the mapping cannot tell Podman from Docker.
         engine: crate::inventory::Engine::Docker,
+        // Docker's PIDs change with every restart: `verify` asks for them when it needs them.
+        netns: Default::default(),
     };
     inv.normalize();
     inv

@@ -12,6 +12,7 @@
 
 pub mod events;
 pub mod map;
+mod netns;
 pub mod podman;
 pub mod security;
 pub mod veth;

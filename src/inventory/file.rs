@@ -41,6 +41,10 @@ struct FileContainer {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     endpoint: Vec<Spanned<FileEndpoint>>,
+    /// `ip netns` name of the container's network namespace (for `netguard verify`).
+    netns: Option<Spanned<String>>,
+    /// A process of the container, whose namespace is `/proc/PID/ns/net` (for `verify`).
+    pid: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +174,35 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
                 mac,
             });
         }
+        match (c.netns, c.pid) {
+            (Some(_), Some(p)) => {
+                return Err(invalid(
+                    Some(p.span()),
+                    "give `netns` or `pid`, not both".into(),
+                ));
+            }
+            (Some(n), None) => {
+                let (span, n) = (n.span(), n.into_inner());
+                if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+                    return Err(invalid(
+                        Some(span),
+                        format!("netns: {n:?} is not a namespace name of `ip netns` (no '/')"),
+                    ));
+                }
+                inv.netns.insert(id.clone(), super::NetnsRef::Named(n));
+            }
+            (None, Some(p)) => {
+                if *p.get_ref() == 0 {
+                    return Err(invalid(
+                        Some(p.span()),
+                        "pid: must be a process id above 0".into(),
+                    ));
+                }
+                inv.netns
+                    .insert(id.clone(), super::NetnsRef::Pid(p.into_inner()));
+            }
+            (None, None) => {}
+        }
         inv.containers.push(Container {
             id,
             name,
@@ -286,6 +319,38 @@ ipv4 = "10.98.0.11"
             inv.containers[0].endpoints[0].mac.as_deref(),
             Some("02:42:0a:00:00:03")
         );
+    }
+
+    #[test]
+    fn netns_or_pid_names_the_namespace() {
+        use crate::inventory::NetnsRef;
+        let ep = "[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\nipv4 = \"10.0.0.3\"\n";
+        let inv = parse(&format!(
+            "[[container]]\nname = \"a\"\nnetns = \"ng-a\"\n{ep}[[container]]\nname = \"b\"\npid = 42\n"
+        ))
+        .unwrap();
+        assert_eq!(inv.netns.get("a"), Some(&NetnsRef::Named("ng-a".into())));
+        assert_eq!(inv.netns.get("b"), Some(&NetnsRef::Pid(42)));
+        assert_eq!(
+            inv.netns["a"].path(),
+            std::path::PathBuf::from("/run/netns/ng-a")
+        );
+        assert_eq!(
+            inv.netns["b"].path(),
+            std::path::PathBuf::from("/proc/42/ns/net")
+        );
+        let e = parse("[[container]]\nname = \"a\"\nnetns = \"../x\"\n").unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:3:9:") && e.contains("ip netns"),
+            "{e}"
+        );
+        let e = parse("[[container]]\nname = \"a\"\nnetns = \"x\"\npid = 3\n").unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:4:7:") && e.contains("not both"),
+            "{e}"
+        );
+        let e = parse("[[container]]\nname = \"a\"\npid = 0\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:3:7:"), "{e}");
     }
 
     #[test]

@@ -157,8 +157,21 @@ fn flow_line(f: &FlowChange) -> String {
     format!("{} → {}  {}{fam}", f.from, f.to, f.services.join(", "))
 }
 
+/// How the nft objects appear under the flows: one summary line (the default of `diff` and
+/// `apply`), or the whole list (`--objects`, already rendered).
+#[derive(Debug, Clone, Copy)]
+pub enum Objects<'a> {
+    Summary(&'a Changes),
+    List(&'a str),
+}
+
 /// The human `diff`: flows, groups, then the nft objects (`objects`, already rendered).
 pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> String {
+    render_with(impact, Objects::List(objects), in_sync, style)
+}
+
+/// The human `diff`, with the objects as a summary line or a list.
+pub fn render_with(impact: &Impact, objects: Objects, in_sync: bool, style: Style) -> String {
     let mut out = String::new();
     if in_sync {
         out.push_str(&style.green("in sync: no changes"));
@@ -166,6 +179,37 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
         render_unisolable(&mut out, impact, style);
         return out;
     }
+    out.push_str(&render_flows(impact, style));
+    match objects {
+        Objects::Summary(changes) => {
+            let _ = writeln!(
+                out,
+                "\n{} {} (`--objects` lists them)",
+                style.bold("nftables objects:"),
+                changes.summary(false)
+            );
+        }
+        Objects::List(objects) => {
+            let _ = writeln!(out, "\n{}", style.bold("nftables objects:"));
+            for line in objects.lines() {
+                let painted = if line.trim_start().starts_with('+') {
+                    style.green(line)
+                } else if line.trim_start().starts_with('-') {
+                    style.red(line)
+                } else {
+                    line.to_string()
+                };
+                let _ = writeln!(out, "{painted}");
+            }
+        }
+    }
+    out
+}
+
+/// Flows, groups, warnings and the containers no rule can confine: what a change means for
+/// the containers (`diff`, and `apply` once it is done).
+pub fn render_flows(impact: &Impact, style: Style) -> String {
+    let mut out = String::new();
     if impact.first_rollout {
         let _ = writeln!(
             out,
@@ -229,17 +273,6 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
         );
     }
     render_unisolable(&mut out, impact, style);
-    let _ = writeln!(out, "\n{}", style.bold("nftables objects:"));
-    for line in objects.lines() {
-        let painted = if line.trim_start().starts_with('+') {
-            style.green(line)
-        } else if line.trim_start().starts_with('-') {
-            style.red(line)
-        } else {
-            line.to_string()
-        };
-        let _ = writeln!(out, "{painted}");
-    }
     out
 }
 

@@ -52,6 +52,11 @@ pub fn close_matches(inv: &Inventory, key: &str) -> Vec<String> {
     scored.into_iter().take(3).map(|(_, n)| n).collect()
 }
 
+/// A container by name, id or unique id prefix, with close names when there is none.
+pub fn find_container<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
+    find(inv, key)
+}
+
 fn find<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
     inv.lookup(key).map_err(|matches| {
         if matches.is_empty() {
