@@ -300,7 +300,7 @@ fn toml_str(s: &str) -> String {
     format!("{s:?}")
 }
 
-/// The inventory file format of DESIGN.md section 2.
+/// The inventory file format (docs/example-inventory.toml).
 fn inventory_toml(cs: &[Container]) -> String {
     let mut s = String::with_capacity(cs.len() * 220);
     for c in cs {

@@ -2,7 +2,7 @@
 # Makes a working Docker engine and the test image available, as root. Idempotent.
 #
 # The CI machines may report "no docker engine", but the docker.io package from apt works
-# when dockerd is started by hand (DESIGN.md section 5), so this script does exactly that.
+# when dockerd is started by hand (docs/architecture.md section 8), so this script does exactly that.
 # Steps: install docker.io and busybox-static if missing (one apt-get update), start dockerd
 # in the background when it is not answering (log: /tmp/netguard-dockerd.log), wait up to
 # 60 s for `docker info`, then build `netguard-busybox:test` with scripts/busybox-image.sh.

@@ -19,3 +19,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# The Debian package's builder (scripts/build-deb.sh, tests/deb_package.rs), from crates.io;
+# pinned, because its behaviour for the test's dev-profile package may change.
+if ! cargo-deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0'; then
+  echo "installing: cargo-deb 3.8.0"
+  cargo install cargo-deb --version 3.8.0 --locked --force
+fi

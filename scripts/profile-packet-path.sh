@@ -32,6 +32,8 @@ i=1
 for ns in "$A" "$B"; do
   ip -n "$H" link add "v$i" type veth peer name eth0 netns "$ns"
   ip -n "$H" link set "v$i" master br0 up
+  # Fixed MACs, so that the inventory can bind them as Docker's endpoints do.
+  ip -n "$ns" link set eth0 address "02:78:00:00:00:0$i"
   ip -n "$ns" addr add "10.78.0.$i/24" dev eth0
   ip -n "$ns" link set eth0 up
   i=$((i + 1))
@@ -59,6 +61,7 @@ network = "lab"
 bridge = "br0"
 veth = "v1"
 ipv4 = "10.78.0.1"
+mac = "02:78:00:00:00:01"
 
 [[container]]
 name = "b"
@@ -70,6 +73,7 @@ network = "lab"
 bridge = "br0"
 veth = "v2"
 ipv4 = "10.78.0.2"
+mac = "02:78:00:00:00:02"
 INV
 
 flags() { ip -n "$H" link set br0 type bridge nf_call_iptables "$1" nf_call_ip6tables "$1"; }

@@ -1,6 +1,6 @@
 //! Per-bridge br_netfilter switches (`IFLA_BR_NF_CALL_IPTABLES`/`_IP6TABLES`): they make
 //! the inet forward hook see traffic between two ports of one bridge, without turning on
-//! the host-wide sysctl that would push every other bridge through FORWARD (DESIGN.md 5).
+//! the host-wide sysctl that would push every other bridge through FORWARD (docs/architecture.md 5.2).
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoBridge, InfoData, LinkAttribute, LinkInfo, LinkMessage};
@@ -46,6 +46,44 @@ pub fn global_nf_call() -> Option<(bool, bool)> {
     Some((on(v4)?, on(v6)?))
 }
 
+impl NfCall {
+    /// Both switches on: IPv4 and IPv6 bridged traffic both go through the inet hook.
+    pub fn both_on(self) -> bool {
+        self.iptables && self.ip6tables
+    }
+}
+
+/// Why the inet forward hook does not see the traffic a bridge forwards between its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blind {
+    /// br_netfilter is not loaded: no bridge is seen, whatever its switches say.
+    NoBrNetfilter,
+    /// Neither the bridge's own switches nor the host-wide sysctls are on.
+    SwitchesOff,
+}
+
+/// The one answer to "does the inet forward hook see this bridge" (`None`: it does), from the
+/// host-wide sysctls (`None`: br_netfilter not loaded, see [`global_nf_call`]) and the
+/// bridge's own switches (`None`: no such bridge). `apply`'s preview (`diff`), `status` and
+/// `explain` all ask this, so that they cannot disagree.
+pub fn forward_hook_blind(global: Option<(bool, bool)>, nf_call: Option<NfCall>) -> Option<Blind> {
+    match global {
+        None => Some(Blind::NoBrNetfilter),
+        Some((true, true)) => None,
+        Some(_) if nf_call.is_some_and(NfCall::both_on) => None,
+        Some(_) => Some(Blind::SwitchesOff),
+    }
+}
+
+/// One bridge as the inet forward hook sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HookSight {
+    /// `None`: the bridge does not exist.
+    pub nf_call: Option<NfCall>,
+    /// `None`: the hook sees its traffic.
+    pub blind: Option<Blind>,
+}
+
 /// What `apply` needs from the host's bridges.
 #[allow(async_fn_in_trait)]
 pub trait BridgeControl {
@@ -53,9 +91,23 @@ pub trait BridgeControl {
     async fn nf_call(&self, bridge: &str) -> Result<Option<NfCall>, BridgeError>;
     async fn enable_nf_call(&self, bridge: &str) -> Result<(), BridgeError>;
 
+    /// The host-wide switches, `None` without br_netfilter (see [`global_nf_call`]).
+    fn global_nf_call(&self) -> Option<(bool, bool)> {
+        global_nf_call()
+    }
+
     /// br_netfilter is active in the current network namespace.
     fn br_netfilter_loaded(&self) -> bool {
-        global_nf_call().is_some()
+        self.global_nf_call().is_some()
+    }
+
+    /// Whether the inet forward hook sees `bridge`, by [`forward_hook_blind`].
+    async fn forward_hook(&self, bridge: &str) -> Result<HookSight, BridgeError> {
+        let nf_call = self.nf_call(bridge).await?;
+        Ok(HookSight {
+            nf_call,
+            blind: forward_hook_blind(self.global_nf_call(), nf_call),
+        })
     }
 
     /// Loads br_netfilter. Loading turns the host-wide switches on in every namespace
@@ -142,6 +194,26 @@ pub trait BridgeControl {
         }
         Ok(missing)
     }
+}
+
+/// The existing bridges among `bridges` whose traffic the inet forward hook does not see
+/// today: open, whatever netguard's tables say. A bridge that cannot be read is left out
+/// (this feeds a preview, which must not fail for it).
+pub async fn unseen_bridges<'a>(
+    ctl: &impl BridgeControl,
+    bridges: impl IntoIterator<Item = &'a String>,
+) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for b in bridges {
+        if let Ok(HookSight {
+            nf_call: Some(_),
+            blind: Some(_),
+        }) = ctl.forward_hook(b).await
+        {
+            out.insert(b.clone());
+        }
+    }
+    out
 }
 
 /// rtnetlink in the current network namespace.
@@ -245,6 +317,8 @@ mod tests {
         /// to a caller that only reads the flags back).
         sticky_off: Vec<String>,
         br_netfilter: Cell<bool>,
+        /// The host-wide sysctls while br_netfilter is loaded.
+        sysctls: Cell<(bool, bool)>,
         loadable: bool,
         loads: Cell<u32>,
         enables: RefCell<Vec<String>>,
@@ -280,8 +354,8 @@ mod tests {
             }
             Ok(())
         }
-        fn br_netfilter_loaded(&self) -> bool {
-            self.br_netfilter.get()
+        fn global_nf_call(&self) -> Option<(bool, bool)> {
+            self.br_netfilter.get().then(|| self.sysctls.get())
         }
         async fn load_br_netfilter(&self) -> Result<(), BridgeError> {
             self.loads.set(self.loads.get() + 1);
@@ -357,5 +431,51 @@ mod tests {
         host.br_netfilter.set(false);
         assert!(host.ensure_nf_call(&[]).await.unwrap().is_empty());
         assert_eq!(host.loads.get(), 0);
+    }
+
+    /// br_netfilter missing with a bridge whose own switches are on: where `status` said
+    /// "not filtered", `diff` counted the bridge as filtered and `explain` only knew about
+    /// the module. The switches live in the bridge driver; without the module nothing
+    /// reaches the hook, so every reading must call that bridge unseen.
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_br_netfilter_no_bridge_is_seen_even_with_its_switches_on() {
+        let host = FakeHost::with(&[("br-on", ON), ("br-off", OFF)]);
+        host.br_netfilter.set(false);
+        for b in ["br-on", "br-off"] {
+            let sight = host.forward_hook(b).await.unwrap();
+            assert_eq!(sight.blind, Some(Blind::NoBrNetfilter), "{b}");
+        }
+        let all = names(&["br-on", "br-off", "br-gone"]);
+        assert_eq!(
+            unseen_bridges(&host, &all).await,
+            ["br-off", "br-on"].map(String::from).into()
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_br_netfilter_the_bridge_switches_or_the_sysctls_decide() {
+        let host = FakeHost::with(&[("br-on", ON), ("br-off", OFF)]);
+        let all = names(&["br-on", "br-off", "br-gone"]);
+        let blind = async |b: &str| host.forward_hook(b).await.unwrap().blind;
+        assert_eq!(blind("br-on").await, None);
+        assert_eq!(blind("br-off").await, Some(Blind::SwitchesOff));
+        // A bridge that does not exist forwards nothing: not reported as open.
+        assert_eq!(
+            host.forward_hook("br-gone").await.unwrap(),
+            HookSight {
+                nf_call: None,
+                blind: Some(Blind::SwitchesOff)
+            }
+        );
+        assert_eq!(
+            unseen_bridges(&host, &all).await,
+            ["br-off".to_string()].into()
+        );
+        // Half of the host-wide switches is not enough: IPv6 would pass unfiltered.
+        host.sysctls.set((true, false));
+        assert_eq!(blind("br-off").await, Some(Blind::SwitchesOff));
+        host.sysctls.set((true, true));
+        assert_eq!(blind("br-off").await, None);
+        assert!(unseen_bridges(&host, &all).await.is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //! | `netguard_reconcile_duration_seconds` | histogram | one reconcile: inventory, plan, diff, apply |
 //! | `netguard_event_to_enforce_seconds` | histogram | container event received from Docker → rules live (time queued behind a reconcile included, Docker's own delay before it sends the event not) |
 //! | `netguard_managed_containers` | gauge | containers with at least one endpoint on a managed network (`settings.networks`), admitted or not |
+//! | `netguard_separation_violations` | gauge | pairs of containers on this host breaking a `[[separate]]` line of the policy |
 //! | `netguard_errors_total{kind}` | counter | errors by kind (`docker`, `nft`, `netlink`, `policy`, ...) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
@@ -16,6 +17,7 @@
 //! counter reset.
 
 use crate::nft::LiveState;
+use crate::nft::render::comment_text;
 use crate::plan::ruleset::Family;
 use crate::plan::{DENY_COUNTER_PREFIX, names};
 use std::collections::BTreeMap;
@@ -76,6 +78,7 @@ struct Inner {
     reconcile_duration: Histogram,
     event_latency: Histogram,
     managed_containers: u64,
+    separation_violations: u64,
     errors: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
     default_deny: u64,
@@ -154,6 +157,10 @@ impl Metrics {
         self.lock().managed_containers = n as u64;
     }
 
+    pub fn set_separation_violations(&self, n: usize) {
+        self.lock().separation_violations = n as u64;
+    }
+
     /// One error of `kind` (a short fixed word: `docker`, `nft`, `netlink`, `policy`).
     pub fn error(&self, kind: &str) {
         *self.lock().errors.entry(kind.to_string()).or_default() += 1;
@@ -171,7 +178,7 @@ impl Metrics {
                     continue;
                 };
                 if let Some(pair) = c.strip_prefix(DENY_COUNTER_PREFIX) {
-                    let pair = pair.split(" [ng:").next().unwrap_or(pair);
+                    let pair = comment_text(pair);
                     if let Some((a, b)) = pair.split_once(" -> ") {
                         *denied.entry((a.to_string(), b.to_string())).or_default() += p;
                     }
@@ -217,6 +224,17 @@ impl Metrics {
             "Containers with an endpoint on a managed network.",
         );
         let _ = writeln!(out, "netguard_managed_containers {}", i.managed_containers);
+        head(
+            &mut out,
+            "netguard_separation_violations",
+            "gauge",
+            "Pairs of containers on this host breaking a [[separate]] line.",
+        );
+        let _ = writeln!(
+            out,
+            "netguard_separation_violations {}",
+            i.separation_violations
+        );
         head(
             &mut out,
             "netguard_errors_total",
@@ -346,23 +364,4 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     }
     stream.write_all(resp.as_bytes()).await?;
     stream.shutdown().await
-}
-
-/// The daemon's hooks feed the registry: `controller.observer = Box::new(metrics.clone())`.
-impl crate::daemon::controller::Observer for Arc<Metrics> {
-    fn reconciled(&self, took: Duration, ok: bool) {
-        Metrics::reconciled(self, took);
-        if !ok {
-            Metrics::error(self, "reconcile");
-        }
-    }
-    fn enforced(&self, event_to_rules: Duration) {
-        self.event_enforced(event_to_rules);
-    }
-    fn containers(&self, n: usize) {
-        self.set_managed_containers(n);
-    }
-    fn error(&self, kind: &'static str) {
-        Metrics::error(self, kind);
-    }
 }

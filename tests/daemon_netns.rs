@@ -612,6 +612,31 @@ fn daemon_serves_metrics_of_its_reconciles() {
         format!("inventory file {}", fx.inventory.display()),
         "{line}"
     );
+    // The same file given as `status --state-file`, the flag `run` was given: it wins over
+    // NETGUARD_STATE, and the document is the one the daemon wrote, whole.
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &fx.host_ns, &netguard_bin(), "-c"])
+        .arg(&policy)
+        .arg("--inventory")
+        .arg(&fx.inventory)
+        .args(["--output", "json", "status", "--state-file"])
+        .arg(&d.state_file)
+        .env("NETGUARD_STATE", fx.dir.path().join("no-such-state.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let daemon = &j["health"]["daemon"];
+    assert_eq!(daemon["state_file"], d.state_file.display().to_string());
+    assert_eq!(daemon["running"], true, "{daemon:#}");
+    let written = d.state().unwrap();
+    for key in ["pid", "source", "started_unix_ms"] {
+        assert_eq!(daemon["state"][key], written[key], "{key}: {daemon:#}");
+    }
+    assert!(
+        daemon["state"]["reconciles"].as_u64() >= Some(1),
+        "{daemon:#}"
+    );
 
     let m = scrape(&fx.host_ns, PORT);
     let reconciles = m["netguard_reconciles_total"];
@@ -646,5 +671,61 @@ fn daemon_serves_metrics_of_its_reconciles() {
     let m = scrape(&fx.host_ns, PORT);
     assert_eq!(m["netguard_managed_containers"], 7.0, "{m:?}");
     assert!(m["netguard_reconciles_total"] > reconciles, "{m:?}");
+    assert!(d.alive(), "daemon died");
+}
+
+/// `[[separate]]` in the real daemon: the gauge counts the pairs breaking the line, each
+/// pair is logged once (not again on a reload that changes nothing), and a member leaving
+/// takes its pairs along.
+#[test]
+fn daemon_reports_separation_violations() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("daemon_reports_separation_violations") {
+        return;
+    }
+    const PORT: u16 = 9433;
+    const LOGGED: &str = "trust groups that must be kept apart share this host";
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file(
+        "policy.toml",
+        &format!("{POLICY}\n[[separate]]\ngroups = [\"web\", \"db\"]\ncomment = \"apart\"\n"),
+    );
+    let mut s = spec(&fx, &policy);
+    s.metrics_listen = Some(format!("127.0.0.1:{PORT}"));
+    let mut d = Daemon::start(&s);
+    // Counted from the fixture itself: web = label role=web, db = image postgres*.
+    let web = |c: &Container| c.labels.iter().any(|(k, v)| k == "role" && v == "web");
+    let db = |c: &Container| c.image.starts_with("postgres");
+    let pairs = |cs: &[Container]| {
+        cs.iter().filter(|c| web(c)).count() * cs.iter().filter(|c| db(c)).count()
+    };
+    let want = pairs(&fx.containers);
+    assert!(want >= 2, "the fixture has web and db members");
+    let m = scrape(&fx.host_ns, PORT);
+    assert_eq!(m["netguard_separation_violations"], want as f64, "{m:?}");
+    let logged = |d: &Daemon| d.log_text().matches(LOGGED).count();
+    assert_eq!(logged(&d), want, "{}", d.log_text());
+    d.reload();
+    assert_eq!(
+        logged(&d),
+        want,
+        "a reload that changes nothing logs nothing new"
+    );
+    let rest: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "db-1")
+        .cloned()
+        .collect();
+    write_atomic(&fx.inventory, &inventory_toml(&rest));
+    d.reload();
+    let m = scrape(&fx.host_ns, PORT);
+    assert_eq!(
+        m["netguard_separation_violations"],
+        pairs(&rest) as f64,
+        "{m:?}"
+    );
+    assert!(pairs(&rest) < want);
+    assert_eq!(logged(&d), want);
     assert!(d.alive(), "daemon died");
 }

@@ -9,7 +9,7 @@
 #[path = "../netns-fixtures/mod.rs"]
 mod netns;
 
-use netguard::daemon::conntrack::{Conntrack, Ctnetlink, Entry};
+use netguard::conntrack::{Conntrack, Ctnetlink, Entry};
 use netns::fixture::*;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};

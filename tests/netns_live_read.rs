@@ -48,7 +48,8 @@ fn inventory() -> String {
         s += &format!(
             "[[container]]\nname = \"{name}\"\nimage = \"{image}\"\nlabels = {{ {labels} }}\n\
              [[container.endpoint]]\nnetwork = \"shop-front\"\nbridge = \"br-front\"\nveth = \"veth{i}\"\n\
-             ipv4 = \"10.10.0.{}\"\nipv6 = \"fd10::{}\"\n",
+             ipv4 = \"10.10.0.{}\"\nipv6 = \"fd10::{}\"\nmac = \"02:42:0a:0a:00:{:02x}\"\n",
+            i + 10,
             i + 10,
             i + 10
         );
@@ -165,6 +166,7 @@ fn netlink_reader_equals_nft_json_listing() {
         // JSON listing must show exactly the result; a failing batch changes nothing.
         let v4 = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
         let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let mac = |s: &str| s.parse::<netguard::inventory::Mac>().unwrap();
         let adds: Vec<(Family, String, Elem)> = vec![
             (
                 Family::Inet,
@@ -188,6 +190,16 @@ fn netlink_reader_equals_nft_json_listing() {
             ),
             (Family::Bridge, "addrs_4".into(), Elem::V4(v4("10.10.9.1"))),
             (Family::Bridge, "addrs_6".into(), Elem::V6(v6("fd10::9:1"))),
+            (
+                Family::Bridge,
+                "bind_mac".into(),
+                Elem::IfnameMac("vethnew0123456".into(), mac("02:42:0a:0a:09:01")),
+            ),
+            (
+                Family::Bridge,
+                "macs".into(),
+                Elem::Mac(mac("02:42:0a:0a:09:01")),
+            ),
         ];
         let before = backend.read_for_diff().expect("read");
         let dels: Vec<(Family, String, Elem)> =

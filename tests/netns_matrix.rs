@@ -210,7 +210,7 @@ fn matrix_policy_a_with_global_bridge_nf_off() {
     assert_eq!(
         fx.global_bridge_nf(),
         (false, false),
-        "netguard must not turn on the global bridge-nf-call sysctls (DESIGN §5)"
+        "netguard must not turn on the global bridge-nf-call sysctls (docs/architecture.md 5.2)"
     );
     assert_eq!(
         fx.bridge_nf_flags("br-side"),
@@ -581,7 +581,7 @@ fn diff_reports_inventory_changes() {
         .cloned()
         .collect();
     let inv_removed = fx.write_file("inv-removed.toml", &inventory_toml(&without));
-    let out = netguard(&fx, &policy, &inv_removed, &["diff"], 1);
+    let out = netguard(&fx, &policy, &inv_removed, &["diff", "--objects"], 1);
     let text = show(&out);
     assert!(
         text.contains(&web2.ipv4.to_string())
@@ -595,7 +595,7 @@ fn diff_reports_inventory_changes() {
     let api1 = changed.iter_mut().find(|c| c.name == "api-1").unwrap();
     api1.ipv4 = "10.91.1.121".parse().unwrap();
     let inv_changed = fx.write_file("inv-changed.toml", &inventory_toml(&changed));
-    let out = netguard(&fx, &policy, &inv_changed, &["diff"], 1);
+    let out = netguard(&fx, &policy, &inv_changed, &["diff", "--objects"], 1);
     let text = show(&out);
     assert!(
         text.contains("10.91.1.121"),

@@ -315,3 +315,155 @@ fn status_with_unreachable_docker_is_an_error_with_a_report() {
         stderr
     );
 }
+
+/// A managed bridge whose switches are turned off behind netguard's back: the packets
+/// between its containers are no longer filtered, and `diff`, `status` and `explain` all say
+/// so, from the one reading of whether the inet hook sees a bridge. `apply` fixes it.
+#[test]
+fn a_bridge_the_hook_does_not_see_is_named_by_diff_status_and_explain() {
+    use netns::probe::*;
+    if !prerequisites("a_bridge_the_hook_does_not_see_is_named_by_diff_status_and_explain") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    run(&fx, &policy, &["apply"], 0);
+    // No allow entry between web containers: denied by the policy.
+    let probes: Vec<Probe> = [Kind::Tcp(8080), Kind::Icmp]
+        .into_iter()
+        .flat_map(|kind| {
+            FAMILIES.map(|family| Probe {
+                from: "web-1".into(),
+                to: "web-2".into(),
+                kind,
+                family,
+            })
+        })
+        .collect();
+    let packets = || run_probes(&fx, &probes, ProbeOpts::default());
+    assert_eq!(
+        packets(),
+        vec![false; probes.len()],
+        "denied while filtered"
+    );
+    let bridges_of = |j: &Value| j["health"]["bridges"].clone();
+    let caveats = || {
+        let j = json_of(&run(
+            &fx,
+            &policy,
+            &["--output", "json", "explain", "web-1", "web-2", "8080/tcp"],
+            1,
+        ));
+        assert_eq!(j["allowed"], false, "the verdict stays the policy's: {j:#}");
+        j["caveats"].clone()
+    };
+    assert_eq!(caveats(), Value::Null, "filtered: nothing to say");
+
+    fx.set_global_bridge_nf(false);
+    fx.set_bridge_nf_flags("br-front", false);
+    assert_eq!(packets(), vec![true; probes.len()], "open once unseen");
+
+    let c = caveats();
+    let c = c.as_array().unwrap_or_else(|| panic!("no caveats: {c}"));
+    assert!(
+        c.len() == 1
+            && c[0]
+                .as_str()
+                .is_some_and(|s| s.starts_with("bridge br-front: ")),
+        "{c:?}"
+    );
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 1));
+    assert_eq!(j["healthy"], false, "{j:#}");
+    let front = bridges_of(&j)
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bridge"] == "br-front")
+        .cloned()
+        .unwrap_or_else(|| panic!("{j:#}"));
+    assert_eq!(front["seen"], false, "{j:#}");
+    // The tables are current, yet what apply changes for the packets is the cut.
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "diff"], 0));
+    assert!(
+        has_flow(&j["denied"], "web-1", "web-2", json!(["all"])),
+        "{j:#}"
+    );
+    assert!(
+        !j["denied"].to_string().contains("db-1"),
+        "br-back is still seen: {j:#}"
+    );
+
+    run(&fx, &policy, &["apply"], 0);
+    assert_eq!(fx.bridge_nf_flags("br-front"), (true, true));
+    assert_eq!(packets(), vec![false; probes.len()], "filtered again");
+    assert_eq!(caveats(), Value::Null);
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "status"], 0));
+    assert_eq!(j["healthy"], true, "{j:#}");
+}
+
+/// `diff` and `apply` print the flows and one line for the nft objects by default; every
+/// object with `--objects`; the JSON documents keep every object either way.
+#[test]
+fn diff_and_apply_summarise_objects_unless_asked() {
+    if !prerequisites("diff_and_apply_summarise_objects_unless_asked") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let text = |args: &[&str], want: i32| {
+        String::from_utf8_lossy(&run(&fx, &policy, args, want).stdout).into_owned()
+    };
+
+    let short = text(&["diff"], 1);
+    assert!(
+        short.contains("Open today, cut by this rollout:"),
+        "{short}"
+    );
+    assert!(short.contains("  - web-1 → web-2  all"), "{short}");
+    let last = short.lines().last().unwrap();
+    assert!(
+        last.starts_with("nftables objects: 2 tables to create, ")
+            && last.ends_with(" (`--objects` lists them)"),
+        "{short}"
+    );
+    assert!(!short.contains("+ element"), "{short}");
+    let long = text(&["diff", "--objects"], 1);
+    assert!(long.contains("+ element g_web_4"), "{long}");
+    assert!(long.starts_with(short.split("\nnftables objects:").next().unwrap()));
+    let j = json_of(&run(&fx, &policy, &["--output", "json", "diff"], 1));
+    assert!(
+        !j["changes"]["tables"].as_array().unwrap().is_empty(),
+        "{j:#}"
+    );
+
+    let applied = text(&["apply"], 0);
+    assert!(
+        applied.contains("Open today, cut by this rollout:"),
+        "{applied}"
+    );
+    assert!(applied.contains("  - web-1 → web-2  all"), "{applied}");
+    assert!(!applied.contains("+ element"), "{applied}");
+    assert!(
+        applied
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("applied: 2 tables created, "),
+        "{applied}"
+    );
+
+    let changed = fx.write_file(
+        "policy2.toml",
+        &POLICY.replace("\"8080/tcp\", ", "\"8080/tcp\", \"8081/tcp\", "),
+    );
+    let out = fx.netguard(&changed, &fx.inventory, &["apply", "--objects"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let applied = String::from_utf8_lossy(&out.stdout);
+    assert!(applied.contains("Become allowed:"), "{applied}");
+    assert!(applied.contains("+ web-1 → api-1  8081/tcp"), "{applied}");
+    assert!(applied.contains("+ rule from_g_web_4:"), "{applied}");
+    assert!(
+        applied.lines().last().unwrap().starts_with("applied: "),
+        "{applied}"
+    );
+}

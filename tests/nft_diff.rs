@@ -645,10 +645,10 @@ fn cli_text_for_element_and_rule_changes() {
     let mut live = live_of(&p.ruleset);
     live.insert(Family::Inet, Some(parse(inet)));
     let c = diff(&p.ruleset, &live);
-    insta::assert_snapshot!(netguard::cli::render_changes(&p, &c));
+    insta::assert_snapshot!(netguard::ops::diff::render_changes(&p, &c));
     let synced = diff(&p.ruleset, &live_of(&p.ruleset));
     assert_eq!(
-        netguard::cli::render_changes(&p, &synced),
+        netguard::ops::diff::render_changes(&p, &synced),
         "in sync: no changes\n"
     );
 }

@@ -2,6 +2,7 @@
 //! inventories, snapshot-tested (insta). No kernel needed: live tables are built the way
 //! nft 1.0.6 lists them.
 
+use netguard::bridge::Blind;
 use netguard::inventory::{Inventory, parse_inventory};
 use netguard::nft::live::parse_table;
 use netguard::nft::render::{rule_comment, statements};
@@ -88,7 +89,7 @@ fn diff_text(pl: &Plan, live: &LiveState) -> String {
     let impact = ndiff::impact(pl, live, &BTreeSet::new());
     ndiff::render(
         &impact,
-        &netguard::cli::render_changes(pl, &changes),
+        &netguard::ops::diff::render_changes(pl, &changes),
         changes.is_empty(),
         Style::plain(),
     )
@@ -314,6 +315,7 @@ fn status_text_and_json() {
             running: false,
             error: None,
         },
+        audit: None,
     };
     assert!(!health.ok(), "br-front is not filtered");
     let counters: Vec<_> = status::counters(&live)
@@ -498,6 +500,7 @@ fn healthy() -> status::Health {
             running: false,
             error: None,
         },
+        audit: None,
     }
 }
 
@@ -555,7 +558,14 @@ fn status_json_when_docker_cannot_be_read() {
         .collect();
     assert_eq!(
         keys,
-        ["containers", "flows", "networks", "unisolable", "warnings"]
+        [
+            "containers",
+            "flows",
+            "mac_binding",
+            "networks",
+            "unisolable",
+            "warnings"
+        ]
     );
 }
 
@@ -579,6 +589,7 @@ fn status_daemon_line() {
                     source: source.map(String::from),
                     connected,
                     containers: Some(9),
+                    ..Default::default()
                 }),
                 running,
                 error: None,
@@ -698,7 +709,11 @@ ipv4 = "10.0.0.3"
 fn explain_says_when_the_kernel_may_disagree() {
     let (p, inv, pl) = setup();
     let mut x = explain::explain(&p, &pl, &inv, "web-1", "api-1", Some("8080/tcp")).unwrap();
-    x.caveats = explain::kernel_caveats(&pl, Err("permission denied".into()), false);
+    x.caveats = explain::kernel_caveats(
+        &pl,
+        Err("permission denied".into()),
+        &[("br-front".into(), Blind::NoBrNetfilter)],
+    );
     assert_eq!(x.caveats.len(), 2, "{:?}", x.caveats);
     assert!(x.caveats[0].contains("the kernel was not read (permission denied)"));
     assert!(x.caveats[1].contains("br_netfilter is not loaded"));
@@ -713,8 +728,94 @@ fn explain_says_when_the_kernel_may_disagree() {
     );
     // In sync and br_netfilter there: nothing to say, and the JSON has no caveats key.
     let live: LiveState = [(Family::Inet, None), (Family::Bridge, None)].into();
-    let none = explain::kernel_caveats(&pl, Ok(&live), true);
+    let none = explain::kernel_caveats(&pl, Ok(&live), &[]);
     assert!(none[0].contains("not installed"), "{none:?}");
     x.caveats.clear();
     assert!(explain::json(&x).get("caveats").is_none());
+}
+
+/// `status` carries the audit's counts: one line under the health, `health.audit` in JSON.
+#[test]
+fn status_shows_the_audit_summary() {
+    use netguard::audit::{AuditStatus, Summary};
+    let mut health = healthy();
+    health.audit = Some(AuditStatus::Counts(Summary {
+        high: 2,
+        medium: 1,
+        low: 0,
+    }));
+    let text = status::render(&health, None, &[], Style::plain());
+    assert!(
+        text.contains("\n  audit         3 findings: 2 high, 1 medium, 0 low (netguard audit)\n"),
+        "{text}"
+    );
+    assert!(health.ok(), "findings do not make enforcement degraded");
+    let j = status::json(&health, None, &[]);
+    assert_eq!(
+        j["health"]["audit"],
+        serde_json::json!({"high": 2, "medium": 1, "low": 0})
+    );
+    health.audit = Some(AuditStatus::Counts(Summary::default()));
+    let text = status::render(&health, None, &[], Style::plain());
+    assert!(text.contains("\n  audit         nothing found\n"), "{text}");
+    health.audit = Some(AuditStatus::Unknown {
+        error: "cannot reach the Docker daemon".into(),
+    });
+    let j = status::json(&health, None, &[]);
+    assert_eq!(
+        j["health"]["audit"],
+        serde_json::json!({"error": "cannot reach the Docker daemon"})
+    );
+    health.audit = None;
+    let text = status::render(&health, None, &[], Style::plain());
+    assert!(!text.contains("audit"), "{text}");
+}
+
+/// `diff` and `apply` by default: the flows, then one line for the nft objects; the whole
+/// list only with `--objects` (the snapshots above).
+#[test]
+fn diff_text_by_default_summarises_the_objects() {
+    let (_, inv, before) = setup();
+    let live = live_of(&before.ruleset);
+    let p = policy(&POLICY.replace(
+        "ports = [\"8080/tcp\"]",
+        "ports = [\"8080-8081/tcp\", \"icmp\"]",
+    ));
+    let after = plan(&p, &inv);
+    let changes = diff(&after.ruleset, &live);
+    let impact = ndiff::impact(&after, &live, &BTreeSet::new());
+    let text = ndiff::render_with(
+        &impact,
+        ndiff::Objects::Summary(&changes),
+        changes.is_empty(),
+        Style::plain(),
+    );
+    insta::assert_snapshot!("diff_pending_text_default", text);
+    // The same flows as the full form, and no object listed.
+    let full = diff_text(&after, &live);
+    let flows = |t: &str| t.split("\nnftables objects:").next().unwrap().to_string();
+    assert_eq!(flows(&text), flows(&full));
+    assert!(
+        !text.contains("+ rule") && !text.contains("+ element"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().last().unwrap(),
+        format!(
+            "nftables objects: {} (`--objects` lists them)",
+            changes.summary(false)
+        )
+    );
+    // In sync: the same one line as ever.
+    let synced = diff(&before.ruleset, &live);
+    let impact = ndiff::impact(&before, &live, &BTreeSet::new());
+    assert_eq!(
+        ndiff::render_with(
+            &impact,
+            ndiff::Objects::Summary(&synced),
+            true,
+            Style::plain()
+        ),
+        "in sync: no changes\n"
+    );
 }

@@ -55,6 +55,7 @@ network = "shop-front"
 bridge = "br-front"
 veth = "veth-web1"
 ipv4 = "10.10.0.11"
+mac = "02:42:0a:0a:00:0b"
 ipv6 = "fd10::11"
 
 [[container]]
@@ -66,6 +67,7 @@ network = "shop-front"
 bridge = "br-front"
 veth = "veth-web2"
 ipv4 = "10.10.0.12"
+mac = "02:42:0a:0a:00:0c"
 
 # api by name; on both shop networks
 [[container]]
@@ -76,11 +78,13 @@ network = "shop-front"
 bridge = "br-front"
 veth = "veth-api1f"
 ipv4 = "10.10.0.21"
+mac = "02:42:0a:0a:00:15"
 [[container.endpoint]]
 network = "shop-back"
 bridge = "br-back"
 veth = "veth-api1b"
 ipv4 = "10.20.0.21"
+mac = "02:42:0a:14:00:15"
 ipv6 = "fd20::21"
 
 # api by compose label
@@ -93,6 +97,7 @@ network = "shop-back"
 bridge = "br-back"
 veth = "veth-api2"
 ipv4 = "10.20.0.22"
+mac = "02:42:0a:14:00:16"
 
 [[container]]
 name = "pg-primary"
@@ -102,6 +107,7 @@ network = "shop-back"
 bridge = "br-back"
 veth = "veth-pg1"
 ipv4 = "10.20.0.31"
+mac = "02:42:0a:14:00:1f"
 
 [[container]]
 name = "pg-replica"
@@ -111,6 +117,7 @@ network = "shop-back"
 bridge = "br-back"
 veth = "veth-pg2"
 ipv4 = "10.20.0.32"
+mac = "02:42:0a:14:00:20"
 
 # postgres, but not on shop-back: the db selector needs both keys, so it is in no group.
 [[container]]
@@ -121,6 +128,7 @@ network = "shop-front"
 bridge = "br-front"
 veth = "veth-pgx"
 ipv4 = "10.10.0.33"
+mac = "02:42:0a:0a:00:21"
 
 # veth not resolved (yet): fail closed, not admitted.
 [[container]]
@@ -130,6 +138,7 @@ image = "redis:7.2"
 network = "shop-back"
 bridge = "br-back"
 ipv4 = "10.20.0.41"
+mac = "02:42:0a:14:00:29"
 
 # label present with an empty value: "*" means present.
 [[container]]
@@ -141,16 +150,19 @@ network = "shop-front"
 bridge = "br-front"
 veth = "veth-prom-f"
 ipv4 = "10.10.0.90"
+mac = "02:42:0a:0a:00:5a"
 [[container.endpoint]]
 network = "shop-back"
 bridge = "br-back"
 veth = "veth-prom-b"
 ipv4 = "10.20.0.90"
+mac = "02:42:0a:14:00:5a"
 [[container.endpoint]]
 network = "legacy"
 bridge = "br-legacy"
 veth = "veth-prom-l"
 ipv4 = "172.30.0.90"
+mac = "02:42:ac:1e:00:5a"
 
 [[container]]
 name = "grafana"
@@ -160,6 +172,7 @@ network = "shop-front"
 bridge = "br-front"
 veth = "veth-graf"
 ipv4 = "10.10.0.91"
+mac = "02:42:0a:0a:00:5b"
 
 # two endpoints claim one address on one bridge: neither is admitted.
 [[container]]
@@ -171,6 +184,7 @@ network = "shop-back"
 bridge = "br-back"
 veth = "veth-batcha"
 ipv4 = "10.20.0.50"
+mac = "02:42:0a:14:00:32"
 
 [[container]]
 name = "batch-b"
@@ -180,6 +194,7 @@ network = "shop-back"
 bridge = "br-back"
 veth = "veth-batchb"
 ipv4 = "10.20.0.50"
+mac = "02:42:0a:14:00:32"
 
 # only on an unmanaged network: not managed, untouched.
 [[container]]
@@ -191,6 +206,7 @@ network = "legacy"
 bridge = "br-legacy"
 veth = "veth-legacy"
 ipv4 = "172.30.0.10"
+mac = "02:42:ac:1e:00:0a"
 "#;
 
 fn shop_inventory() -> Inventory {
@@ -385,8 +401,9 @@ fn shuffled_inventory_really_differs_before_normalising() {
     assert_eq!(inv, s);
 }
 
-/// `--network container:X` shares X's endpoint (same veth, same addresses): both are
-/// admitted, and the sharer's groups add X's addresses to their sets.
+/// `--network container:X` shares X's endpoint (same veth, same addresses, same MAC): both
+/// are admitted, the sharer's groups add X's addresses to their sets, and X's MAC is bound
+/// once, to X's veth.
 #[test]
 fn shared_network_namespace_is_one_endpoint_not_a_conflict() {
     let policy = netguard::policy::parse_policy(
@@ -398,7 +415,7 @@ fn shared_network_namespace_is_one_endpoint_not_a_conflict() {
     // the Docker source does.
     let mut inv = netguard::inventory::parse_inventory(
         std::path::Path::new("i.toml"),
-        "[[container]]\nname = \"app\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vethapp\"\nipv4 = \"10.5.0.2\"\n",
+        "[[container]]\nname = \"app\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vethapp\"\nipv4 = \"10.5.0.2\"\nmac = \"02:42:0a:05:00:02\"\n",
     )
     .expect("inventory");
     let mut sidecar = inv.containers[0].clone();
@@ -420,6 +437,25 @@ fn shared_network_namespace_is_one_endpoint_not_a_conflict() {
     for g in ["g_app_4", "g_sidecar_4"] {
         assert_eq!(inet.set(g).map(|s| s.elements.len()), Some(1), "{g}");
     }
+    let bridge = p
+        .ruleset
+        .table(netguard::plan::ruleset::Family::Bridge)
+        .expect("bridge");
+    let mac: netguard::inventory::Mac = "02:42:0a:05:00:02".parse().expect("mac");
+    assert_eq!(
+        bridge
+            .set("bind_mac")
+            .map(|s| s.elements.iter().cloned().collect::<Vec<_>>()),
+        Some(vec![netguard::plan::ruleset::Elem::IfnameMac(
+            "vethapp".into(),
+            mac
+        )])
+    );
+    assert!(
+        p.containers
+            .iter()
+            .all(|c| c.endpoints.iter().all(|e| e.mac_binding))
+    );
 }
 
 /// Names from Docker are not checked like an inventory file's: the plan itself keeps any

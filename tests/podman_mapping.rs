@@ -362,7 +362,8 @@ fn bridge_mismatch_is_still_caught() {
 #[test]
 fn podman_events_name_the_container_to_look_at() {
     use bollard::models::EventMessage;
-    use netguard::daemon::source::{Change, change_of};
+    use netguard::docker::events::change_of;
+    use netguard::inventory::Change;
     let evs: Vec<EventMessage> = fixture("events.json");
     let ev = "baeb83b9c0970fdce8bed020e7ef66697346b5ac613ca434588460aac59004b4";
     let cli = "90884dc98f550803b2bdfe0e0003aae4f7961d6e942d9a0794c9c8c5c2b3a17a";

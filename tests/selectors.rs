@@ -1,4 +1,4 @@
-//! Selector semantics (DESIGN.md section 1): ANY selector of a list, ALL keys inside one.
+//! Selector semantics (docs/policy.md): ANY selector of a list, ALL keys inside one.
 
 use netguard::inventory::{Container, Endpoint};
 use netguard::plan::{groups_of, selector_matches};

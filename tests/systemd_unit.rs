@@ -1,4 +1,4 @@
-//! systemd/netguard.service: what the daemon and DESIGN.md section 4 rely on is in the unit,
+//! systemd/netguard.service: what the daemon and docs/architecture.md section 3 rely on is in the unit,
 //! `systemd-analyze verify` accepts it, and `systemd-analyze security --offline=yes` rates
 //! its exposure at 2.0 or less.
 //!

@@ -4,13 +4,12 @@
 //! It never removes rules on its way out: SIGTERM leaves the kernel as it is (fail closed),
 //! and a broken Docker stream keeps the rules while it reconnects.
 
-use super::conntrack::{Conntrack, Ctnetlink, revoked};
 use super::early::{Action, Early};
 use super::engine::{Delta, Engine};
 use super::notify::notify;
 use super::source::{Change, Source, Stamped};
 use crate::bridge::{BridgeControl, NetlinkBridges};
-use crate::cli::managed_bridges;
+use crate::conntrack::{Conntrack, Ctnetlink, revoked};
 use crate::docker::ContainerState;
 use crate::docker::early::EarlyChange;
 use crate::inventory::Inventory;
@@ -18,6 +17,7 @@ use crate::nft::{Backend, Changes, NftError};
 use crate::plan::Plan;
 use crate::plan::ruleset::{Elem, Family, Ruleset};
 use crate::policy::{Policy, load_policy};
+use crate::state::DaemonState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -76,7 +76,7 @@ impl Options {
             resync: Duration::from_secs(300),
             coalesce: Duration::from_millis(20),
             element_check_every: 12,
-            state_file: Some(PathBuf::from("/run/netguard/state.json")),
+            state_file: Some(PathBuf::from(crate::state::DEFAULT_PATH)),
             metrics_listen: None,
         }
     }
@@ -225,21 +225,6 @@ impl Enforcer for Kernel {
     }
 }
 
-/// What the daemon reports to `netguard status` (written to the state file).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct DaemonState {
-    pub pid: u32,
-    pub source: String,
-    pub started_unix_ms: u64,
-    pub last_reconcile_unix_ms: Option<u64>,
-    pub last_event_unix_ms: Option<u64>,
-    pub containers: usize,
-    pub connected: bool,
-    pub last_error: Option<String>,
-    pub reconciles: u64,
-    pub events: u64,
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -254,6 +239,8 @@ pub trait Observer {
     /// Containers with an endpoint on a managed network, after each change.
     fn containers(&self, _n: usize) {}
     fn error(&self, _kind: &'static str) {}
+    /// Pairs of containers breaking a `[[separate]]` line, after each change.
+    fn separation_violations(&self, _n: usize) {}
 }
 
 pub struct NoObserver;
@@ -266,6 +253,7 @@ pub struct Controller<S: Source, E: Enforcer> {
     pub engine: Engine,
     pub state: DaemonState,
     pub observer: Box<dyn Observer>,
+    separation: super::separation::Separation,
     resyncs: u32,
     /// Something failed since the last full sync; the next resync does a full one.
     dirty: bool,
@@ -393,8 +381,10 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     pub fn new(opts: Options, policy: Policy, source: S, enforcer: E) -> Controller<S, E> {
         let state = DaemonState {
             pid: std::process::id(),
-            source: source.describe(),
+            source: Some(source.describe()),
             started_unix_ms: now_ms(),
+            containers: Some(0),
+            connected: Some(false),
             ..Default::default()
         };
         Controller {
@@ -404,6 +394,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             engine: Engine::new(policy, Inventory::default()),
             state,
             observer: Box::new(NoObserver),
+            separation: Default::default(),
             resyncs: 0,
             dirty: false,
             early: Early::default(),
@@ -423,18 +414,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let Some(path) = &self.opts.state_file else {
             return;
         };
-        let Ok(json) = serde_json::to_vec_pretty(&self.state) else {
-            return;
-        };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = path.with_extension("json.tmp");
-        if std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .is_err()
-        {
-            tracing::debug!(path = %path.display(), "cannot write the state file");
+        if let Err(e) = crate::state::write(path, &self.state) {
+            tracing::debug!(path = %path.display(), "cannot write the state file: {e}");
         }
     }
 
@@ -495,10 +476,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let before = admitted_addresses(&self.engine.plan());
         self.engine.reset(inv);
         let plan = self.engine.plan();
+        let n = self.separation.reset(self.engine.policy(), &plan);
+        self.observer.separation_violations(n);
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        if let Err(e) = self.enforcer.prepare_bridges(&managed_bridges(&plan)).await {
+        if let Err(e) = self.enforcer.prepare_bridges(&plan.managed_bridges()).await {
             self.error("bridge", e.to_string());
         }
         match self.enforcer.reconcile(&plan.ruleset) {
@@ -530,7 +513,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 self.observer.containers(self.engine.managed_count());
                 self.state.reconciles += 1;
                 self.state.last_reconcile_unix_ms = Some(now_ms());
-                self.state.containers = self.engine.container_count();
+                self.state.containers = Some(self.engine.container_count());
                 self.state.last_error = None;
                 self.dirty = false;
                 self.write_state();
@@ -634,6 +617,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             };
             merge(&mut delta, d);
         }
+        let n = self.separation.changed(&self.engine, seen.iter());
+        self.observer.separation_violations(n);
         if full || early_failed {
             let _ = self.full_sync().await;
             return;
@@ -659,7 +644,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             let plan = self.engine.plan();
             self.enforcer.rejudge(&plan, Some(&delta.regrouped));
         }
-        self.state.containers = self.engine.container_count();
+        self.state.containers = Some(self.engine.container_count());
         self.observer.containers(self.engine.managed_count());
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
@@ -781,12 +766,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         match self.source.subscribe().await {
             Ok(rx) => {
                 self.early_rx = self.source.early_changes();
-                self.state.connected = true;
+                self.state.connected = Some(true);
                 let _ = self.full_sync().await;
                 Some(rx)
             }
             Err(e) => {
-                self.state.connected = false;
+                self.state.connected = Some(false);
                 self.error(
                     "source",
                     format!(
@@ -882,7 +867,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 }
                 change = next => match change {
                     None => {
-                        self.state.connected = false;
+                        self.state.connected = Some(false);
                         self.error("source", format!("lost {}; rules stay as they are, reconnecting", self.source.describe()));
                         self.write_state();
                         notify("STATUS=reconnecting");

@@ -136,6 +136,7 @@ impl Engine {
             networks: self.networks.clone(),
             unisolable: self.unisolable.values().cloned().collect(),
             engine: self.engine,
+            netns: Default::default(),
         };
         inv.normalize();
         inv
@@ -144,6 +145,11 @@ impl Engine {
     /// The full plan of the current state.
     pub fn plan(&self) -> Plan {
         plan(&self.policy, &self.inventory())
+    }
+
+    /// One container as planned now (its groups), if the source reported it with an endpoint.
+    pub fn planned(&self, id: &str) -> Option<&PlannedContainer> {
+        self.planned.get(id)
     }
 
     /// Every container with an endpoint the source reported, managed or not.
@@ -494,6 +500,7 @@ mod tests {
             "[settings]\nnetworks = [\"m-*\"]\nanti_spoofing = {anti_spoofing}\n\
              [groups.a]\nmatch = {{ name = \"a*\" }}\n\
              [groups.b]\nmatch = [{{ name = \"b*\" }}, {{ network = \"m-2\" }}]\n\
+             [groups.vrrp]\nmatch = {{ name = \"*2\" }}\nmac_binding = false\n\
              [[allow]]\nfrom = \"a\"\nto = \"b\"\n"
         );
         parse_policy(Path::new("p.toml"), &text).expect("policy")
@@ -522,7 +529,11 @@ mod tests {
                     } else {
                         None
                     },
-                    mac: None,
+                    // Few MACs too, so that two veths share one and a MAC moves.
+                    mac: match r.next(3) {
+                        0 => None,
+                        n => Some(format!("02:00:00:00:0{n}:{host:02x}")),
+                    },
                 });
             }
         }

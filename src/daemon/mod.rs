@@ -1,17 +1,19 @@
-//! `netguard run`: the event-driven, fail-closed controller (DESIGN.md section 4).
+//! `netguard run`: the event-driven, fail-closed controller (docs/architecture.md section 3).
 //!
 //! Start: install default-deny tables if netguard has none, subscribe to Docker's events,
 //! list, reconcile, notify systemd. Then each event touches only the set elements it
 //! concerns (see [`engine`]); network changes, reloads and reconnects reconcile fully.
 
-pub mod conntrack;
 pub mod controller;
 pub mod early;
 pub mod engine;
 pub mod notify;
+mod observe;
+pub mod separation;
 pub mod source;
 
-pub use controller::{Controller, DaemonState, Enforcer, Kernel, Options, enforce_delta};
+pub use crate::state::DaemonState;
+pub use controller::{Controller, Enforcer, Kernel, Options, enforce_delta};
 
 use crate::metrics::{Metrics, MetricsServer};
 use crate::nft::Backend;

@@ -5,23 +5,12 @@ use crate::docker::early::EarlyChange;
 use crate::docker::{
     ContainerState, DockerError, DockerSource, EarlyWatch, Emit, NetlinkPortFinder,
 };
+pub use crate::inventory::Change;
 use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
-use bollard::models::{EventMessage, EventMessageTypeEnum, Network as DockerNetwork};
 use futures::StreamExt;
 use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::mpsc;
-
-/// What an event asks the controller to look at again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// Refresh this container (started, connected, disconnected, renamed).
-    Container(String),
-    /// This container stopped or was removed.
-    Gone(String),
-    /// Networks were created or removed: the structure may change.
-    Networks,
-}
 
 /// A change and the moment netguard received it from the source: where
 /// `netguard_event_to_enforce_seconds` starts, so time spent queued behind a running
@@ -60,7 +49,6 @@ pub trait Source {
 pub struct Docker {
     host: Option<String>,
     src: Option<DockerSource>,
-    networks: Vec<DockerNetwork>,
     early: Option<mpsc::Receiver<EarlyChange>>,
 }
 
@@ -75,7 +63,6 @@ impl Docker {
         Ok(Docker {
             host,
             src,
-            networks: Vec::new(),
             early: None,
         })
     }
@@ -94,64 +81,20 @@ impl Docker {
 /// (milliseconds since the previous one).
 const FOLLOW_UP_MS: [u64; 3] = [100, 400, 1500];
 
-/// Maps one Docker event to what must be looked at again.
-pub fn change_of(ev: &EventMessage) -> Option<Change> {
-    let action = ev.action.as_deref().unwrap_or_default();
-    let actor = ev.actor.as_ref()?;
-    match ev.typ {
-        Some(EventMessageTypeEnum::CONTAINER) => {
-            let id = actor.id.clone()?;
-            match action {
-                "start" | "rename" | "unpause" | "restart" => Some(Change::Container(id)),
-                "die" | "destroy" | "stop" | "kill" | "oom" => Some(Change::Gone(id)),
-                _ => None,
-            }
-        }
-        Some(EventMessageTypeEnum::NETWORK) => match action {
-            "connect" | "disconnect" => {
-                // Docker names the container in an attribute (the actor is the network);
-                // Podman's compat events make the container the actor and leave it out.
-                let c = actor
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get("container"))
-                    .or(actor.id.as_ref())?
-                    .clone();
-                Some(Change::Container(c))
-            }
-            "create" | "destroy" | "remove" => Some(Change::Networks),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 impl Source for Docker {
     async fn inventory(&mut self) -> Result<Inventory, SourceError> {
-        let networks = self.src()?.raw_networks().await?;
-        self.networks = networks;
         Ok(self.src()?.inventory().await?)
     }
 
     async fn container(&mut self, id: &str) -> Result<ContainerState, SourceError> {
-        if self.networks.is_empty() {
-            let networks = self.src()?.raw_networks().await?;
-            self.networks = networks;
-        }
-        let mut networks = std::mem::take(&mut self.networks);
-        let state = match self.src() {
-            Ok(src) => src.container(id, &mut networks).await,
-            Err(e) => Err(e),
-        };
-        self.networks = networks;
-        Ok(state?)
+        Ok(self.src()?.container(id).await?)
     }
 
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
         self.src()?.ping().await?;
         let (tx, rx) = mpsc::channel(8192);
         // A connection of its own: its requests run beside the controller's.
-        let early = EarlyWatch::new(
+        let watch = EarlyWatch::new(
             std::sync::Arc::new(DockerSource::connect(self.host.as_deref())?),
             std::sync::Arc::new(NetlinkPortFinder),
         );
@@ -163,24 +106,13 @@ impl Source for Docker {
                 tracing::warn!("early change queue full; an early admission is dropped");
             }
         });
-        let mut events = Box::pin(self.src()?.events_since_now());
+        let mut events = Box::pin(self.src()?.events_with_early(watch, emit));
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
                     Ok(ev) => {
                         let at = Instant::now();
-                        early.on_event(&ev, at, &emit);
-                        let Some(c) = change_of(&ev) else { continue };
-                        // Docker emits network connect before its container
-                        // listing shows the change (a running container connected to a
-                        // network is listed without the new endpoint at that moment, and no
-                        // later event follows): look again a little later.
-                        if let (
-                            Some(EventMessageTypeEnum::NETWORK),
-                            Some("connect"),
-                            Change::Container(id),
-                        ) = (ev.typ, ev.action.as_deref(), &c)
-                        {
+                        if let (true, Change::Container(id)) = (ev.connect, &ev.change) {
                             let (tx2, id) = (tx.clone(), id.clone());
                             tokio::spawn(async move {
                                 for ms in FOLLOW_UP_MS {
@@ -192,7 +124,7 @@ impl Source for Docker {
                                 }
                             });
                         }
-                        if tx.send((c, at)).await.is_err() {
+                        if tx.send((ev.change, at)).await.is_err() {
                             return;
                         }
                     }

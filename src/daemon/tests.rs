@@ -693,3 +693,40 @@ async fn an_address_handed_to_a_new_endpoint_leaves_its_previous_holder_and_its_
     r.world.borrow_mut().containers = vec![container(0), c7];
     r.assert_converged();
 }
+
+/// The gauge a metrics observer would export.
+struct SeparationGauge(Rc<std::cell::Cell<Option<usize>>>);
+impl Observer for SeparationGauge {
+    fn separation_violations(&self, n: usize) {
+        self.0.set(Some(n));
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn separation_violations_follow_events_and_reloads() {
+    let mut r = rig(2);
+    let separated = format!("{POLICY}[[separate]]\ngroups = [\"web\", \"api\"]\n");
+    std::fs::write(r.policy_file.path(), &separated).expect("write");
+    let gauge = Rc::new(std::cell::Cell::new(None));
+    r.ctl.observer = Box::new(SeparationGauge(gauge.clone()));
+    r.ctl.reload().await;
+    assert_eq!(gauge.get(), Some(1), "web0 and api1");
+    // api3 and web4 start: 2 web × 2 api.
+    let mut b = Batch::default();
+    for n in [3, 4] {
+        r.world.borrow_mut().containers.push(container(n));
+        b.add(Change::Container(format!("id{n}")), Instant::now());
+    }
+    r.ctl.process(b).await;
+    assert_eq!(gauge.get(), Some(4));
+    // web0 goes: 1 web × 2 api.
+    r.world.borrow_mut().containers.retain(|c| c.id != "id0");
+    let mut b = Batch::default();
+    b.add(Change::Gone("id0".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert_eq!(gauge.get(), Some(2));
+    // Without the line, nothing is counted.
+    std::fs::write(r.policy_file.path(), POLICY).expect("write");
+    r.ctl.reload().await;
+    assert_eq!(gauge.get(), Some(0));
+}

@@ -5,7 +5,9 @@
 
 use super::veth::{ResolvedVeth, VethError, VethQuery, VethResolver};
 use crate::inventory::{Container, Endpoint, Inventory, Network, Unisolable};
-use bollard::models::{ContainerInspectResponse, ContainerSummary, Network as DockerNetwork};
+use bollard::models::{
+    ContainerInspectResponse, ContainerSummary, EndpointSettings, Network as DockerNetwork,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -157,27 +159,9 @@ pub fn prepare(
     inspected: &HashMap<String, ContainerInspectResponse>,
 ) -> Prepared {
     let mut p = Prepared {
-        networks: networks
-            .iter()
-            .filter_map(|n| {
-                let name = n.name.clone()?;
-                let driver = n.driver.clone().unwrap_or_default();
-                let bridge = if driver == "bridge" {
-                    bridge_name(n)
-                } else {
-                    None
-                };
-                Some(Network {
-                    name,
-                    id: n.id.clone(),
-                    driver,
-                    bridge,
-                })
-            })
-            .collect(),
+        networks: networks.iter().filter_map(network_of).collect(),
         ..Prepared::default()
     };
-
     for c in containers {
         let Some(id) = c.id.clone().filter(|i| !i.is_empty()) else {
             tracing::warn!("Docker listed a container without an id; skipped");
@@ -188,129 +172,13 @@ pub fn prepare(
             tracing::info!(container = %id, "container vanished between list and inspect; skipped");
             continue;
         }
-        let name = container_name(c, insp);
-        let image = insp
-            .and_then(|i| i.config.as_ref())
-            .and_then(|cfg| cfg.image.clone())
-            .or_else(|| c.image.clone())
-            .unwrap_or_default();
-        let labels: BTreeMap<String, String> = c
-            .labels
-            .as_ref()
-            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        let mut container = Container {
-            id: id.clone(),
-            name: name.clone(),
-            image,
-            labels,
-            endpoints: Vec::new(),
-        };
-
+        let mut container = identity(id, c, insp);
         let mode = network_mode(c, insp);
         if let Some(target) = mode.strip_prefix("container:") {
             p.shared.push((container, target.to_string()));
             continue;
         }
-
-        let pid = insp
-            .and_then(|i| i.state.as_ref())
-            .and_then(|s| s.pid)
-            .and_then(|pid| u32::try_from(pid).ok())
-            .filter(|&pid| pid > 0);
-        let mut eps: Vec<_> = c
-            .network_settings
-            .as_ref()
-            .and_then(|n| n.networks.as_ref())
-            .map(|m| m.iter().collect())
-            .unwrap_or_default();
-        // HashMap order is random; keep queries and reports deterministic.
-        eps.sort_by(|a, b| a.0.cmp(b.0));
-        if eps.is_empty() {
-            // Docker lists host and none as endpoints (handled below); Podman lists none.
-            let reason = match mode {
-                "host" => HOST_REASON.to_string(),
-                "none" => NONE_REASON.to_string(),
-                _ => format!("no network endpoint (network mode {mode:?})"),
-            };
-            p.report(&id, &name, reason);
-        }
-        let mut queries = Vec::new();
-        for (net_name, ep) in eps {
-            let Some(net) = find_network(networks, ep.network_id.as_deref(), net_name) else {
-                p.report(
-                    &id,
-                    &name,
-                    format!("attached to network {net_name}, which Docker did not list"),
-                );
-                continue;
-            };
-            let driver = net.driver.as_deref().unwrap_or("");
-            match driver {
-                "bridge" => {}
-                "host" => {
-                    p.report(&id, &name, HOST_REASON.into());
-                    continue;
-                }
-                "null" => {
-                    p.report(&id, &name, NONE_REASON.into());
-                    continue;
-                }
-                other => {
-                    p.report(
-                        &id,
-                        &name,
-                        format!(
-                            "attached to network {net_name} with driver {other:?}, \
-                             whose traffic does not cross a host bridge"
-                        ),
-                    );
-                    continue;
-                }
-            }
-            let Some(bridge) = bridge_name(net) else {
-                p.report(
-                    &id,
-                    &name,
-                    format!("network {net_name} has no id to derive its bridge from"),
-                );
-                continue;
-            };
-            let mac = non_empty(ep.mac_address.as_ref()).map(|m| m.to_ascii_lowercase());
-            let endpoint = Endpoint {
-                network: net.name.clone().unwrap_or_else(|| net_name.clone()),
-                network_id: net.id.clone(),
-                bridge,
-                veth: None,
-                ipv4: non_empty(ep.ip_address.as_ref()).and_then(|a| a.parse::<Ipv4Addr>().ok()),
-                ipv6: non_empty(ep.global_ipv6_address.as_ref())
-                    .and_then(|a| a.parse::<Ipv6Addr>().ok()),
-                mac: mac.clone(),
-            };
-            if endpoint.ipv4.is_none() && endpoint.ipv6.is_none() {
-                p.report(
-                    &id,
-                    &name,
-                    format!("endpoint on network {net_name} has no address yet"),
-                );
-                continue;
-            }
-            if let Some(pid) = pid {
-                queries.push((
-                    container.endpoints.len(),
-                    VethQuery {
-                        container_id: id.clone(),
-                        container_name: name.clone(),
-                        pid,
-                        network: endpoint.network.clone(),
-                        mac,
-                    },
-                ));
-            } else {
-                tracing::warn!(container = %name, "no PID from Docker; veth left unresolved");
-            }
-            container.endpoints.push(endpoint);
-        }
+        let queries = endpoints(&mut p, &mut container, c, insp, mode, networks);
         if container.endpoints.is_empty() {
             continue;
         }
@@ -322,6 +190,151 @@ pub fn prepare(
         p.containers.push(container);
     }
     p
+}
+
+/// A network of Docker's list as the inventory holds it (one without a name is left out).
+fn network_of(n: &DockerNetwork) -> Option<Network> {
+    let name = n.name.clone()?;
+    let driver = n.driver.clone().unwrap_or_default();
+    let bridge = if driver == "bridge" {
+        bridge_name(n)
+    } else {
+        None
+    };
+    Some(Network {
+        name,
+        id: n.id.clone(),
+        driver,
+        bridge,
+    })
+}
+
+/// Who the container is (id, name, image, labels), without its endpoints yet.
+fn identity(
+    id: String,
+    c: &ContainerSummary,
+    insp: Option<&ContainerInspectResponse>,
+) -> Container {
+    let image = insp
+        .and_then(|i| i.config.as_ref())
+        .and_then(|cfg| cfg.image.clone())
+        .or_else(|| c.image.clone())
+        .unwrap_or_default();
+    let labels: BTreeMap<String, String> = c
+        .labels
+        .as_ref()
+        .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Container {
+        id,
+        name: container_name(c, insp),
+        image,
+        labels,
+        endpoints: Vec::new(),
+    }
+}
+
+/// Fills `container.endpoints` with its bridge endpoints, reports those netguard cannot
+/// isolate, and returns the veth queries: (endpoint index, query).
+fn endpoints(
+    p: &mut Prepared,
+    container: &mut Container,
+    c: &ContainerSummary,
+    insp: Option<&ContainerInspectResponse>,
+    mode: &str,
+    networks: &[DockerNetwork],
+) -> Vec<(usize, VethQuery)> {
+    let (id, name) = (container.id.clone(), container.name.clone());
+    let pid = insp
+        .and_then(|i| i.state.as_ref())
+        .and_then(|s| s.pid)
+        .and_then(|pid| u32::try_from(pid).ok())
+        .filter(|&pid| pid > 0);
+    let mut eps: Vec<_> = c
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .map(|m| m.iter().collect())
+        .unwrap_or_default();
+    // HashMap order is random; keep queries and reports deterministic.
+    eps.sort_by(|a, b| a.0.cmp(b.0));
+    if eps.is_empty() {
+        // Docker lists host and none as endpoints (handled below); Podman lists none.
+        let reason = match mode {
+            "host" => HOST_REASON.to_string(),
+            "none" => NONE_REASON.to_string(),
+            _ => format!("no network endpoint (network mode {mode:?})"),
+        };
+        p.report(&id, &name, reason);
+    }
+    let mut queries = Vec::new();
+    for (net_name, ep) in eps {
+        let endpoint = match endpoint_of(net_name, ep, networks) {
+            Ok(e) => e,
+            Err(reason) => {
+                p.report(&id, &name, reason);
+                continue;
+            }
+        };
+        if let Some(pid) = pid {
+            queries.push((
+                container.endpoints.len(),
+                VethQuery {
+                    container_id: id.clone(),
+                    container_name: name.clone(),
+                    pid,
+                    network: endpoint.network.clone(),
+                    mac: endpoint.mac.clone(),
+                },
+            ));
+        } else {
+            tracing::warn!(container = %name, "no PID from Docker; veth left unresolved");
+        }
+        container.endpoints.push(endpoint);
+    }
+    queries
+}
+
+/// One endpoint of a container on a bridge network, or why netguard cannot isolate it.
+fn endpoint_of(
+    net_name: &String,
+    ep: &EndpointSettings,
+    networks: &[DockerNetwork],
+) -> Result<Endpoint, String> {
+    let Some(net) = find_network(networks, ep.network_id.as_deref(), net_name) else {
+        return Err(format!(
+            "attached to network {net_name}, which Docker did not list"
+        ));
+    };
+    match net.driver.as_deref().unwrap_or("") {
+        "bridge" => {}
+        "host" => return Err(HOST_REASON.into()),
+        "null" => return Err(NONE_REASON.into()),
+        other => {
+            return Err(format!(
+                "attached to network {net_name} with driver {other:?}, \
+                 whose traffic does not cross a host bridge"
+            ));
+        }
+    }
+    let Some(bridge) = bridge_name(net) else {
+        return Err(format!(
+            "network {net_name} has no id to derive its bridge from"
+        ));
+    };
+    let endpoint = Endpoint {
+        network: net.name.clone().unwrap_or_else(|| net_name.clone()),
+        network_id: net.id.clone(),
+        bridge,
+        veth: None,
+        ipv4: non_empty(ep.ip_address.as_ref()).and_then(|a| a.parse::<Ipv4Addr>().ok()),
+        ipv6: non_empty(ep.global_ipv6_address.as_ref()).and_then(|a| a.parse::<Ipv6Addr>().ok()),
+        mac: non_empty(ep.mac_address.as_ref()).map(|m| m.to_ascii_lowercase()),
+    };
+    if endpoint.ipv4.is_none() && endpoint.ipv6.is_none() {
+        return Err(format!("endpoint on network {net_name} has no address yet"));
+    }
+    Ok(endpoint)
 }
 
 /// Second half: fold the resolver's answers in (one per query, in order).
@@ -425,6 +438,8 @@ pub fn finish(mut p: Prepared, answers: Vec<Result<ResolvedVeth, VethError>>) ->
             .collect(),
         // The source sets it: the mapping cannot tell Podman from Docker.
         engine: crate::inventory::Engine::Docker,
+        // Docker's PIDs change with every restart: `verify` asks for them when it needs them.
+        netns: Default::default(),
     };
     inv.normalize();
     inv

@@ -12,8 +12,11 @@
 
 pub mod early;
 mod early_source;
+pub mod events;
 pub mod map;
+mod netns;
 pub mod podman;
+pub mod security;
 pub mod veth;
 
 pub use early_source::{EarlyWatch, Emit, PORT_WAIT};
@@ -25,11 +28,9 @@ pub use veth::{
 };
 
 use crate::inventory::{Container, Engine, Inventory, Unisolable};
-use bollard::models::{
-    ContainerInspectResponse, ContainerSummary, EventMessage, Network as DockerNetwork,
-};
+use bollard::models::{ContainerInspectResponse, ContainerSummary, Network as DockerNetwork};
 use bollard::query_parameters::{
-    EventsOptions, InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
+    InspectContainerOptions, ListContainersOptions, ListNetworksOptions,
 };
 use bollard::{ClientVersion, Docker};
 use futures::StreamExt;
@@ -94,6 +95,9 @@ pub struct DockerSource {
     calls: Arc<AtomicU64>,
     negotiated: AtomicBool,
     resolver: Arc<dyn VethResolver>,
+    /// The network list `container` maps against: the last full inventory's, listed again
+    /// when a container names a network it lacks. Held across that call's requests.
+    network_cache: tokio::sync::Mutex<Vec<DockerNetwork>>,
 }
 
 /// Where the daemon listens: what bollard connects to, and where the one request bollard
@@ -170,6 +174,7 @@ impl DockerSource {
             calls: Arc::new(AtomicU64::new(0)),
             negotiated: AtomicBool::new(false),
             resolver: Arc::new(NetlinkVethResolver::default()),
+            network_cache: tokio::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -310,21 +315,25 @@ impl DockerSource {
             total_ms = t0.elapsed().as_secs_f64() * 1e3,
             "docker inventory"
         );
+        *self.network_cache.lock().await = networks;
         Ok(inv)
-    }
-
-    /// Docker's networks, as the mapping needs them (one call; two with Podman).
-    pub async fn raw_networks(&self) -> Result<Vec<DockerNetwork>, DockerError> {
-        self.negotiate().await?;
-        self.networks().await
     }
 
     /// One container, as the inventory would hold it: for a daemon event, without listing
     /// everything (a list filtered on the id, an inspect when needed, its veths). A container
     /// sharing another's netns (`--network container:X`) brings X's summary along.
-    /// `networks` is the caller's copy of the network list; it is listed again (and updated)
-    /// when the container is on a network it lacks.
-    pub async fn container(
+    /// Mapped against the network list of the last inventory (listed first when there was
+    /// none), listed again when the container is on a network it lacks.
+    pub async fn container(&self, id: &str) -> Result<ContainerState, DockerError> {
+        let mut networks = self.network_cache.lock().await;
+        if networks.is_empty() {
+            self.negotiate().await?;
+            *networks = self.networks().await?;
+        }
+        self.container_on(id, &mut networks).await
+    }
+
+    async fn container_on(
         &self,
         id: &str,
         networks: &mut Vec<DockerNetwork>,
@@ -400,30 +409,6 @@ impl DockerSource {
             })
             .take(1)
             .collect())
-    }
-
-    /// Container and network events from a second ago on: Docker replays what happened
-    /// since then, so a list made after subscribing misses nothing (a duplicate is harmless).
-    pub fn events_since_now(
-        &self,
-    ) -> impl futures::Stream<Item = Result<EventMessage, DockerError>> + Send + 'static {
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs().saturating_sub(1))
-            .unwrap_or(0);
-        let opts = EventsOptions {
-            since: Some(since.to_string()),
-            filters: Some(HashMap::from([(
-                "type".to_string(),
-                vec!["container".to_string(), "network".to_string()],
-            )])),
-            ..Default::default()
-        };
-        let host = self.host.clone();
-        self.count();
-        self.docker()
-            .events(Some(opts))
-            .map(move |r| r.map_err(|e| classify(&host, "events", e)))
     }
 
     /// Waits until the daemon answers (`GET /version`), for reconnecting.

@@ -41,6 +41,10 @@ struct FileContainer {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     endpoint: Vec<Spanned<FileEndpoint>>,
+    /// `ip netns` name of the container's network namespace (for `netguard verify`).
+    netns: Option<Spanned<String>>,
+    /// A process of the container, whose namespace is `/proc/PID/ns/net` (for `verify`).
+    pid: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -52,7 +56,7 @@ struct FileEndpoint {
     veth: Option<Spanned<String>>,
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
-    mac: Option<String>,
+    mac: Option<Spanned<String>>,
 }
 
 /// Reads and validates an inventory file.
@@ -131,6 +135,22 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
                 }
                 None => None,
             };
+            let mac = match ep.mac {
+                Some(m) => {
+                    let parsed = m
+                        .get_ref()
+                        .parse::<super::Mac>()
+                        .map_err(|e| invalid(Some(m.span()), format!("mac: {e}")))?;
+                    if !parsed.is_ownable() {
+                        return Err(invalid(
+                            Some(m.span()),
+                            format!("mac: {parsed} is not a unicast address"),
+                        ));
+                    }
+                    Some(parsed.to_string())
+                }
+                None => None,
+            };
             let bridge = ep.bridge.into_inner();
             if let Some(prev) = networks.get(&ep.network)
                 && *prev != bridge
@@ -151,8 +171,37 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
                 veth,
                 ipv4: ep.ipv4,
                 ipv6: ep.ipv6,
-                mac: ep.mac,
+                mac,
             });
+        }
+        match (c.netns, c.pid) {
+            (Some(_), Some(p)) => {
+                return Err(invalid(
+                    Some(p.span()),
+                    "give `netns` or `pid`, not both".into(),
+                ));
+            }
+            (Some(n), None) => {
+                let (span, n) = (n.span(), n.into_inner());
+                if n.is_empty() || n == "." || n == ".." || n.contains('/') || n.contains('\0') {
+                    return Err(invalid(
+                        Some(span),
+                        format!("netns: {n:?} is not a namespace name of `ip netns` (no '/')"),
+                    ));
+                }
+                inv.netns.insert(id.clone(), super::NetnsRef::Named(n));
+            }
+            (None, Some(p)) => {
+                if *p.get_ref() == 0 {
+                    return Err(invalid(
+                        Some(p.span()),
+                        "pid: must be a process id above 0".into(),
+                    ));
+                }
+                inv.netns
+                    .insert(id.clone(), super::NetnsRef::Pid(p.into_inner()));
+            }
+            (None, None) => {}
         }
         inv.containers.push(Container {
             id,
@@ -253,6 +302,55 @@ ipv4 = "10.98.0.11"
         assert!(e.starts_with("inv.toml:6:8:"), "{e}");
         let e = parse("[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"a/b\"\nipv4 = \"10.0.0.3\"\n").unwrap_err();
         assert!(e.starts_with("inv.toml:5:10:"), "{e}");
+        let ep = "[[container]]\nname = \"a\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\nipv4 = \"10.0.0.3\"\n";
+        let e = parse(&format!("{ep}mac = \"02:42:0a\"\n")).unwrap_err();
+        assert!(e.starts_with("inv.toml:7:7:") && e.contains("MAC"), "{e}");
+        let e = parse(&format!("{ep}mac = \"ff:ff:ff:ff:ff:ff\"\n")).unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:7:7:") && e.contains("unicast"),
+            "{e}"
+        );
+        let inv = parse_inventory(
+            Path::new("inv.toml"),
+            &format!("{ep}mac = \"02:42:0A:00:00:03\"\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            inv.containers[0].endpoints[0].mac.as_deref(),
+            Some("02:42:0a:00:00:03")
+        );
+    }
+
+    #[test]
+    fn netns_or_pid_names_the_namespace() {
+        use crate::inventory::NetnsRef;
+        let ep = "[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\nipv4 = \"10.0.0.3\"\n";
+        let inv = parse(&format!(
+            "[[container]]\nname = \"a\"\nnetns = \"ng-a\"\n{ep}[[container]]\nname = \"b\"\npid = 42\n"
+        ))
+        .unwrap();
+        assert_eq!(inv.netns.get("a"), Some(&NetnsRef::Named("ng-a".into())));
+        assert_eq!(inv.netns.get("b"), Some(&NetnsRef::Pid(42)));
+        assert_eq!(
+            inv.netns["a"].path(),
+            std::path::PathBuf::from("/run/netns/ng-a")
+        );
+        assert_eq!(
+            inv.netns["b"].path(),
+            std::path::PathBuf::from("/proc/42/ns/net")
+        );
+        let e = parse("[[container]]\nname = \"a\"\nnetns = \"../x\"\n").unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:3:9:") && e.contains("ip netns"),
+            "{e}"
+        );
+        let e = parse("[[container]]\nname = \"a\"\nnetns = \"x\"\npid = 3\n").unwrap_err();
+        assert!(
+            e.starts_with("inv.toml:4:7:") && e.contains("not both"),
+            "{e}"
+        );
+        let e = parse("[[container]]\nname = \"a\"\npid = 0\n").unwrap_err();
+        assert!(e.starts_with("inv.toml:3:7:"), "{e}");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! plan never knows where its containers came from.
 
 mod file;
+mod mac;
 
 pub use file::{InventoryFileError, load_inventory_file, parse_inventory};
+pub use mac::Mac;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,6 +28,31 @@ pub struct Inventory {
     /// (judged fail-closed while not yet known) and which belong to someone else.
     #[serde(default, skip_serializing_if = "Engine::is_docker")]
     pub engine: Engine,
+    /// Where each container's network namespace is, by container id, when the source
+    /// names it (an inventory file's `netns` or `pid`). Only `netguard verify` enters
+    /// namespaces this way; Docker's are found through the container's PID at verify time.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub netns: BTreeMap<String, NetnsRef>,
+}
+
+/// A container's network namespace, as an inventory file names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetnsRef {
+    /// `ip netns` name: `/run/netns/NAME`.
+    Named(String),
+    /// Any process of the container: `/proc/PID/ns/net`.
+    Pid(u32),
+}
+
+impl NetnsRef {
+    /// The file whose descriptor `setns` takes.
+    pub fn path(&self) -> std::path::PathBuf {
+        match self {
+            NetnsRef::Named(n) => std::path::Path::new("/run/netns").join(n),
+            NetnsRef::Pid(p) => std::path::PathBuf::from(format!("/proc/{p}/ns/net")),
+        }
+    }
 }
 
 /// The container engine behind the source.
@@ -183,4 +210,15 @@ impl Inventory {
             _ => Err(by_prefix),
         }
     }
+}
+
+/// What an event of the inventory's source asks the daemon to look at again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Change {
+    /// Refresh this container (started, connected, disconnected, renamed).
+    Container(String),
+    /// This container stopped or was removed.
+    Gone(String),
+    /// Networks were created or removed: the structure may change.
+    Networks,
 }

@@ -16,10 +16,7 @@ pub enum ExecError {
     PermissionDenied,
 }
 
-/// The one line a user without the privilege sees, whichever path (libnftables, the nft
-/// binary, nfnetlink) hit the refusal first.
-pub const PERMISSION_DENIED: &str =
-    "cannot read nftables: permission denied (run as root or with CAP_NET_ADMIN)";
+pub use crate::nfnetlink::PERMISSION_DENIED;
 
 /// nft's wording for EPERM / EACCES (its stderr spans several lines, none of them ours).
 fn refused(msg: &str) -> bool {
@@ -148,7 +145,7 @@ pub struct LibNftables {
     err: GetBuf,
 }
 
-// In libnftables 1.0.6 JSON input is switched on by the JSON output flag (DESIGN.md 5).
+// In libnftables 1.0.6 JSON input is switched on by the JSON output flag (docs/architecture.md 5.6).
 const NFT_CTX_OUTPUT_JSON: c_uint = 1 << 4;
 const NFT_CTX_OUTPUT_TERSE: c_uint = 1 << 11;
 

@@ -31,9 +31,133 @@ pub struct LiveRule {
     /// Packets counted by the rule's counter, when it has one.
     pub packets: Option<u64>,
     pub bytes: Option<u64>,
-    /// The rule's statements as nft lists them (JSON), for readers that need the
-    /// structure (e.g. which flows a live table allows: `crate::access`).
-    pub expr: Vec<Value>,
+    /// The rule's statements as nft lists them, for readers that need the structure (which
+    /// flows a live table allows: `ops::access`). Empty when read over nfnetlink.
+    pub expr: Vec<LiveStmt>,
+}
+
+/// One statement of a live rule, reduced to what netguard's readers tell apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveStmt {
+    Accept,
+    Jump(String),
+    /// `counter`, `log`, `limit`: no bearing on what the rule lets through.
+    Passive,
+    Match {
+        /// nft's operator as listed: `==`, `!=`, `in`, ...
+        op: String,
+        left: LiveExpr,
+        right: LiveValue,
+    },
+    /// Anything else (another verdict, a `match` without both sides, ...).
+    Other,
+}
+
+/// The left side of a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveExpr {
+    /// `meta KEY` (`iifname`, `oifname`, `l4proto`).
+    Meta(String),
+    /// `PROTOCOL FIELD` (`ip saddr`, `tcp dport`). A missing part is empty.
+    Payload {
+        protocol: String,
+        field: String,
+    },
+    /// `A . B . ...`
+    Concat(Vec<LiveExpr>),
+    Other,
+}
+
+/// The right side of a match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveValue {
+    /// A string as listed: a name, a keyword (`echo-request`), or `@set`.
+    Str(String),
+    /// Ports: a number, a range, or an anonymous set of those.
+    Ports(Vec<(u16, u16)>),
+    Other,
+}
+
+impl LiveValue {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            LiveValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The named set `@NAME` refers to.
+    pub fn set_ref(&self) -> Option<&str> {
+        self.as_str().and_then(|s| s.strip_prefix('@'))
+    }
+}
+
+impl LiveExpr {
+    fn from_json(v: &Value) -> LiveExpr {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        if let Some(parts) = v.get("concat").and_then(Value::as_array) {
+            return LiveExpr::Concat(parts.iter().map(LiveExpr::from_json).collect());
+        }
+        if let Some(m) = v.get("meta") {
+            return match text(m.get("key")) {
+                Some(k) => LiveExpr::Meta(k),
+                None => LiveExpr::Other,
+            };
+        }
+        if let Some(p) = v.get("payload") {
+            return LiveExpr::Payload {
+                protocol: text(p.get("protocol")).unwrap_or_default(),
+                field: text(p.get("field")).unwrap_or_default(),
+            };
+        }
+        LiveExpr::Other
+    }
+}
+
+impl LiveValue {
+    fn from_json(v: &Value) -> LiveValue {
+        if let Some(s) = v.as_str() {
+            return LiveValue::Str(s.to_string());
+        }
+        let ranges = match v.get("set").and_then(Value::as_array) {
+            Some(items) => items.iter().map(port_range).collect(),
+            None => port_range(v).map(|r| vec![r]),
+        };
+        ranges.map_or(LiveValue::Other, LiveValue::Ports)
+    }
+}
+
+impl LiveStmt {
+    /// One statement of nft's JSON listing.
+    pub fn from_json(st: &Value) -> LiveStmt {
+        if st.get("accept").is_some() {
+            return LiveStmt::Accept;
+        }
+        if st.get("counter").is_some() || st.get("log").is_some() || st.get("limit").is_some() {
+            return LiveStmt::Passive;
+        }
+        if let Some(j) = st.get("jump") {
+            return match j.get("target").and_then(Value::as_str) {
+                Some(t) => LiveStmt::Jump(t.to_string()),
+                None => LiveStmt::Other,
+            };
+        }
+        let Some(m) = st.get("match") else {
+            return LiveStmt::Other;
+        };
+        let (Some(left), Some(right)) = (m.get("left"), m.get("right")) else {
+            return LiveStmt::Other;
+        };
+        LiveStmt::Match {
+            op: m
+                .get("op")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            left: LiveExpr::from_json(left),
+            right: LiveValue::from_json(right),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +172,7 @@ fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
         Value::String(one) => match one.as_str() {
             "ifname" => Some(SetKind::Ifname),
             "ipv4_addr" => Some(SetKind::V4),
+            "ether_addr" => Some(SetKind::Mac),
             "ipv6_addr" => Some(SetKind::V6),
             _ => None,
         },
@@ -62,6 +187,7 @@ fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
                 ["ifname", "ifname"] => Some(SetKind::IfnamePair),
                 ["ifname", "ipv4_addr"] => Some(SetKind::IfnameV4),
                 ["ifname", "ipv6_addr"] => Some(SetKind::IfnameV6),
+                ["ifname", "ether_addr"] => Some(SetKind::IfnameMac),
                 _ => None,
             }
         }
@@ -92,6 +218,8 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
             .parse::<Ipv6Addr>()
             .ok()
             .map(|a| Elem::IfnameV6(i.to_string(), a)),
+        (SetKind::IfnameMac, [i, m]) => m.parse().ok().map(|m| Elem::IfnameMac(i.to_string(), m)),
+        (SetKind::Mac, [m]) => m.parse().ok().map(Elem::Mac),
         (SetKind::V4, [a]) => a.parse().ok().map(Elem::V4),
         (SetKind::V6, [a]) => a.parse().ok().map(Elem::V6),
         _ => None,
@@ -193,7 +321,7 @@ pub fn parse_table(json: &str) -> Result<LiveTable, ParseError> {
                 expr: r
                     .get("expr")
                     .and_then(Value::as_array)
-                    .cloned()
+                    .map(|ex| ex.iter().map(LiveStmt::from_json).collect())
                     .unwrap_or_default(),
             };
             t.chains

@@ -10,12 +10,14 @@
 //! ruleset generation changes while it runs.
 
 use super::live::{LiveChain, LiveRule, LiveSet, LiveTable};
+pub use crate::nfnetlink::NetlinkError;
+use crate::nfnetlink::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, Sock, attr, attr_str, attrs, find, nested, with_sock,
+};
 use crate::plan::ruleset::*;
 use std::collections::BTreeSet;
-use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_GETCHAIN: u16 = 4;
@@ -23,13 +25,6 @@ const NFT_MSG_GETRULE: u16 = 7;
 const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_GETGEN: u16 = 16;
-
-const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_ACK: u16 = 0x4;
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_INTERVAL: u32 = 0x4;
@@ -39,32 +34,11 @@ const NFT_SET_OBJECT: u32 = 0x40;
 // nftables datatypes (src/datatype.h) and concatenation (TYPE_BITS = 6).
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
+const TYPE_ETHERADDR: u32 = 9;
 const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_IFNAME: u32 = 41;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const IFNAMSIZ: usize = 16;
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetlinkError {
-    #[error("nfnetlink: {0}")]
-    Io(#[from] io::Error),
-    #[error("nfnetlink: {0}")]
-    Kernel(io::Error),
-    #[error("nfnetlink: unexpected message: {0}")]
-    Malformed(String),
-    #[error("nfnetlink: the ruleset kept changing while it was read")]
-    Unstable,
-    #[error("{}", super::exec::PERMISSION_DENIED)]
-    PermissionDenied,
-}
-
-/// EPERM / EACCES become the one documented line; anything else keeps its errno text.
-fn os_error(e: io::Error) -> NetlinkError {
-    match e.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => NetlinkError::PermissionDenied,
-        _ => NetlinkError::Kernel(e),
-    }
-}
 
 enum Fail {
     Err(NetlinkError),
@@ -74,61 +48,31 @@ enum Fail {
 
 impl From<NetlinkError> for Fail {
     fn from(e: NetlinkError) -> Self {
-        Fail::Err(e)
-    }
-}
-
-/// A blocking NETLINK_NETFILTER socket talking to one nfnetlink subsystem.
-pub(crate) struct Sock {
-    fd: libc::c_int,
-    seq: u32,
-    subsys: u16,
-    buf: Vec<u8>,
-}
-
-impl Drop for Sock {
-    fn drop(&mut self) {
-        // SAFETY: fd was opened by Sock::open and is closed once.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
-pub(crate) fn attr(out: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    out.extend_from_slice(&(len as u16).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(payload);
-    while out.len() % 4 != 0 {
-        out.push(0);
-    }
-}
-
-fn attr_str(out: &mut Vec<u8>, ty: u16, s: &str) {
-    let mut p = s.as_bytes().to_vec();
-    p.push(0);
-    attr(out, ty, &p);
-}
-
-/// Netlink attributes of `buf`: (type without the nested/byte-order bits, payload).
-pub(crate) fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
+        match e {
+            NetlinkError::Unstable => Fail::Retry,
+            e => Fail::Err(e),
         }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        let next = (len + 3) & !3;
-        buf = &buf[next.min(buf.len())..];
-        Some((ty, payload))
-    })
+    }
 }
 
-pub(crate) fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(t, _)| *t == ty).map(|(_, p)| p)
+/// `Sock::call` with an interrupted dump as `Fail::Retry`.
+fn request(
+    sock: &mut Sock,
+    msg: u16,
+    flags: u16,
+    family: u8,
+    payload: &[u8],
+) -> Result<Vec<Vec<u8>>, Fail> {
+    Ok(sock.call(msg, flags, family, payload)?)
+}
+
+/// The ruleset's generation id: a read is whole when it is the same before and after.
+fn genid(sock: &mut Sock) -> Result<u32, Fail> {
+    let msgs = request(sock, NFT_MSG_GETGEN, 0, 0, &[])?;
+    msgs.first()
+        .and_then(|m| find(m, 1))
+        .and_then(be32)
+        .ok_or_else(|| Fail::Err(NetlinkError::Malformed("no generation id".into())))
 }
 
 fn str_of(p: &[u8]) -> String {
@@ -142,154 +86,6 @@ fn be32(p: &[u8]) -> Option<u32> {
 
 fn be64(p: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(p.get(..8)?.try_into().ok()?))
-}
-
-impl Sock {
-    pub(crate) fn open_subsys(subsys: u16) -> Result<Sock, NetlinkError> {
-        // SAFETY: plain socket calls with a zeroed, correctly sized sockaddr_nl.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            );
-            if fd < 0 {
-                return Err(io::Error::last_os_error().into());
-            }
-            let sock = Sock {
-                fd,
-                seq: 0,
-                subsys,
-                buf: vec![0u8; 1 << 17],
-            };
-            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            if libc::bind(
-                fd,
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(io::Error::last_os_error().into());
-            }
-            Ok(sock)
-        }
-    }
-
-    /// Sends one request and collects the attribute payload of every answer message.
-    fn request(
-        &mut self,
-        msg: u16,
-        flags: u16,
-        family: u8,
-        payload: &[u8],
-    ) -> Result<Vec<Vec<u8>>, Fail> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let mut m = Vec::with_capacity(20 + payload.len());
-        let len = 16 + 4 + payload.len();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((self.subsys << 8) | msg).to_ne_bytes());
-        m.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&[family, 0, 0, 0]);
-        m.extend_from_slice(payload);
-        // SAFETY: m is a valid buffer of m.len() bytes.
-        let sent = unsafe { libc::send(self.fd, m.as_ptr() as *const libc::c_void, m.len(), 0) };
-        if sent < 0 {
-            return Err(NetlinkError::Io(io::Error::last_os_error()).into());
-        }
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        let mut interrupted = false;
-        loop {
-            // SAFETY: self.buf is a valid writable buffer of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io(e).into());
-            }
-            let mut b = &self.buf[..n as usize];
-            while b.len() >= 16 {
-                let mlen = u32::from_ne_bytes(b[0..4].try_into().unwrap_or_default()) as usize;
-                let mtype = u16::from_ne_bytes([b[4], b[5]]);
-                let mflags = u16::from_ne_bytes([b[6], b[7]]);
-                let mseq = u32::from_ne_bytes(b[8..12].try_into().unwrap_or_default());
-                if mlen < 16 || mlen > b.len() {
-                    return Err(NetlinkError::Malformed("truncated message".into()).into());
-                }
-                let body = &b[16..mlen];
-                b = &b[((mlen + 3) & !3).min(b.len())..];
-                if mseq != seq {
-                    continue;
-                }
-                if mflags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match mtype {
-                    NLMSG_DONE => {
-                        return if interrupted {
-                            Err(Fail::Retry)
-                        } else {
-                            Ok(out)
-                        };
-                    }
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(
-                            body.get(..4)
-                                .and_then(|s| s.try_into().ok())
-                                .unwrap_or_default(),
-                        );
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        return Err(os_error(io::Error::from_raw_os_error(-code)).into());
-                    }
-                    _ => {
-                        out.push(body.get(4..).unwrap_or_default().to_vec());
-                        if !dump && flags & NLM_F_ACK == 0 {
-                            return Ok(out);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// `request` for other modules: an interrupted dump is `Unstable`, for the caller to
-    /// retry or accept.
-    pub(crate) fn call(
-        &mut self,
-        msg: u16,
-        flags: u16,
-        family: u8,
-        payload: &[u8],
-    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
-        match self.request(msg, flags, family, payload) {
-            Ok(out) => Ok(out),
-            Err(Fail::Retry) => Err(NetlinkError::Unstable),
-            Err(Fail::Err(e)) => Err(e),
-        }
-    }
-
-    fn genid(&mut self) -> Result<u32, Fail> {
-        let msgs = self.request(NFT_MSG_GETGEN, 0, 0, &[])?;
-        msgs.first()
-            .and_then(|m| find(m, 1))
-            .and_then(be32)
-            .ok_or_else(|| Fail::Err(NetlinkError::Malformed("no generation id".into())))
-    }
 }
 
 fn family_code(f: Family) -> u8 {
@@ -310,9 +106,11 @@ fn kind_of(key_type: u32, flags: u32) -> Option<SetKind> {
         TYPE_IFNAME => Some(SetKind::Ifname),
         TYPE_IPADDR => Some(SetKind::V4),
         TYPE_IP6ADDR => Some(SetKind::V6),
+        TYPE_ETHERADDR => Some(SetKind::Mac),
         t if t == (TYPE_IFNAME << 6) | TYPE_IFNAME => Some(SetKind::IfnamePair),
         t if t == (TYPE_IFNAME << 6) | TYPE_IPADDR => Some(SetKind::IfnameV4),
         t if t == (TYPE_IFNAME << 6) | TYPE_IP6ADDR => Some(SetKind::IfnameV6),
+        t if t == (TYPE_IFNAME << 6) | TYPE_ETHERADDR => Some(SetKind::IfnameMac),
         _ => None,
     }
 }
@@ -325,6 +123,10 @@ fn ifname(b: &[u8]) -> Option<String> {
 fn v4(b: &[u8]) -> Option<Ipv4Addr> {
     let a: [u8; 4] = b.try_into().ok()?;
     Some(Ipv4Addr::from(a))
+}
+
+fn mac(b: &[u8]) -> Option<Mac> {
+    Some(Mac(b.try_into().ok()?))
 }
 
 fn v6(b: &[u8]) -> Option<Ipv6Addr> {
@@ -365,6 +167,9 @@ fn elem_of(kind: SetKind, k: &[u8]) -> Option<Elem> {
         (SetKind::IfnamePair, 32) => Some(Elem::IfnamePair(ifname(&k[..n])?, ifname(&k[n..])?)),
         (SetKind::IfnameV4, 20) => Some(Elem::IfnameV4(ifname(&k[..n])?, v4(&k[n..])?)),
         (SetKind::IfnameV6, 32) => Some(Elem::IfnameV6(ifname(&k[..n])?, v6(&k[n..])?)),
+        // In a concatenation the 6-byte address is padded to 8.
+        (SetKind::IfnameMac, 24) => Some(Elem::IfnameMac(ifname(&k[..n])?, mac(&k[n..n + 6])?)),
+        (SetKind::Mac, 6) => Some(Elem::Mac(mac(k)?)),
         (SetKind::V4, 4) => Some(Elem::V4(v4(k)?)),
         (SetKind::V6, 16) => Some(Elem::V6(v6(k)?)),
         _ => None,
@@ -411,13 +216,13 @@ fn read_once(
     with_elements: bool,
 ) -> Result<Option<LiveTable>, Fail> {
     let fam = family_code(family);
-    let gen0 = sock.genid()?;
+    let gen0 = genid(sock)?;
     let mut q = Vec::new();
     attr_str(&mut q, 1, TABLE_NAME); // NFTA_TABLE_NAME
-    match sock.request(NFT_MSG_GETTABLE, NLM_F_ACK, fam, &q) {
+    match request(sock, NFT_MSG_GETTABLE, NLM_F_ACK, fam, &q) {
         Ok(_) => {}
         Err(Fail::Err(NetlinkError::Kernel(e))) if e.raw_os_error() == Some(libc::ENOENT) => {
-            return if sock.genid()? == gen0 {
+            return if genid(sock)? == gen0 {
                 Ok(None)
             } else {
                 Err(Fail::Retry)
@@ -430,7 +235,7 @@ fn read_once(
     // Chains (NFTA_CHAIN_TABLE = 1, NAME = 3, HOOK = 4 { HOOKNUM = 1, PRIORITY = 2 }).
     let mut q = Vec::new();
     attr_str(&mut q, 1, TABLE_NAME);
-    for m in sock.request(NFT_MSG_GETCHAIN, NLM_F_DUMP, fam, &q)? {
+    for m in request(sock, NFT_MSG_GETCHAIN, NLM_F_DUMP, fam, &q)? {
         if find(&m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
             continue;
         }
@@ -455,7 +260,7 @@ fn read_once(
     // Rules (NFTA_RULE_TABLE = 1, CHAIN = 2, HANDLE = 3, EXPRESSIONS = 4, USERDATA = 7).
     let mut q = Vec::new();
     attr_str(&mut q, 1, TABLE_NAME);
-    for m in sock.request(NFT_MSG_GETRULE, NLM_F_DUMP, fam, &q)? {
+    for m in request(sock, NFT_MSG_GETRULE, NLM_F_DUMP, fam, &q)? {
         if find(&m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
             continue;
         }
@@ -503,7 +308,7 @@ fn read_once(
     let mut q = Vec::new();
     attr_str(&mut q, 1, TABLE_NAME);
     let mut sets = Vec::new();
-    for m in sock.request(NFT_MSG_GETSET, NLM_F_DUMP, fam, &q)? {
+    for m in request(sock, NFT_MSG_GETSET, NLM_F_DUMP, fam, &q)? {
         if find(&m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
             continue;
         }
@@ -523,7 +328,7 @@ fn read_once(
             attr_str(&mut q, 1, TABLE_NAME);
             attr_str(&mut q, 2, &name);
             let mut bounds = Vec::new();
-            for m in sock.request(NFT_MSG_GETSETELEM, NLM_F_DUMP, fam, &q)? {
+            for m in request(sock, NFT_MSG_GETSETELEM, NLM_F_DUMP, fam, &q)? {
                 let Some(list) = find(&m, 3) else { continue };
                 for (_, e) in attrs(list) {
                     // NFTA_SET_ELEM_FLAGS = 3.
@@ -552,7 +357,7 @@ fn read_once(
         }
         t.sets.insert(name, LiveSet { kind, elements });
     }
-    if sock.genid()? != gen0 {
+    if genid(sock)? != gen0 {
         return Err(Fail::Retry);
     }
     Ok(Some(t))
@@ -560,11 +365,8 @@ fn read_once(
 
 // ---------------------------------------------------------------- element writes
 
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
-const NLM_F_CREATE: u16 = 0x400;
 
 /// The key of an element as the kernel stores it (the inverse of `elem_of`).
 fn key_bytes(e: &Elem) -> Vec<u8> {
@@ -590,28 +392,18 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
             name(&mut k, i);
             k.extend_from_slice(&a.octets());
         }
+        Elem::IfnameMac(i, m) => {
+            name(&mut k, i);
+            k.extend_from_slice(&m.0);
+            k.extend_from_slice(&[0, 0]);
+        }
+        Elem::Mac(m) => k.extend_from_slice(&m.0),
         Elem::V4(a) => k.extend_from_slice(&a.octets()),
         Elem::V6(a) => k.extend_from_slice(&a.octets()),
         // Never sent: an interval is two elements, and `apply_elements` refuses ranges.
         Elem::Port(lo, _) => k.extend_from_slice(&lo.to_be_bytes()),
     }
     k
-}
-
-pub(crate) fn nested(out: &mut Vec<u8>, ty: u16, inner: &[u8]) {
-    attr(out, ty | 0x8000, inner);
-}
-
-fn msg(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, payload: &[u8]) {
-    let len = 16 + 4 + payload.len();
-    out.extend_from_slice(&(len as u32).to_ne_bytes());
-    out.extend_from_slice(&ty.to_ne_bytes());
-    out.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[family, 0]);
-    out.extend_from_slice(&res_id.to_be_bytes());
-    out.extend_from_slice(payload);
 }
 
 /// One element command: delete (`add == false`) or add `elems` in set `set` of
@@ -640,73 +432,8 @@ pub fn apply_elements(ops: &[ElementOp]) -> Result<(), NetlinkError> {
     with_sock(NFNL_SUBSYS_NFTABLES, |sock| transact(sock, ops))
 }
 
-thread_local! {
-    /// This thread's nfnetlink sockets: (subsystem, network namespace it was opened in,
-    /// socket). Closing an nfnetlink socket runs nf_tables' release notifier, which, under
-    /// the commit mutex, waits for pending destroy work, that is for an RCU grace period after
-    /// any transaction that deleted something: 7–25 ms here, every time a container went
-    /// away, and stalling every other transaction meanwhile. Sockets kept open do not.
-    static SOCKS: std::cell::RefCell<Vec<(u16, u64, Sock)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The network namespace of the calling thread (inode of its `ns/net`), if readable.
-fn current_netns() -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/thread-self/ns/net")
-        .ok()
-        .map(|m| m.ino())
-}
-
-/// Runs `f` on this thread's socket for `subsys` in the current network namespace, opened on
-/// first use. A socket goes back for the next call only when `f` left nothing unanswered on
-/// it (success, or an error the kernel answered in full).
-pub(crate) fn with_sock<R>(
-    subsys: u16,
-    f: impl FnOnce(&mut Sock) -> Result<R, NetlinkError>,
-) -> Result<R, NetlinkError> {
-    let netns = current_netns();
-    let cached = netns.and_then(|ns| {
-        SOCKS.with(|c| {
-            let mut c = c.borrow_mut();
-            let i = c.iter().position(|(s, n, _)| *s == subsys && *n == ns)?;
-            Some(c.swap_remove(i).2)
-        })
-    });
-    let mut sock = match cached {
-        Some(s) => s,
-        None => Sock::open_subsys(subsys)?,
-    };
-    let r = f(&mut sock);
-    let clean = matches!(
-        r,
-        Ok(_) | Err(NetlinkError::Kernel(_)) | Err(NetlinkError::PermissionDenied)
-    );
-    if clean && let Some(ns) = netns {
-        SOCKS.with(|c| c.borrow_mut().push((subsys, ns, sock)));
-    }
-    r
-}
-
 fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
-    let mut buf = Vec::new();
-    // Sequence numbers go on across transactions of one socket, so an answer is never
-    // mistaken for one of an earlier batch.
-    let base = if sock.seq > u32::MAX / 2 {
-        1
-    } else {
-        sock.seq + 1
-    };
-    let mut seq = base;
-    msg(
-        &mut buf,
-        NFNL_MSG_BATCH_BEGIN,
-        0,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        &[],
-    );
-    let mut acks = 0;
+    let mut batch = sock.batch();
     for op in ops.iter().filter(|o| !o.elems.is_empty()) {
         // Keep each message well below 64 KiB (a netlink attribute length is 16 bits).
         for chunk in op.elems.chunks(512) {
@@ -722,103 +449,15 @@ fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
             attr_str(&mut p, 1, TABLE_NAME); // NFTA_SET_ELEM_LIST_TABLE
             attr_str(&mut p, 2, op.set); // NFTA_SET_ELEM_LIST_SET
             nested(&mut p, 3, &list); // NFTA_SET_ELEM_LIST_ELEMENTS
-            seq += 1;
             let (ty, flags) = if op.add {
-                (NFT_MSG_NEWSETELEM, NLM_F_CREATE | NLM_F_ACK)
+                (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
             } else {
-                (NFT_MSG_DELSETELEM, NLM_F_ACK)
+                (NFT_MSG_DELSETELEM, 0)
             };
-            msg(
-                &mut buf,
-                (NFNL_SUBSYS_NFTABLES << 8) | ty,
-                flags,
-                seq,
-                family_code(op.family),
-                0,
-                &p,
-            );
-            acks += 1;
+            batch.push(ty, flags, family_code(op.family), &p);
         }
     }
-    if acks == 0 {
-        return Ok(());
-    }
-    seq += 1;
-    msg(
-        &mut buf,
-        NFNL_MSG_BATCH_END,
-        0,
-        seq,
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        &[],
-    );
-    // SAFETY: buf is a valid buffer of buf.len() bytes.
-    let sent = unsafe { libc::send(sock.fd, buf.as_ptr() as *const libc::c_void, buf.len(), 0) };
-    if sent < 0 || sent as usize != buf.len() {
-        return Err(io::Error::last_os_error().into());
-    }
-    // One answer per message: an ACK (error 0) or an error, which aborts the batch.
-    let mut first_err: Option<i32> = None;
-    let mut answered = 0;
-    while answered < acks {
-        // SAFETY: sock.buf is a valid writable buffer of its length.
-        let n = unsafe {
-            libc::recv(
-                sock.fd,
-                sock.buf.as_mut_ptr() as *mut libc::c_void,
-                sock.buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e.into());
-        }
-        let mut b = &sock.buf[..n as usize];
-        while b.len() >= 16 {
-            let mlen = u32::from_ne_bytes(b[0..4].try_into().unwrap_or_default()) as usize;
-            let mtype = u16::from_ne_bytes([b[4], b[5]]);
-            let mseq = u32::from_ne_bytes(b[8..12].try_into().unwrap_or_default());
-            if mlen < 16 || mlen > b.len() {
-                return Err(NetlinkError::Malformed("truncated answer".into()));
-            }
-            let body = &b[16..mlen];
-            b = &b[((mlen + 3) & !3).min(b.len())..];
-            if mtype == NLMSG_ERROR && mseq > base && mseq < seq {
-                answered += 1;
-                let code = i32::from_ne_bytes(
-                    body.get(..4)
-                        .and_then(|s| s.try_into().ok())
-                        .unwrap_or_default(),
-                );
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(code);
-                }
-            }
-        }
-        // After an error the kernel may not answer every message: stop when nothing more
-        // is pending.
-        if first_err.is_some() && answered < acks {
-            let mut pfd = libc::pollfd {
-                fd: sock.fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
-                break;
-            }
-        }
-    }
-    sock.seq = seq;
-    match first_err {
-        Some(code) => Err(os_error(io::Error::from_raw_os_error(-code))),
-        None => Ok(()),
-    }
+    sock.commit(batch)
 }
 
 #[cfg(test)]

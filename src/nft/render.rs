@@ -68,6 +68,10 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::IfnameV6 => {
             schema::SetTypeValue::Concatenated(vec![T::Ifname, T::Ipv6Addr].into())
         }
+        SetKind::IfnameMac => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::EtherAddr].into())
+        }
+        SetKind::Mac => schema::SetTypeValue::Single(T::EtherAddr),
         SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
         SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
@@ -100,6 +104,11 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
             s(i.clone()),
             s(a.to_string()),
         ])),
+        Elem::IfnameMac(i, m) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(m.to_string()),
+        ])),
+        Elem::Mac(m) => s(m.to_string()),
         Elem::V4(a) => s(a.to_string()),
         Elem::V6(a) => s(a.to_string()),
         Elem::Port(lo, hi) => port_item(*lo, *hi),
@@ -153,11 +162,34 @@ pub fn rule_comment(r: &Rule) -> String {
     format!("{human} [ng:{fp:016x}]")
 }
 
+/// A live rule's comment read back: the human part (the policy line) and the fingerprint
+/// `rule_comment` appended. The one reader of that suffix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveComment<'a> {
+    /// The comment without its ` [ng:…]` suffix (all of it when there is none).
+    pub human: &'a str,
+    pub fingerprint: Option<u64>,
+}
+
+/// Splits a live rule's comment as `rule_comment` wrote it.
+pub fn parse_comment(comment: &str) -> LiveComment<'_> {
+    let human = comment.rfind(" [ng:").map_or(comment, |i| &comment[..i]);
+    let fingerprint = comment.rfind("[ng:").and_then(|i| {
+        let hex = &comment[i + 4..];
+        let end = hex.find(']')?;
+        u64::from_str_radix(&hex[..end], 16).ok()
+    });
+    LiveComment { human, fingerprint }
+}
+
 /// Parses the fingerprint back out of a live rule's comment.
 pub fn comment_fingerprint(comment: &str) -> Option<u64> {
-    let start = comment.rfind("[ng:")? + 4;
-    let end = comment[start..].find(']')? + start;
-    u64::from_str_radix(&comment[start..end], 16).ok()
+    parse_comment(comment).fingerprint
+}
+
+/// A live rule's comment without its fingerprint.
+pub fn comment_text(comment: &str) -> &str {
+    parse_comment(comment).human
 }
 
 /// FNV-1a over the rule's canonical JSON: stable across builds and platforms.
@@ -266,6 +298,16 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         Match::ArpSaddrInSet { iface, set } => {
             m(keyed(*iface, payload("arp", "saddr ip")), EQ, set_ref(set))
         }
+        Match::EtherSaddrInSet { iface, set, negate } => m(
+            keyed(*iface, payload("ether", "saddr")),
+            if *negate { Operator::NEQ } else { EQ },
+            set_ref(set),
+        ),
+        Match::ArpShaInSet { iface, set, negate } => m(
+            keyed(*iface, payload("arp", "saddr ether")),
+            if *negate { Operator::NEQ } else { EQ },
+            set_ref(set),
+        ),
         Match::ArpSaddrIsZero => m(payload("arp", "saddr ip"), EQ, s("0.0.0.0")),
         Match::Saddr6In(p) => m(payload("ip6", "saddr"), EQ, prefixes(p)),
         Match::Daddr6In(p) => m(payload("ip6", "daddr"), EQ, prefixes(p)),
@@ -342,4 +384,25 @@ pub fn statements(r: &Rule) -> Vec<Statement<'static>> {
         Verdict::Continue => {}
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_written_comment_reads_back_as_its_text_and_fingerprint() {
+        let r = Rule::new(vec![], Verdict::Accept, "allow web -> api all (p.toml:3)");
+        let written = rule_comment(&r);
+        let read = parse_comment(&written);
+        assert_eq!(read.human, "allow web -> api all (p.toml:3)");
+        assert_eq!(read.fingerprint, Some(fingerprint(&r)));
+        // A hand-written comment has no fingerprint and keeps all of its text.
+        let hand = parse_comment("operator's rule");
+        assert_eq!(hand.human, "operator's rule");
+        assert_eq!(hand.fingerprint, None);
+        // A damaged suffix is stripped but yields no fingerprint.
+        let damaged = parse_comment("deny a -> b [ng:zz]");
+        assert_eq!((damaged.human, damaged.fingerprint), ("deny a -> b", None));
+    }
 }

@@ -11,11 +11,11 @@
 //! 128 bytes, and it would describe what was *meant*, not what the rules do.)
 
 use crate::nft::LiveState;
-use crate::nft::live::port_range;
+use crate::nft::live::{LiveExpr, LiveStmt, LiveValue};
+use crate::nft::render::comment_text;
 use crate::plan::ruleset::*;
 use crate::plan::{Plan, names};
 use serde::Serialize;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -62,10 +62,7 @@ pub struct View {
 }
 
 fn strip_fingerprint(c: &str) -> String {
-    match c.rfind(" [ng:") {
-        Some(i) => c[..i].to_string(),
-        None => c.to_string(),
-    }
+    comment_text(c).to_string()
 }
 
 impl View {
@@ -173,16 +170,19 @@ impl View {
                 .filter(|r| {
                     r.expr
                         .iter()
-                        .any(|st| st["jump"]["target"] == names::ISOLATE)
+                        .any(|st| matches!(st, LiveStmt::Jump(t) if t == names::ISOLATE))
                 })
                 .flat_map(|r| &r.expr)
-                .filter_map(|st| {
-                    let m = &st["match"];
-                    (m["left"]["meta"]["key"] == "iifname")
-                        .then(|| m["right"].as_str())
-                        .flatten()
+                .filter_map(|st| match st {
+                    LiveStmt::Match {
+                        left: LiveExpr::Meta(key),
+                        right,
+                        ..
+                    } if key == "iifname" => right
+                        .as_str()
                         .filter(|p| !p.starts_with('@'))
-                        .map(String::from)
+                        .map(String::from),
+                    _ => None,
                 })
                 .collect();
         }
@@ -192,7 +192,10 @@ impl View {
             .into_iter()
             .flat_map(|c| &c.rules)
             .flat_map(|r| &r.expr)
-            .filter_map(|st| st["jump"]["target"].as_str());
+            .filter_map(|st| match st {
+                LiveStmt::Jump(t) => Some(t.as_str()),
+                _ => None,
+            });
         for ch in judging_chains(jumps)
             .into_iter()
             .filter_map(|n| t.chains.get(n))
@@ -303,18 +306,12 @@ enum LiveRuleKind {
     Other,
 }
 
-fn set_name(v: &Value) -> Option<String> {
-    v.as_str()
-        .and_then(|s| s.strip_prefix('@'))
-        .map(str::to_string)
-}
-
 /// The ports a `dport` match's right side names: a number, a range, an anonymous set of
 /// those, or `@name`, a named port set of the table (`sets`).
-fn port_ranges(v: &Value, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec<(u16, u16)>> {
-    if let Some(name) = set_name(v) {
+fn port_ranges(v: &LiveValue, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec<(u16, u16)>> {
+    if let Some(name) = v.set_ref() {
         return sets
-            .get(&name)?
+            .get(name)?
             .iter()
             .map(|e| match e {
                 Elem::Port(lo, hi) => Some((*lo, *hi)),
@@ -322,105 +319,82 @@ fn port_ranges(v: &Value, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec
             })
             .collect();
     }
-    match v.get("set").and_then(Value::as_array) {
-        Some(items) => items.iter().map(port_range).collect(),
-        None => port_range(v).map(|r| vec![r]),
+    match v {
+        LiveValue::Ports(ranges) => Some(ranges.clone()),
+        _ => None,
     }
 }
 
 /// Reads one live `isolate` rule as nft 1.0.6 lists it: `iifname . ip saddr @S
 /// oifname . ip daddr @D [tcp dport {..} | icmp type echo-request] accept`.
-fn parse_live_rule(expr: &[Value], sets: &BTreeMap<String, BTreeSet<Elem>>) -> LiveRuleKind {
+fn parse_live_rule(expr: &[LiveStmt], sets: &BTreeMap<String, BTreeSet<Elem>>) -> LiveRuleKind {
     let mut accept = false;
     let mut unknown = false;
     let mut src: Option<(bool, String)> = None;
     let mut dst: Option<(bool, String)> = None;
     let mut service = Service::All;
     for st in expr {
-        if st.get("accept").is_some() {
-            accept = true;
-            continue;
-        }
-        if st.get("counter").is_some() || st.get("log").is_some() || st.get("limit").is_some() {
-            continue;
-        }
-        let Some(m) = st.get("match") else {
-            unknown = true;
-            continue;
-        };
-        if m.get("op").and_then(Value::as_str) != Some("==") {
-            unknown = true;
-            continue;
-        }
-        let (Some(left), Some(right)) = (m.get("left"), m.get("right")) else {
-            unknown = true;
-            continue;
-        };
-        if let Some(parts) = left.get("concat").and_then(Value::as_array) {
-            let meta = parts
-                .first()
-                .and_then(|p| p.get("meta"))
-                .and_then(|m| m.get("key"))
-                .and_then(Value::as_str);
-            let payload = parts.get(1).and_then(|p| p.get("payload"));
-            let proto = payload
-                .and_then(|p| p.get("protocol"))
-                .and_then(Value::as_str);
-            let field = payload.and_then(|p| p.get("field")).and_then(Value::as_str);
-            let v6 = proto == Some("ip6");
-            match (meta, proto, field, set_name(right)) {
-                (Some("iifname"), Some("ip" | "ip6"), Some("saddr"), Some(s)) => {
-                    src = Some((v6, s))
-                }
-                (Some("oifname"), Some("ip" | "ip6"), Some("daddr"), Some(s)) => {
-                    dst = Some((v6, s))
-                }
-                _ => unknown = true,
+        let (left, right) = match st {
+            LiveStmt::Accept => {
+                accept = true;
+                continue;
             }
-            continue;
-        }
-        if let Some(p) = left.get("payload") {
-            let proto = p.get("protocol").and_then(Value::as_str);
-            let field = p.get("field").and_then(Value::as_str);
-            match (proto, field) {
-                (Some(pr @ ("tcp" | "udp" | "sctp" | "th")), Some("dport")) => {
-                    match port_ranges(right, sets) {
-                        Some(ranges) => {
-                            let proto = match (pr, &service) {
-                                ("th", Service::Ports { proto, .. }) => proto.clone(),
-                                _ => pr.to_string(),
-                            };
-                            service = Service::Ports { proto, ranges }
-                        }
-                        None => unknown = true,
+            LiveStmt::Passive => continue,
+            LiveStmt::Match { op, left, right } if op == "==" => (left, right),
+            _ => {
+                unknown = true;
+                continue;
+            }
+        };
+        match left {
+            LiveExpr::Concat(parts) => {
+                let meta = match parts.first() {
+                    Some(LiveExpr::Meta(k)) => Some(k.as_str()),
+                    _ => None,
+                };
+                let (proto, field) = match parts.get(1) {
+                    Some(LiveExpr::Payload { protocol, field }) => {
+                        (Some(protocol.as_str()), Some(field.as_str()))
                     }
+                    _ => (None, None),
+                };
+                let v6 = proto == Some("ip6");
+                match (meta, proto, field, right.set_ref()) {
+                    (Some("iifname"), Some("ip" | "ip6"), Some("saddr"), Some(s)) => {
+                        src = Some((v6, s.to_string()))
+                    }
+                    (Some("oifname"), Some("ip" | "ip6"), Some("daddr"), Some(s)) => {
+                        dst = Some((v6, s.to_string()))
+                    }
+                    _ => unknown = true,
                 }
-                (Some("icmp" | "icmpv6"), Some("type"))
-                    if right.as_str() == Some("echo-request") =>
-                {
+            }
+            LiveExpr::Payload { protocol, field } => match (protocol.as_str(), field.as_str()) {
+                (pr @ ("tcp" | "udp" | "sctp" | "th"), "dport") => match port_ranges(right, sets) {
+                    Some(ranges) => {
+                        let proto = match (pr, &service) {
+                            ("th", Service::Ports { proto, .. }) => proto.clone(),
+                            _ => pr.to_string(),
+                        };
+                        service = Service::Ports { proto, ranges }
+                    }
+                    None => unknown = true,
+                },
+                ("icmp" | "icmpv6", "type") if right.as_str() == Some("echo-request") => {
                     service = Service::Icmp
                 }
                 _ => unknown = true,
-            }
-            continue;
-        }
-        if left
-            .get("meta")
-            .and_then(|m| m.get("key"))
-            .and_then(Value::as_str)
-            == Some("l4proto")
-        {
-            if let Some(p) = right.as_str() {
-                if service == Service::All {
+            },
+            LiveExpr::Meta(key) if key == "l4proto" && right.as_str().is_some() => {
+                if let (Some(p), Service::All) = (right.as_str(), &service) {
                     service = Service::Ports {
                         proto: p.to_string(),
                         ranges: vec![(0, 65535)],
                     };
                 }
-                continue;
             }
+            _ => unknown = true,
         }
-        unknown = true;
     }
     match (accept, src, dst) {
         (true, Some((v6, src_set)), Some((_, dst_set))) if !unknown => LiveRuleKind::Allow {
@@ -640,7 +614,12 @@ pub fn matrix(view: &View, plan: &Plan, unjudged_open: bool) -> Matrix {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    /// Statements as nft's JSON listing has them, read the way `live::parse_table` does.
+    fn stmts(expr: &[Value]) -> Vec<LiveStmt> {
+        expr.iter().map(LiveStmt::from_json).collect()
+    }
 
     fn addr_match(iface: &str, proto: &str, field: &str, set: &str) -> Value {
         json!({"match": {"op": "==", "left": {"concat": [{"meta": {"key": iface}},
@@ -657,7 +636,7 @@ mod tests {
             comment: None,
             packets: None,
             bytes: None,
-            expr,
+            expr: stmts(&expr),
         };
         let established = rule(vec![
             json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
@@ -706,7 +685,7 @@ mod tests {
             comment: Some("allow web -> api all (p.toml:3) [ng:0000000000000001]".into()),
             packets: None,
             bytes: None,
-            expr,
+            expr: stmts(&expr),
         };
         let allow = rule(vec![
             addr_match("oifname", "ip", "daddr", "g_api_4"),
@@ -761,7 +740,7 @@ mod tests {
             v.extend(extra);
             v.push(json!({"counter": {"packets": 1, "bytes": 2}}));
             v.push(json!({"accept": null}));
-            parse_live_rule(&v, &sets)
+            parse_live_rule(&stmts(&v), &sets)
         };
         let svc = |k: LiveRuleKind| match k {
             LiveRuleKind::Allow { service, v6, .. } => {
@@ -815,7 +794,10 @@ mod tests {
         assert!(matches!(rule(vec![odd]), LiveRuleKind::Unreadable));
         // Not an allow rule at all.
         assert!(matches!(
-            parse_live_rule(&[json!({"counter": null}), json!({"drop": null})], &sets),
+            parse_live_rule(
+                &stmts(&[json!({"counter": null}), json!({"drop": null})]),
+                &sets
+            ),
             LiveRuleKind::Other
         ));
     }

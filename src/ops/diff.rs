@@ -11,8 +11,9 @@ use super::style::Style;
 use crate::inventory::Unisolable;
 use crate::nft::{Changes, LiveState};
 use crate::plan::Plan;
+use crate::plan::ruleset::Elem;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 /// One direction of one pair, and what changes for it.
@@ -128,7 +129,7 @@ fn group_changes(plan: &Plan, before: &View, after: &View) -> Vec<GroupChange> {
 }
 
 /// What applying `plan` changes for the containers, given the live tables.
-/// `unflagged`: bridges whose traffic the inet hook does not see today (br_netfilter off),
+/// `unflagged`: bridges whose traffic the inet hook does not see today (`bridge::unseen_bridges`),
 /// so whatever the live table says, they are open.
 pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Impact {
     let mut before = View::from_live(live);
@@ -156,8 +157,21 @@ fn flow_line(f: &FlowChange) -> String {
     format!("{} → {}  {}{fam}", f.from, f.to, f.services.join(", "))
 }
 
+/// How the nft objects appear under the flows: one summary line (the default of `diff` and
+/// `apply`), or the whole list (`--objects`, already rendered).
+#[derive(Debug, Clone, Copy)]
+pub enum Objects<'a> {
+    Summary(&'a Changes),
+    List(&'a str),
+}
+
 /// The human `diff`: flows, groups, then the nft objects (`objects`, already rendered).
 pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> String {
+    render_with(impact, Objects::List(objects), in_sync, style)
+}
+
+/// The human `diff`, with the objects as a summary line or a list.
+pub fn render_with(impact: &Impact, objects: Objects, in_sync: bool, style: Style) -> String {
     let mut out = String::new();
     if in_sync {
         out.push_str(&style.green("in sync: no changes"));
@@ -165,6 +179,37 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
         render_unisolable(&mut out, impact, style);
         return out;
     }
+    out.push_str(&render_flows(impact, style));
+    match objects {
+        Objects::Summary(changes) => {
+            let _ = writeln!(
+                out,
+                "\n{} {} (`--objects` lists them)",
+                style.bold("nftables objects:"),
+                changes.summary(false)
+            );
+        }
+        Objects::List(objects) => {
+            let _ = writeln!(out, "\n{}", style.bold("nftables objects:"));
+            for line in objects.lines() {
+                let painted = if line.trim_start().starts_with('+') {
+                    style.green(line)
+                } else if line.trim_start().starts_with('-') {
+                    style.red(line)
+                } else {
+                    line.to_string()
+                };
+                let _ = writeln!(out, "{painted}");
+            }
+        }
+    }
+    out
+}
+
+/// Flows, groups, warnings and the containers no rule can confine: what a change means for
+/// the containers (`diff`, and `apply` once it is done).
+pub fn render_flows(impact: &Impact, style: Style) -> String {
+    let mut out = String::new();
     if impact.first_rollout {
         let _ = writeln!(
             out,
@@ -228,17 +273,6 @@ pub fn render(impact: &Impact, objects: &str, in_sync: bool, style: Style) -> St
         );
     }
     render_unisolable(&mut out, impact, style);
-    let _ = writeln!(out, "\n{}", style.bold("nftables objects:"));
-    for line in objects.lines() {
-        let painted = if line.trim_start().starts_with('+') {
-            style.green(line)
-        } else if line.trim_start().starts_with('-') {
-            style.red(line)
-        } else {
-            line.to_string()
-        };
-        let _ = writeln!(out, "{painted}");
-    }
     out
 }
 
@@ -255,6 +289,93 @@ fn render_unisolable(out: &mut String, impact: &Impact, style: Style) {
     for u in &impact.unisolable {
         let _ = writeln!(out, "  {} {:<24} {}", style.yellow("!"), u.name, u.reason);
     }
+}
+
+/// Which container owns an element, for humans reading a diff.
+fn owners(plan: &Plan) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for c in &plan.containers {
+        for e in &c.endpoints {
+            for a in e
+                .ipv4
+                .map(|a| a.to_string())
+                .into_iter()
+                .chain(e.ipv6.map(|a| a.to_string()))
+            {
+                m.insert(a, c.name.clone());
+            }
+            if let Some(v) = &e.veth {
+                m.insert(v.clone(), c.name.clone());
+            }
+        }
+    }
+    m
+}
+
+fn owner_of(owners: &BTreeMap<String, String>, e: &Elem) -> String {
+    use Elem::*;
+    let key = match e {
+        IfnameV4(_, a) | V4(a) => a.to_string(),
+        IfnameV6(_, a) | V6(a) => a.to_string(),
+        Ifname(i) | IfnameMac(i, _) => i.clone(),
+        IfnamePair(..) | Port(..) | Mac(_) => return String::new(),
+    };
+    owners
+        .get(&key)
+        .map(|n| format!("  ({n})"))
+        .unwrap_or_default()
+}
+
+/// The nft objects a diff or an apply changes, one per line, elements with their owner;
+/// the last line is the summary. `render` shows it under "nftables objects:".
+pub fn render_changes(plan: &Plan, changes: &Changes) -> String {
+    let mut out = String::new();
+    if changes.is_empty() {
+        out.push_str("in sync: no changes\n");
+        return out;
+    }
+    let owners = owners(plan);
+    for t in changes.tables.iter().filter(|t| !t.is_empty()) {
+        let fam = t.family.map(|f| f.as_str()).unwrap_or("?");
+        let _ = writeln!(out, "table {fam} netguard:");
+        if t.delete_table {
+            let _ = writeln!(out, "  - delete table");
+            continue;
+        }
+        if t.create_table {
+            let _ = writeln!(out, "  + create table");
+        }
+        for (s, _) in &t.create_sets {
+            let _ = writeln!(out, "  + set {s}");
+        }
+        for s in &t.delete_sets {
+            let _ = writeln!(out, "  - set {s}");
+        }
+        for c in &t.create_chains {
+            let _ = writeln!(out, "  + chain {c}");
+        }
+        for c in &t.delete_chains {
+            let _ = writeln!(out, "  - chain {c}");
+        }
+        for r in &t.removed_rules {
+            let _ = writeln!(out, "  - rule {r}");
+        }
+        for r in &t.added_rules {
+            let _ = writeln!(out, "  + rule {r}");
+        }
+        for (set, elems) in &t.delete_elements {
+            for e in elems {
+                let _ = writeln!(out, "  - element {set} {{ {e} }}{}", owner_of(&owners, e));
+            }
+        }
+        for (set, elems) in &t.add_elements {
+            for e in elems {
+                let _ = writeln!(out, "  + element {set} {{ {e} }}{}", owner_of(&owners, e));
+            }
+        }
+    }
+    let _ = writeln!(out, "{}", changes.summary(false));
+    out
 }
 
 /// `diff --output json`: see docs/output.md.

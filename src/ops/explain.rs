@@ -2,6 +2,7 @@
 //! decides, and why each side is (or is not) in each group. Pure: (policy, plan, inventory).
 
 use super::style::Style;
+use crate::bridge::Blind;
 use crate::inventory::{Container, Inventory};
 use crate::plan::{Flow, Plan, PlannedContainer};
 use crate::policy::{Policy, PortSpec, Proto, Selector};
@@ -49,6 +50,11 @@ pub fn close_matches(inv: &Inventory, key: &str) -> Vec<String> {
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.into_iter().take(3).map(|(_, n)| n).collect()
+}
+
+/// A container by name, id or unique id prefix, with close names when there is none.
+pub fn find_container<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
+    find(inv, key)
 }
 
 fn find<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
@@ -145,30 +151,36 @@ pub struct Explanation {
     pub entries: Vec<EntryCheck>,
     pub hints: Vec<String>,
     /// Why the kernel may not do what the policy says right now (tables missing or stale,
-    /// br_netfilter absent). Filled in by the caller, which reads the kernel; the verdict
+    /// br_netfilter absent, a bridge the hook does not see). Filled in by the caller, which
+    /// reads the kernel ([`kernel_caveats`]); the verdict
     /// itself is always the policy's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub caveats: Vec<String>,
 }
 
 /// What may make the kernel disagree with an explanation: `live` is netguard's tables as
-/// read (or why they could not be), `br_netfilter` whether its sysctls exist.
+/// read (or why they could not be), `blind` the bridges of this pair the inet forward hook
+/// does not see and why (`bridge::forward_hook_blind`).
 pub fn kernel_caveats(
     plan: &Plan,
     live: Result<&crate::nft::LiveState, String>,
-    br_netfilter: bool,
+    blind: &[(String, Blind)],
 ) -> Vec<String> {
     use crate::plan::ruleset::Family;
     let mut out = Vec::new();
+    let mut installed = true;
     match live {
         Err(e) => out.push(format!(
             "the kernel was not read ({e}): this is what the policy says, not what is enforced"
         )),
-        Ok(live) if !super::status::live_has(live, Family::Inet) => out.push(
-            "netguard's tables are not installed: nothing is enforced yet \
-             (`netguard diff`, then `netguard apply`)"
-                .into(),
-        ),
+        Ok(live) if !super::status::live_has(live, Family::Inet) => {
+            installed = false;
+            out.push(
+                "netguard's tables are not installed: nothing is enforced yet \
+                 (`netguard diff`, then `netguard apply`)"
+                    .into(),
+            )
+        }
         Ok(live) if !crate::nft::diff(&plan.ruleset, live).is_empty() => out.push(
             "the kernel is not in sync with this policy and these containers: packets follow \
              what was applied last (`netguard diff` shows the difference)"
@@ -176,14 +188,44 @@ pub fn kernel_caveats(
         ),
         Ok(_) => {}
     }
-    if !br_netfilter {
+    if blind.iter().any(|(_, why)| *why == Blind::NoBrNetfilter) {
         out.push(
             "br_netfilter is not loaded: traffic between two containers of one bridge is not \
              filtered at all"
                 .into(),
         );
     }
+    // Without tables the caveat above already says nothing is enforced, and the `apply` it
+    // asks for turns these switches on; br_netfilter, which `apply` may fail to load, is
+    // said either way.
+    if installed {
+        for (bridge, why) in blind {
+            if *why == Blind::SwitchesOff {
+                out.push(format!(
+                    "bridge {bridge}: neither its nf_call_iptables/nf_call_ip6tables switches \
+                     nor the host-wide bridge-nf-call sysctls are on, so its traffic is not \
+                     filtered at all (`netguard apply` turns the switches on)"
+                ));
+            }
+        }
+    }
     out
+}
+
+impl Explanation {
+    /// The bridges of the managed networks both sides share: where netguard's rules would
+    /// have to see their traffic.
+    pub fn managed_bridges(&self) -> Vec<&str> {
+        let mut b: Vec<&str> = self
+            .networks
+            .iter()
+            .filter(|n| n.managed)
+            .map(|n| n.bridge.as_str())
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    }
 }
 
 fn selector_check(sel: &Selector, c: &Container) -> SelectorCheck {
@@ -308,6 +350,218 @@ pub fn parse_port(s: &str) -> Result<PortSpec, ExplainError> {
     Ok(p)
 }
 
+/// The two containers asked about, as the inventory and the plan know them.
+struct Pair<'a> {
+    a: &'a Container,
+    b: &'a Container,
+    /// `None`: not in the plan (no endpoint netguard knows of).
+    pa: Option<&'a PlannedContainer>,
+    pb: Option<&'a PlannedContainer>,
+}
+
+/// Finds FROM and TO (names, ids or unique id prefixes) and their planned endpoints.
+fn resolve<'a>(
+    plan: &'a Plan,
+    inv: &'a Inventory,
+    from: &str,
+    to: &str,
+) -> Result<Pair<'a>, ExplainError> {
+    let a = find(inv, from)?;
+    let b = find(inv, to)?;
+    if a.id == b.id {
+        return Err(ExplainError::Same(a.name.clone()));
+    }
+    Ok(Pair {
+        a,
+        b,
+        pa: plan.containers.iter().find(|c| c.id == a.id),
+        pb: plan.containers.iter().find(|c| c.id == b.id),
+    })
+}
+
+/// The bridges both sides are on, with each side's admission there.
+fn shared_networks(pair: &Pair) -> Vec<NetworkCheck> {
+    let mut networks = Vec::new();
+    let (Some(pa), Some(pb)) = (pair.pa, pair.pb) else {
+        return networks;
+    };
+    for ea in &pa.endpoints {
+        for eb in pb.endpoints.iter().filter(|e| e.bridge == ea.bridge) {
+            // The same address (`--network container:X`) is one endpoint: no traffic
+            // between them ever crosses the bridge.
+            if ea.ipv4.is_some() && ea.ipv4 == eb.ipv4 || ea.ipv6.is_some() && ea.ipv6 == eb.ipv6 {
+                continue;
+            }
+            let reason = ea
+                .reason
+                .as_ref()
+                .map(|r| format!("{}: {r}", pair.a.name))
+                .or_else(|| eb.reason.as_ref().map(|r| format!("{}: {r}", pair.b.name)));
+            networks.push(NetworkCheck {
+                network: ea.network.clone(),
+                bridge: ea.bridge.clone(),
+                managed: ea.managed,
+                from_admitted: ea.admitted,
+                to_admitted: eb.admitted,
+                reason,
+            });
+        }
+    }
+    networks
+}
+
+/// The policy's answer for one direction.
+struct Verdict {
+    allowed: bool,
+    reason: String,
+    decided_by: Vec<String>,
+    services: Vec<String>,
+}
+
+/// Judges FROM → TO: no path, an unmanaged network, the allow entries, or fail closed.
+fn judge(
+    plan: &Plan,
+    pair: &Pair,
+    networks: &[NetworkCheck],
+    entries: &[EntryCheck],
+    ask: Option<&PortSpec>,
+) -> Verdict {
+    let denied = |reason: String, services: Vec<String>| Verdict {
+        allowed: false,
+        reason,
+        decided_by: vec![],
+        services,
+    };
+    if networks.is_empty() {
+        return denied(
+            format!(
+                "{} and {} share no network: there is no path between them",
+                pair.a.name, pair.b.name
+            ),
+            vec![],
+        );
+    }
+    if let Some(n) = networks.iter().find(|n| !n.managed) {
+        return Verdict {
+            allowed: true,
+            reason: format!(
+                "network {} is not managed by netguard: its traffic is left untouched",
+                n.network
+            ),
+            decided_by: vec![],
+            services: vec!["all".to_string()],
+        };
+    }
+    if !networks.iter().any(|n| n.from_admitted && n.to_admitted) {
+        let why = networks
+            .iter()
+            .find_map(|n| n.reason.clone())
+            .unwrap_or_else(|| "an endpoint is not admitted".into());
+        return denied(
+            format!(
+                "not admitted, so it reaches no one and no one reaches it (fail closed): {why}"
+            ),
+            vec![],
+        );
+    }
+    let services = if ask.is_none() {
+        services(plan, entries)
+    } else {
+        vec![]
+    };
+    let permit: Vec<&EntryCheck> = entries
+        .iter()
+        .filter(|e| e.from_matches && e.to_matches && e.port_matches)
+        .collect();
+    let Some(first) = permit.first() else {
+        return denied(
+            "default deny: no allow entry permits it".to_string(),
+            services,
+        );
+    };
+    Verdict {
+        allowed: true,
+        reason: format!(
+            "allowed by {} ({} → {} {})",
+            first.origin,
+            first.from.join(","),
+            first.to.join(","),
+            first
+                .ports
+                .as_ref()
+                .map(|p| p.join(","))
+                .unwrap_or_else(|| "all".into())
+        ),
+        decided_by: permit.iter().map(|e| e.origin.clone()).collect(),
+        services,
+    }
+}
+
+/// Without a port: everything the matching entries let FROM open to TO.
+fn services(plan: &Plan, entries: &[EntryCheck]) -> Vec<String> {
+    let mut acc = super::access::Access::default();
+    for (e, f) in entries.iter().zip(&plan.flows) {
+        if e.from_matches && e.to_matches {
+            match &f.ports {
+                None => acc.all = true,
+                Some(ps) => {
+                    for p in ps {
+                        acc.add(&service_of(p));
+                    }
+                }
+            }
+        }
+    }
+    acc.labels()
+}
+
+/// Near misses of a denial the policy judged: other ports of the same direction, the
+/// opposite direction, a side in no group.
+fn hints(
+    plan: &Plan,
+    pair: &Pair,
+    sides: (&[String], &[String]),
+    entries: &[EntryCheck],
+    ask: Option<&PortSpec>,
+) -> Vec<String> {
+    let (groups_a, groups_b) = sides;
+    let (a, b) = (&pair.a.name, &pair.b.name);
+    let arrow = format!("{a}→{b}");
+    let mut hints = Vec::new();
+    // Same direction, other ports.
+    for (e, f) in entries.iter().zip(&plan.flows) {
+        if e.from_matches && e.to_matches && !e.port_matches {
+            if let (Some(ask), Some(ps)) = (ask, &f.ports) {
+                let list: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
+                hints.push(format!(
+                    "{arrow} allows {}, not {ask} ({})",
+                    list.join(", "),
+                    e.origin
+                ));
+            }
+        }
+    }
+    // The other direction.
+    let reverse = entries_for(plan, groups_b, groups_a, ask);
+    if let Some(r) = reverse
+        .iter()
+        .find(|e| e.from_matches && e.to_matches && e.port_matches)
+    {
+        hints.push(format!(
+            "{arrow} is denied but {b}→{a} is allowed{} ({}): allow entries are one-way",
+            ask.map(|p| format!(" on {p}")).unwrap_or_default(),
+            r.origin
+        ));
+    }
+    if groups_a.is_empty() {
+        hints.push(format!("{a} is in no group"));
+    }
+    if groups_b.is_empty() {
+        hints.push(format!("{b} is in no group"));
+    }
+    hints
+}
+
 /// Explains `from → to` (names, ids or unique id prefixes).
 pub fn explain(
     policy: &Policy,
@@ -318,183 +572,30 @@ pub fn explain(
     port: Option<&str>,
 ) -> Result<Explanation, ExplainError> {
     let ask = port.map(parse_port).transpose()?;
-    let a = find(inv, from)?;
-    let b = find(inv, to)?;
-    if a.id == b.id {
-        return Err(ExplainError::Same(a.name.clone()));
-    }
-    let pa = plan.containers.iter().find(|c| c.id == a.id);
-    let pb = plan.containers.iter().find(|c| c.id == b.id);
-    let from_side = side(policy, a, pa);
-    let to_side = side(policy, b, pb);
-    let port_text = ask.map(|p| p.to_string());
-
-    let mut networks = Vec::new();
-    if let (Some(pa), Some(pb)) = (pa, pb) {
-        for ea in &pa.endpoints {
-            for eb in pb.endpoints.iter().filter(|e| e.bridge == ea.bridge) {
-                // The same address (`--network container:X`) is one endpoint: no traffic
-                // between them ever crosses the bridge.
-                if ea.ipv4.is_some() && ea.ipv4 == eb.ipv4
-                    || ea.ipv6.is_some() && ea.ipv6 == eb.ipv6
-                {
-                    continue;
-                }
-                let reason = ea
-                    .reason
-                    .as_ref()
-                    .map(|r| format!("{}: {r}", a.name))
-                    .or_else(|| eb.reason.as_ref().map(|r| format!("{}: {r}", b.name)));
-                networks.push(NetworkCheck {
-                    network: ea.network.clone(),
-                    bridge: ea.bridge.clone(),
-                    managed: ea.managed,
-                    from_admitted: ea.admitted,
-                    to_admitted: eb.admitted,
-                    reason,
-                });
-            }
-        }
-    }
-    let groups_a = &from_side.groups;
-    let groups_b = &to_side.groups;
-    let entries = entries_for(plan, groups_a, groups_b, ask.as_ref());
-    let mut hints = Vec::new();
-    let arrow = format!("{}→{}", a.name, b.name);
-    let back = format!("{}→{}", b.name, a.name);
-
-    let (allowed, reason, decided_by, services) = if networks.is_empty() {
-        (
-            false,
-            format!(
-                "{} and {} share no network: there is no path between them",
-                a.name, b.name
-            ),
-            vec![],
-            vec![],
-        )
-    } else if let Some(n) = networks.iter().find(|n| !n.managed) {
-        (
-            true,
-            format!(
-                "network {} is not managed by netguard: its traffic is left untouched",
-                n.network
-            ),
-            vec![],
-            vec!["all".to_string()],
-        )
-    } else if let Some(n) = networks.iter().find(|n| n.from_admitted && n.to_admitted) {
-        let _ = n;
-        let permit: Vec<&EntryCheck> = entries
-            .iter()
-            .filter(|e| e.from_matches && e.to_matches && e.port_matches)
-            .collect();
-        let services: Vec<String> = if ask.is_none() {
-            let mut acc = super::access::Access::default();
-            for (e, f) in entries.iter().zip(&plan.flows) {
-                if e.from_matches && e.to_matches {
-                    match &f.ports {
-                        None => acc.all = true,
-                        Some(ps) => {
-                            for p in ps {
-                                acc.add(&service_of(p));
-                            }
-                        }
-                    }
-                }
-            }
-            acc.labels()
-        } else {
-            vec![]
-        };
-        let origins: Vec<String> = permit.iter().map(|e| e.origin.clone()).collect();
-        if let Some(first) = permit.first() {
-            (
-                true,
-                format!(
-                    "allowed by {} ({} → {} {})",
-                    first.origin,
-                    first.from.join(","),
-                    first.to.join(","),
-                    first
-                        .ports
-                        .as_ref()
-                        .map(|p| p.join(","))
-                        .unwrap_or_else(|| "all".into())
-                ),
-                origins,
-                services,
-            )
-        } else {
-            (
-                false,
-                "default deny: no allow entry permits it".to_string(),
-                vec![],
-                services,
-            )
-        }
-    } else {
-        let why = networks
-            .iter()
-            .find_map(|n| n.reason.clone())
-            .unwrap_or_else(|| "an endpoint is not admitted".into());
-        (
-            false,
-            format!(
-                "not admitted, so it reaches no one and no one reaches it (fail closed): {why}"
-            ),
-            vec![],
-            vec![],
-        )
-    };
-
+    let pair = resolve(plan, inv, from, to)?;
+    let from_side = side(policy, pair.a, pair.pa);
+    let to_side = side(policy, pair.b, pair.pb);
+    let networks = shared_networks(&pair);
+    let entries = entries_for(plan, &from_side.groups, &to_side.groups, ask.as_ref());
+    let verdict = judge(plan, &pair, &networks, &entries, ask.as_ref());
+    // Hints only where the policy decided (managed, both admitted) and said no.
     let judged = !networks.is_empty()
         && networks.iter().all(|n| n.managed)
         && networks.iter().any(|n| n.from_admitted && n.to_admitted);
-    if !allowed && judged {
-        // Same direction, other ports.
-        for (e, f) in entries.iter().zip(&plan.flows) {
-            if e.from_matches && e.to_matches && !e.port_matches {
-                if let (Some(ask), Some(ps)) = (&ask, &f.ports) {
-                    let list: Vec<String> = ps.iter().map(|p| p.to_string()).collect();
-                    hints.push(format!(
-                        "{arrow} allows {}, not {ask} ({})",
-                        list.join(", "),
-                        e.origin
-                    ));
-                }
-            }
-        }
-        // The other direction.
-        let reverse = entries_for(plan, groups_b, groups_a, ask.as_ref());
-        if let Some(r) = reverse
-            .iter()
-            .find(|e| e.from_matches && e.to_matches && e.port_matches)
-        {
-            hints.push(format!(
-                "{arrow} is denied but {back} is allowed{} ({}): allow entries are one-way",
-                port_text
-                    .as_ref()
-                    .map(|p| format!(" on {p}"))
-                    .unwrap_or_default(),
-                r.origin
-            ));
-        }
-        if groups_a.is_empty() {
-            hints.push(format!("{} is in no group", a.name));
-        }
-        if groups_b.is_empty() {
-            hints.push(format!("{} is in no group", b.name));
-        }
-    }
+    let hints = if !verdict.allowed && judged {
+        let sides = (&from_side.groups[..], &to_side.groups[..]);
+        hints(plan, &pair, sides, &entries, ask.as_ref())
+    } else {
+        Vec::new()
+    };
     Ok(Explanation {
         from: from_side,
         to: to_side,
-        port: port_text,
-        allowed,
-        reason,
-        decided_by,
-        services,
+        port: ask.map(|p| p.to_string()),
+        allowed: verdict.allowed,
+        reason: verdict.reason,
+        decided_by: verdict.decided_by,
+        services: verdict.services,
         networks,
         entries,
         hints,

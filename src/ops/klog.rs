@@ -42,6 +42,52 @@ pub struct Denial {
     /// Container names, when the address belongs to a known container.
     pub from: Option<String>,
     pub to: Option<String>,
+    /// Source port (`SPT=`), or the identifier of an ICMP echo: what a `netguard verify`
+    /// probe is told by (`verify::marks`).
+    #[serde(skip)]
+    pub probe_port: Option<u16>,
+}
+
+/// The source port of a logged packet, or its echo identifier: the `ID=` after `TYPE=`
+/// (the first `ID=` of a line is the IPv4 header's).
+fn probe_port(rest: &str) -> Option<u16> {
+    let mut after_type = false;
+    for tok in rest.split_whitespace() {
+        if let Some(p) = tok.strip_prefix("SPT=") {
+            return p.parse().ok();
+        }
+        if tok.starts_with("TYPE=") {
+            after_type = true;
+        } else if after_type && let Some(id) = tok.strip_prefix("ID=") {
+            return id.parse().ok();
+        }
+    }
+    None
+}
+
+/// Reads denials in log order, leaving out those of `netguard verify`'s probes (see
+/// `verify::marks`): the records kept and how many were left out.
+#[derive(Debug, Default)]
+pub struct Reader {
+    windows: crate::verify::marks::Windows,
+    pub denials: Vec<Denial>,
+    pub probes_hidden: usize,
+}
+
+impl Reader {
+    /// One log line (any prefix before the message is ignored); the denial if kept.
+    pub fn line(&mut self, line: &str) -> Option<&mut Denial> {
+        if self.windows.feed(line) {
+            return None;
+        }
+        let d = parse_line(line)?;
+        if self.windows.is_probe(d.probe_port) {
+            self.probes_hidden += 1;
+            return None;
+        }
+        self.denials.push(d);
+        self.denials.last_mut()
+    }
 }
 
 /// Parses the `netguard-deny ...` part of one log line (any prefix before it is ignored).
@@ -66,6 +112,7 @@ pub fn parse_line(line: &str) -> Option<Denial> {
         dport: kv.get("DPT").and_then(|p| p.parse().ok()),
         from: None,
         to: None,
+        probe_port: probe_port(rest),
     })
 }
 
@@ -101,6 +148,11 @@ fn clock_ms(clock: libc::clockid_t) -> Option<u64> {
 
 /// Every netguard denial still in the kernel ring buffer, oldest first.
 pub fn read_kmsg(path: &str) -> Result<Vec<Denial>, LogError> {
+    read_kmsg_records(path).map(|r| r.denials)
+}
+
+/// Like [`read_kmsg`], with `verify`'s probes left out and counted.
+pub fn read_kmsg_records(path: &str) -> Result<Reader, LogError> {
     let err = |e| LogError::Kmsg {
         path: path.into(),
         err: e,
@@ -115,7 +167,7 @@ pub fn read_kmsg(path: &str) -> Result<Vec<Denial>, LogError> {
         .map(|d| d.as_millis() as u64)
         .ok();
     let now_mono = clock_ms(libc::CLOCK_MONOTONIC);
-    let mut out = Vec::new();
+    let mut out = Reader::default();
     let mut buf = vec![0u8; 16384];
     loop {
         match f.read(&mut buf) {
@@ -127,7 +179,7 @@ pub fn read_kmsg(path: &str) -> Result<Vec<Denial>, LogError> {
                     continue;
                 };
                 let msg = msg.lines().next().unwrap_or("");
-                if let Some(mut d) = parse_line(msg) {
+                if let Some(d) = out.line(msg) {
                     let ts_ms = head
                         .split(',')
                         .nth(2)
@@ -136,7 +188,6 @@ pub fn read_kmsg(path: &str) -> Result<Vec<Denial>, LogError> {
                     if let (Some(r), Some(m), Some(t)) = (now_real, now_mono, ts_ms) {
                         d.unix_ms = Some(r.saturating_sub(m.saturating_sub(t)));
                     }
-                    out.push(d);
                 }
             }
             // A record overwritten while reading: go on with the next one.
@@ -151,11 +202,20 @@ pub fn read_kmsg(path: &str) -> Result<Vec<Denial>, LogError> {
 
 /// Denials in a saved log file (journalctl, dmesg, syslog format).
 pub fn read_file(path: &std::path::Path) -> Result<Vec<Denial>, LogError> {
+    read_file_records(path).map(|r| r.denials)
+}
+
+/// Like [`read_file`], with `verify`'s probes left out and counted.
+pub fn read_file_records(path: &std::path::Path) -> Result<Reader, LogError> {
     let text = std::fs::read_to_string(path).map_err(|e| LogError::File {
         path: path.display().to_string(),
         err: e,
     })?;
-    Ok(text.lines().filter_map(parse_line).collect())
+    let mut r = Reader::default();
+    for l in text.lines() {
+        r.line(l);
+    }
+    Ok(r)
 }
 
 fn utc(ms: u64) -> String {
@@ -182,6 +242,22 @@ fn utc(ms: u64) -> String {
 /// `log --output json`: see docs/output.md.
 pub fn json(ds: &[Denial], log_denied: bool) -> serde_json::Value {
     serde_json::json!({ "ok": true, "log_denied": log_denied, "denials": ds })
+}
+
+/// The line saying how many denials of `netguard verify`'s probes were left out (none: empty).
+pub fn hidden_note(hidden: usize) -> String {
+    match hidden {
+        0 => String::new(),
+        n => format!("({n} denials of `netguard verify` probes left out)\n"),
+    }
+}
+
+/// Adds `verify_probes_hidden` to a `log` document when probes were left out.
+pub fn with_hidden(mut doc: serde_json::Value, hidden: usize) -> serde_json::Value {
+    if hidden > 0 {
+        doc["verify_probes_hidden"] = hidden.into();
+    }
+    doc
 }
 
 pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
@@ -233,7 +309,42 @@ mod tests {
         assert_eq!(d.dport, Some(7777));
         assert_eq!(d.proto, "TCP");
         assert!(parse_line("something else").is_none());
+        assert_eq!(d.probe_port, Some(40000));
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(1_764_365_000_000), "2025-11-28T21:23:20Z");
+    }
+
+    #[test]
+    fn the_echo_id_not_the_ip_id_is_an_icmp_probe_port() {
+        let l = "netguard-deny IN=br-front OUT=br-front SRC=10.91.1.11 DST=10.91.1.21 LEN=84 TOS=0x00 PREC=0x00 TTL=64 ID=5 DF PROTO=ICMP TYPE=8 CODE=0 ID=61007 SEQ=1";
+        assert_eq!(parse_line(l).unwrap().probe_port, Some(61007));
+        let l6 = "netguard-deny IN=br-front SRC=fd91:0:0:1::11 DST=fd91:0:0:1::21 LEN=104 TC=0 HOPLIMIT=64 FLOWLBL=1 PROTO=ICMPv6 TYPE=128 CODE=0 ID=61008 SEQ=1";
+        assert_eq!(parse_line(l6).unwrap().probe_port, Some(61008));
+    }
+
+    #[test]
+    fn probes_of_a_verify_run_are_left_out_and_counted() {
+        use crate::verify::marks::{PROBE_PORTS, begin_record, end_record};
+        let deny = |spt: u16| {
+            format!(
+                "[1.0] netguard-deny IN=br0 OUT=br0 SRC=10.0.0.1 DST=10.0.0.2 PROTO=TCP SPT={spt} DPT=1"
+            )
+        };
+        let mut r = Reader::default();
+        for l in [
+            deny(61001),
+            format!("[2.0] {}", begin_record("1.2", PROBE_PORTS)),
+            deny(61001),
+            deny(61002),
+            deny(40000),
+            format!("[3.0] {}", end_record("1.2")),
+            deny(61003),
+        ] {
+            r.line(&l);
+        }
+        let kept: Vec<_> = r.denials.iter().map(|d| d.probe_port).collect();
+        // Before and after the run, and real traffic during it: kept.
+        assert_eq!(kept, vec![Some(61001), Some(40000), Some(61003)]);
+        assert_eq!(r.probes_hidden, 2);
     }
 }

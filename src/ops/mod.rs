@@ -3,6 +3,7 @@
 //! JSON outputs are snapshot-tested on fixed inventories.
 
 pub mod access;
+pub mod audit;
 pub mod diff;
 pub mod explain;
 pub mod graph;

@@ -3,37 +3,14 @@
 use super::style::Style;
 use crate::bridge::NfCall;
 use crate::nft::LiveState;
+use crate::nft::render::comment_text;
 use crate::plan::Plan;
 use crate::plan::ruleset::Family;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::fmt::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Where the daemon records its last reconcile (`NETGUARD_STATE` overrides).
-pub const STATE_FILE: &str = "/run/netguard/state.json";
-
-pub fn state_file() -> PathBuf {
-    std::env::var_os("NETGUARD_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(STATE_FILE))
-}
-
-/// What the daemon writes after each reconcile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonState {
-    pub pid: u32,
-    pub last_reconcile_unix_ms: Option<u64>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// What the daemon follows (`Docker at unix:///...`, `inventory file PATH`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The daemon's own view of its connection to `source`, when it reports one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connected: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub containers: Option<usize>,
-}
+pub use crate::state::DaemonState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonHealth {
@@ -54,17 +31,14 @@ pub fn daemon_health(path: &Path) -> DaemonHealth {
         running: false,
         error: None,
     };
-    match std::fs::read_to_string(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    match crate::state::read(path) {
+        Ok(None) => {}
+        Ok(Some(s)) => {
+            h.running = std::fs::read_to_string(format!("/proc/{}/comm", s.pid))
+                .is_ok_and(|c| c.trim().starts_with("netguard"));
+            h.state = Some(s);
+        }
         Err(e) => h.error = Some(e.to_string()),
-        Ok(text) => match serde_json::from_str::<DaemonState>(&text) {
-            Ok(s) => {
-                h.running = std::fs::read_to_string(format!("/proc/{}/comm", s.pid))
-                    .is_ok_and(|c| c.trim().starts_with("netguard"));
-                h.state = Some(s);
-            }
-            Err(e) => h.error = Some(format!("unreadable: {e}")),
-        },
     }
     h
 }
@@ -74,7 +48,8 @@ pub struct BridgeHealth {
     pub bridge: String,
     /// `None`: the bridge does not exist on this host.
     pub nf_call: Option<NfCall>,
-    /// The inet hook sees this bridge's traffic (flags on, or the global sysctls on).
+    /// The inet hook sees this bridge's traffic (`bridge::forward_hook_blind`: br_netfilter
+    /// loaded, and its switches or the global sysctls on).
     pub seen: bool,
 }
 
@@ -85,6 +60,24 @@ pub struct SourceHealth {
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl SourceHealth {
+    pub fn reachable(kind: &str) -> SourceHealth {
+        SourceHealth {
+            kind: kind.into(),
+            reachable: true,
+            error: None,
+        }
+    }
+
+    pub fn unreachable(kind: &str, error: String) -> SourceHealth {
+        SourceHealth {
+            kind: kind.into(),
+            reachable: false,
+            error: Some(error),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,6 +99,10 @@ pub struct Health {
     pub bridges: Vec<BridgeHealth>,
     pub source: SourceHealth,
     pub daemon: DaemonHealth,
+    /// Counts of `netguard audit`'s findings (not part of `ok`: enforcement can be healthy
+    /// on a host whose containers undo it). `None` with an inventory file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditStatus>,
 }
 
 impl Health {
@@ -118,6 +115,28 @@ impl Health {
     }
 }
 
+/// The health report from what was read: the live tables, the plan (`None`: the containers
+/// could not be read), the host-wide sysctls, the managed bridges, the source, the daemon.
+pub fn health(
+    live: &LiveState,
+    plan: Option<&Plan>,
+    global_bridge_nf: Option<(bool, bool)>,
+    bridges: Vec<BridgeHealth>,
+    source: SourceHealth,
+    daemon: DaemonHealth,
+) -> Health {
+    Health {
+        inet_table: live_has(live, Family::Inet),
+        bridge_table: live_has(live, Family::Bridge),
+        current: plan.map(|pl| crate::nft::diff(&pl.ruleset, live).is_empty()),
+        global_bridge_nf,
+        bridges,
+        source,
+        daemon,
+        audit: None,
+    }
+}
+
 /// Counters of every counted rule in netguard's live tables.
 pub fn counters(live: &LiveState) -> Vec<RuleCounter> {
     let mut out = Vec::new();
@@ -126,11 +145,7 @@ pub fn counters(live: &LiveState) -> Vec<RuleCounter> {
         for (chain, ch) in &t.chains {
             for r in &ch.rules {
                 if let Some(packets) = r.packets {
-                    let comment = r.comment.as_deref().unwrap_or("");
-                    let comment = comment
-                        .rfind(" [ng:")
-                        .map(|i| &comment[..i])
-                        .unwrap_or(comment);
+                    let comment = comment_text(r.comment.as_deref().unwrap_or(""));
                     out.push(RuleCounter {
                         table: format!("{} netguard", fam.as_str()),
                         chain: chain.clone(),
@@ -261,6 +276,16 @@ pub fn render(
         }
     };
     let _ = writeln!(out, "  daemon        {daemon}");
+    if let Some(plan) = plan {
+        let _ = writeln!(
+            out,
+            "  mac binding   {}",
+            mac_binding_text(&plan.mac_binding)
+        );
+    }
+    if let Some(a) = &health.audit {
+        let _ = writeln!(out, "{}", super::audit::summary_line(a, style));
+    }
 
     if let Some(plan) = plan {
         let _ = writeln!(out, "\n{}", style.bold("networks:"));
@@ -291,9 +316,15 @@ pub fn render(
                     .into_iter()
                     .chain(e.ipv6.map(|a| a.to_string()))
                     .collect();
+                let opted_out = e.admitted && !e.mac_binding && plan.mac_binding.enabled;
+                let mac = match (e.mac, opted_out) {
+                    (Some(m), false) => format!(" mac {m}"),
+                    (Some(m), true) => format!(" mac {m} (mac_binding = false)"),
+                    (None, _) => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "      {} via {} veth {} {}{}",
+                    "      {} via {} veth {} {}{mac}{}",
                     e.network,
                     e.bridge,
                     e.veth.as_deref().unwrap_or("?"),
@@ -331,6 +362,18 @@ pub fn render(
         }
     }
     out
+}
+
+fn mac_binding_text(m: &crate::plan::MacBinding) -> String {
+    match (m.enabled, m.opt_out_groups.as_slice()) {
+        (false, _) => "off (anti_spoofing = false)".into(),
+        (true, []) => "on: every admitted endpoint sends from its own MAC only".into(),
+        (true, g) => format!(
+            "on, except groups with mac_binding = false: {} (their members may send from \
+             MACs no endpoint owns)",
+            g.join(", ")
+        ),
+    }
 }
 
 /// The line for the user when the containers could not be read (`None`: they could).
@@ -376,6 +419,7 @@ fn plan_json(plan: &Plan) -> serde_json::Value {
         "containers": plan.containers,
         "unisolable": plan.unisolable,
         "flows": plan.flows,
+        "mac_binding": plan.mac_binding,
         "warnings": plan.warnings,
     })
 }

@@ -1,7 +1,11 @@
 //! The pure core: (policy, inventory) → who belongs to which group, which flows are
 //! allowed, and the exact nftables objects that enforce it. No I/O, deterministic.
 
+mod binding;
+mod inet;
 pub mod ruleset;
+
+pub use inet::{DENY_COUNTER_MAX_GROUPS, DENY_COUNTER_PREFIX};
 
 use crate::inventory::{Container, Inventory, Unisolable};
 use crate::policy::{Allow, Peers, Policy, PortSpec, Proto, Selector};
@@ -10,7 +14,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Prefix of kernel log lines for denied connections (contract, DESIGN.md section 1).
+/// Prefix of kernel log lines for denied connections (contract, docs/policy.md).
 pub const LOG_PREFIX: &str = "netguard-deny ";
 
 /// Names of netguard's sets. Kept here so the plan, status and tests agree on them.
@@ -24,10 +28,14 @@ pub mod names {
     pub const BIND_6: &str = "bind_6";
     pub const ADDRS_4: &str = "addrs_4";
     pub const ADDRS_6: &str = "addrs_6";
+    pub const BIND_MAC: &str = "bind_mac";
+    pub const MACS: &str = "macs";
+    pub const MAC_VETHS: &str = "mac_veths";
     pub const FORWARD: &str = "forward";
     pub const ISOLATE: &str = "isolate";
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
+    pub const FOREIGN_MAC: &str = "foreign_mac";
 
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
@@ -45,8 +53,49 @@ pub struct Plan {
     pub containers: Vec<PlannedContainer>,
     pub unisolable: Vec<Unisolable>,
     pub flows: Vec<Flow>,
+    pub mac_binding: MacBinding,
     pub ruleset: Ruleset,
     pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// The host bridges of the managed networks, sorted, each once: those whose nf_call
+    /// switches `apply` and the daemon turn on, and whose health `status` reports.
+    pub fn managed_bridges(&self) -> Vec<String> {
+        let mut b: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|n| n.managed)
+            .filter_map(|n| n.bridge.clone())
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    }
+}
+
+/// Whether admitted endpoints' MACs are bound to their veths, and which groups opted out
+/// (`mac_binding = false`): what `status` shows and `audit` reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MacBinding {
+    /// On with `anti_spoofing` (the MAC is bound where the addresses are).
+    pub enabled: bool,
+    /// Groups whose members may send from MACs not their own, sorted.
+    pub opt_out_groups: Vec<String>,
+}
+
+impl MacBinding {
+    pub fn of(policy: &Policy) -> MacBinding {
+        MacBinding {
+            enabled: policy.settings.anti_spoofing,
+            opt_out_groups: policy
+                .groups
+                .values()
+                .filter(|g| !g.mac_binding)
+                .map(|g| g.name.clone())
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +123,13 @@ pub struct PlannedEndpoint {
     pub veth: Option<String>,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<Mac>,
+    /// Its veth may send only from `mac` (and no other port from it). `false` for a
+    /// member of a group with `mac_binding = false` (its MAC is still its own: no other
+    /// port may send from it), for an endpoint whose MAC is not known, and without
+    /// `anti_spoofing`.
+    pub mac_binding: bool,
     pub managed: bool,
     /// Its addresses are in netguard's sets. A managed endpoint that is not admitted
     /// reaches no one (fail closed); `reason` says why.
@@ -214,6 +270,12 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
             if let Some(r) = &ep.reason {
                 warnings.push(format!("{} on {}: not admitted: {r}", c.name, ep.network));
             }
+            if ep.admitted && policy.settings.anti_spoofing && ep.mac.is_none() {
+                warnings.push(format!(
+                    "{} on {}: MAC unknown: its addresses are bound, its MAC is not",
+                    c.name, ep.network
+                ));
+            }
         }
         containers.push(pc);
     }
@@ -238,6 +300,7 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
         containers,
         unisolable: inventory.unisolable.clone(),
         flows,
+        mac_binding: MacBinding::of(policy),
         ruleset,
         warnings,
     }
@@ -287,11 +350,22 @@ pub fn plan_container(
             .get(&(bridge.to_string(), a))
             .is_some_and(|o| o.len() > 1)
     };
+    let groups = groups_of(policy, c);
+    let opted_out = groups
+        .iter()
+        .any(|g| policy.groups.get(g).is_some_and(|g| !g.mac_binding));
     let mut endpoints = Vec::new();
     for ep in &c.endpoints {
         let managed = networks.get(&ep.network).is_some_and(|n| n.managed);
+        let mac = ep.mac.as_deref().map(str::parse::<Mac>);
         let reason = if !managed {
             None
+        } else if let (true, Some(Err(e))) = (policy.settings.anti_spoofing, &mac) {
+            Some(format!("cannot bind its MAC: {e}"))
+        } else if let (true, Some(Ok(m))) = (policy.settings.anti_spoofing, &mac)
+            && !m.is_ownable()
+        {
+            Some(format!("cannot bind its MAC: {m} is not a unicast address"))
         } else if policy.settings.anti_spoofing && ep.veth.is_none() {
             Some("host-side veth unknown: cannot bind its addresses".to_string())
         } else if let Some(v) = ep
@@ -313,14 +387,22 @@ pub fn plan_container(
         } else {
             None
         };
+        let admitted = managed && reason.is_none();
+        let mac = mac.and_then(Result::ok);
         endpoints.push(PlannedEndpoint {
             network: ep.network.clone(),
             bridge: ep.bridge.clone(),
             veth: ep.veth.clone(),
             ipv4: ep.ipv4,
             ipv6: ep.ipv6,
+            mac,
+            mac_binding: admitted
+                && policy.settings.anti_spoofing
+                && mac.is_some()
+                && ep.veth.is_some()
+                && !opted_out,
             managed,
-            admitted: managed && reason.is_none(),
+            admitted,
             reason,
         });
     }
@@ -328,7 +410,7 @@ pub fn plan_container(
         id: c.id.clone(),
         name: c.name.clone(),
         managed: endpoints.iter().any(|e| e.managed),
-        groups: groups_of(policy, c),
+        groups,
         endpoints,
     }
 }
@@ -356,6 +438,23 @@ pub fn container_elements(
         }
         if let (true, Some(v)) = (anti_spoofing, &ep.veth) {
             out.push((Family::Bridge, names::VETHS.into(), Elem::Ifname(v.clone())));
+            // An opted-out endpoint's MAC stays bound to it (no one else sends from it);
+            // only its own veth is not held to it.
+            if let Some(m) = ep.mac {
+                out.push((
+                    Family::Bridge,
+                    names::BIND_MAC.into(),
+                    Elem::IfnameMac(v.clone(), m),
+                ));
+                out.push((Family::Bridge, names::MACS.into(), Elem::Mac(m)));
+            }
+            if ep.mac_binding {
+                out.push((
+                    Family::Bridge,
+                    names::MAC_VETHS.into(),
+                    Elem::Ifname(v.clone()),
+                ));
+            }
             if let Some(a) = ep.ipv4 {
                 out.push((
                     Family::Bridge,
@@ -384,169 +483,22 @@ fn build_ruleset(
     flows: &[Flow],
     engine: crate::inventory::Engine,
 ) -> Ruleset {
-    let mut sets: BTreeMap<String, SetDef> = BTreeMap::new();
-    let mut new_set = |name: &str, kind: SetKind| {
-        sets.insert(
-            name.to_string(),
-            SetDef {
-                name: name.to_string(),
-                kind,
-                elements: BTreeSet::new(),
-            },
-        );
-    };
-    new_set(names::BRIDGE_PAIRS, SetKind::IfnamePair);
-    new_set(names::UNMANAGED, SetKind::Ifname);
-    new_set(names::ALL_4, SetKind::IfnameV4);
-    new_set(names::ALL_6, SetKind::IfnameV6);
-    for g in policy.groups.keys() {
-        new_set(&names::group_set(g, false), SetKind::IfnameV4);
-        new_set(&names::group_set(g, true), SetKind::IfnameV6);
-    }
-    let mut add = |set: &str, e: Elem| {
-        if let Some(s) = sets.get_mut(set) {
-            s.elements.insert(e);
-        }
-    };
-    for n in networks.values() {
-        match (&n.bridge, n.managed) {
-            (Some(b), true) => add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone())),
-            // A name nft would read as a pattern stays out: a Docker-shaped one is then
-            // judged by the default-deny rule for unknown bridges (fail closed).
-            (Some(b), false) if crate::inventory::exact_ifname(b) => {
-                add(names::UNMANAGED, Elem::Ifname(b.clone()))
-            }
-            (Some(_), false) => {}
-            (None, _) => {}
-        }
-    }
-    // Replies are accepted in `forward` itself, before any lookup (see `forward_rules`).
-    let mut isolate = vec![
-        Rule::new(
-            vec![Match::CtState(vec!["invalid".into()])],
-            Verdict::Drop,
-            "invalid",
-        )
-        .counted(),
-        Rule::new(
-            vec![Match::Icmpv6Types(
-                [
-                    // Router solicitations and advertisements stay out: a container
-                    // must not become its neighbours' IPv6 router.
-                    "nd-neighbor-solicit",
-                    "nd-neighbor-advert",
-                    "mld-listener-query",
-                    "mld-listener-report",
-                    "mld-listener-done",
-                    "mld2-listener-report",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            )],
-            Verdict::Accept,
-            "IPv6 neighbour discovery",
-        ),
-    ];
-    // Allow rules sit in one chain per source set, reached from one dispatch rule each:
-    // a new connection walks the dispatch rules and then only the lines whose source it
-    // is in, not every line of the policy.
-    let mut by_source: Vec<(Source, Vec<Rule>)> = Vec::new();
-    for f in flows {
-        for (src, rule) in flow_rules(f) {
-            match by_source.iter_mut().find(|(s, _)| *s == src) {
-                Some((_, rules)) => rules.push(rule),
-                None => by_source.push((src, vec![rule])),
-            }
-        }
-    }
-    for m in by_source
-        .iter()
-        .flat_map(|(_, rules)| rules.iter().flat_map(|r| &r.matches))
-    {
-        if let Match::L4 {
-            dports,
-            set: Some(name),
-            ..
-        } = m
-        {
-            sets.entry(name.clone()).or_insert_with(|| SetDef {
-                name: name.clone(),
-                kind: SetKind::Ports,
-                elements: dports.iter().map(|(lo, hi)| Elem::Port(*lo, *hi)).collect(),
-            });
-        }
-    }
-    // IPv4 dispatch first: one version's packets never match the other's rules.
-    by_source.sort_by_key(|(src, _)| src.ip);
-    for (src, _) in &by_source {
-        let version = match src.ip {
-            IpVersion::V4 => "IPv4",
-            IpVersion::V6 => "IPv6",
-        };
-        isolate.push(Rule::new(
-            vec![Match::SaddrInSet {
-                ip: src.ip,
-                iface: IfSide::Iif,
-                set: src.set.clone(),
-            }],
-            Verdict::Jump(names::source_chain(&src.set)),
-            format!("allow lines from {}, {version}", src.group),
-        ));
-    }
-    isolate.extend(deny_counter_rules(policy));
-    if policy.settings.log_denied {
-        isolate.push(Rule {
-            matches: vec![],
-            counter: false,
-            log_prefix: Some(LOG_PREFIX.to_string()),
-            verdict: Verdict::Continue,
-            comment: "log denied".into(),
-        });
-    }
-    isolate.push(
-        Rule::new(
-            vec![],
-            Verdict::Drop,
-            "default deny between managed containers",
-        )
-        .counted(),
-    );
-
-    let inet = Table {
-        family: Family::Inet,
-        sets: sets.into_values().collect(),
-        chains: vec![
-            Chain {
-                name: names::FORWARD.into(),
-                base: Some(BaseChain {
-                    hook: Hook::Forward,
-                    priority: -10,
-                }),
-                rules: forward_rules(engine),
-            },
-            Chain {
-                name: names::ISOLATE.into(),
-                base: None,
-                rules: isolate,
-            },
-        ]
-        .into_iter()
-        .chain(by_source.into_iter().map(|(src, rules)| Chain {
-            name: names::source_chain(&src.set),
-            base: None,
-            rules,
-        }))
-        .collect(),
-    };
-
-    let mut tables = vec![inet];
+    let mut tables = vec![inet::table(policy, networks, flows, engine)];
     if policy.settings.anti_spoofing {
-        tables.push(bridge_table());
+        tables.push(binding::table());
     }
-    // Container elements last, into whichever table holds the set.
+    fill_container_elements(&mut tables, containers, policy.settings.anti_spoofing);
+    Ruleset { tables }
+}
+
+/// Container elements last, into whichever table holds the set.
+fn fill_container_elements(
+    tables: &mut [Table],
+    containers: &[PlannedContainer],
+    anti_spoofing: bool,
+) {
     for c in containers {
-        for (family, set, e) in container_elements(c, policy.settings.anti_spoofing) {
+        for (family, set, e) in container_elements(c, anti_spoofing) {
             if let Some(s) = tables
                 .iter_mut()
                 .find(|t| t.family == family)
@@ -556,356 +508,6 @@ fn build_ruleset(
             }
         }
     }
-    Ruleset { tables }
-}
-
-/// Above this many groups the per-pair deny counters are left out (they cost
-/// 2 × groups² rules, evaluated only for packets about to be dropped).
-pub const DENY_COUNTER_MAX_GROUPS: usize = 16;
-
-/// Comment prefix of the per-group-pair deny counters (read back by `metrics`).
-pub const DENY_COUNTER_PREFIX: &str = "denied ";
-
-/// Counted rules without verdict, one per (source group, destination group, IP version),
-/// just before the final drop: only packets about to be denied get here, so they count
-/// denials per group pair for the metrics (`netguard_denied_packets_total`). A container
-/// in several groups counts in each of its pairs.
-fn deny_counter_rules(policy: &Policy) -> Vec<Rule> {
-    if policy.groups.len() > DENY_COUNTER_MAX_GROUPS {
-        return vec![];
-    }
-    let mut rules = Vec::new();
-    for from in policy.groups.keys() {
-        for to in policy.groups.keys() {
-            for (ip, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
-                rules.push(Rule {
-                    matches: vec![
-                        Match::SaddrInSet {
-                            ip,
-                            iface: IfSide::Iif,
-                            set: names::group_set(from, v6),
-                        },
-                        Match::DaddrInSet {
-                            ip,
-                            iface: IfSide::Oif,
-                            set: names::group_set(to, v6),
-                        },
-                    ],
-                    counter: true,
-                    log_prefix: None,
-                    verdict: Verdict::Continue,
-                    comment: format!("{DENY_COUNTER_PREFIX}{from} -> {to}"),
-                });
-            }
-        }
-    }
-    rules
-}
-
-/// The forward hook's entry: replies first, then managed bridges, then the bridges of the
-/// engine's shape that netguard does not know yet (`Engine::bridge_patterns`).
-fn forward_rules(engine: crate::inventory::Engine) -> Vec<Rule> {
-    let mut rules = vec![
-        // First, before the bridge lookup and the jump: nearly every packet belongs to a
-        // connection already admitted, and accepting it in this base chain changes nothing
-        // (its policy is accept too) while sparing every such packet the rest of the path.
-        Rule::new(
-            vec![Match::CtState(vec!["established".into(), "related".into()])],
-            Verdict::Accept,
-            "replies to allowed connections",
-        ),
-        Rule::new(
-            vec![Match::IfPairIn(names::BRIDGE_PAIRS.into())],
-            Verdict::Jump(names::ISOLATE.into()),
-            "traffic between two ports of one managed bridge",
-        ),
-    ];
-    for &p in engine.bridge_patterns() {
-        rules.push(Rule::new(
-            vec![
-                Match::IifPattern(p.into()),
-                Match::OifPattern(p.into()),
-                Match::IifNotInSet(names::UNMANAGED.into()),
-            ],
-            Verdict::Jump(names::ISOLATE.into()),
-            format!("{p} bridge netguard does not know yet: default deny"),
-        ));
-    }
-    rules
-}
-
-/// The source side of an allow rule: the set `isolate` dispatches on, and the chain it
-/// jumps to holds the rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Source {
-    ip: IpVersion,
-    /// The group name as the policy wrote it (`*` for any managed container).
-    group: String,
-    set: String,
-}
-
-/// The rules of one allow entry, each with the source whose chain holds it.
-fn flow_rules(f: &Flow) -> Vec<(Source, Rule)> {
-    let set_for = |g: &str, v6: bool| match (g, v6) {
-        ("*", false) => names::ALL_4.to_string(),
-        ("*", true) => names::ALL_6.to_string(),
-        (g, v6) => names::group_set(g, v6),
-    };
-    let ports_text = match &f.ports {
-        None => "all".to_string(),
-        Some(p) => p
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(","),
-    };
-    // Per protocol, the port ranges of this entry; ICMP has none.
-    let mut by_proto: BTreeMap<Proto, Vec<(u16, u16)>> = BTreeMap::new();
-    if let Some(ports) = &f.ports {
-        for p in ports {
-            by_proto.entry(p.proto).or_default().push((p.low, p.high));
-        }
-    }
-    let mut rules = Vec::new();
-    for from in &f.from {
-        for to in &f.to {
-            let comment = format!("allow {from} -> {to} {ports_text} ({})", f.origin);
-            for (ip, v6) in [(IpVersion::V4, false), (IpVersion::V6, true)] {
-                let src = Source {
-                    ip,
-                    group: from.clone(),
-                    set: set_for(from, v6),
-                };
-                // Destination first: in the source's chain the source lookup always
-                // matches, so a rule for another destination costs one lookup. The source
-                // stays in the rule so that it reads alone as what it permits.
-                let base = vec![
-                    Match::DaddrInSet {
-                        ip,
-                        iface: IfSide::Oif,
-                        set: set_for(to, v6),
-                    },
-                    Match::SaddrInSet {
-                        ip,
-                        iface: IfSide::Iif,
-                        set: src.set.clone(),
-                    },
-                ];
-                if f.ports.is_none() {
-                    rules.push((
-                        src,
-                        Rule::new(base.clone(), Verdict::Accept, comment.clone()).counted(),
-                    ));
-                    continue;
-                }
-                for (proto, ranges) in &by_proto {
-                    let mut m = base.clone();
-                    if *proto == Proto::Icmp {
-                        m.push(Match::IcmpEcho(ip));
-                    } else {
-                        let r = merge_ranges(ranges.clone());
-                        let set = (r.len() > 1).then(|| port_set_name(&r));
-                        m.push(Match::L4 {
-                            proto: proto.as_str().into(),
-                            dports: r,
-                            set,
-                        });
-                    }
-                    rules.push((
-                        src.clone(),
-                        Rule::new(m, Verdict::Accept, comment.clone()).counted(),
-                    ));
-                }
-            }
-        }
-    }
-    rules
-}
-
-/// Binds each admitted address to its veth, in both directions: a veth may only send from
-/// its own addresses, and a bound address is only ever delivered to its own veth.
-fn bridge_table() -> Table {
-    // Sorted by name, like the inet table's sets.
-    let sets = [
-        (names::ADDRS_4, SetKind::V4),
-        (names::ADDRS_6, SetKind::V6),
-        (names::BIND_4, SetKind::IfnameV4),
-        (names::BIND_6, SetKind::IfnameV6),
-        (names::VETHS, SetKind::Ifname),
-    ]
-    .into_iter()
-    .map(|(name, kind)| SetDef {
-        name: name.into(),
-        kind,
-        elements: BTreeSet::new(),
-    })
-    .collect::<Vec<_>>();
-    use EtherType::*;
-    use IpVersion::*;
-    let ll: Vec<(Ipv6Addr, u8)> = vec![
-        (Ipv6Addr::UNSPECIFIED, 128),
-        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
-    ];
-    let arp = vec![
-        Rule::new(
-            vec![
-                Match::EtherType(Arp),
-                Match::ArpSaddrInSet {
-                    iface: IfSide::Iif,
-                    set: names::BIND_4.into(),
-                },
-            ],
-            Verdict::Accept,
-            "own address",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(Arp),
-                Match::ArpSaddrInSet {
-                    iface: IfSide::None,
-                    set: names::ADDRS_4.into(),
-                },
-            ],
-            Verdict::Drop,
-            "ARP for another container's address",
-        )
-        .counted(),
-        Rule::new(
-            vec![
-                Match::EtherType(Arp),
-                Match::IifInSet(names::VETHS.into()),
-                Match::ArpSaddrIsZero,
-            ],
-            Verdict::Accept,
-            "ARP probe",
-        ),
-        Rule::new(
-            vec![Match::EtherType(Arp), Match::IifInSet(names::VETHS.into())],
-            Verdict::Drop,
-            "managed veth, ARP for an address not its own",
-        )
-        .counted(),
-    ];
-    let mut pre = bound_source(Ip, V4, names::BIND_4, names::ADDRS_4);
-    pre.extend(arp);
-    pre.push(Rule::new(
-        vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
-        Verdict::Accept,
-        "link-local and unspecified",
-    ));
-    pre.extend(bound_source(Ip6, V6, names::BIND_6, names::ADDRS_6));
-    let mut post = bound_destination(Ip, V4, names::BIND_4, names::ADDRS_4);
-    post.push(Rule::new(
-        vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
-        Verdict::Accept,
-        "link-local",
-    ));
-    post.extend(bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6));
-    Table {
-        family: Family::Bridge,
-        sets,
-        chains: vec![
-            Chain {
-                name: names::PREROUTING.into(),
-                base: Some(BaseChain {
-                    hook: Hook::Prerouting,
-                    priority: -200,
-                }),
-                rules: pre,
-            },
-            Chain {
-                name: names::POSTROUTING.into(),
-                base: Some(BaseChain {
-                    hook: Hook::Postrouting,
-                    priority: -200,
-                }),
-                rules: post,
-            },
-        ],
-    }
-}
-
-/// A frame may leave a veth only with that veth's own address; a bound address coming from
-/// any other port is someone pretending, and a managed veth has no other address to use.
-fn bound_source(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
-    vec![
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::SaddrInSet {
-                    ip,
-                    iface: IfSide::Iif,
-                    set: bind.into(),
-                },
-            ],
-            Verdict::Accept,
-            "own address",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::SaddrInSet {
-                    ip,
-                    iface: IfSide::None,
-                    set: addrs.into(),
-                },
-            ],
-            Verdict::Drop,
-            "another container's address",
-        )
-        .counted(),
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::IifInSet(names::VETHS.into()),
-            ],
-            Verdict::Drop,
-            "managed veth, address not its own",
-        )
-        .counted(),
-    ]
-}
-
-/// A bound address is delivered only to its own veth, and a managed veth receives unicast
-/// only for its own addresses: a veth that takes over an address gets nothing meant for it.
-fn bound_destination(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
-    vec![
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::DaddrInSet {
-                    ip,
-                    iface: IfSide::Oif,
-                    set: bind.into(),
-                },
-            ],
-            Verdict::Accept,
-            "delivered to its owner",
-        ),
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::DaddrInSet {
-                    ip,
-                    iface: IfSide::None,
-                    set: addrs.into(),
-                },
-            ],
-            Verdict::Drop,
-            "bound address, wrong veth",
-        )
-        .counted(),
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::OifInSet(names::VETHS.into()),
-                Match::Unicast,
-            ],
-            Verdict::Drop,
-            "managed veth, address not its own",
-        )
-        .counted(),
-    ]
 }
 
 /// Does allow entry `f` let a container in `from_groups` open a `proto`/`port` connection to

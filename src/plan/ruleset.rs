@@ -2,6 +2,7 @@
 //! renders, diffs and applies. Nothing here can carry nft syntax: names of interfaces are
 //! values inside typed elements, never text spliced into a rule.
 
+pub use crate::inventory::Mac;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -73,6 +74,10 @@ pub enum SetKind {
     IfnamePair,
     IfnameV4,
     IfnameV6,
+    /// `ifname . ether_addr`: a veth and the MAC bound to it.
+    IfnameMac,
+    /// `ether_addr`: every bound MAC.
+    Mac,
     V4,
     V6,
     /// `type inet_service; flags interval`: one allow line's destination ports, shared by
@@ -94,6 +99,8 @@ pub enum Elem {
     IfnamePair(String, String),
     IfnameV4(String, Ipv4Addr),
     IfnameV6(String, Ipv6Addr),
+    IfnameMac(String, Mac),
+    Mac(Mac),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
     /// An inclusive port range (`lo == hi` for one port).
@@ -107,6 +114,8 @@ impl Elem {
             Elem::IfnamePair(..) => SetKind::IfnamePair,
             Elem::IfnameV4(..) => SetKind::IfnameV4,
             Elem::IfnameV6(..) => SetKind::IfnameV6,
+            Elem::IfnameMac(..) => SetKind::IfnameMac,
+            Elem::Mac(_) => SetKind::Mac,
             Elem::V4(_) => SetKind::V4,
             Elem::V6(_) => SetKind::V6,
             Elem::Port(..) => SetKind::Ports,
@@ -121,6 +130,8 @@ impl std::fmt::Display for Elem {
             Elem::IfnamePair(a, b) => write!(f, "{a:?} . {b:?}"),
             Elem::IfnameV4(i, a) => write!(f, "{i:?} . {a}"),
             Elem::IfnameV6(i, a) => write!(f, "{i:?} . {a}"),
+            Elem::IfnameMac(i, m) => write!(f, "{i:?} . {m}"),
+            Elem::Mac(m) => write!(f, "{m}"),
             Elem::V4(a) => write!(f, "{a}"),
             Elem::V6(a) => write!(f, "{a}"),
             Elem::Port(lo, hi) if lo == hi => write!(f, "{lo}"),
@@ -203,6 +214,18 @@ pub enum Match {
         set: String,
     },
     ArpSaddrIsZero,
+    /// `[iifname .] ether saddr [!=] @set`
+    EtherSaddrInSet {
+        iface: IfSide,
+        set: String,
+        negate: bool,
+    },
+    /// `[iifname .] arp saddr ether [!=] @set`: the ARP sender hardware address.
+    ArpShaInSet {
+        iface: IfSide,
+        set: String,
+        negate: bool,
+    },
     /// `ip6 saddr { prefixes }`
     Saddr6In(Vec<(Ipv6Addr, u8)>),
     Daddr6In(Vec<(Ipv6Addr, u8)>),

@@ -1,4 +1,4 @@
-//! The policy: trust groups and the flows allowed between them (DESIGN.md section 1).
+//! The policy: trust groups and the flows allowed between them (the contract: docs/policy.md).
 //!
 //! `parse` turns TOML into this validated model; everything downstream can rely on its
 //! invariants: every group referenced exists, every glob compiled, every port range valid.
@@ -23,6 +23,18 @@ pub struct Policy {
     pub groups: BTreeMap<String, Group>,
     /// Allow entries in file order.
     pub allows: Vec<Allow>,
+    /// `[[separate]]` lines in file order: trust groups that must not share this host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub separates: Vec<Separate>,
+}
+
+/// Members of these groups (at least two, all defined) must not run on the same host.
+/// netguard cannot move containers: `audit`, the daemon's log and its metrics report it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Separate {
+    pub groups: Vec<String>,
+    pub comment: Option<String>,
+    pub loc: Loc,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,6 +66,9 @@ pub struct Group {
     pub name: String,
     /// A container is a member when ANY selector matches.
     pub selectors: Vec<Selector>,
+    /// `false` (`mac_binding = false`): its members may send from MACs that are not
+    /// their own (VRRP, keepalived). Never from another endpoint's bound MAC.
+    pub mac_binding: bool,
     pub loc: Loc,
 }
 

@@ -4,7 +4,7 @@
 //! `Deserialize`: serde stops at the first problem and its messages name Rust types, while
 //! ops need every mistake in one run, each pointing at the exact string that is wrong.
 
-use super::{Allow, Glob, Group, Peers, Policy, PortSpec, Selector, Settings};
+use super::{Allow, Glob, Group, Peers, Policy, PortSpec, Selector, Separate, Settings};
 use crate::loc::Loc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -109,11 +109,12 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
         .collect()
 }
 
-const TOP_KEYS: &[&str] = &["version", "settings", "groups", "allow"];
+const TOP_KEYS: &[&str] = &["version", "settings", "groups", "allow", "separate"];
 const SETTINGS_KEYS: &[&str] = &["networks", "anti_spoofing", "log_denied"];
-const GROUP_KEYS: &[&str] = &["match"];
+const GROUP_KEYS: &[&str] = &["match", "mac_binding"];
 const SELECTOR_KEYS: &[&str] = &["name", "image", "network", "label"];
 const ALLOW_KEYS: &[&str] = &["from", "to", "within", "ports", "comment"];
+const SEPARATE_KEYS: &[&str] = &["groups", "comment"];
 
 type Value<'i> = Spanned<DeValue<'i>>;
 type Key<'i> = Spanned<DeString<'i>>;
@@ -195,11 +196,16 @@ impl Parser<'_> {
             Some(v) => self.allows(v, &groups),
             None => Vec::new(),
         };
+        let separates = match root.get("separate") {
+            Some(v) => self.separates(v, &groups),
+            None => Vec::new(),
+        };
         Policy {
             version: 1,
             settings,
             groups,
             allows,
+            separates,
         }
     }
 
@@ -291,11 +297,18 @@ impl Parser<'_> {
             }
             let loc_offset = self.table_start(key, value);
             let selectors = self.group_body(name, value, loc_offset);
+            let mac_binding = value
+                .get_ref()
+                .as_table()
+                .and_then(|t| t.get("mac_binding"))
+                .and_then(|v| self.boolean("mac_binding", v))
+                .unwrap_or(true);
             groups.insert(
                 name.to_string(),
                 Group {
                     name: name.to_string(),
                     selectors,
+                    mac_binding,
                     loc: self.loc(loc_offset),
                 },
             );
@@ -617,6 +630,91 @@ impl Parser<'_> {
         };
         self.err(v.span(), format!("unknown group {name:?} in {key:?}{hint}"));
         None
+    }
+
+    fn separates(&mut self, v: &Value<'_>, groups: &BTreeMap<String, Group>) -> Vec<Separate> {
+        let Some(items) = v.get_ref().as_array() else {
+            self.err(
+                v.span(),
+                format!(
+                    "\"separate\" must be a list of entries, found {}: write [[separate]] (two brackets) before each entry",
+                    describe(v.get_ref())
+                ),
+            );
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter_map(|item| match item.get_ref() {
+                DeValue::Table(t) => self.separate(t, item.span(), groups),
+                _ => {
+                    self.type_error("separate", item, "a list of tables ([[separate]] entries)");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn separate(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        groups: &BTreeMap<String, Group>,
+    ) -> Option<Separate> {
+        let errors_before = self.errors.len();
+        self.unknown_keys(table, SEPARATE_KEYS, "in [[separate]]");
+        let mut names: Vec<String> = Vec::new();
+        match table.get("groups") {
+            None => self.err(
+                span.clone(),
+                "[[separate]] needs \"groups\": the trust groups whose members must not share this host, such as groups = [\"public\", \"payments\"]",
+            ),
+            Some(v) => match v.get_ref() {
+                DeValue::Array(items) => {
+                    for item in items.iter() {
+                        match item.get_ref().as_str() {
+                            Some("*") => self.err(
+                                item.span(),
+                                "\"*\" cannot be separated: name the trust groups that must not share a host",
+                            ),
+                            Some(_) => {
+                                if let Some(n) = self.group_ref("groups", item, groups)
+                                    && !names.contains(&n)
+                                {
+                                    names.push(n);
+                                }
+                            }
+                            None => self.type_error("groups", item, "a list of group names (strings)"),
+                        }
+                    }
+                    if self.errors.len() == errors_before && names.len() < 2 {
+                        self.err(
+                            v.span(),
+                            format!(
+                                "[[separate]] needs at least two different groups, found {}: members of one group may always share a host",
+                                names.len()
+                            ),
+                        );
+                    }
+                }
+                _ => self.type_error("groups", v, "a list of at least two group names"),
+            },
+        }
+        let comment = match table.get("comment") {
+            Some(v) => match v.get_ref().as_str() {
+                Some(s) => Some(s.to_string()),
+                None => {
+                    self.type_error("comment", v, "a string");
+                    None
+                }
+            },
+            None => None,
+        };
+        (self.errors.len() == errors_before).then(|| Separate {
+            groups: names,
+            comment,
+            loc: self.loc(span.start),
+        })
     }
 
     /// The listed specs, or `None` after reporting why there are none.
@@ -977,6 +1075,11 @@ to = "web"
     fn example_policy_parses() {
         let text = include_str!("../../policy.example.toml");
         let p = ok(text);
+        // Its commented-out [[separate]] is valid once uncommented.
+        let uncommented = text
+            .replace("# [[separate]]", "[[separate]]")
+            .replace("# groups = [\"web\", \"db\"]", "groups = [\"web\", \"db\"]");
+        assert_eq!(ok(&uncommented).separates.len(), 1);
         assert!(p.groups.contains_key("monitoring"));
         assert!(p.allows.iter().any(|a| a.within));
         assert!(p.allows.iter().any(|a| a.to == Peers::Any));
@@ -987,7 +1090,7 @@ to = "web"
         assert_eq!(
             one_error("versoin = 1\n"),
             "1:1: unknown key \"versoin\" at the top level (did you mean \"version\"?); \
-             expected one of \"version\", \"settings\", \"groups\", \"allow\""
+             expected one of \"version\", \"settings\", \"groups\", \"allow\", \"separate\""
         );
         assert_eq!(
             one_error("[settings]\nanti_spofing = true\n"),
@@ -997,7 +1100,7 @@ to = "web"
         assert_eq!(
             one_error(&format!("{WEB}matches = 1\n")),
             "3:1: unknown key \"matches\" in group \"web\" (did you mean \"match\"?); \
-             expected only \"match\""
+             expected one of \"match\", \"mac_binding\""
         );
         assert_eq!(
             one_error("[groups.web]\nmatch = { names = \"w\" }\n"),
@@ -1013,7 +1116,7 @@ to = "web"
         assert_eq!(
             one_error("color = \"red\"\n"),
             "1:1: unknown key \"color\" at the top level; \
-             expected one of \"version\", \"settings\", \"groups\", \"allow\""
+             expected one of \"version\", \"settings\", \"groups\", \"allow\", \"separate\""
         );
     }
 
@@ -1212,6 +1315,10 @@ to = "web"
             "2:17: \"anti_spoofing\" must be a boolean (true or false), found the string \"yes\""
         );
         assert_eq!(
+            one_error("[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = \"no\"\n"),
+            "3:15: \"mac_binding\" must be a boolean (true or false), found the string \"no\""
+        );
+        assert_eq!(
             one_error("[settings]\nlog_denied = 1\n"),
             "2:14: \"log_denied\" must be a boolean (true or false), found the integer 1"
         );
@@ -1333,6 +1440,61 @@ to = "web"
                 "p.toml:3:1: group \"db\" is not used by any [[allow]] entry: \
               its members only get what \"*\" gives them"
             ]
+        );
+    }
+
+    #[test]
+    fn separate_lines() {
+        let two = "[groups.public]\nmatch = { name = \"p*\" }\n[groups.payments]\nmatch = { name = \"c*\" }\n";
+        let p = ok(&format!(
+            "{two}[[separate]]\ngroups = [\"public\", \"payments\", \"public\"]\ncomment = \"apart\"\n"
+        ));
+        assert_eq!(p.separates.len(), 1);
+        let s = &p.separates[0];
+        assert_eq!(s.groups, ["public", "payments"], "repeats collapse");
+        assert_eq!(s.comment.as_deref(), Some("apart"));
+        assert_eq!((s.loc.line, s.loc.col), (5, 1));
+        assert!(ok(two).separates.is_empty());
+
+        assert_eq!(
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"public\", \"paymnets\"]\n"
+            )),
+            "6:21: unknown group \"paymnets\" in \"groups\" (did you mean \"payments\"?)"
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = [\"public\"]\n")),
+            "6:10: [[separate]] needs at least two different groups, found 1: members of one group may always share a host"
+        );
+        assert_eq!(
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"public\", \"public\"]\n"
+            )),
+            "6:10: [[separate]] needs at least two different groups, found 1: members of one group may always share a host"
+        );
+        assert_eq!(
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"public\", \"payments\"]\ngrups = 1\n"
+            )),
+            "7:1: unknown key \"grups\" in [[separate]] (did you mean \"groups\"?); expected one of \"groups\", \"comment\""
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ncomment = \"x\"\n")),
+            "5:1: [[separate]] needs \"groups\": the trust groups whose members must not share this host, such as groups = [\"public\", \"payments\"]"
+        );
+        assert_eq!(
+            one_error(&format!("{two}[[separate]]\ngroups = \"public\"\n")),
+            "6:10: \"groups\" must be a list of at least two group names, found the string \"public\""
+        );
+        assert_eq!(
+            one_error(&format!(
+                "{two}[[separate]]\ngroups = [\"*\", \"public\"]\n"
+            )),
+            "6:11: \"*\" cannot be separated: name the trust groups that must not share a host"
+        );
+        assert_eq!(
+            one_error(&format!("separate = 1\n{two}")),
+            "1:12: \"separate\" must be a list of entries, found the integer 1: write [[separate]] (two brackets) before each entry"
         );
     }
 

@@ -3,9 +3,7 @@
 //! its entry is removed. Removing an entry of a flow that is still allowed is harmless: the
 //! next packet is picked up as new (`nf_conntrack_tcp_loose`) and the rules accept it again.
 
-use crate::nft::netlink::{
-    NLM_F_ACK, NLM_F_DUMP, NetlinkError, Sock, attr, find, nested, with_sock,
-};
+use crate::nfnetlink::{NLM_F_ACK, NLM_F_DUMP, NetlinkError, Sock, attr, find, nested, with_sock};
 use crate::plan::{Plan, flow_permits};
 use crate::policy::Proto;
 use std::collections::{BTreeSet, HashMap};
@@ -171,7 +169,7 @@ fn delete_request(key: &EntryKey) -> Option<Vec<u8>> {
 /// Conntrack over ctnetlink, in this process and network namespace: no `conntrack` process
 /// per cut, whose start and whole-table walk cost tens of milliseconds and competed with the
 /// next event for the CPU. The socket stays open on the cutting thread (see
-/// `nft::netlink::with_sock`: closing one can stall nftables transactions).
+/// `nfnetlink::with_sock`: closing one can stall nftables transactions).
 pub struct Ctnetlink;
 
 impl Ctnetlink {

@@ -1,0 +1,144 @@
+//! Docker's event stream as netguard's changes: bollard's `EventMessage` stops here.
+
+use super::{DockerError, DockerSource, EarlyWatch, Emit, classify};
+use crate::inventory::Change;
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::query_parameters::EventsOptions;
+use futures::StreamExt;
+use std::collections::HashMap;
+
+/// One Docker event, as the daemon needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub change: Change,
+    /// A network connect: Docker sends it before its container listing shows the new
+    /// endpoint (and no later event follows), so the container must be looked at again a
+    /// little later.
+    pub connect: bool,
+}
+
+/// Maps one Docker event to what must be looked at again.
+pub fn change_of(ev: &EventMessage) -> Option<Change> {
+    let action = ev.action.as_deref().unwrap_or_default();
+    let actor = ev.actor.as_ref()?;
+    match ev.typ {
+        Some(EventMessageTypeEnum::CONTAINER) => {
+            let id = actor.id.clone()?;
+            match action {
+                "start" | "rename" | "unpause" | "restart" => Some(Change::Container(id)),
+                "die" | "destroy" | "stop" | "kill" | "oom" => Some(Change::Gone(id)),
+                _ => None,
+            }
+        }
+        Some(EventMessageTypeEnum::NETWORK) => match action {
+            "connect" | "disconnect" => {
+                // Docker names the container in an attribute (the actor is the network);
+                // Podman's compat events make the container the actor and leave it out.
+                let c = actor
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("container"))
+                    .or(actor.id.as_ref())?
+                    .clone();
+                Some(Change::Container(c))
+            }
+            "create" | "destroy" | "remove" => Some(Change::Networks),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// `change_of`, and whether the event is a network connect.
+pub fn event_of(ev: &EventMessage) -> Option<Event> {
+    let change = change_of(ev)?;
+    let connect = ev.typ == Some(EventMessageTypeEnum::NETWORK)
+        && ev.action.as_deref() == Some("connect")
+        && matches!(change, Change::Container(_));
+    Some(Event { change, connect })
+}
+
+impl DockerSource {
+    /// Container and network events from a second ago on: Docker replays what happened
+    /// since then, so a list made after subscribing misses nothing (a duplicate is harmless).
+    /// Events that ask for nothing are left out.
+    pub fn events_since_now(
+        &self,
+    ) -> impl futures::Stream<Item = Result<Event, DockerError>> + Send + 'static {
+        self.events_watched(None)
+    }
+
+    /// `events_since_now`, with every raw event shown first to early admission's watcher
+    /// (see [`super::early`]), which emits what it learns on its own channel.
+    pub fn events_with_early(
+        &self,
+        watch: std::sync::Arc<EarlyWatch>,
+        emit: Emit,
+    ) -> impl futures::Stream<Item = Result<Event, DockerError>> + Send + 'static {
+        self.events_watched(Some((watch, emit)))
+    }
+
+    fn events_watched(
+        &self,
+        early: Option<(std::sync::Arc<EarlyWatch>, Emit)>,
+    ) -> impl futures::Stream<Item = Result<Event, DockerError>> + Send + 'static {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(1))
+            .unwrap_or(0);
+        let opts = EventsOptions {
+            since: Some(since.to_string()),
+            filters: Some(HashMap::from([(
+                "type".to_string(),
+                vec!["container".to_string(), "network".to_string()],
+            )])),
+            ..Default::default()
+        };
+        let host = self.host.clone();
+        self.count();
+        self.docker().events(Some(opts)).filter_map(move |r| {
+            let mapped = match r {
+                Ok(ev) => {
+                    if let Some((watch, emit)) = &early {
+                        watch.on_event(&ev, std::time::Instant::now(), emit);
+                    }
+                    event_of(&ev).map(Ok)
+                }
+                Err(e) => Some(Err(classify(&host, "events", e))),
+            };
+            std::future::ready(mapped)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(typ: &str, action: &str) -> EventMessage {
+        serde_json::from_str(&format!(
+            r#"{{"Type":"{typ}","Action":"{action}",
+                "Actor":{{"ID":"net1","Attributes":{{"container":"c1"}}}}}}"#
+        ))
+        .expect("event json")
+    }
+
+    #[test]
+    fn only_a_network_connect_asks_for_a_second_look() {
+        let got = |t, a| event_of(&ev(t, a)).map(|e| (e.change, e.connect));
+        assert_eq!(
+            got("network", "connect"),
+            Some((Change::Container("c1".into()), true))
+        );
+        assert_eq!(
+            got("network", "disconnect"),
+            Some((Change::Container("c1".into()), false))
+        );
+        assert_eq!(
+            got("container", "start"),
+            Some((Change::Container("net1".into()), false))
+        );
+        assert_eq!(got("network", "create"), Some((Change::Networks, false)));
+        assert_eq!(got("container", "exec_start"), None);
+    }
+}

@@ -1,0 +1,381 @@
+//! The `bridge` table: each admitted address bound to its veth, in both directions, and
+//! each admitted endpoint's MAC bound to its veth before the bridge learns from a frame.
+
+use super::names;
+use super::ruleset::*;
+use std::collections::BTreeSet;
+use std::net::Ipv6Addr;
+
+/// Binds each admitted address to its veth, in both directions: a veth may only send from
+/// its own addresses, and a bound address is only ever delivered to its own veth.
+pub(super) fn table() -> Table {
+    // Sorted by name, like the inet table's sets.
+    let sets = [
+        (names::ADDRS_4, SetKind::V4),
+        (names::ADDRS_6, SetKind::V6),
+        (names::BIND_4, SetKind::IfnameV4),
+        (names::BIND_6, SetKind::IfnameV6),
+        (names::BIND_MAC, SetKind::IfnameMac),
+        (names::MAC_VETHS, SetKind::Ifname),
+        (names::MACS, SetKind::Mac),
+        (names::VETHS, SetKind::Ifname),
+    ]
+    .into_iter()
+    .map(|(name, kind)| SetDef {
+        name: name.into(),
+        kind,
+        elements: BTreeSet::new(),
+    })
+    .collect::<Vec<_>>();
+    use EtherType::*;
+    use IpVersion::*;
+    let ll: Vec<(Ipv6Addr, u8)> = vec![
+        (Ipv6Addr::UNSPECIFIED, 128),
+        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    ];
+    let arp = vec![
+        Rule::new(
+            vec![
+                Match::EtherType(Arp),
+                Match::ArpSaddrInSet {
+                    iface: IfSide::Iif,
+                    set: names::BIND_4.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own address",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(Arp),
+                Match::ArpSaddrInSet {
+                    iface: IfSide::None,
+                    set: names::ADDRS_4.into(),
+                },
+            ],
+            Verdict::Drop,
+            "ARP for another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(Arp),
+                Match::IifInSet(names::VETHS.into()),
+                Match::ArpSaddrIsZero,
+            ],
+            Verdict::Accept,
+            "ARP probe",
+        ),
+        Rule::new(
+            vec![Match::EtherType(Arp), Match::IifInSet(names::VETHS.into())],
+            Verdict::Drop,
+            "managed veth, ARP for an address not its own",
+        )
+        .counted(),
+    ];
+    let mut pre = bound_mac();
+    pre.extend(bound_source(Ip, V4, names::BIND_4, names::ADDRS_4));
+    pre.extend(arp);
+    pre.push(Rule::new(
+        vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
+        Verdict::Accept,
+        "link-local and unspecified",
+    ));
+    pre.extend(bound_source(Ip6, V6, names::BIND_6, names::ADDRS_6));
+    let mut post = bound_destination(Ip, V4, names::BIND_4, names::ADDRS_4);
+    post.push(Rule::new(
+        vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
+        Verdict::Accept,
+        "link-local",
+    ));
+    post.extend(bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6));
+    Table {
+        family: Family::Bridge,
+        sets,
+        chains: vec![
+            Chain {
+                name: names::PREROUTING.into(),
+                base: Some(BaseChain {
+                    hook: Hook::Prerouting,
+                    priority: -200,
+                }),
+                rules: pre,
+            },
+            Chain {
+                name: names::POSTROUTING.into(),
+                base: Some(BaseChain {
+                    hook: Hook::Postrouting,
+                    priority: -200,
+                }),
+                rules: post,
+            },
+            Chain {
+                name: names::FOREIGN_MAC.into(),
+                base: None,
+                rules: foreign_mac(),
+            },
+        ],
+    }
+}
+
+/// First in `prerouting`, whose hook runs before the bridge learns a frame's source MAC:
+/// a frame whose Ethernet source is another endpoint's MAC never moves that MAC's
+/// forwarding entry to the sender's port (which would cut its owner off, the address
+/// binding then dropping whatever reaches the wrong port), and a MAC-bound veth sends from
+/// its own MAC only. ARP's sender hardware address is held to the same binding.
+/// A genuine frame costs one lookup: only a frame whose source is not bound to its port
+/// goes on to `foreign_mac` to learn whether that is allowed.
+fn bound_mac() -> Vec<Rule> {
+    let own_sha = |negate| Match::ArpShaInSet {
+        iface: IfSide::Iif,
+        set: names::BIND_MAC.into(),
+        negate,
+    };
+    vec![
+        Rule::new(
+            vec![Match::EtherSaddrInSet {
+                iface: IfSide::Iif,
+                set: names::BIND_MAC.into(),
+                negate: true,
+            }],
+            Verdict::Jump(names::FOREIGN_MAC.into()),
+            "source MAC not bound to this port",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(EtherType::Arp),
+                own_sha(true),
+                Match::ArpShaInSet {
+                    iface: IfSide::None,
+                    set: names::MACS.into(),
+                    negate: false,
+                },
+            ],
+            Verdict::Drop,
+            "ARP with another container's MAC",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(EtherType::Arp),
+                own_sha(true),
+                Match::IifInSet(names::MAC_VETHS.into()),
+            ],
+            Verdict::Drop,
+            "MAC-bound veth, ARP sender MAC not its own",
+        )
+        .counted(),
+    ]
+}
+
+/// A frame whose source MAC is not bound to the port it came from: dropped when the MAC
+/// is another endpoint's, or when the port is a MAC-bound veth; anything else (a port
+/// netguard does not manage, an opted-out group's unowned MAC) returns to `prerouting`.
+fn foreign_mac() -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![Match::EtherSaddrInSet {
+                iface: IfSide::None,
+                set: names::MACS.into(),
+                negate: false,
+            }],
+            Verdict::Drop,
+            "another container's MAC",
+        )
+        .counted(),
+        Rule::new(
+            vec![Match::IifInSet(names::MAC_VETHS.into())],
+            Verdict::Drop,
+            "MAC-bound veth, MAC not its own",
+        )
+        .counted(),
+    ]
+}
+
+/// A frame may leave a veth only with that veth's own address; a bound address coming from
+/// any other port is someone pretending, and a managed veth has no other address to use.
+fn bound_source(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::SaddrInSet {
+                    ip,
+                    iface: IfSide::Iif,
+                    set: bind.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own address",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::SaddrInSet {
+                    ip,
+                    iface: IfSide::None,
+                    set: addrs.into(),
+                },
+            ],
+            Verdict::Drop,
+            "another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::IifInSet(names::VETHS.into()),
+            ],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+    ]
+}
+
+/// A bound address is delivered only to its own veth, and a managed veth receives unicast
+/// only for its own addresses: a veth that takes over an address gets nothing meant for it.
+fn bound_destination(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
+    vec![
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::DaddrInSet {
+                    ip,
+                    iface: IfSide::Oif,
+                    set: bind.into(),
+                },
+            ],
+            Verdict::Accept,
+            "delivered to its owner",
+        ),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::DaddrInSet {
+                    ip,
+                    iface: IfSide::None,
+                    set: addrs.into(),
+                },
+            ],
+            Verdict::Drop,
+            "bound address, wrong veth",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::OifInSet(names::VETHS.into()),
+                Match::Unicast,
+            ],
+            Verdict::Drop,
+            "managed veth, address not its own",
+        )
+        .counted(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::inventory::parse_inventory;
+    use crate::plan::{names, plan};
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    use super::*;
+
+    const INV: &str = "[[container]]\nname = \"web\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vweb\"\nipv4 = \"10.0.0.2\"\nmac = \"02:00:00:00:00:02\"\n\
+        [[container]]\nname = \"lb\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vlb\"\nipv4 = \"10.0.0.3\"\nmac = \"02:00:00:00:00:03\"\n\
+        [[container]]\nname = \"old\"\n[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"br-n\"\nveth = \"vold\"\nipv4 = \"10.0.0.4\"\n";
+
+    fn elements(policy: &str) -> (crate::plan::Plan, BTreeSet<(String, Elem)>) {
+        let p = parse_policy(Path::new("p.toml"), policy).expect("policy");
+        let inv = parse_inventory(Path::new("i.toml"), INV).expect("inventory");
+        let planned = plan(&p, &inv);
+        let e = planned
+            .ruleset
+            .elements()
+            .into_iter()
+            .filter(|(f, s, _)| *f == Family::Bridge && s.contains("mac"))
+            .map(|(_, s, e)| (s, e))
+            .collect();
+        (planned, e)
+    }
+
+    fn mac(s: &str) -> Mac {
+        s.parse().expect("mac")
+    }
+
+    #[test]
+    fn opted_out_members_keep_their_mac_bound_but_not_their_veth() {
+        let (p, got) = elements(
+            "[groups.web]\nmatch = { name = \"web\" }\n\
+             [groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
+        );
+        let want: BTreeSet<(String, Elem)> = [
+            (
+                names::BIND_MAC,
+                Elem::IfnameMac("vweb".into(), mac("02:00:00:00:00:02")),
+            ),
+            (
+                names::BIND_MAC,
+                Elem::IfnameMac("vlb".into(), mac("02:00:00:00:00:03")),
+            ),
+            (names::MACS, Elem::Mac(mac("02:00:00:00:00:02"))),
+            (names::MACS, Elem::Mac(mac("02:00:00:00:00:03"))),
+            (names::MAC_VETHS, Elem::Ifname("vweb".into())),
+        ]
+        .into_iter()
+        .map(|(s, e)| (s.to_string(), e))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(p.mac_binding.opt_out_groups, ["lb"]);
+        assert!(p.mac_binding.enabled);
+        // Without a MAC: admitted, addresses bound, MAC not, and said so.
+        let old = &p
+            .containers
+            .iter()
+            .find(|c| c.name == "old")
+            .unwrap()
+            .endpoints[0];
+        assert!(old.admitted && !old.mac_binding && old.mac.is_none());
+        assert!(
+            p.warnings
+                .iter()
+                .any(|w| w.starts_with("old on n: MAC unknown")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn without_anti_spoofing_nothing_is_bound() {
+        let (p, got) = elements("[settings]\nanti_spoofing = false\n");
+        assert!(got.is_empty(), "{got:?}");
+        assert!(!p.mac_binding.enabled);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(
+            p.containers
+                .iter()
+                .all(|c| c.endpoints.iter().all(|e| !e.mac_binding))
+        );
+    }
+
+    #[test]
+    fn a_mac_the_source_reports_badly_is_not_admitted() {
+        let p = parse_policy(Path::new("p.toml"), "").expect("policy");
+        let mut inv = parse_inventory(Path::new("i.toml"), INV).expect("inventory");
+        inv.containers[0].endpoints[0].mac = Some("02:00:00:00:00".into());
+        inv.containers[1].endpoints[0].mac = Some("33:33:00:00:00:01".into());
+        let planned = plan(&p, &inv);
+        for c in &planned.containers[..2] {
+            let ep = &c.endpoints[0];
+            assert!(!ep.admitted, "{}", c.name);
+            assert!(
+                ep.reason.as_deref().is_some_and(|r| r.contains("MAC")),
+                "{:?}",
+                ep.reason
+            );
+        }
+    }
+}

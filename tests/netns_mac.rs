@@ -1,0 +1,507 @@
+//! Kernel tests for the MAC binding: in the netns fixture, a container that sends frames
+//! with a neighbour's MAC (raw frames from an AF_PACKET socket, or its own interface set to
+//! that MAC) must not move the neighbour's forwarding entry and so must not cut it off its
+//! allowed flows; a group with `mac_binding = false` may send from a MAC of its own
+//! choosing, never from another's; a container whose forwarding entry is gone is still
+//! reached, and only it.
+//!
+//! Needs root, `ip`, `nft`, `ping`, `bridge` (`sudo -E cargo test --test netns_mac`);
+//! prints SKIP without them, fails under `CI=true`.
+//!
+//! Roles (see `Topology::standard`): api-1 is the victim, web-1 its allowed client
+//! (tcp/8080, udp/5353, icmp), lonely the attacker (allowed only to api-1 on tcp/7777).
+
+#[path = "../netns-fixtures/mod.rs"]
+mod netns;
+
+use netns::fixture::*;
+use netns::probe::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"
+[settings]
+networks = ["front", "back"]
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.api]
+match = { name = "api-*" }
+
+[[allow]]
+from = "web"
+to = "api"
+ports = ["8080/tcp", "5353/udp", "icmp"]
+
+[[allow]]
+from = "*"
+to = "api"
+ports = ["7777/tcp"]
+"#;
+
+/// `POLICY` with lonely in a group that opts out of the MAC binding.
+const POLICY_OPT_OUT: &str = r#"
+[settings]
+networks = ["front", "back"]
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.api]
+match = { name = "api-*" }
+
+[groups.vrrp]
+match = { name = "lonely" }
+mac_binding = false
+
+[[allow]]
+from = "web"
+to = "api"
+ports = ["8080/tcp", "5353/udp", "icmp"]
+
+[[allow]]
+from = "*"
+to = "api"
+ports = ["7777/tcp"]
+"#;
+
+/// The MAC VRRP uses for virtual router 7: owned by no endpoint.
+const VRRP_MAC: &str = "00:00:5e:00:01:07";
+
+fn setup(test: &str) -> Option<Fixture> {
+    if !prerequisites_with(test, &["bridge"]) {
+        return None;
+    }
+    Some(Fixture::new(&Topology::standard()))
+}
+
+fn apply(fx: &Fixture, policy: &str) {
+    let p = fx.write_file("policy.toml", policy);
+    let out = fx.netguard(&p, &fx.inventory, &["apply"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "netguard apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn probe(from: &str, to: &str, kind: &str, v6: bool) -> Probe {
+    Probe {
+        from: from.into(),
+        to: to.into(),
+        kind: Kind::parse(kind),
+        family: if v6 { Family::V6 } else { Family::V4 },
+    }
+}
+
+/// The victim's allowed flows, over IPv4 and IPv6.
+fn victim_flows() -> Vec<Probe> {
+    let mut p = vec![];
+    for v6 in [false, true] {
+        for kind in ["tcp/8080", "udp/5353", "icmp"] {
+            p.push(probe("web-1", "api-1", kind, v6));
+        }
+    }
+    p
+}
+
+/// Runs `probes` `rounds` times (each failure retried once, as the matrix does) and
+/// returns the ones that failed in any round.
+fn failing(fx: &Fixture, probes: &[Probe], rounds: usize) -> Vec<String> {
+    let mut bad = vec![];
+    for r in 0..rounds {
+        let want = vec![true; probes.len()];
+        let got = run_expecting(fx, probes, &want, ProbeOpts::default());
+        for (p, ok) in probes.iter().zip(got) {
+            if !ok {
+                bad.push(format!("round {r}: {p}"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bad
+}
+
+/// Which bridge port the bridge's forwarding table puts `mac` on, if any.
+fn fdb_port(fx: &Fixture, bridge: &str, mac: &str) -> Option<String> {
+    let out = fx.host_ok(&["bridge", "fdb", "show", "br", bridge]);
+    out.lines()
+        .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "dev")
+                .and_then(|_| w.next())
+                .map(str::to_string)
+        })
+}
+
+fn mac_bytes(s: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (o, p) in m.iter_mut().zip(s.split(':')) {
+        *o = u8::from_str_radix(p, 16).expect("hex octet");
+    }
+    m
+}
+
+/// A broadcast ARP request from `spa` (sender hardware address `sha`) for `tpa`, with
+/// Ethernet source `eth_src`.
+fn arp_frame(eth_src: &str, sha: &str, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend(mac_bytes(eth_src));
+    f.extend([0x08, 0x06]);
+    f.extend([0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    f.extend(mac_bytes(sha));
+    f.extend(spa.octets());
+    f.extend([0; 6]);
+    f.extend(tpa.octets());
+    f.resize(60, 0);
+    f
+}
+
+/// An IPv6 packet from `src` to all nodes (`ff02::1`, no next header), with Ethernet
+/// source `eth_src`: enough for the bridge to learn from.
+fn ip6_frame(eth_src: &str, src: Ipv6Addr) -> Vec<u8> {
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend(mac_bytes(eth_src));
+    f.extend([0x86, 0xdd]);
+    f.extend([0x60, 0, 0, 0, 0, 0, 59, 255]);
+    f.extend(src.octets());
+    f.extend("ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+    f
+}
+
+/// Sends `frames` out of `eth0` in namespace `ns` with an AF_PACKET socket (what Docker's
+/// default NET_RAW allows), every 20 ms until `stop` is set; returns how many were sent.
+fn flood(ns: &str, frames: Vec<Vec<u8>>, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+        // SAFETY: plain socket calls on a descriptor this thread owns; the address is a
+        // zeroed sockaddr_ll filled in below.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
+            addr.sll_halen = 6;
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for f in &frames {
+                    let n = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(
+                        n,
+                        f.len() as isize,
+                        "sendto: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            libc::close(fd);
+            sent
+        }
+    })
+}
+
+/// Collects, for `dur`, whether any frame seen on `eth0` in namespace `ns` (whoever it
+/// was addressed to) contains `needle`.
+fn sniff(ns: &str, needle: &[u8], dur: Duration) -> JoinHandle<bool> {
+    let (ns, needle) = (ns.to_string(), needle.to_vec());
+    std::thread::spawn(move || {
+        enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+        // SAFETY: as in `flood`; the buffer outlives every recv into it.
+        unsafe {
+            let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto);
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+            let mut buf = vec![0u8; 65536];
+            let mut seen = false;
+            let end = Instant::now() + dur;
+            while Instant::now() < end && !seen {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n > 0 {
+                    seen = buf[..n as usize]
+                        .windows(needle.len())
+                        .any(|w| w == needle.as_slice());
+                }
+            }
+            libc::close(fd);
+            seen
+        }
+    })
+}
+
+/// A background `ping` from a container, killed on drop.
+struct Pinger(Child);
+
+impl Pinger {
+    fn start(c: &Container, dst: std::net::IpAddr) -> Pinger {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &c.ns, "ping", "-i", "0.2", "-W", "1"])
+            .arg(dst.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ping");
+        Pinger(child)
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Raw frames whose Ethernet source is api-1's MAC (ARP with either sender hardware
+/// address, and IPv6), sent from lonely's namespace while web-1 uses its allowed flows.
+#[test]
+fn raw_frames_with_a_neighbours_mac_do_not_cut_it_off() {
+    let Some(fx) = setup("raw_frames_with_a_neighbours_mac_do_not_cut_it_off") else {
+        return;
+    };
+    let (lonely, web1, api1) = (
+        fx.container("lonely").clone(),
+        fx.container("web-1").clone(),
+        fx.container("api-1").clone(),
+    );
+    apply(&fx, POLICY);
+    let bad = failing(&fx, &victim_flows(), 1);
+    assert!(bad.is_empty(), "before the attack: {bad:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let frames = vec![
+        arp_frame(&api1.mac, &api1.mac, lonely.ipv4, web1.ipv4),
+        arp_frame(&api1.mac, &lonely.mac, lonely.ipv4, web1.ipv4),
+        ip6_frame(&api1.mac, lonely.ipv6),
+    ];
+    let attacker = flood(&lonely.ns, frames, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let bad = failing(&fx, &victim_flows(), 3);
+    let port = fdb_port(&fx, &api1.bridge, &api1.mac);
+    stop.store(true, Ordering::Relaxed);
+    let sent = attacker.join().expect("attacker thread");
+    assert!(sent > 30, "the attacker sent only {sent} frames");
+    assert!(
+        bad.is_empty(),
+        "api-1 was cut off by frames carrying its MAC from lonely: {bad:?}\n\
+         api-1's MAC is on {port:?}\n{}",
+        fx.ruleset()
+    );
+    assert_eq!(
+        port.as_deref(),
+        Some(api1.veth.as_str()),
+        "api-1's MAC moved"
+    );
+}
+
+/// lonely (as with NET_ADMIN) sets api-1's MAC on its own interface and pings.
+#[test]
+fn a_container_taking_a_neighbours_mac_does_not_cut_it_off() {
+    let Some(fx) = setup("a_container_taking_a_neighbours_mac_does_not_cut_it_off") else {
+        return;
+    };
+    let (lonely, web1, api1) = (
+        fx.container("lonely").clone(),
+        fx.container("web-1").clone(),
+        fx.container("api-1").clone(),
+    );
+    apply(&fx, POLICY);
+    let bad = failing(&fx, &victim_flows(), 1);
+    assert!(bad.is_empty(), "before the attack: {bad:?}");
+
+    fx.ip_in(
+        "lonely",
+        &["link", "set", "dev", "eth0", "address", &api1.mac],
+    );
+    let _p4 = Pinger::start(&lonely, web1.addr(false));
+    let _p6 = Pinger::start(&lonely, web1.addr(true));
+    std::thread::sleep(Duration::from_millis(500));
+    let bad = failing(&fx, &victim_flows(), 3);
+    let port = fdb_port(&fx, &api1.bridge, &api1.mac);
+    assert!(
+        bad.is_empty(),
+        "api-1 was cut off by lonely taking its MAC: {bad:?}\napi-1's MAC is on {port:?}\n{}",
+        fx.ruleset()
+    );
+    assert_eq!(
+        port.as_deref(),
+        Some(api1.veth.as_str()),
+        "api-1's MAC moved"
+    );
+    // lonely itself is cut off: every frame it sends now carries a MAC not its own.
+    let cut = run_probes(
+        &fx,
+        &[
+            probe("lonely", "api-1", "tcp/7777", false),
+            probe("lonely", "api-1", "tcp/7777", true),
+        ],
+        ProbeOpts::default(),
+    );
+    assert_eq!(cut, vec![false, false], "lonely still reaches api-1");
+}
+
+/// `mac_binding = false`: lonely may send from a MAC no endpoint owns (as VRRP does), and
+/// still not from api-1's. Without the opt-out the same MAC cuts lonely off.
+#[test]
+fn mac_binding_opt_out_allows_a_foreign_mac_but_never_a_neighbours() {
+    let Some(fx) = setup("mac_binding_opt_out_allows_a_foreign_mac_but_never_a_neighbours") else {
+        return;
+    };
+    let (lonely, api1) = (
+        fx.container("lonely").clone(),
+        fx.container("api-1").clone(),
+    );
+    fx.ip_in(
+        "lonely",
+        &["link", "set", "dev", "eth0", "address", VRRP_MAC],
+    );
+    fx.ip_in("api-1", &["neigh", "flush", "dev", "eth0"]);
+    let lonely_to_api = [
+        probe("lonely", "api-1", "tcp/7777", false),
+        probe("lonely", "api-1", "tcp/7777", true),
+    ];
+
+    apply(&fx, POLICY);
+    let got = run_probes(&fx, &lonely_to_api, ProbeOpts::default());
+    assert_eq!(
+        got,
+        vec![false, false],
+        "bound by default: a MAC not its own gets lonely nowhere"
+    );
+
+    apply(&fx, POLICY_OPT_OUT);
+    let status = {
+        let p = fx.write_file("policy.toml", POLICY_OPT_OUT);
+        let out = fx.netguard(&p, &fx.inventory, &["status"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        status.contains("mac_binding = false") && status.contains("vrrp"),
+        "status does not show the opt-out:\n{status}"
+    );
+    let bad = failing(&fx, &lonely_to_api, 1);
+    assert!(
+        bad.is_empty(),
+        "opted out, lonely is still held to its MAC: {bad:?}\n{}",
+        fx.ruleset()
+    );
+
+    // Opted out, it still cannot take api-1's MAC.
+    let stop = Arc::new(AtomicBool::new(false));
+    let attacker = flood(
+        &lonely.ns,
+        vec![
+            arp_frame(&api1.mac, &api1.mac, lonely.ipv4, api1.ipv4),
+            ip6_frame(&api1.mac, lonely.ipv6),
+        ],
+        stop.clone(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let bad = failing(&fx, &victim_flows(), 2);
+    let port = fdb_port(&fx, &api1.bridge, &api1.mac);
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().expect("attacker thread");
+    assert!(
+        bad.is_empty(),
+        "an opted-out container cut api-1 off with its MAC: {bad:?}\n{}",
+        fx.ruleset()
+    );
+    assert_eq!(
+        port.as_deref(),
+        Some(api1.veth.as_str()),
+        "api-1's MAC moved"
+    );
+}
+
+/// api-1's veth learns nothing, as after its forwarding entry aged out: frames for it are
+/// flooded to every port. It is still reached, and the flooded copies reach no one else.
+#[test]
+fn a_container_whose_forwarding_entry_aged_out_is_still_reached_and_only_it() {
+    let Some(fx) = setup("a_container_whose_forwarding_entry_aged_out_is_still_reached") else {
+        return;
+    };
+    let (lonely, web1, api1) = (
+        fx.container("lonely").clone(),
+        fx.container("web-1").clone(),
+        fx.container("api-1").clone(),
+    );
+    fx.host_ok(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &api1.veth,
+        "type",
+        "bridge_slave",
+        "learning",
+        "off",
+    ]);
+    // Forget what was learned already (the permanent entries of the port stay).
+    let _ = fx.host(&[
+        "bridge", "fdb", "del", &api1.mac, "dev", &api1.veth, "master",
+    ]);
+    let send = |tag: &str| {
+        let needle = format!("flooded-{tag}");
+        let watch = sniff(&lonely.ns, needle.as_bytes(), Duration::from_millis(1500));
+        std::thread::sleep(Duration::from_millis(200));
+        for v6 in [false, true] {
+            send_udp_from(&web1, web1.addr(v6), api1.addr(v6), 5353, needle.as_bytes());
+        }
+        let seen = watch.join().expect("sniffer");
+        (seen, needle)
+    };
+    // Control: without netguard the flooded copies do reach lonely's interface.
+    let (seen, _) = send("before");
+    assert!(seen, "control: unknown unicast was not flooded to lonely");
+
+    apply(&fx, POLICY);
+    assert_eq!(
+        fdb_port(&fx, &api1.bridge, &api1.mac),
+        None,
+        "api-1's MAC was learned"
+    );
+    let bad = failing(&fx, &victim_flows(), 2);
+    assert!(
+        bad.is_empty(),
+        "api-1 unreachable without an FDB entry: {bad:?}"
+    );
+    let (seen, needle) = send("after");
+    assert!(
+        !seen,
+        "{needle}: a copy of web-1's traffic for api-1 reached lonely\n{}",
+        fx.ruleset()
+    );
+    assert!(
+        api1.got(needle.as_bytes()),
+        "{needle}: api-1 did not get it"
+    );
+}
