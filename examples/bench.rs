@@ -257,6 +257,7 @@ fn big_container(i: usize) -> Container {
     labels.insert("tier".to_string(), format!("g{:02}", (i * 7 + 1) % GROUPS));
     labels.insert("app".to_string(), format!("app{}", i % 17));
     Container {
+        published: Vec::new(),
         id: format!("{i:064x}"),
         name: format!("svc{:02}-{i}", i % GROUPS),
         image: format!("example/img{}:1", i % 10),
@@ -651,6 +652,7 @@ fn pk_container(name: &str, role: &str, veth: &str, addr: std::net::Ipv4Addr) ->
     let mut labels = BTreeMap::new();
     labels.insert("role".to_string(), role.to_string());
     Container {
+        published: Vec::new(),
         id: name.to_string(),
         name: name.to_string(),
         image: "bench:1".into(),

@@ -12,6 +12,7 @@ fn policy(groups: &str) -> Policy {
 
 fn container(name: &str, image: &str, labels: &[(&str, &str)], networks: &[&str]) -> Container {
     Container {
+        published: Vec::new(),
         id: format!("id-{name}"),
         name: name.into(),
         image: image.into(),

@@ -207,6 +207,7 @@ pub fn members(
                 None => groups_of(
                     policy,
                     &Container {
+                        published: Vec::new(),
                         id: c.id.clone(),
                         name: c.name.clone(),
                         image: c.image.clone(),

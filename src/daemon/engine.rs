@@ -538,6 +538,7 @@ mod tests {
             }
         }
         Container {
+            published: Vec::new(),
             id: format!("c{id}"),
             name: names[r.next(names.len() as u64) as usize].to_string(),
             image: String::new(),
@@ -599,6 +600,7 @@ mod tests {
             mac: None,
         };
         let mut c = Container {
+            published: Vec::new(),
             id: "c1".into(),
             name: "c1".into(),
             image: String::new(),

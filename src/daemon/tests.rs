@@ -190,6 +190,7 @@ fn container(n: u32) -> Container {
         format!("api{n}")
     };
     Container {
+        published: Vec::new(),
         id: format!("id{n}"),
         name,
         image: "busybox".into(),

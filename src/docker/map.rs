@@ -226,6 +226,7 @@ fn identity(
         .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     Container {
+        published: Vec::new(),
         id,
         name: container_name(c, insp),
         image,

@@ -204,6 +204,7 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
             (None, None) => {}
         }
         inv.containers.push(Container {
+            published: Vec::new(),
             id,
             name,
             image: c.image,

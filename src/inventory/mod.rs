@@ -100,6 +100,39 @@ pub struct Container {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
+    /// Ports the engine publishes on the host for this container (`-p HOST:CONTAINER`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
+}
+
+/// One published port: connections to `host_port` on `host_ip` (any local address when
+/// `None`) are carried to `container_port` of the container, by docker-proxy or by DNAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub proto: PortProto,
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
+}
+
+/// The transport of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl PortProto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Udp => "udp",
+            PortProto::Sctp => "sctp",
+        }
+    }
 }
 
 /// One attachment of a container to a network.

@@ -376,6 +376,7 @@ within = "db"
 
     fn container(name: &str, net: &str, host: u8, v6: bool) -> Container {
         Container {
+            published: Vec::new(),
             id: format!("id-{name}"),
             name: name.into(),
             image: String::new(),

@@ -26,6 +26,7 @@ ports = ["8080/tcp", "icmp"]
 
 fn container(name: &str, host: u8) -> Container {
     Container {
+        published: Vec::new(),
         id: format!("id-{name}"),
         name: name.into(),
         image: String::new(),
