@@ -67,6 +67,9 @@ impl Created {
             image: self.image.clone(),
             labels: self.labels.clone(),
             endpoints,
+            // Docker sets its port mappings up during the start; the refresh at `start`
+            // brings them in.
+            published: Vec::new(),
         }
     }
 }
