@@ -4,12 +4,14 @@
 //! It never removes rules on its way out: SIGTERM leaves the kernel as it is (fail closed),
 //! and a broken Docker stream keeps the rules while it reconnects.
 
+use super::early::{Action, Early};
 use super::engine::{Delta, Engine};
 use super::notify::notify;
 use super::source::{Change, Source, Stamped};
 use crate::bridge::{BridgeControl, NetlinkBridges};
 use crate::conntrack::{Conntrack, Ctnetlink, revoked};
 use crate::docker::ContainerState;
+use crate::docker::early::EarlyChange;
 use crate::inventory::Inventory;
 use crate::nft::{Backend, Changes, NftError};
 use crate::plan::Plan;
@@ -98,6 +100,11 @@ pub trait Enforcer {
     fn structure_in_sync(&mut self, desired: &Ruleset) -> Result<bool, EnforceError>;
     /// Cuts open connections from and to addresses that left.
     fn cut(&mut self, addrs: &BTreeSet<IpAddr>);
+    /// Like `cut`, but done when it returns: before an address is admitted for a new holder,
+    /// no connection of a previous holder may be left for the new one to ride on.
+    fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
+        self.cut(addrs);
+    }
     /// Cuts open connections the plan no longer allows (all, or those touching `only`).
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>);
 }
@@ -204,6 +211,11 @@ impl Enforcer for Kernel {
         }
     }
 
+    fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
+        self.conntrack.delete_addresses(&addrs);
+    }
+
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>) {
         let entries = self.conntrack.list();
         for e in revoked(plan, &entries, only) {
@@ -245,6 +257,13 @@ pub struct Controller<S: Source, E: Enforcer> {
     resyncs: u32,
     /// Something failed since the last full sync; the next resync does a full one.
     dirty: bool,
+    /// Containers admitted before Docker reported them running.
+    pub early: Early,
+    /// The source's early changes (see [`admitting`]).
+    early_rx: Option<mpsc::Receiver<EarlyChange>>,
+    /// Addresses that left recently, and when: their connections are being cut off the
+    /// loop, and an early admission of one of them waits for that cut (see [`EarlyPath`]).
+    released: BTreeMap<IpAddr, Instant>,
 }
 
 /// A batch of changes with the time the first of them was received.
@@ -254,6 +273,8 @@ pub struct Batch {
     /// Last change per container wins (a stop after a start means stopped).
     pub containers: BTreeMap<String, bool>,
     pub networks: bool,
+    /// When the last stop/die/destroy of each container was received.
+    pub gone_at: BTreeMap<String, Instant>,
 }
 
 impl Batch {
@@ -264,6 +285,7 @@ impl Batch {
                 self.containers.insert(id, true);
             }
             Change::Gone(id) => {
+                self.gone_at.insert(id.clone(), at);
                 self.containers.insert(id, false);
             }
             Change::Networks => self.networks = true,
@@ -375,6 +397,9 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             separation: Default::default(),
             resyncs: 0,
             dirty: false,
+            early: Early::default(),
+            early_rx: None,
+            released: BTreeMap::new(),
         }
     }
 
@@ -418,7 +443,22 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     /// Reads everything, replans, reconciles the kernel, cuts what is no longer allowed.
     pub async fn full_sync(&mut self) -> Result<(), ()> {
         let t0 = Instant::now();
-        let inv = match self.source.inventory().await {
+        let mut held = Delta::default();
+        let mut failed = false;
+        let read = admitting(
+            self.source.inventory(),
+            EarlyPath {
+                rx: &mut self.early_rx,
+                engine: &mut self.engine,
+                early: &mut self.early,
+                enforcer: &mut self.enforcer,
+                held: &mut held,
+                failed: &mut failed,
+                released: &self.released,
+            },
+        )
+        .await;
+        let mut inv = match read {
             Ok(i) => i,
             Err(e) => {
                 self.error(
@@ -428,6 +468,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 return Err(());
             }
         };
+        // The source lists running containers; the starting ones admitted early stay.
+        self.early.complete(&mut inv, Instant::now());
         // Who held each admitted address before: a full sync can drop containers too
         // (reload, resync after missed events, reconnect, inventory file), and their open
         // connections must be cut like on a per-event removal.
@@ -463,6 +505,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         addresses = left.len(),
                         "cutting connections of addresses that left or changed hands"
                     );
+                    self.release(&left);
                     self.enforcer.cut(&left);
                 }
                 self.enforcer.rejudge(&plan, None);
@@ -495,12 +538,16 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         self.state.events += batch.containers.len() as u64 + batch.networks as u64;
         self.state.last_event_unix_ms = Some(now_ms());
+        for (id, at) in &batch.gone_at {
+            self.early.gone(id, *at);
+        }
         if batch.networks {
             let _ = self.full_sync().await;
             return;
         }
         let mut delta = Delta::default();
         let mut full = false;
+        let mut early_failed = false;
         let mut queue: Vec<(String, bool)> = batch
             .containers
             .iter()
@@ -524,13 +571,27 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 self.engine.remove(id)
             } else {
                 let asked = Instant::now();
-                match self.source.container(id).await {
+                let read = admitting(
+                    self.source.container(id),
+                    EarlyPath {
+                        rx: &mut self.early_rx,
+                        engine: &mut self.engine,
+                        early: &mut self.early,
+                        enforcer: &mut self.enforcer,
+                        held: &mut delta,
+                        failed: &mut early_failed,
+                        released: &self.released,
+                    },
+                )
+                .await;
+                match read {
                     Ok(ContainerState::Running(c)) if !self.engine.knows_networks_of(&c) => {
                         // On a network created since the last full sync: structure changes.
                         full = true;
                         continue;
                     }
                     Ok(ContainerState::Running(c)) => {
+                        let c = self.early.running(c, Instant::now());
                         tracing::debug!(
                             container = %c.name,
                             endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
@@ -541,8 +602,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     }
                     Ok(ContainerState::Unisolable(u)) => {
                         tracing::warn!(container = %u.name, "cannot be isolated: {}", u.reason);
+                        self.early.forget(id);
                         self.engine.set_unisolable(u)
                     }
+                    // Only created so far (its start is under way): what was admitted early
+                    // stays until Docker reports it running or gone.
+                    Ok(ContainerState::Gone) if self.early.keeps(id, Instant::now()) => continue,
                     Ok(ContainerState::Gone) => self.engine.remove(id),
                     Err(e) => {
                         self.error("source", format!("cannot read container {id}: {e}"));
@@ -554,7 +619,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         let n = self.separation.changed(&self.engine, seen.iter());
         self.observer.separation_violations(n);
-        if full {
+        if full || early_failed {
             let _ = self.full_sync().await;
             return;
         }
@@ -572,6 +637,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             self.observer.enforced(t.elapsed());
         }
         if !delta.gone.is_empty() {
+            self.release(&delta.gone);
             self.enforcer.cut(&delta.gone);
         }
         if !delta.regrouped.is_empty() {
@@ -582,6 +648,57 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         self.observer.containers(self.engine.managed_count());
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
+    }
+
+    fn release(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let now = Instant::now();
+        self.released
+            .retain(|_, t| now.duration_since(*t) < RELEASE_CUT_WINDOW);
+        for a in addrs {
+            self.released.insert(*a, now);
+        }
+    }
+
+    /// Early changes that came while the loop was idle: admitted at once.
+    fn admit_now(&mut self, e: EarlyChange) {
+        let mut held = Delta::default();
+        let mut failed = false;
+        EarlyPath {
+            rx: &mut None,
+            engine: &mut self.engine,
+            early: &mut self.early,
+            enforcer: &mut self.enforcer,
+            held: &mut held,
+            failed: &mut failed,
+            released: &self.released,
+        }
+        .admit(e);
+        if failed {
+            self.dirty = true;
+        }
+        if !held.gone.is_empty() {
+            self.release(&held.gone);
+            self.enforcer.cut(&held.gone);
+        }
+        if !held.regrouped.is_empty() {
+            let plan = self.engine.plan();
+            self.enforcer.rejudge(&plan, Some(&held.regrouped));
+        }
+    }
+
+    /// Containers admitted early that Docker never reported running: refreshed, so that
+    /// Docker's answer (running, or not) decides.
+    pub async fn expire_early(&mut self) {
+        let ids = self.early.expired(Instant::now());
+        if ids.is_empty() {
+            return;
+        }
+        let mut batch = Batch::default();
+        for id in ids {
+            tracing::info!(container = %id, "admitted early, not started in time: asking Docker again");
+            batch.add(Change::Container(id), Instant::now());
+        }
+        self.process(batch).await;
     }
 
     /// SIGHUP: a valid policy replaces the running one atomically; an invalid one is
@@ -630,7 +747,11 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 return;
             }
         }
-        match self.source.inventory().await {
+        let read = self.source.inventory().await.map(|mut inv| {
+            self.early.complete(&mut inv, Instant::now());
+            inv
+        });
+        match read {
             Ok(inv) if inv != self.engine.inventory() => {
                 tracing::info!("inventory changed without an event; reconciling");
                 let _ = self.full_sync().await;
@@ -644,6 +765,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     pub async fn connect(&mut self) -> Option<mpsc::Receiver<Stamped>> {
         match self.source.subscribe().await {
             Ok(rx) => {
+                self.early_rx = self.source.early_changes();
                 self.state.connected = Some(true);
                 let _ = self.full_sync().await;
                 Some(rx)
@@ -734,7 +856,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     Some(Signal::Stop(why)) => { tracing::info!("{why}: exiting, rules stay in place"); break; }
                     None => break,
                 },
-                _ = tick.tick() => {}
+                _ = tick.tick() => self.expire_early().await,
+                Some(e) = next_early(&mut self.early_rx) => self.admit_now(e),
                 _ = resync.tick() => self.resync().await,
                 _ = tokio::time::sleep_until(reconnect_at), if !connected => {
                     tracing::info!("reconnecting to {}", self.source.describe());
@@ -765,5 +888,136 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         notify("STOPPING=1");
         self.write_state();
+    }
+}
+
+/// How long after an address left its cut (off the loop) is not taken as done.
+const RELEASE_CUT_WINDOW: Duration = Duration::from_secs(5);
+
+/// The next early change, or never when the source has none.
+async fn next_early(rx: &mut Option<mpsc::Receiver<EarlyChange>>) -> Option<EarlyChange> {
+    match rx.as_mut() {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What admitting an early change touches: every part of the controller but the source, so
+/// that it can run while a request to the source is under way.
+struct EarlyPath<'a, E: Enforcer> {
+    rx: &'a mut Option<mpsc::Receiver<EarlyChange>>,
+    engine: &'a mut Engine,
+    early: &'a mut Early,
+    enforcer: &'a mut E,
+    /// The batch's changes not applied yet: applied together with the early one, in order,
+    /// so that the kernel never sees them out of order.
+    held: &'a mut Delta,
+    /// An apply failed: the caller reconciles fully.
+    failed: &'a mut bool,
+    released: &'a BTreeMap<IpAddr, Instant>,
+}
+
+impl<E: Enforcer> EarlyPath<'_, E> {
+    fn admit(&mut self, e: EarlyChange) {
+        let id = match &e {
+            EarlyChange::Endpoint { created, .. } | EarlyChange::Sharer { created, .. } => {
+                created.id.clone()
+            }
+            EarlyChange::Disconnected { container, .. } => container.clone(),
+        };
+        // A new endpoint's addresses were just handed out by Docker: whatever else claims
+        // them on that bridge is a previous holder whose removal has not been processed yet.
+        let fresh: Option<(String, Option<String>, BTreeSet<IpAddr>)> = match &e {
+            EarlyChange::Endpoint { endpoint, .. } => Some((
+                endpoint.bridge.clone(),
+                endpoint.veth.clone(),
+                endpoint.addresses().collect(),
+            )),
+            _ => None,
+        };
+        let engine = &*self.engine;
+        let action = self.early.admit(
+            e,
+            engine.container(&id),
+            |o| engine.container(o),
+            Instant::now(),
+        );
+        let mut cut_after: Option<BTreeSet<IpAddr>> = None;
+        let d = match action {
+            // A network created since the last full sync: the start refresh resyncs.
+            Action::Upsert(c) if !self.engine.knows_networks_of(&c) => {
+                self.early.forget(&id);
+                return;
+            }
+            Action::Upsert(c) => {
+                if let Some((bridge, veth, addrs)) = &fresh {
+                    for stale in self
+                        .engine
+                        .other_claimants(&id, bridge, veth.as_deref(), addrs)
+                    {
+                        tracing::info!(container = %stale, "its address was handed to a new endpoint: removed");
+                        let d = self.engine.remove(&stale);
+                        merge(self.held, d);
+                    }
+                    let recent = |a: &IpAddr| {
+                        self.released
+                            .get(a)
+                            .is_some_and(|t| t.elapsed() < RELEASE_CUT_WINDOW)
+                    };
+                    if !self.held.gone.is_empty() || addrs.iter().any(recent) {
+                        cut_after = Some(addrs.clone());
+                    }
+                }
+                tracing::debug!(
+                    container = %c.name,
+                    endpoints = ?c.endpoints.iter().map(|e| (&e.network, &e.veth, e.ipv4)).collect::<Vec<_>>(),
+                    "admitted before its start"
+                );
+                self.engine.upsert(c)
+            }
+            Action::Remove(id) => self.engine.remove(&id),
+            Action::Nothing => return,
+        };
+        merge(self.held, d);
+        let now = Delta {
+            add: std::mem::take(&mut self.held.add),
+            delete: std::mem::take(&mut self.held.delete),
+            ..Delta::default()
+        };
+        if !now.is_empty() {
+            match self.enforcer.apply(&now) {
+                Ok(()) => tracing::debug!(elements = now.len(), "applied early"),
+                Err(e) => {
+                    tracing::warn!("early element update failed ({e}); reconciling fully");
+                    *self.failed = true;
+                }
+            }
+        }
+        // No connection of a previous holder of the address may be left for the new one to
+        // ride on (conntrack would pass its packets as established, admitted or not). When
+        // the holder was removed just now, or a moment ago (its cut off the loop may still be
+        // under way), the cut is done here, right after the admission and still before the
+        // new container's process runs; an address that left longer ago was cut then.
+        if let Some(addrs) = cut_after {
+            self.enforcer.cut_now(&addrs);
+        }
+    }
+}
+
+/// Awaits `fut` (a request to the source) while admitting the early changes that come
+/// meanwhile: a starting container must not wait for another container's refresh, which
+/// can take hundreds of milliseconds when Docker is busy.
+async fn admitting<T, E: Enforcer>(
+    fut: impl std::future::Future<Output = T>,
+    mut p: EarlyPath<'_, E>,
+) -> T {
+    tokio::pin!(fut);
+    loop {
+        let rx = &mut *p.rx;
+        tokio::select! {
+            biased;
+            Some(e) = next_early(rx) => p.admit(e),
+            r = &mut fut => return r,
+        }
     }
 }

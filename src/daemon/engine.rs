@@ -192,6 +192,41 @@ impl Engine {
         out.into_iter().collect()
     }
 
+    /// The container as the engine holds it now.
+    pub fn container(&self, id: &str) -> Option<&Container> {
+        self.containers.get(id)
+    }
+
+    /// Other containers claiming one of `addrs` on `bridge` through another veth than `veth`
+    /// (a container sharing `id`'s veth is no rival).
+    pub fn other_claimants(
+        &self,
+        id: &str,
+        bridge: &str,
+        veth: Option<&str>,
+        addrs: &BTreeSet<IpAddr>,
+    ) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for a in addrs {
+            for o in self
+                .claimants
+                .get(&(bridge.to_string(), *a))
+                .into_iter()
+                .flatten()
+            {
+                let same_veth = self.containers.get(o).is_some_and(|c| {
+                    c.endpoints
+                        .iter()
+                        .any(|e| e.bridge == bridge && e.veth.as_deref() == veth && veth.is_some())
+                });
+                if o != id && !same_veth {
+                    out.insert(o.clone());
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
     /// Does this container sit on a network the engine does not know? (A network created
     /// after the last full reconcile.)
     pub fn knows_networks_of(&self, c: &Container) -> bool {

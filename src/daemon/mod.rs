@@ -5,6 +5,7 @@
 //! concerns (see [`engine`]); network changes, reloads and reconnects reconcile fully.
 
 pub mod controller;
+pub mod early;
 pub mod engine;
 pub mod notify;
 mod observe;

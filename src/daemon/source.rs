@@ -1,7 +1,10 @@
 //! Where the daemon learns about containers: Docker (events + targeted refreshes) or an
 //! inventory file (re-read on SIGHUP and resync; no events).
 
-use crate::docker::{ContainerState, DockerError, DockerSource};
+use crate::docker::early::EarlyChange;
+use crate::docker::{
+    ContainerState, DockerError, DockerSource, EarlyWatch, Emit, NetlinkPortFinder,
+};
 pub use crate::inventory::Change;
 use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
 use futures::StreamExt;
@@ -31,6 +34,11 @@ pub trait Source {
     /// moment before the call are included, so that nothing between subscribing and listing
     /// is missed.
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError>;
+    /// What the source learns about starting containers ahead of their start, on a channel of
+    /// its own so that it never queues behind other changes; taken once per subscription.
+    fn early_changes(&mut self) -> Option<mpsc::Receiver<EarlyChange>> {
+        None
+    }
     /// Whether the source is reachable again (for reconnecting).
     async fn ping(&mut self) -> Result<(), SourceError>;
     fn describe(&self) -> String;
@@ -41,6 +49,7 @@ pub trait Source {
 pub struct Docker {
     host: Option<String>,
     src: Option<DockerSource>,
+    early: Option<mpsc::Receiver<EarlyChange>>,
 }
 
 impl Docker {
@@ -51,7 +60,11 @@ impl Docker {
             Err(DockerError::SocketMissing { .. }) => None,
             Err(e) => return Err(e),
         };
-        Ok(Docker { host, src })
+        Ok(Docker {
+            host,
+            src,
+            early: None,
+        })
     }
 
     fn src(&mut self) -> Result<&DockerSource, DockerError> {
@@ -80,7 +93,20 @@ impl Source for Docker {
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
         self.src()?.ping().await?;
         let (tx, rx) = mpsc::channel(8192);
-        let mut events = Box::pin(self.src()?.events_since_now());
+        // A connection of its own: its requests run beside the controller's.
+        let watch = EarlyWatch::new(
+            std::sync::Arc::new(DockerSource::connect(self.host.as_deref())?),
+            std::sync::Arc::new(NetlinkPortFinder),
+        );
+        let (early_tx, early_rx) = mpsc::channel(8192);
+        self.early = Some(early_rx);
+        let emit: Emit = std::sync::Arc::new(move |e| {
+            // A full queue loses only the head start: the start refresh still admits.
+            if early_tx.try_send(e).is_err() {
+                tracing::warn!("early change queue full; an early admission is dropped");
+            }
+        });
+        let mut events = Box::pin(self.src()?.events_with_early(watch, emit));
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
@@ -111,6 +137,10 @@ impl Source for Docker {
             tracing::warn!("Docker event stream ended");
         });
         Ok(rx)
+    }
+
+    fn early_changes(&mut self) -> Option<mpsc::Receiver<EarlyChange>> {
+        self.early.take()
     }
 
     async fn ping(&mut self) -> Result<(), SourceError> {

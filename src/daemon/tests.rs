@@ -30,6 +30,8 @@ struct World {
     stream: Option<mpsc::Sender<Stamped>>,
     inventories: usize,
     lookups: usize,
+    /// The open early-change stream's sender.
+    early: Option<mpsc::Sender<crate::docker::early::EarlyChange>>,
 }
 
 struct FakeSource {
@@ -85,6 +87,12 @@ impl Source for FakeSource {
         Ok(rx)
     }
 
+    fn early_changes(&mut self) -> Option<mpsc::Receiver<crate::docker::early::EarlyChange>> {
+        let (tx, rx) = mpsc::channel(100);
+        self.world.borrow_mut().early = Some(tx);
+        Some(rx)
+    }
+
     async fn ping(&mut self) -> Result<(), SourceError> {
         if self.world.borrow().down {
             Err(down())
@@ -106,6 +114,8 @@ struct Calls {
     fail_next_apply: bool,
     cut: BTreeSet<IpAddr>,
     rejudged: usize,
+    /// Cuts and applies, in order.
+    log: Vec<String>,
 }
 
 struct FakeKernel(Rc<RefCell<Calls>>);
@@ -131,6 +141,7 @@ impl Enforcer for FakeKernel {
             ));
         }
         c.applies += 1;
+        c.log.push("apply".into());
         let k = c.kernel.get_or_insert_with(Kernel::new);
         for (f, sets) in &delta.delete {
             for (s, es) in sets {
@@ -155,7 +166,14 @@ impl Enforcer for FakeKernel {
         Ok(self.0.borrow().kernel.is_some())
     }
     fn cut(&mut self, addrs: &BTreeSet<IpAddr>) {
-        self.0.borrow_mut().cut.extend(addrs.iter().copied());
+        let mut c = self.0.borrow_mut();
+        c.cut.extend(addrs.iter().copied());
+        c.log.push(format!("cut {addrs:?}"));
+    }
+    fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
+        let mut c = self.0.borrow_mut();
+        c.cut.extend(addrs.iter().copied());
+        c.log.push(format!("cut_now {addrs:?}"));
     }
     fn rejudge(&mut self, _plan: &Plan, _only: Option<&BTreeSet<IpAddr>>) {
         self.0.borrow_mut().rejudged += 1;
@@ -566,6 +584,115 @@ async fn a_container_sharing_a_netns_follows_its_owner() {
             .cut
             .contains(&"10.1.0.99".parse::<IpAddr>().expect("ip"))
     );
+}
+
+/// An early change for container `n` (as the Docker source would send it at the connect).
+fn early_endpoint(n: u32, event_at: Instant) -> crate::docker::early::EarlyChange {
+    let c = container(n);
+    crate::docker::early::EarlyChange::Endpoint {
+        created: crate::docker::early::Created {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            image: c.image.clone(),
+            labels: c.labels.clone(),
+            network_mode: "front".into(),
+        },
+        endpoint: c.endpoints[0].clone(),
+        event_at,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_starting_container_is_admitted_early_kept_while_created_and_removed_at_its_die() {
+    let mut r = rig(2);
+    let _rx = r.ctl.connect().await;
+    let early = r.world.borrow().early.clone().expect("early stream");
+    // The connect: its early change, and the refresh it causes, which finds the container
+    // only created (not listed as running).
+    let connect_at = Instant::now();
+    early.send(early_endpoint(4, connect_at)).await.unwrap();
+    let mut b = Batch::default();
+    b.add(Change::Container("id4".into()), connect_at);
+    r.ctl.process(b).await;
+    assert!(r.ctl.early.is_pending("id4"));
+    // The kernel holds it as if it ran: what its start will confirm.
+    r.world.borrow_mut().containers.push(container(4));
+    r.assert_converged();
+    let mut b = Batch::default();
+    b.add(Change::Container("id4".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert!(
+        !r.ctl.early.is_pending("id4"),
+        "the start refresh confirms it"
+    );
+    r.assert_converged();
+
+    // It dies; an early change from before the die, however late, admits nothing.
+    let before_die = Instant::now();
+    r.world.borrow_mut().containers.retain(|c| c.id != "id4");
+    let mut b = Batch::default();
+    b.add(Change::Gone("id4".into()), Instant::now());
+    r.ctl.process(b).await;
+    r.assert_converged();
+    early.send(early_endpoint(4, before_die)).await.unwrap();
+    let mut b = Batch::default();
+    b.add(Change::Container("id4".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert!(!r.ctl.early.is_pending("id4"));
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_sync_keeps_a_starting_container_admitted_early() {
+    let mut r = rig(2);
+    let _rx = r.ctl.connect().await;
+    let early = r.world.borrow().early.clone().expect("early stream");
+    early.send(early_endpoint(6, Instant::now())).await.unwrap();
+    let mut b = Batch::default();
+    b.add(Change::Container("id6".into()), Instant::now());
+    r.ctl.process(b).await;
+    // A network change resyncs fully while it starts: the source does not list it yet.
+    let mut b = Batch::default();
+    b.add(Change::Networks, Instant::now());
+    r.ctl.process(b).await;
+    r.world.borrow_mut().containers.push(container(6));
+    r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_address_handed_to_a_new_endpoint_leaves_its_previous_holder_and_its_connections() {
+    let mut r = rig(2);
+    let _rx = r.ctl.connect().await;
+    let early = r.world.borrow().early.clone().expect("early stream");
+    // id1 died and Docker gave its address to a new container; the die is not processed yet
+    // when the new container's connect is (the early stream does not queue behind it).
+    let old = container(1).endpoints[0].ipv4.expect("address");
+    let mut change = early_endpoint(7, Instant::now());
+    if let crate::docker::early::EarlyChange::Endpoint { endpoint, .. } = &mut change {
+        endpoint.ipv4 = Some(old);
+    }
+    early.send(change).await.unwrap();
+    r.calls.borrow_mut().log.clear();
+    let mut b = Batch::default();
+    b.add(Change::Container("id7".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert!(
+        r.ctl.engine.container("id1").is_none(),
+        "the previous holder goes"
+    );
+    assert!(r.ctl.engine.container("id7").is_some());
+    let log = r.calls.borrow().log.clone();
+    // Right after the admission, on the loop (not queued behind the batch's end).
+    assert_eq!(
+        log.get(..2),
+        Some(&["apply".to_string(), format!("cut_now {{{old}}}")][..]),
+        "its connections are cut as the new holder is admitted: {log:?}"
+    );
+    // The kernel holds the new holder only, as a plan of that world would.
+    let mut c7 = container(7);
+    c7.endpoints[0].ipv4 = Some(old);
+    r.world.borrow_mut().containers = vec![container(0), c7];
+    r.assert_converged();
 }
 
 /// The gauge a metrics observer would export.

@@ -1,6 +1,6 @@
 //! Docker's event stream as netguard's changes: bollard's `EventMessage` stops here.
 
-use super::{DockerError, DockerSource, classify};
+use super::{DockerError, DockerSource, EarlyWatch, Emit, classify};
 use crate::inventory::Change;
 use bollard::models::{EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::EventsOptions;
@@ -65,6 +65,23 @@ impl DockerSource {
     pub fn events_since_now(
         &self,
     ) -> impl futures::Stream<Item = Result<Event, DockerError>> + Send + 'static {
+        self.events_watched(None)
+    }
+
+    /// `events_since_now`, with every raw event shown first to early admission's watcher
+    /// (see [`super::early`]), which emits what it learns on its own channel.
+    pub fn events_with_early(
+        &self,
+        watch: std::sync::Arc<EarlyWatch>,
+        emit: Emit,
+    ) -> impl futures::Stream<Item = Result<Event, DockerError>> + Send + 'static {
+        self.events_watched(Some((watch, emit)))
+    }
+
+    fn events_watched(
+        &self,
+        early: Option<(std::sync::Arc<EarlyWatch>, Emit)>,
+    ) -> impl futures::Stream<Item = Result<Event, DockerError>> + Send + 'static {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs().saturating_sub(1))
@@ -81,7 +98,12 @@ impl DockerSource {
         self.count();
         self.docker().events(Some(opts)).filter_map(move |r| {
             let mapped = match r {
-                Ok(ev) => event_of(&ev).map(Ok),
+                Ok(ev) => {
+                    if let Some((watch, emit)) = &early {
+                        watch.on_event(&ev, std::time::Instant::now(), emit);
+                    }
+                    event_of(&ev).map(Ok)
+                }
                 Err(e) => Some(Err(classify(&host, "events", e))),
             };
             std::future::ready(mapped)

@@ -10,6 +10,8 @@
 //! one call more per inventory, its own network list (see [`podman`]); its container list
 //! lacks the network mode, so every container is inspected there.
 
+pub mod early;
+mod early_source;
 pub mod events;
 pub mod map;
 mod netns;
@@ -17,9 +19,12 @@ pub mod podman;
 pub mod security;
 pub mod veth;
 
+pub use early_source::{EarlyWatch, Emit, PORT_WAIT};
 pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};
 pub use veth::{
-    NetlinkVethResolver, ResolvedVeth, StaticVethResolver, VethError, VethQuery, VethResolver,
+    BridgePort, NetlinkPortFinder, NetlinkVethResolver, PortFinder, ResolvedVeth, StaticPortFinder,
+    StaticVethResolver, VethError, VethQuery, VethResolver, bridge_ports, port_with_mac,
+    wait_for_port,
 };
 
 use crate::inventory::{Container, Engine, Inventory, Unisolable};

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
+use std::time::Duration;
 
 /// What the mapping asks the resolver for one endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,5 +377,375 @@ impl VethResolver for NetlinkVethResolver {
                 })
             })
             .collect()
+    }
+}
+
+/// One port of a bridge, as the host sees it, and the container side of its veth pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgePort {
+    pub veth: String,
+    pub index: u32,
+    /// `IFLA_LINK_NETNSID` of the port: the namespace its peer is in, as this namespace numbers
+    /// it. `None` while the peer is still in this namespace: Docker creates the pair here and
+    /// moves the container side into the sandbox only as the container starts, and gives it
+    /// the endpoint's MAC then.
+    pub peer_netnsid: Option<i32>,
+    /// The peer's MAC, read in the peer's namespace (lower case, `aa:bb:..`).
+    pub peer_mac: Option<String>,
+}
+
+/// The port of one bridge whose peer, already moved out of the host's namespace, carries
+/// `mac`. A peer still in the host's namespace is never taken, whatever its MAC: before the
+/// move it has a random one, and the endpoint may be anyone's. Two ports carrying the same MAC
+/// is an error: binding an address to either could be the wrong one.
+pub fn port_with_mac<'a>(
+    ports: &'a [BridgePort],
+    mac: &str,
+) -> Result<Option<&'a BridgePort>, VethError> {
+    let mac = mac.to_ascii_lowercase();
+    let mut found = ports
+        .iter()
+        .filter(|p| p.peer_netnsid.is_some() && p.peer_mac.as_deref() == Some(mac.as_str()));
+    match (found.next(), found.next()) {
+        (None, _) => Ok(None),
+        (Some(p), None) => Ok(Some(p)),
+        (Some(a), Some(b)) => Err(VethError::Failed(format!(
+            "ports {} and {} both lead to MAC {mac}",
+            a.veth, b.veth
+        ))),
+    }
+}
+
+/// Finds the host veth of an endpoint from the host alone, without the container's PID (which
+/// Docker only gives once the start is over): by the bridge and the endpoint's MAC.
+pub trait PortFinder: Send + Sync {
+    /// Waits up to `timeout` for the port of `bridge` whose peer carries `mac`.
+    fn find(&self, bridge: &str, mac: &str, timeout: Duration) -> Result<ResolvedVeth, VethError>;
+}
+
+/// The real finder: rtnetlink in the host's namespace (the calling thread's).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NetlinkPortFinder;
+
+impl PortFinder for NetlinkPortFinder {
+    fn find(&self, bridge: &str, mac: &str, timeout: Duration) -> Result<ResolvedVeth, VethError> {
+        wait_for_port(bridge, mac, timeout)
+    }
+}
+
+/// A finder answering from a fixed table keyed by (bridge, MAC); for tests.
+#[derive(Debug, Default, Clone)]
+pub struct StaticPortFinder {
+    pub answers: HashMap<(String, String), String>,
+}
+
+impl StaticPortFinder {
+    pub fn with(mut self, bridge: &str, mac: &str, veth: &str) -> Self {
+        self.answers
+            .insert((bridge.to_string(), mac.to_string()), veth.to_string());
+        self
+    }
+}
+
+impl PortFinder for StaticPortFinder {
+    fn find(&self, bridge: &str, mac: &str, _: Duration) -> Result<ResolvedVeth, VethError> {
+        match self.answers.get(&(bridge.to_string(), mac.to_string())) {
+            Some(v) => Ok(ResolvedVeth {
+                veth: v.clone(),
+                bridge: Some(bridge.to_string()),
+            }),
+            None => Err(VethError::NoInterface {
+                mac: mac.to_string(),
+            }),
+        }
+    }
+}
+
+/// The ports of `bridge` and their peers: one filtered dump (only that bridge's ports, so the
+/// cost follows the bridge, not the host) and one request per port whose peer sits in another
+/// namespace (`IFLA_TARGET_NETNSID`, Linux 4.20).
+async fn read_ports(handle: &rtnetlink::Handle, bridge: &str) -> Result<Vec<BridgePort>, String> {
+    use futures::TryStreamExt;
+    use netlink_packet_route::link::LinkAttribute;
+    let br = collect_links(
+        handle.link().get().match_name(bridge.to_string()).execute(),
+        "netlink bridge get",
+    )
+    .await?;
+    let br = br
+        .first()
+        .ok_or_else(|| format!("bridge {bridge} does not exist"))?
+        .index;
+    let mut dump = handle.link().get();
+    dump.message_mut()
+        .attributes
+        .push(LinkAttribute::Controller(br));
+    let mut stream = dump.execute();
+    let mut ports: Vec<(BridgePort, Option<u32>)> = Vec::new();
+    loop {
+        match stream.try_next().await {
+            Ok(Some(msg)) => {
+                let mut port = BridgePort {
+                    veth: String::new(),
+                    index: msg.header.index,
+                    peer_netnsid: None,
+                    peer_mac: None,
+                };
+                let (mut peer, mut master) = (None, None);
+                for attr in msg.attributes {
+                    match attr {
+                        LinkAttribute::IfName(n) => port.veth = n,
+                        LinkAttribute::Link(l) => peer = Some(l),
+                        LinkAttribute::LinkNetNsId(n) => port.peer_netnsid = Some(n),
+                        LinkAttribute::Controller(m) => master = Some(m),
+                        _ => {}
+                    }
+                }
+                // An old kernel ignores the filter and dumps every link.
+                if master == Some(br) {
+                    ports.push((port, peer));
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return Err(format!("netlink port dump of {bridge}: {e}")),
+        }
+    }
+    let mut out = Vec::with_capacity(ports.len());
+    for (mut port, peer) in ports {
+        if let (Some(nsid), Some(peer)) = (port.peer_netnsid, peer) {
+            let mut req = handle.link().get().match_index(peer);
+            req.message_mut()
+                .attributes
+                .push(LinkAttribute::IfNetnsId(nsid));
+            match collect_links(req.execute(), "netlink peer get").await {
+                Ok(l) => port.peer_mac = l.into_iter().next().and_then(|l| l.mac),
+                // The container went away meanwhile: a port without a peer matches nothing.
+                Err(e) if e.contains("No such device") || e.contains("Invalid argument") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.push(port);
+    }
+    Ok(out)
+}
+
+/// The ports of `bridge` in the calling thread's namespace (see [`read_ports`]).
+pub fn bridge_ports(bridge: &str) -> Result<Vec<BridgePort>, VethError> {
+    on_own_thread(|rt| {
+        rt.block_on(async {
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+            let conn = tokio::spawn(conn);
+            let r = read_ports(&handle, bridge).await;
+            drop(handle);
+            conn.abort();
+            r
+        })
+    })
+    .map_err(VethError::Failed)
+}
+
+/// Runs `f` with a current-thread runtime on a thread of our own, in the caller's namespace
+/// (a new thread starts in its creator's).
+fn on_own_thread<T: Send>(
+    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, String> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|s| {
+        s.spawn(|| f(&current_thread_runtime()?))
+            .join()
+            .unwrap_or_else(|_| Err("netlink thread panicked".to_string()))
+    })
+}
+
+/// How often the ports are read again when no notification showed the MAC: a safety net.
+const RECHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Link notifications of this namespace and of every namespace it has an id for (the
+/// sandboxes, once a veth peer has moved there): the container side getting its MAC is such a
+/// notification, so the port is found the moment it can be, without polling.
+struct LinkEvents(rtnetlink::sys::Socket);
+
+impl LinkEvents {
+    fn open() -> Result<LinkEvents, String> {
+        use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+        let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| format!("netlink socket: {e}"))?;
+        s.bind(&SocketAddr::new(0, 0))
+            .map_err(|e| format!("netlink bind: {e}"))?;
+        s.add_membership(libc::RTNLGRP_LINK)
+            .map_err(|e| format!("netlink link group: {e}"))?;
+        s.set_listen_all_namespaces(true)
+            .map_err(|e| format!("NETLINK_LISTEN_ALL_NSID: {e}"))?;
+        s.set_non_blocking(true)
+            .map_err(|e| format!("netlink non-blocking: {e}"))?;
+        Ok(LinkEvents(s))
+    }
+
+    /// Waits up to `d` for notifications and drains them; true if one of them shows a link
+    /// taking `mac` (or the socket overflowed, which may have hidden one).
+    fn wait(&self, d: Duration, mac: &str) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = d.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n <= 0 {
+            return false;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut hit = false;
+        loop {
+            match self.0.recv(&mut &mut buf[..], 0) {
+                Ok(len) => hit |= carries_mac(&buf[..len.min(buf.len())], mac),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return hit,
+                // ENOBUFS: notifications were lost.
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Whether one datagram of link notifications has a link whose address is `mac`.
+fn carries_mac(mut buf: &[u8], mac: &str) -> bool {
+    use netlink_packet_route::RouteNetlinkMessage;
+    use netlink_packet_route::link::LinkAttribute;
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    while buf.len() >= 16 {
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < 16 || len > buf.len() {
+            return false;
+        }
+        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
+            && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload
+            && l.attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Address(a) if format_mac(a) == mac))
+        {
+            return true;
+        }
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+    }
+    false
+}
+
+/// Waits up to `timeout` for the port of `bridge` whose peer carries `mac` (see
+/// [`port_with_mac`]), reading the bridge's ports again on each link notification.
+pub fn wait_for_port(
+    bridge: &str,
+    mac: &str,
+    timeout: Duration,
+) -> Result<ResolvedVeth, VethError> {
+    let deadline = std::time::Instant::now() + timeout;
+    on_own_thread(|rt| {
+        // Subscribed before the first read: a change between the read and the wait is seen.
+        let events = LinkEvents::open()?;
+        rt.block_on(async {
+            let (conn, handle, _) =
+                rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+            let conn = tokio::spawn(conn);
+            let r = loop {
+                let ports = match read_ports(&handle, bridge).await {
+                    Ok(p) => p,
+                    Err(e) => break Err(e),
+                };
+                match port_with_mac(&ports, mac) {
+                    Ok(Some(p)) => {
+                        break Ok(Ok(ResolvedVeth {
+                            veth: p.veth.clone(),
+                            bridge: Some(bridge.to_string()),
+                        }));
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Ok(Err(e)),
+                }
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break Ok(Err(VethError::NoInterface {
+                        mac: mac.to_string(),
+                    }));
+                }
+                // The socket is read outside the runtime's reactor: a blocking wait on this
+                // thread of our own, until a link takes the MAC (or the safety net).
+                let until = std::time::Instant::now() + left.min(RECHECK_EVERY);
+                loop {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() || events.wait(left, mac) {
+                        break;
+                    }
+                }
+            };
+            drop(handle);
+            conn.abort();
+            r
+        })
+    })
+    .map_err(VethError::Failed)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(veth: &str, nsid: Option<i32>, mac: Option<&str>) -> BridgePort {
+        BridgePort {
+            veth: veth.into(),
+            index: 1,
+            peer_netnsid: nsid,
+            peer_mac: mac.map(String::from),
+        }
+    }
+
+    #[test]
+    fn only_a_peer_moved_out_of_the_host_with_the_mac_is_taken() {
+        let mac = "02:42:ac:12:00:02";
+        // Still in the host's namespace: never, even with the right MAC.
+        let ports = [
+            port("va", None, Some(mac)),
+            port("vb", Some(3), Some("02:00:00:00:00:01")),
+        ];
+        assert_eq!(port_with_mac(&ports, mac), Ok(None));
+        let ports = [port("va", None, Some(mac)), port("vb", Some(3), Some(mac))];
+        assert_eq!(
+            port_with_mac(&ports, mac).map(|p| p.map(|p| p.veth.clone())),
+            Ok(Some("vb".into()))
+        );
+        assert_eq!(
+            port_with_mac(&ports, &mac.to_uppercase()).map(|p| p.map(|p| p.veth.clone())),
+            Ok(Some("vb".into()))
+        );
+        let ports = [
+            port("va", Some(2), Some(mac)),
+            port("vb", Some(3), Some(mac)),
+        ];
+        assert!(port_with_mac(&ports, mac).is_err(), "two ports, one MAC");
+    }
+
+    #[test]
+    fn a_notification_is_recognised_by_the_mac_it_carries() {
+        use netlink_packet_route::RouteNetlinkMessage;
+        use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+        use rtnetlink::packet_core::NetlinkMessage;
+        let msg = |mac: [u8; 6]| {
+            let mut l = LinkMessage::default();
+            l.attributes.push(LinkAttribute::IfName("eth0".into()));
+            l.attributes.push(LinkAttribute::Address(mac.to_vec()));
+            let mut m = NetlinkMessage::from(RouteNetlinkMessage::NewLink(l));
+            m.finalize();
+            let mut buf = vec![0u8; m.buffer_len()];
+            m.serialize(&mut buf);
+            buf
+        };
+        let mine = [0x02, 0x42, 0xac, 0x12, 0x00, 0x02];
+        let other = [0x02, 0x42, 0xac, 0x12, 0x00, 0x03];
+        assert!(carries_mac(&msg(mine), "02:42:ac:12:00:02"));
+        assert!(!carries_mac(&msg(other), "02:42:ac:12:00:02"));
+        // Two messages in one datagram: the second one counts too.
+        let mut two = msg(other);
+        two.extend(msg(mine));
+        assert!(carries_mac(&two, "02:42:ac:12:00:02"));
+        assert!(!carries_mac(&[1, 2, 3], "02:42:ac:12:00:02"));
     }
 }

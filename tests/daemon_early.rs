@@ -1,0 +1,477 @@
+//! Early admission against a real dockerd: a container's first packet, sent as its process
+//! starts, must pass when the policy allows it, and nothing may pass when it does not.
+//!
+//! The command of each client container IS the probe (`ping -c1 -W1 DB`, or a TCP connect
+//! timed inside the container: under 100 ms, so no SYN was retransmitted), so there is no
+//! moment between the start and the probe in which a late netguard could catch up. A netguard
+//! that admits a container only once Docker reports its `start` fails these tests.
+//!
+//! Needs root, dockerd and `netguard-busybox:test` (tests/common/docker.rs; SKIP, or fail
+//! under CI=true). The daemon writes netguard's tables in the HOST namespace: one global lock
+//! (never two daemons at once) and an uninstall guard. Docker objects are named
+//! `nge-<pid>-<tag>-...` and removed on drop; the policy manages only the test's networks.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/docker.rs"]
+mod docker_env;
+
+use daemon::{Daemon, Spec, netguard_bin, poll, wait_host_quiet};
+use docker_env::{IMAGE, Scene, docker, docker_available, docker_ok};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The database answers "ok" on 8080/tcp.
+const LISTEN: [&str; 3] = ["sh", "-c", "nc -ll -p 8080 -e echo ok & exec sleep 3600"];
+
+fn netguard(args: &[&str]) -> (i32, String) {
+    let out = Command::new(netguard_bin())
+        .args(args)
+        .env("NETGUARD_LOG", "warn")
+        .output()
+        .expect("run netguard");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Removes netguard's tables from the host when dropped (the daemon leaves them).
+struct Uninstall(PathBuf);
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let (code, out) = netguard(&["-c", self.0.to_str().unwrap(), "uninstall"]);
+        if code != 0 {
+            eprintln!("netguard uninstall failed ({code}): {out}");
+        }
+    }
+}
+
+/// One test's world; field order is drop order (daemon, uninstall, Docker objects, files).
+struct Env {
+    daemon: Option<Daemon>,
+    _uninstall: Uninstall,
+    scene: Scene,
+    net: String,
+    db_ip: String,
+    _dir: tempfile::TempDir,
+}
+
+fn policy_text(prefix: &str) -> String {
+    format!(
+        r#"
+[settings]
+networks = ["{prefix}net*"]
+
+[groups.web]
+match = {{ label = {{ "nge.role" = "web" }} }}
+[groups.db]
+match = {{ label = {{ "nge.role" = "db" }} }}
+[groups.other]
+match = {{ label = {{ "nge.role" = "other" }} }}
+
+[[allow]]
+from = "web"
+to = "db"
+ports = ["8080/tcp", "icmp"]
+"#
+    )
+}
+
+impl Env {
+    /// A managed network with a listening `db` on it and the daemon running.
+    fn new(test: &str, tag: &str) -> Option<Env> {
+        if !docker_available(test) {
+            return None;
+        }
+        wait_host_quiet(Duration::from_secs(120));
+        let prefix = format!("nge-{}-{tag}-", std::process::id());
+        let mut scene = Scene::with_prefix(&prefix);
+        let net = scene.network("net", &[]);
+        let dir = tempfile::Builder::new()
+            .prefix("netguard-daemon-early-")
+            .tempdir()
+            .unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, policy_text(&prefix)).unwrap();
+        let uninstall = Uninstall(policy.clone());
+        let daemon = Daemon::start(&Spec::new(&policy, dir.path()));
+        let db = scene.run(
+            "db",
+            &["--network", &net, "--label", "nge.role=db"],
+            IMAGE,
+            &LISTEN,
+        );
+        let db_ip = docker_ok(&[
+            "inspect",
+            "-f",
+            &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+            &db,
+        ]);
+        let env = Env {
+            daemon: Some(daemon),
+            _uninstall: uninstall,
+            scene,
+            net,
+            db_ip,
+            _dir: dir,
+        };
+        // The db itself is admitted (by whichever path) before the clients start.
+        let ip = env.db_ip.clone();
+        if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            bound(&ip)
+        })
+        .is_none()
+        {
+            env.fail(&format!("db {ip} never admitted"));
+        }
+        Some(env)
+    }
+
+    #[track_caller]
+    fn fail(&self, msg: &str) -> ! {
+        match &self.daemon {
+            Some(d) => d.fail(msg),
+            None => panic!("{msg}"),
+        }
+    }
+
+    fn name(&self, short: &str) -> String {
+        self.scene.name(short)
+    }
+
+    /// `docker run --rm` of a client with `role` whose command is `cmd`; its exit code and
+    /// output. Registered for cleanup in case it outlives the test.
+    fn client(&mut self, short: &str, role: &str, cmd: &str) -> (i32, String) {
+        let name = self.name(short);
+        self.scene.adopt(&name);
+        client_run(&name, &self.net, role, cmd)
+    }
+}
+
+fn client_run(name: &str, net: &str, role: &str, cmd: &str) -> (i32, String) {
+    let label = format!("nge.role={role}");
+    let out = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--label",
+            &label,
+            IMAGE,
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .output()
+        .expect("docker run");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Whether the bridge table binds `ip` to a veth (the container is admitted).
+fn bound(ip: &str) -> bool {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "bridge", "netguard"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("\"{ip}\""))
+}
+
+/// One echo request, the container's first packet; exit 0 only if it was answered.
+fn ping_cmd(ip: &str) -> String {
+    format!("ping -c1 -W1 {ip}")
+}
+
+/// A TCP connect to IP:8080 that must get "ok"; prints the time it took in hundredths of a
+/// second (`/proc/uptime`). A first SYN dropped shows as 100 (the kernel's retransmit).
+fn tcp_cmd(ip: &str) -> String {
+    format!(
+        "a=$(cut -d' ' -f1 /proc/uptime); echo | nc -w 3 {ip} 8080 | grep -q ok || exit 3; \
+         b=$(cut -d' ' -f1 /proc/uptime); echo \"took $(( (${{b%.*}}${{b#*.}}) - (${{a%.*}}${{a#*.}}) ))\""
+    )
+}
+
+/// The connect time of `tcp_cmd`'s output, in milliseconds.
+fn took_ms(out: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix("took "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|cs| cs * 10)
+}
+
+#[test]
+fn the_first_packet_of_an_allowed_flow_passes_and_a_denied_one_gets_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("first_packet", "first") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    for i in 0..3 {
+        let (code, out) = env.client(&format!("ping{i}"), "web", &ping_cmd(&db));
+        if code != 0 {
+            env.fail(&format!(
+                "start {i}: the first echo request of an allowed client got no answer ({code}): {out}"
+            ));
+        }
+        let (code, out) = env.client(&format!("tcp{i}"), "web", &tcp_cmd(&db));
+        match (code, took_ms(&out)) {
+            (0, Some(ms)) if ms < 100 => {}
+            _ => env.fail(&format!(
+                "start {i}: the first TCP connect of an allowed client did not succeed under \
+                 100 ms (exit {code}): {out}"
+            )),
+        }
+    }
+    // Denied: nothing at the start, nor a second later once the start is long known.
+    let denied = format!(
+        "{} && exit 10; sleep 1; {} && exit 11; nc -w 1 {db} 8080 </dev/null | grep -q ok && exit 12; exit 0",
+        ping_cmd(&db),
+        ping_cmd(&db)
+    );
+    let (code, out) = env.client("denied", "other", &denied);
+    if code != 0 {
+        env.fail(&format!(
+            "a client the policy does not allow got through (exit {code}): {out}"
+        ));
+    }
+}
+
+#[test]
+fn docker_create_then_start_passes_the_first_packet() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("create_start", "cs") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    for (i, cmd) in [ping_cmd(&db), tcp_cmd(&db)].iter().enumerate() {
+        let name = env.name(&format!("c{i}"));
+        env.scene.adopt(&name);
+        docker_ok(&[
+            "create",
+            "--name",
+            &name,
+            "--network",
+            &env.net,
+            "--label",
+            "nge.role=web",
+            IMAGE,
+            "sh",
+            "-c",
+            cmd,
+        ]);
+        // Long enough for any work done at `create` to be over.
+        std::thread::sleep(Duration::from_millis(300));
+        let out = Command::new("docker")
+            .args(["start", "-a", &name])
+            .output()
+            .expect("docker start");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ok = out.status.success() && (i == 0 || took_ms(&text).is_some_and(|ms| ms < 100));
+        if !ok {
+            env.fail(&format!(
+                "created then started ({cmd}): first packet lost ({}): {text}",
+                out.status
+            ));
+        }
+    }
+}
+
+#[test]
+fn network_connect_of_a_running_container_passes_the_first_packet() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("connect_running", "cr") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    // Runs on an unmanaged network and pings the db the moment `docker network connect` has
+    // returned (a file the test creates then, polled every millisecond): the first packet
+    // from its new address, as soon as a user could expect it to pass.
+    let other = env.scene.network("other", &[]);
+    let trigger = tempfile::Builder::new()
+        .prefix("netguard-early-trigger-")
+        .tempdir()
+        .unwrap();
+    let mount = format!("{}:/trigger", trigger.path().display());
+    let cmd = format!(
+        "while [ ! -e /trigger/go ]; do usleep 1000; done; {}",
+        ping_cmd(&db)
+    );
+    let web = env.scene.run(
+        "web",
+        &["--network", &other, "--label", "nge.role=web", "-v", &mount],
+        IMAGE,
+        &["sh", "-c", &cmd],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    docker_ok(&["network", "connect", &env.net, &web]);
+    let connected = t.elapsed();
+    std::fs::write(trigger.path().join("go"), b"").unwrap();
+    let code = docker_ok(&["wait", &web]);
+    let logs = docker(&["logs", &web]).unwrap_or_default();
+    if code != "0" {
+        env.fail(&format!(
+            "connected while running ({connected:?}): the first echo request right after the \
+             connect returned got no answer (exit {code}): {logs}"
+        ));
+    }
+}
+
+#[test]
+fn a_compose_style_burst_of_ten_passes_every_first_packet() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("burst", "burst") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    let net = env.net.clone();
+    let names: Vec<String> = (0..10).map(|i| env.name(&format!("b{i}"))).collect();
+    let denied = env.name("bdenied");
+    for n in names.iter().chain([&denied]) {
+        env.scene.adopt(n);
+    }
+    let results: Vec<(String, (i32, String))> = std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let cmd = if i % 2 == 0 {
+                ping_cmd(&db)
+            } else {
+                tcp_cmd(&db)
+            };
+            let (n, net) = (n.clone(), net.clone());
+            hs.push(s.spawn(move || (n.clone(), client_run(&n, &net, "web", &cmd))));
+        }
+        let cmd = format!("{} && exit 10; exit 0", ping_cmd(&db));
+        let (n, net) = (denied.clone(), net.clone());
+        hs.push(s.spawn(move || (n.clone(), client_run(&n, &net, "other", &cmd))));
+        hs.into_iter().map(|h| h.join().expect("client")).collect()
+    });
+    let mut bad = Vec::new();
+    for (i, (n, (code, out))) in results.iter().enumerate() {
+        let ok = *code == 0 && (i % 2 == 0 || i == 10 || took_ms(out).is_some_and(|ms| ms < 100));
+        if !ok {
+            bad.push(format!("{n}: exit {code}: {}", out.trim()));
+        }
+    }
+    if !bad.is_empty() {
+        env.fail(&format!(
+            "{} of 11 starts in a burst failed:\n{}",
+            bad.len(),
+            bad.join("\n")
+        ));
+    }
+}
+
+#[test]
+fn a_network_container_sharer_passes_its_first_packet_with_its_own_groups() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("sharer", "share") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    // The owner is in no allowed group: only the sharer's own label lets the shared address
+    // reach the db.
+    let net = env.net.clone();
+    let pod = env.scene.run(
+        "pod",
+        &["--network", &net, "--label", "nge.role=other"],
+        IMAGE,
+        &["sleep", "3600"],
+    );
+    let pod_ip = docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &pod,
+    ]);
+    if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        bound(&pod_ip)
+    })
+    .is_none()
+    {
+        env.fail(&format!("owner {pod_ip} never admitted"));
+    }
+    let mode = format!("container:{pod}");
+    for (i, role, want) in [(0, "web", 0), (1, "other", 1)] {
+        let name = env.name(&format!("side{i}"));
+        env.scene.adopt(&name);
+        let label = format!("nge.role={role}");
+        let out = Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--name",
+                &name,
+                "--network",
+                &mode,
+                "--label",
+                &label,
+            ])
+            .args([IMAGE, "sh", "-c", &ping_cmd(&db)])
+            .output()
+            .expect("docker run");
+        let code = out.status.code().unwrap_or(-1);
+        if code != want {
+            env.fail(&format!(
+                "--network container: sharer with role {role}: first echo request exit {code}, \
+                 want {want}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+}
+
+#[test]
+fn an_address_handed_from_an_allowed_container_to_a_denied_one_lets_nothing_through() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("reuse", "reuse") else {
+        return;
+    };
+    let db = env.db_ip.clone();
+    // One after the other, Docker hands each new container the address the previous one
+    // left: the denied one must not ride on what the allowed one had (its conntrack entry
+    // for the very same echo id, or its admission, if its removal is processed late).
+    let cmd = format!(
+        "ip -4 addr show eth0 | grep -o 'inet [0-9.]*'; {}",
+        ping_cmd(&db)
+    );
+    let mut denied_passed = Vec::new();
+    for i in 0..8 {
+        let (code, out) = env.client(&format!("w{i}"), "web", &cmd);
+        if code != 0 {
+            env.fail(&format!(
+                "round {i}: the allowed client's first echo request got no answer: {out}"
+            ));
+        }
+        let (code, out) = env.client(&format!("o{i}"), "other", &cmd);
+        if code == 0 {
+            denied_passed.push(format!("round {i}: {}", out.replace('\n', " ")));
+        }
+    }
+    if !denied_passed.is_empty() {
+        env.fail(&format!(
+            "a denied client on a reused address got through:\n{}",
+            denied_passed.join("\n")
+        ));
+    }
+}

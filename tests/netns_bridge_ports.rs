@@ -1,0 +1,230 @@
+//! Finding a container's host veth from the host alone, by bridge and MAC (no PID): the
+//! kernel's answer in real network namespaces. A "host" namespace holds a bridge and veth
+//! ports; "sandbox" namespaces receive the peers, as Docker moves them at container start.
+//! Needs root (skips loudly without, fails under CI=true).
+
+use netguard::docker::{VethError, bridge_ports, wait_for_port};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn skip(why: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("netns_bridge_ports: prerequisite missing under CI=true: {why}");
+    }
+    eprintln!("SKIP netns_bridge_ports: {why}");
+    false
+}
+
+fn ready() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("needs root");
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return skip("needs `ip`");
+    }
+    true
+}
+
+/// Namespaces of one test, deleted on drop (with everything in them).
+struct World {
+    host: String,
+    sandboxes: Vec<String>,
+}
+
+impl World {
+    fn new(tag: &str, sandboxes: usize) -> World {
+        let p = format!("ngt-early-{}-{tag}", std::process::id());
+        let w = World {
+            host: format!("{p}-h"),
+            sandboxes: (0..sandboxes).map(|i| format!("{p}-s{i}")).collect(),
+        };
+        for ns in std::iter::once(&w.host).chain(&w.sandboxes) {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+            sh(&["ip", "netns", "add", ns]);
+        }
+        w.ip(&["link", "add", "brx", "type", "bridge"]);
+        w.ip(&["link", "set", "brx", "up"]);
+        w
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let mut a = vec!["ip", "-n", self.host.as_str()];
+        a.extend_from_slice(args);
+        sh(&a);
+    }
+
+    /// A port `host_if` on the bridge whose peer `peer_if` stays in the host namespace (as
+    /// Docker leaves it until the start) with a MAC of our choosing.
+    fn port(&self, host_if: &str, peer_if: &str, peer_mac: &str) {
+        self.ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", peer_if,
+        ]);
+        self.ip(&["link", "set", peer_if, "address", peer_mac]);
+        self.ip(&["link", "set", host_if, "master", "brx", "up"]);
+    }
+
+    /// Moves the peer into sandbox `i` and gives it `mac` there (Docker's order).
+    fn move_peer(&self, peer_if: &str, i: usize, mac: &str) {
+        self.ip(&["link", "set", peer_if, "netns", &self.sandboxes[i]]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.sandboxes[i],
+            "link",
+            "set",
+            peer_if,
+            "address",
+            mac,
+        ]);
+    }
+
+    /// Runs `f` on a thread inside the host namespace.
+    fn in_host<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.host);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("thread in the host namespace")
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.host).chain(&self.sandboxes) {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).output();
+        }
+    }
+}
+
+#[track_caller]
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const MAC_A: &str = "02:42:ac:11:00:0a";
+const MAC_B: &str = "02:42:ac:11:00:0b";
+
+#[test]
+fn ports_list_the_peers_mac_only_once_it_left_the_host() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("list", 2);
+    // The peer already has the endpoint's MAC while still in the host: never taken.
+    w.port("vxa", "vxa-peer", MAC_A);
+    w.port("vxb", "vxb-peer", "02:00:00:00:00:01");
+    // A port of another bridge is no port of this one.
+    w.ip(&["link", "add", "bry", "type", "bridge"]);
+    w.ip(&[
+        "link", "add", "vxc", "type", "veth", "peer", "name", "vxc-peer",
+    ]);
+    w.ip(&["link", "set", "vxc", "master", "bry", "up"]);
+    let ports = w.in_host(|| bridge_ports("brx")).expect("ports");
+    let names: Vec<&str> = ports.iter().map(|p| p.veth.as_str()).collect();
+    assert_eq!(names.len(), 2, "{ports:?}");
+    assert!(
+        names.contains(&"vxa") && names.contains(&"vxb"),
+        "{ports:?}"
+    );
+    assert!(ports.iter().all(|p| p.peer_netnsid.is_none()), "{ports:?}");
+    let got = w.in_host(|| wait_for_port("brx", MAC_A, Duration::ZERO));
+    assert!(
+        matches!(got, Err(VethError::NoInterface { .. })),
+        "a peer still in the host namespace must not be taken: {got:?}"
+    );
+
+    w.move_peer("vxa-peer", 0, MAC_A);
+    w.move_peer("vxb-peer", 1, MAC_B);
+    let ports = w.in_host(|| bridge_ports("brx")).expect("ports");
+    let a = ports.iter().find(|p| p.veth == "vxa").expect("vxa");
+    let b = ports.iter().find(|p| p.veth == "vxb").expect("vxb");
+    assert_eq!(a.peer_mac.as_deref(), Some(MAC_A), "{ports:?}");
+    assert_eq!(b.peer_mac.as_deref(), Some(MAC_B), "{ports:?}");
+    assert!(a.peer_netnsid.is_some() && a.peer_netnsid != b.peer_netnsid);
+    let got = w
+        .in_host(|| wait_for_port("brx", MAC_B, Duration::ZERO))
+        .expect("found");
+    assert_eq!(got.veth, "vxb");
+    assert_eq!(got.bridge.as_deref(), Some("brx"));
+    // Upper case from the API still matches.
+    let got = w
+        .in_host(|| wait_for_port("brx", &MAC_A.to_uppercase(), Duration::ZERO))
+        .expect("found");
+    assert_eq!(got.veth, "vxa");
+    // The MAC exists, on another bridge's port: not found on this one.
+    let got = w.in_host(|| wait_for_port("bry", MAC_A, Duration::ZERO));
+    assert!(matches!(got, Err(VethError::NoInterface { .. })), "{got:?}");
+    // A bridge that does not exist is an error, not "not yet".
+    let got = w.in_host(|| wait_for_port("brnone", MAC_A, Duration::ZERO));
+    assert!(matches!(got, Err(VethError::Failed(_))), "{got:?}");
+}
+
+#[test]
+fn waiting_ends_as_the_peer_gets_its_mac_in_the_sandbox() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("wait", 2);
+    w.port("vwa", "vwa-peer", "02:00:00:00:00:02");
+    w.port("vwb", "vwb-peer", "02:00:00:00:00:03");
+    // A decoy already in its sandbox, with another MAC.
+    w.move_peer("vwb-peer", 1, MAC_B);
+    let t0 = Instant::now();
+    let waiter = {
+        let path = format!("/run/netns/{}", w.host);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let r = wait_for_port("brx", MAC_A, Duration::from_secs(10));
+            (r, Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    w.move_peer("vwa-peer", 0, MAC_A);
+    let moved = Instant::now();
+    let (r, found) = waiter.join().expect("waiter");
+    let got = r.expect("found after the move");
+    assert_eq!(got.veth, "vwa");
+    assert!(
+        found >= moved - Duration::from_millis(50) && t0.elapsed() < Duration::from_secs(5),
+        "found {:?} after the start, the move ended at {:?}",
+        found - t0,
+        moved - t0
+    );
+    eprintln!(
+        "found {:?} after the MAC was set (notification-driven)",
+        found.saturating_duration_since(moved)
+    );
+
+    // Nothing ever comes: the wait ends at its timeout with "no interface".
+    let t = Instant::now();
+    let got = w.in_host(|| wait_for_port("brx", "02:42:ac:11:00:99", Duration::from_millis(300)));
+    assert!(matches!(got, Err(VethError::NoInterface { .. })), "{got:?}");
+    assert!(t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn two_ports_leading_to_one_mac_bind_neither() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("dup", 2);
+    w.port("vda", "vda-peer", "02:00:00:00:00:04");
+    w.port("vdb", "vdb-peer", "02:00:00:00:00:05");
+    w.move_peer("vda-peer", 0, MAC_A);
+    w.move_peer("vdb-peer", 1, MAC_A);
+    let got = w.in_host(|| wait_for_port("brx", MAC_A, Duration::ZERO));
+    assert!(matches!(got, Err(VethError::Failed(_))), "{got:?}");
+}
