@@ -12,4 +12,5 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod frames;
 pub mod probe;

@@ -15,8 +15,8 @@
 mod netns;
 
 use netns::fixture::*;
+use netns::frames::*;
 use netns::probe::*;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -140,83 +140,6 @@ fn fdb_port(fx: &Fixture, bridge: &str, mac: &str) -> Option<String> {
                 .and_then(|_| w.next())
                 .map(str::to_string)
         })
-}
-
-fn mac_bytes(s: &str) -> [u8; 6] {
-    let mut m = [0u8; 6];
-    for (o, p) in m.iter_mut().zip(s.split(':')) {
-        *o = u8::from_str_radix(p, 16).expect("hex octet");
-    }
-    m
-}
-
-/// A broadcast ARP request from `spa` (sender hardware address `sha`) for `tpa`, with
-/// Ethernet source `eth_src`.
-fn arp_frame(eth_src: &str, sha: &str, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend(mac_bytes(eth_src));
-    f.extend([0x08, 0x06]);
-    f.extend([0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    f.extend(mac_bytes(sha));
-    f.extend(spa.octets());
-    f.extend([0; 6]);
-    f.extend(tpa.octets());
-    f.resize(60, 0);
-    f
-}
-
-/// An IPv6 packet from `src` to all nodes (`ff02::1`, no next header), with Ethernet
-/// source `eth_src`: enough for the bridge to learn from.
-fn ip6_frame(eth_src: &str, src: Ipv6Addr) -> Vec<u8> {
-    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
-    f.extend(mac_bytes(eth_src));
-    f.extend([0x86, 0xdd]);
-    f.extend([0x60, 0, 0, 0, 0, 0, 59, 255]);
-    f.extend(src.octets());
-    f.extend("ff02::1".parse::<Ipv6Addr>().unwrap().octets());
-    f
-}
-
-/// Sends `frames` out of `eth0` in namespace `ns` with an AF_PACKET socket (what Docker's
-/// default NET_RAW allows), every 20 ms until `stop` is set; returns how many were sent.
-fn flood(ns: &str, frames: Vec<Vec<u8>>, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
-        // SAFETY: plain socket calls on a descriptor this thread owns; the address is a
-        // zeroed sockaddr_ll filled in below.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
-            addr.sll_halen = 6;
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for f in &frames {
-                    let n = libc::sendto(
-                        fd,
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    assert_eq!(
-                        n,
-                        f.len() as isize,
-                        "sendto: {}",
-                        std::io::Error::last_os_error()
-                    );
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            libc::close(fd);
-            sent
-        }
-    })
 }
 
 /// Collects, for `dur`, whether any frame seen on `eth0` in namespace `ns` (whoever it
