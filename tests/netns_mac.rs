@@ -428,3 +428,107 @@ fn a_container_whose_forwarding_entry_aged_out_is_still_reached_and_only_it() {
         "{needle}: api-1 did not get it"
     );
 }
+
+/// Issue 19's alternative to the bridge `postrouting` check, tried and rejected: no
+/// unknown-unicast flooding toward managed ports plus a static sticky FDB entry per
+/// endpoint. Learning is trustworthy with the MAC binding, but IPv6 neighbour discovery is
+/// not: lonely, from its own bound address, advertises api-1's IPv6 address at lonely's MAC
+/// (nft 1.0.6 cannot bind an advertisement's target; README "What is bound"). web-1's
+/// neighbour cache takes it, and its traffic for api-1 goes to lonely's MAC, which the
+/// sticky FDB delivers to lonely's port. `postrouting` drops it there (the address is bound
+/// to api-1's veth); without it lonely receives api-1's traffic. So `postrouting` stays.
+#[test]
+fn the_sticky_fdb_alternative_lets_a_neighbour_advertisement_misdeliver() {
+    let Some(fx) = setup("the_sticky_fdb_alternative_lets_a_neighbour_advertisement_misdeliver")
+    else {
+        return;
+    };
+    let (lonely, web1, api1) = (
+        fx.container("lonely").clone(),
+        fx.container("web-1").clone(),
+        fx.container("api-1").clone(),
+    );
+    // lonely answers for api-1's address once traffic for it arrives at its interface.
+    fx.ip_in(
+        "lonely",
+        &[
+            "addr",
+            "add",
+            &format!("{}/128", api1.ipv6),
+            "dev",
+            "eth0",
+            "nodad",
+        ],
+    );
+    apply(&fx, POLICY);
+    let poison = vec![na_frame(
+        &lonely.mac,
+        &web1.mac,
+        lonely.ipv6,
+        web1.ipv6,
+        api1.ipv6,
+        &lonely.mac,
+    )];
+    // Sends to api-1 while lonely keeps advertising; true when lonely received any of it.
+    let attack = |tag: &str| -> bool {
+        let needle = format!("poisoned-{tag}");
+        // A cache entry for api-1 first: an unsolicited advertisement only updates one.
+        send_udp_from(&web1, web1.addr(true), api1.addr(true), 5353, b"warm-up");
+        std::thread::sleep(Duration::from_millis(200));
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = flood(&lonely.ns, poison.clone(), stop.clone());
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..5 {
+            send_udp_from(
+                &web1,
+                web1.addr(true),
+                api1.addr(true),
+                5353,
+                needle.as_bytes(),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+        attacker.join().expect("attacker thread");
+        std::thread::sleep(Duration::from_millis(300));
+        lonely.got(needle.as_bytes())
+    };
+    let neigh = || fx.ip_in("web-1", &["-6", "neigh", "show", &api1.ipv6.to_string()]);
+
+    // netguard as built: the advertisement is taken, the traffic stops at lonely's veth.
+    assert!(
+        !attack("postrouting"),
+        "with netguard's postrouting check lonely received api-1's traffic\n{}\n{}",
+        neigh(),
+        fx.ruleset()
+    );
+    assert!(
+        neigh().contains(&lonely.mac),
+        "control: web-1 did not take the advertisement, the test proves nothing: {}",
+        neigh()
+    );
+
+    // The alternative: postrouting gone, sticky static FDB entries, no unknown-unicast flood.
+    fx.host_ok(&[
+        "nft",
+        "delete",
+        "chain",
+        "bridge",
+        "netguard",
+        "postrouting",
+    ]);
+    for c in &fx.containers {
+        fx.host_ok(&["bridge", "link", "set", "dev", &c.veth, "flood", "off"]);
+        fx.host_ok(&[
+            "bridge", "fdb", "replace", &c.mac, "dev", &c.veth, "master", "static", "sticky",
+        ]);
+    }
+    fx.ip_in("web-1", &["-6", "neigh", "flush", "dev", "eth0"]);
+    assert!(
+        attack("sticky-fdb"),
+        "the sticky-FDB alternative kept api-1's traffic from lonely: it would do instead of \
+         postrouting\n{}\n{}",
+        neigh(),
+        fx.ruleset()
+    );
+}
