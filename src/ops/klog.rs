@@ -88,6 +88,26 @@ impl Reader {
         self.denials.push(d);
         self.denials.last_mut()
     }
+
+    /// One `/dev/kmsg` record (`PRIO,SEQ,TS_USEC,FLAGS;MESSAGE`); `clock` is (wall clock,
+    /// monotonic clock) in ms when known, to date the record.
+    pub fn kmsg_record(&mut self, rec: &[u8], clock: Option<(u64, u64)>) {
+        let rec = String::from_utf8_lossy(rec);
+        let Some((head, msg)) = rec.split_once(';') else {
+            return;
+        };
+        let msg = msg.lines().next().unwrap_or("");
+        if let Some(d) = self.line(msg) {
+            let ts_ms = head
+                .split(',')
+                .nth(2)
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(|us| us / 1000);
+            if let (Some((r, m)), Some(t)) = (clock, ts_ms) {
+                d.unix_ms = Some(r.saturating_sub(m.saturating_sub(t)));
+            }
+        }
+    }
 }
 
 /// Parses the `netguard-deny ...` part of one log line (any prefix before it is ignored).
@@ -172,24 +192,7 @@ pub fn read_kmsg_records(path: &str) -> Result<Reader, LogError> {
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                let rec = String::from_utf8_lossy(&buf[..n]);
-                // PRIO,SEQ,TS_USEC,FLAGS;MESSAGE
-                let Some((head, msg)) = rec.split_once(';') else {
-                    continue;
-                };
-                let msg = msg.lines().next().unwrap_or("");
-                if let Some(d) = out.line(msg) {
-                    let ts_ms = head
-                        .split(',')
-                        .nth(2)
-                        .and_then(|t| t.parse::<u64>().ok())
-                        .map(|us| us / 1000);
-                    if let (Some(r), Some(m), Some(t)) = (now_real, now_mono, ts_ms) {
-                        d.unix_ms = Some(r.saturating_sub(m.saturating_sub(t)));
-                    }
-                }
-            }
+            Ok(n) => out.kmsg_record(&buf[..n], now_real.zip(now_mono)),
             // A record overwritten while reading: go on with the next one.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
