@@ -110,6 +110,34 @@ for rs in sorted(glob.glob(os.path.join(root, "tests", "*.rs"))):
         put("nft", t)
 
 
+# nft's own JSON listings of those batches, as `nft -j list table` prints them: made in a
+# network namespace of their own when run as root with nft and ip (else the committed ones stay).
+def listings():
+    import shutil, subprocess, tempfile
+    if os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("ip"):
+        print("nft listings: not root or no nft/ip, left as committed", file=sys.stderr)
+        return
+    ns = "ngfuzz-seed-%d" % os.getpid()
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for snap in sorted(glob.glob(os.path.join(root, "tests", "snapshots", "plan_snapshots__*_batch.snap"))):
+            with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+                f.write(read(snap).split("---", 2)[-1])
+                f.flush()
+                run = lambda *a: subprocess.run(["ip", "netns", "exec", ns, "nft", *a], capture_output=True, text=True)
+                run("flush", "ruleset")
+                if run("-j", "-f", f.name).returncode != 0:
+                    continue
+                for fam in ["inet", "bridge"]:
+                    r = run("-j", "list", "table", fam, "netguard")
+                    if r.returncode == 0:
+                        put("nft", r.stdout)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
+
+
+listings()
+
 def attr(ty, payload):
     b = struct.pack("<HH", 4 + len(payload), ty) + payload
     return b + b"\0" * ((4 - len(b) % 4) % 4)
