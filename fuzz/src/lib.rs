@@ -289,3 +289,65 @@ pub fn check_location(text: &str, line: usize, col: usize, what: &str) {
         len + 1
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> (Policy, Inventory, Plan, Value) {
+        let (policy, inv) = (example_policy(), example_inventory());
+        let p = netguard::plan::plan(&policy, &inv);
+        let doc = render(&p);
+        (policy, inv, p, doc)
+    }
+
+    /// The first rule object of the batch.
+    fn first_rule(doc: &mut Value) -> &mut serde_json::Map<String, Value> {
+        doc["nftables"]
+            .as_array_mut()
+            .and_then(|a| a.iter_mut().find_map(|o| o.get_mut("add")?.get_mut("rule")))
+            .and_then(Value::as_object_mut)
+            .expect("the example has rules")
+    }
+
+    #[test]
+    fn the_example_passes() {
+        let (policy, inv, p, doc) = example();
+        check_rendered(&policy, &inv, &p, &doc);
+    }
+
+    #[test]
+    #[should_panic(expected = "property (b): rule expression")]
+    fn a_policy_string_in_an_expression_is_caught() {
+        let (policy, inv, p, mut doc) = example();
+        // A label value of the example's selectors, as if spliced into a match.
+        let r = first_rule(&mut doc);
+        r["expr"] = serde_json::json!([{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "web"}}]);
+        check_rendered(&policy, &inv, &p, &doc);
+    }
+
+    #[test]
+    #[should_panic(expected = "property (b): rule in chain")]
+    fn a_chain_named_after_an_unchecked_string_is_caught() {
+        let (policy, inv, p, mut doc) = example();
+        first_rule(&mut doc)["chain"] = "from_g_we b_4".into();
+        check_rendered(&policy, &inv, &p, &doc);
+    }
+
+    #[test]
+    #[should_panic(expected = "property (b): rule expression")]
+    fn a_reference_to_a_set_of_no_group_is_caught() {
+        let (policy, inv, p, mut doc) = example();
+        first_rule(&mut doc)["expr"] = serde_json::json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@g_nosuch_4"}}]);
+        check_rendered(&policy, &inv, &p, &doc);
+    }
+
+    #[test]
+    fn locations_at_the_end_are_inside_and_past_it_are_not() {
+        check_location("a\nbc\n", 3, 1, "end");
+        check_location("a\nbc", 2, 3, "end of last line");
+        assert!(std::panic::catch_unwind(|| check_location("a\nbc", 3, 1, "")).is_err());
+        assert!(std::panic::catch_unwind(|| check_location("a\nbc", 1, 3, "")).is_err());
+        assert!(std::panic::catch_unwind(|| check_location("é", 1, 3, "")).is_err());
+    }
+}
