@@ -489,6 +489,75 @@ fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
 mod tests {
     use super::*;
 
+    fn set_msg(table: &str, name: &str, flags: u32, key: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        attr_str(&mut m, 1, table);
+        attr_str(&mut m, 2, name);
+        attr(&mut m, 3, &flags.to_be_bytes());
+        attr(&mut m, 4, &key.to_be_bytes());
+        m
+    }
+
+    fn elems_msg(keys: &[&[u8]]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for k in keys {
+            let (mut value, mut key, mut e) = (Vec::new(), Vec::new(), Vec::new());
+            attr(&mut value, 1, k);
+            nested(&mut key, 1, &value);
+            nested(&mut e, 1, &key);
+            list.extend_from_slice(&e);
+        }
+        let mut m = Vec::new();
+        nested(&mut m, 3, &list);
+        m
+    }
+
+    /// The dump parsing without a socket: other tables and anonymous sets are left out, and a
+    /// set holding an element netguard could not have written loses its kind (is replaced).
+    #[test]
+    fn dumps_become_the_table() {
+        let sets = sets_of(&[
+            set_msg(TABLE_NAME, "g_web_4", 0, TYPE_IPADDR),
+            set_msg("other", "g_x_4", 0, TYPE_IPADDR),
+            set_msg(TABLE_NAME, "__set0", NFT_SET_ANONYMOUS, TYPE_IPADDR),
+            set_msg(TABLE_NAME, "veths", 0, TYPE_IFNAME),
+        ]);
+        assert_eq!(
+            sets,
+            vec![
+                ("g_web_4".to_string(), Some(SetKind::V4)),
+                ("veths".to_string(), Some(SetKind::Ifname)),
+            ]
+        );
+        let mut chain = Vec::new();
+        attr_str(&mut chain, 1, TABLE_NAME);
+        attr_str(&mut chain, 3, "isolate");
+        let t = table_of(
+            &[chain],
+            &[],
+            vec![
+                (
+                    "g_web_4".into(),
+                    Some(SetKind::V4),
+                    vec![elems_msg(&[&[10, 0, 0, 1]])],
+                ),
+                (
+                    "veths".into(),
+                    Some(SetKind::Ifname),
+                    vec![elems_msg(&[b"short"])],
+                ),
+            ],
+        );
+        assert!(t.chains.contains_key("isolate"));
+        let web = &t.sets["g_web_4"];
+        assert_eq!(web.kind, Some(SetKind::V4));
+        assert!(web.elements.contains(&Elem::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        assert_eq!(
+            t.sets["veths"].kind, None,
+            "a 5-byte ifname key is not netguard's"
+        );
+    }
+
     /// Boundaries as the kernel dumped `{ 5353, 8080, 9000-9010 }` and `{ 0-10, 65000-65535 }`
     /// (nft 1.0.6 writing, Linux 6.18), in the kernel's order: highest first.
     #[test]

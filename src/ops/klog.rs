@@ -303,6 +303,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kmsg_record_is_dated_from_its_monotonic_timestamp() {
+        let mut r = Reader::default();
+        let rec = b"4,812,5000000,-;netguard-deny IN=br-front SRC=10.91.1.11 DST=10.91.1.21 PROTO=UDP SPT=1 DPT=53\n SUBSYSTEM=net";
+        // Wall clock 10,000 s, monotonic 6 s: the record (5 s after boot) is 1 s old.
+        r.kmsg_record(rec, Some((10_000_000, 6_000)));
+        r.kmsg_record(
+            b"no header separator netguard-deny SRC=1.1.1.1 DST=1.1.1.2",
+            None,
+        );
+        r.kmsg_record(b"4,813,-,-;netguard-deny SRC=::1 DST=::2", Some((1, 2)));
+        assert_eq!(r.denials.len(), 2);
+        assert_eq!(r.denials[0].unix_ms, Some(9_999_000));
+        assert_eq!(r.denials[0].dport, Some(53));
+        assert_eq!(r.denials[1].unix_ms, None);
+    }
+
+    #[test]
     fn parses_a_kernel_line() {
         let l = "[12345.678] netguard-deny IN=br-front OUT=br-front PHYSIN=vweb1 PHYSOUT=vapi1 MAC=02:91:00:00:01:15:02:91:00:00:01:0b:08:00 SRC=10.91.1.11 DST=10.91.1.21 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=1 DF PROTO=TCP SPT=40000 DPT=7777 WINDOW=64240 RES=0x00 SYN URGP=0";
         let d = parse_line(l).unwrap();
