@@ -207,3 +207,16 @@ ip6 = attr(3, bytes(15) + b"\x11") + attr(4, bytes(15) + b"\x21")
 put("nft", b"\x00\x0a" + attr(1 | 0x8000, attr(1 | 0x8000, ip6) + attr(2 | 0x8000, attr(1, b"\x11") + attr(2, b"\x00\x35") + attr(3, b"\x00\x35"))))
 for t in sorted(os.listdir(out)):
     print(t, len(os.listdir(os.path.join(out, t))), file=sys.stderr)
+
+
+# nfnetlink answers as received: a dump of two set messages and DONE, in two reads
+def nlmsg(ty, flags, seq, payload):
+    m = struct.pack("=IHHII", 16 + len(payload), ty, flags, seq, 0) + payload
+    return m + b"\0" * ((4 - len(m) % 4) % 4)
+
+
+gen = b"\x02\x00\x00\x00"
+sm = nlmsg(0x0A0A, 2, 5, gen + T + attr(2, s("g_web_4")) + attr(3, be32(0)) + attr(4, be32(7)))
+done = nlmsg(3, 2, 5, b"\0\0\0\0")
+put("nft", b"\x02\x00" + struct.pack("<I", 5) + rec(0, sm + sm) + rec(0, done))
+put("nft", b"\x02\x01" + struct.pack("<I", 5) + rec(0, nlmsg(2, 0, 5, struct.pack("=i", -2))))

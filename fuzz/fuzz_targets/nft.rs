@@ -1,16 +1,21 @@
 //! What the kernel side answers, through netguard's readers: nft's JSON listing
 //! (`nft::live::parse_table`), the nfnetlink dumps of netguard's tables
-//! (`nft::netlink::{sets_of, table_of}`) and ctnetlink dump messages
+//! (`nft::netlink::{sets_of, table_of}`), the framing of nfnetlink answers
+//! (`nfnetlink::Answer::feed`, as `Sock::call` receives them) and ctnetlink dump messages
 //! (`conntrack::parse_entry`); each read state is then diffed against the example plan and
 //! the resulting batch rendered, as `apply` and the daemon do.
 //!
 //! Input: starting with `{`, `[` or whitespace, nft JSON text. Else the first byte picks:
 //! odd, nfnetlink: the rest is records `[kind][len lo][len hi][len bytes]`, kind % 4 =
 //! 0 chain message, 1 rule message, 2 set message, 3 element message of the last set;
-//! even, a ctnetlink message: the second byte is the address family, the rest the body.
+//! 0 mod 4, a ctnetlink message: the second byte is the address family, the rest the body;
+//! 2 mod 4, received buffers of an answer: the second byte picks the request's flags, the
+//! next four its sequence number, the rest is records as above (kind ignored), one per
+//! `recv`; a complete answer's messages are then read as set messages.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use netguard::nfnetlink::Answer;
 use netguard::nft::live::{LiveTable, parse_table};
 use netguard::nft::netlink::{sets_of, table_of};
 use netguard::nft::{LiveState, diff};
@@ -77,6 +82,28 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         reconcile(table_of(&chains, &rules, with_elements));
+    } else if first % 4 == 2 {
+        let flags = match data.get(1).copied().unwrap_or(0) % 3 {
+            0 => 0x300, // NLM_F_DUMP
+            1 => 0x4,   // NLM_F_ACK
+            _ => 0,
+        };
+        let seq = u32::from_le_bytes(
+            data.get(2..6)
+                .and_then(|b| b.try_into().ok())
+                .unwrap_or_default(),
+        );
+        let mut answer = Answer::default();
+        for (_, buf) in records(data.get(6..).unwrap_or_default()) {
+            if let Some(done) = answer.feed(buf, seq, flags) {
+                if done.is_ok() {
+                    let sets = sets_of(&answer.msgs);
+                    let _ = table_of(&[], &answer.msgs, vec![]);
+                    assert!(sets.len() <= answer.msgs.len());
+                }
+                break;
+            }
+        }
     } else {
         let family = data.get(1).copied().unwrap_or(2);
         let body = data.get(2..).unwrap_or_default();
