@@ -422,3 +422,175 @@ fn policy_symlink_reload_follows_it_and_keeps_the_last_good_policy() {
     assert!(can(&fx, "web-1", "api-1", Kind::Icmp));
     assert_eq!(errors(&fx.host_ns, PORT, "reload"), 2.0);
 }
+
+/// An echo server on `port` in `c`'s namespace, for as long as the test runs.
+fn echo_server(c: &Container, port: u16) {
+    let listener = in_netns(&c.ns, move || {
+        std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)).expect("bind echo")
+    });
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A TCP connection opened from `from`'s namespace (the socket keeps it).
+fn connect(from: &Container, to: std::net::SocketAddr) -> TcpStream {
+    let s = in_netns(&from.ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connect")
+    });
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+/// One round trip on an open connection.
+fn echoes(s: &mut TcpStream) -> bool {
+    if s.write_all(b"x").is_err() {
+        return false;
+    }
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(1))
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Sets the soft RLIMIT_NOFILE of `pid`, the hard one staying (raising a hard limit back
+/// needs a capability the test may not have).
+fn set_nofile(pid: i32, soft: usize) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let hard = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .expect("hard NOFILE limit")
+        .to_string();
+    let soft = soft.to_string();
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={soft}:{hard}"),
+        ])
+        .output()
+        .expect("prlimit");
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn tracked(fx: &Fixture, port: u16) -> usize {
+    let out = fx.exec_in(
+        &fx.host_ns,
+        &["conntrack", "-L", "-p", "tcp", "--dport", &port.to_string()],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ESTABLISHED"))
+        .count()
+}
+
+/// Fault 2: the daemon runs out of file descriptors (its soft RLIMIT_NOFILE lowered with
+/// prlimit below the descriptors it has open: every new socket(), netlink and ctnetlink ones
+/// included, and every open() fails with EMFILE). The reload sent meanwhile (web-1 leaves
+/// the inventory) cannot read the policy and is rejected: nothing changes, web-1's open
+/// connection to api-1 still carries data (the last good state), web-1 -> db-1 stays blocked,
+/// the log says why, the state write failure is logged once. The limit restored, the next
+/// SIGHUP applies the change: web-1's connection is cut (its conntrack entry deleted over a
+/// fresh ctnetlink socket), new ones blocked, and the metrics count both kinds of error.
+#[test]
+fn descriptors_exhausted_keep_enforcing_and_recover() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("descriptors_exhausted_keep_enforcing_and_recover") {
+        return;
+    }
+    const PORT: u16 = 9444;
+    const ECHO: u16 = 7100;
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file(
+        "policy.toml",
+        &POLICY.replace(
+            "\"8080/tcp\", \"icmp\"",
+            "\"8080/tcp\", \"7100/tcp\", \"icmp\"",
+        ),
+    );
+    let mut d = Daemon::start(&spec(&fx, &policy, PORT));
+    let (web1, api1) = (fx.container("web-1"), fx.container("api-1"));
+    echo_server(api1, ECHO);
+    let mut conn = connect(web1, std::net::SocketAddr::new(api1.addr(false), ECHO));
+    assert!(echoes(&mut conn));
+    assert_eq!(tracked(&fx, ECHO), 1);
+    let before = d.state_u64("reconciles");
+    assert!(open_fds(d.pid) > 3);
+    set_nofile(d.pid, 3);
+    write_atomic(&fx.inventory, &inventory_toml(&without(&fx, "web-1")));
+    d.hup();
+    if poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        d.log_text().contains("Too many open files")
+    })
+    .is_none()
+    {
+        d.fail("the reload during the fault logged nothing");
+    }
+    assert!(d.log_text().contains("reload rejected"), "{}", d.log_text());
+    assert!(d.alive(), "daemon died");
+    assert!(
+        echoes(&mut conn),
+        "the open connection was cut during the fault"
+    );
+    assert!(
+        can(&fx, "web-1", "api-1", Kind::Tcp(8080)),
+        "last good state"
+    );
+    assert!(blocked(&fx, "web-1", "db-1", Kind::Tcp(5432)));
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    assert_eq!(
+        diff.status.code(),
+        Some(1),
+        "the change is not pending: {diff:?}"
+    );
+
+    set_nofile(d.pid, 1024);
+    d.hup();
+    d.wait_reconciles_above(before, Duration::from_secs(10));
+    assert!(d.state().unwrap()["last_error"].is_null());
+    if poll(Duration::from_secs(3), Duration::from_millis(50), || {
+        tracked(&fx, ECHO) == 0
+    })
+    .is_none()
+    {
+        d.fail("web-1's connection survived the recovery");
+    }
+    assert!(
+        !echoes(&mut conn),
+        "web-1's open connection still carries data"
+    );
+    assert!(blocked(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+    assert!(can(&fx, "web-2", "api-1", Kind::Tcp(8080)));
+    let m = scrape(&fx.host_ns, PORT);
+    assert!(
+        metric(&m, "netguard_errors_total{kind=\"reload\"}") >= 1.0,
+        "{m:?}"
+    );
+    assert!(
+        metric(&m, "netguard_errors_total{kind=\"state\"}") >= 1.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        d.log_text().matches("cannot write the state file").count(),
+        1
+    );
+    assert!(d.log_text().contains("the state file is written again"));
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{diff:?}");
+}
