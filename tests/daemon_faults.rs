@@ -4,7 +4,7 @@
 //! `/metrics`), and that it recovers without a restart, a change made during the fault being
 //! enforced afterwards. The table of faults is in docs/reliability.md.
 //!
-//! Needs root, `ip`, `nft`, `ping` and `conntrack`: `sudo -E cargo test --test daemon_faults`.
+//! Needs root, `ip`, `nft`, `ping`, `conntrack` and `prlimit`: `sudo -E cargo test --test daemon_faults`.
 //! Missing prerequisites SKIP, or fail under CI=true. Netns only: no host table is touched.
 
 #[path = "common/daemon.rs"]
@@ -511,7 +511,10 @@ fn tracked(fx: &Fixture, port: u16) -> usize {
 #[test]
 fn descriptors_exhausted_keep_enforcing_and_recover() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !prereqs("descriptors_exhausted_keep_enforcing_and_recover") {
+    if !prerequisites_with(
+        "descriptors_exhausted_keep_enforcing_and_recover",
+        &["conntrack", "prlimit"],
+    ) {
         return;
     }
     const PORT: u16 = 9444;
