@@ -265,14 +265,21 @@ fn prefixes(p: &[(std::net::Ipv6Addr, u8)]) -> Expression<'static> {
     )
 }
 
+/// A whole address goes as itself: a full-length prefix in an anonymous interval set
+/// matched nothing over IPv6 (tests/netns_edges.rs found it).
 fn nets(p: &[(std::net::IpAddr, u8)]) -> Expression<'static> {
     anon_set(
         p.iter()
             .map(|(a, len)| {
-                Expression::Named(NamedExpression::Prefix(Prefix {
-                    addr: Box::new(s(&a.to_string())),
-                    len: *len as u32,
-                }))
+                let full = if a.is_ipv6() { 128 } else { 32 };
+                if u32::from(*len) == full {
+                    s(&a.to_string())
+                } else {
+                    Expression::Named(NamedExpression::Prefix(Prefix {
+                        addr: Box::new(s(&a.to_string())),
+                        len: *len as u32,
+                    }))
+                }
             })
             .collect(),
     )
