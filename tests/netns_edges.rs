@@ -120,7 +120,13 @@ fn setup(test: &str) -> Option<Edges> {
     .bridge("back", "edback", 2)
     .container("web-1", "front", 11, "nginx:1.27", &[("role", "web")])
     .container("api-1", "front", 21, "example/api:2", &[])
-    .container("mon-1", "front", 41, "node-exporter", &[("role", "monitoring")])
+    .container(
+        "mon-1",
+        "front",
+        41,
+        "node-exporter",
+        &[("role", "monitoring")],
+    )
     .container("ghost", "front", 77, "busybox:1", &[])
     .container("rogue", "front", 99, "busybox:1", &[])
     .container("api-2", "back", 22, "example/api:2", &[])
@@ -272,7 +278,10 @@ fn check(e: &Edges, rows: &[(&str, &str, &str, bool)]) {
         }
     }
     if !bad.is_empty() {
-        eprintln!("{}", e.fx.host_ok(&["nft", "list", "table", "inet", "netguard"]));
+        eprintln!(
+            "{}",
+            e.fx.host_ok(&["nft", "list", "table", "inet", "netguard"])
+        );
     }
     assert!(bad.is_empty(), "mismatches:\n{}", bad.join("\n"));
 }
