@@ -5,7 +5,9 @@
 use netguard::inventory::{Engine, Inventory, exact_ifname, parse_inventory};
 use netguard::nft::{LiveState, diff};
 use netguard::plan::ruleset::{Elem, Family};
-use netguard::plan::{LOG_PREFIX, Plan, names};
+use netguard::plan::{
+    LOG_PREFIX, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS, Plan, names,
+};
 use netguard::policy::{Policy, parse_policy};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -94,7 +96,13 @@ const KEYWORDS: &[&str] = &[
     "fe80::",
     "00:00:00:00:00:00",
     "01:00:00:00:00:00",
+    "local",
+    "status",
+    "dnat",
     LOG_PREFIX,
+    LOG_PREFIX_HOST,
+    LOG_PREFIX_EGRESS,
+    LOG_PREFIX_INGRESS,
 ];
 
 /// netguard's rule for group names (policy/parse.rs): they end up in set names.
@@ -112,6 +120,8 @@ pub fn derived_name(policy: &Policy, s: &str) -> bool {
     const FIXED: &[&str] = &[
         names::BRIDGE_PAIRS,
         names::UNMANAGED,
+        names::MANAGED,
+        names::ENGINE,
         names::ALL_4,
         names::ALL_6,
         names::VETHS,
@@ -124,6 +134,9 @@ pub fn derived_name(policy: &Policy, s: &str) -> bool {
         names::MAC_VETHS,
         names::FORWARD,
         names::ISOLATE,
+        names::INPUT,
+        names::EGRESS,
+        names::INGRESS,
         names::PREROUTING,
         names::POSTROUTING,
         names::FOREIGN_MAC,
