@@ -14,6 +14,7 @@ command -v iperf3 >/dev/null || need+=(iperf3)
 command -v iptables-restore >/dev/null || need+=(iptables)   # the bench's Docker-host baseline
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v dot >/dev/null || need+=(graphviz)   # `graph --format svg`
+command -v g++ >/dev/null || need+=(g++)   # libFuzzer, built by the fuzz targets (scripts/fuzz.sh)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -25,4 +26,9 @@ fi
 if ! cargo-deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0'; then
   echo "installing: cargo-deb 3.8.0"
   cargo install cargo-deb --version 3.8.0 --locked --force
+fi
+# The fuzz targets' builder and runner (scripts/fuzz.sh, run by scripts/test.sh).
+if ! cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz 0.13.2'; then
+  echo "installing: cargo-fuzz 0.13.2"
+  cargo install cargo-fuzz --version 0.13.2 --locked --force
 fi

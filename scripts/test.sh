@@ -17,7 +17,13 @@ scripts/ensure-docker.sh
 export CARGO_TERM_COLOR=never
 echo "== format and lints"
 cargo fmt --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "== tests (unit, kernel in network namespaces, real dockerd)"
 cargo test --locked --all-targets --no-fail-fast 2>&1 | tee /tmp/netguard-test.log
+
+# Bounded: every fuzz target 20 s from the committed seeds, after replaying the inputs that
+# once crashed one (fuzz/regressions/). The long recorded runs are in docs/reliability.md.
+echo "== fuzz (20 s per target)"
+scripts/fuzz.sh --time "${NETGUARD_FUZZ_SECS:-20}"

@@ -101,6 +101,68 @@ pub(crate) fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
     attrs(buf).find(|(t, _)| *t == ty).map(|(_, p)| p)
 }
 
+/// The answer to one request as it arrives: its messages' payloads (after the nfgenmsg
+/// header) and whether the kernel flagged a dump as interrupted.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub msgs: Vec<Vec<u8>>,
+    pub interrupted: bool,
+}
+
+impl Answer {
+    /// Takes in one received buffer of the answer to request `seq` (sent with `flags`);
+    /// `Some` once the answer is complete: `Ok` with every message in `msgs`, or the error.
+    /// Pure: the fuzz target `nft` feeds it any bytes.
+    pub fn feed(&mut self, buf: &[u8], seq: u32, flags: u16) -> Option<Result<(), NetlinkError>> {
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut b = buf;
+        while b.len() >= 16 {
+            let mlen = u32::from_ne_bytes(b[0..4].try_into().unwrap_or_default()) as usize;
+            let mtype = u16::from_ne_bytes([b[4], b[5]]);
+            let mflags = u16::from_ne_bytes([b[6], b[7]]);
+            let mseq = u32::from_ne_bytes(b[8..12].try_into().unwrap_or_default());
+            if mlen < 16 || mlen > b.len() {
+                return Some(Err(NetlinkError::Malformed("truncated message".into())));
+            }
+            let body = &b[16..mlen];
+            b = &b[((mlen + 3) & !3).min(b.len())..];
+            if mseq != seq {
+                continue;
+            }
+            if mflags & NLM_F_DUMP_INTR != 0 {
+                self.interrupted = true;
+            }
+            match mtype {
+                NLMSG_DONE => {
+                    return Some(if self.interrupted {
+                        Err(NetlinkError::Unstable)
+                    } else {
+                        Ok(())
+                    });
+                }
+                NLMSG_ERROR => {
+                    let code = i32::from_ne_bytes(
+                        body.get(..4)
+                            .and_then(|s| s.try_into().ok())
+                            .unwrap_or_default(),
+                    );
+                    if code == 0 {
+                        return Some(Ok(()));
+                    }
+                    return Some(Err(os_error(io::Error::from_raw_os_error(-code))));
+                }
+                _ => {
+                    self.msgs.push(body.get(4..).unwrap_or_default().to_vec());
+                    if !dump && flags & NLM_F_ACK == 0 {
+                        return Some(Ok(()));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
 /// One netlink message with its nfgenmsg header (version 0, `res_id` big-endian).
 fn msg(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, payload: &[u8]) {
     let len = 16 + 4 + payload.len();
@@ -172,9 +234,7 @@ impl Sock {
         if sent < 0 {
             return Err(NetlinkError::Io(io::Error::last_os_error()));
         }
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut out = Vec::new();
-        let mut interrupted = false;
+        let mut answer = Answer::default();
         loop {
             // SAFETY: self.buf is a valid writable buffer of its length.
             let n = unsafe {
@@ -192,49 +252,8 @@ impl Sock {
                 }
                 return Err(NetlinkError::Io(e));
             }
-            let mut b = &self.buf[..n as usize];
-            while b.len() >= 16 {
-                let mlen = u32::from_ne_bytes(b[0..4].try_into().unwrap_or_default()) as usize;
-                let mtype = u16::from_ne_bytes([b[4], b[5]]);
-                let mflags = u16::from_ne_bytes([b[6], b[7]]);
-                let mseq = u32::from_ne_bytes(b[8..12].try_into().unwrap_or_default());
-                if mlen < 16 || mlen > b.len() {
-                    return Err(NetlinkError::Malformed("truncated message".into()));
-                }
-                let body = &b[16..mlen];
-                b = &b[((mlen + 3) & !3).min(b.len())..];
-                if mseq != seq {
-                    continue;
-                }
-                if mflags & NLM_F_DUMP_INTR != 0 {
-                    interrupted = true;
-                }
-                match mtype {
-                    NLMSG_DONE => {
-                        return if interrupted {
-                            Err(NetlinkError::Unstable)
-                        } else {
-                            Ok(out)
-                        };
-                    }
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(
-                            body.get(..4)
-                                .and_then(|s| s.try_into().ok())
-                                .unwrap_or_default(),
-                        );
-                        if code == 0 {
-                            return Ok(out);
-                        }
-                        return Err(os_error(io::Error::from_raw_os_error(-code)));
-                    }
-                    _ => {
-                        out.push(body.get(4..).unwrap_or_default().to_vec());
-                        if !dump && flags & NLM_F_ACK == 0 {
-                            return Ok(out);
-                        }
-                    }
-                }
+            if let Some(done) = answer.feed(&self.buf[..n as usize], seq, flags) {
+                return done.map(|()| answer.msgs);
             }
         }
     }
@@ -414,4 +433,60 @@ pub(crate) fn with_sock<R>(
         SOCKS.with(|c| c.borrow_mut().push((subsys, ns, sock)));
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One netlink message: header, nfgenmsg, payload.
+    fn nlmsg(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn a_dump_answer_is_its_messages_up_to_done() {
+        let mut a = Answer::default();
+        let mut buf = nlmsg(0x0a04, 0, 7, &[2, 0, 0, 0, 1, 2, 3, 4]);
+        // Another request's message in the same buffer is not part of this answer.
+        buf.extend(nlmsg(0x0a04, 0, 6, &[2, 0, 0, 0, 9]));
+        assert!(a.feed(&buf, 7, NLM_F_DUMP).is_none(), "no DONE yet");
+        let done = a.feed(&nlmsg(NLMSG_DONE, 0, 7, &[0; 4]), 7, NLM_F_DUMP);
+        assert!(matches!(done, Some(Ok(()))));
+        assert_eq!(a.msgs, vec![vec![1, 2, 3, 4]]);
+    }
+
+    #[test]
+    fn interrupted_dumps_errors_and_truncation_are_reported() {
+        let mut a = Answer::default();
+        let mut buf = nlmsg(0x0a04, NLM_F_DUMP_INTR, 1, &[2, 0, 0, 0]);
+        buf.extend(nlmsg(NLMSG_DONE, 0, 1, &[0; 4]));
+        assert!(matches!(
+            a.feed(&buf, 1, NLM_F_DUMP),
+            Some(Err(NetlinkError::Unstable))
+        ));
+
+        let enoent = nlmsg(NLMSG_ERROR, 0, 2, &(-libc::ENOENT).to_ne_bytes());
+        match Answer::default().feed(&enoent, 2, NLM_F_ACK) {
+            Some(Err(NetlinkError::Kernel(e))) => assert_eq!(e.raw_os_error(), Some(libc::ENOENT)),
+            other => panic!("expected ENOENT, got {other:?}"),
+        }
+        let mut short = nlmsg(0x0a04, 0, 3, &[2, 0, 0, 0]);
+        short.truncate(18);
+        short[0] = 40;
+        assert!(matches!(
+            Answer::default().feed(&short, 3, NLM_F_DUMP),
+            Some(Err(NetlinkError::Malformed(_)))
+        ));
+    }
 }

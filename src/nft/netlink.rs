@@ -231,17 +231,66 @@ fn read_once(
         }
         Err(e) => return Err(e),
     }
+    let mut q = Vec::new();
+    attr_str(&mut q, 1, TABLE_NAME);
+    let chains = request(sock, NFT_MSG_GETCHAIN, NLM_F_DUMP, fam, &q)?;
+    let rules = request(sock, NFT_MSG_GETRULE, NLM_F_DUMP, fam, &q)?;
+    let mut sets = Vec::new();
+    for (name, kind) in sets_of(&request(sock, NFT_MSG_GETSET, NLM_F_DUMP, fam, &q)?) {
+        let mut elements = Vec::new();
+        if kind.is_some() && with_elements {
+            // NFTA_SET_ELEM_LIST_TABLE = 1, _SET = 2.
+            let mut q = Vec::new();
+            attr_str(&mut q, 1, TABLE_NAME);
+            attr_str(&mut q, 2, &name);
+            elements = request(sock, NFT_MSG_GETSETELEM, NLM_F_DUMP, fam, &q)?;
+        }
+        sets.push((name, kind, elements));
+    }
+    let t = table_of(&chains, &rules, sets);
+    if genid(sock)? != gen0 {
+        return Err(Fail::Retry);
+    }
+    Ok(Some(t))
+}
+
+/// The named sets of netguard's table in a `NFT_MSG_GETSET` dump, with their kind (`None`:
+/// not a set netguard could have made). Pure: the fuzz target `nft` feeds it any bytes.
+pub fn sets_of(msgs: &[Vec<u8>]) -> Vec<(String, Option<SetKind>)> {
+    // NFTA_SET_TABLE = 1, NAME = 2, FLAGS = 3, KEY_TYPE = 4.
+    let mut sets = Vec::new();
+    for m in msgs {
+        if find(m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
+            continue;
+        }
+        let flags = find(m, 3).and_then(be32).unwrap_or(0);
+        if flags & NFT_SET_ANONYMOUS != 0 {
+            continue;
+        }
+        let name = find(m, 2).map(str_of).unwrap_or_default();
+        let kind = find(m, 4).and_then(be32).and_then(|k| kind_of(k, flags));
+        sets.push((name, kind));
+    }
+    sets
+}
+
+/// netguard's table from the kernel's dumps: chain and rule messages, and each set (from
+/// [`sets_of`]) with its `NFT_MSG_GETSETELEM` messages (none when elements are not read).
+/// Pure: the fuzz target `nft` feeds it any bytes.
+pub fn table_of(
+    chains: &[Vec<u8>],
+    rules: &[Vec<u8>],
+    sets: Vec<(String, Option<SetKind>, Vec<Vec<u8>>)>,
+) -> LiveTable {
     let mut t = LiveTable::default();
 
     // Chains (NFTA_CHAIN_TABLE = 1, NAME = 3, HOOK = 4 { HOOKNUM = 1, PRIORITY = 2 }).
-    let mut q = Vec::new();
-    attr_str(&mut q, 1, TABLE_NAME);
-    for m in request(sock, NFT_MSG_GETCHAIN, NLM_F_DUMP, fam, &q)? {
-        if find(&m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
+    for m in chains {
+        if find(m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
             continue;
         }
-        let name = find(&m, 3).map(str_of).unwrap_or_default();
-        let base = find(&m, 4).and_then(|h| {
+        let name = find(m, 3).map(str_of).unwrap_or_default();
+        let base = find(m, 4).and_then(|h| {
             let hook = find(h, 1).and_then(be32).and_then(hook_of)?;
             let prio = find(h, 2).and_then(be32)? as i32;
             Some(BaseChain {
@@ -259,16 +308,14 @@ fn read_once(
     }
 
     // Rules (NFTA_RULE_TABLE = 1, CHAIN = 2, HANDLE = 3, EXPRESSIONS = 4, USERDATA = 7).
-    let mut q = Vec::new();
-    attr_str(&mut q, 1, TABLE_NAME);
-    for m in request(sock, NFT_MSG_GETRULE, NLM_F_DUMP, fam, &q)? {
-        if find(&m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
+    for m in rules {
+        if find(m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
             continue;
         }
-        let chain = find(&m, 2).map(str_of).unwrap_or_default();
-        let handle = find(&m, 3).and_then(be64);
+        let chain = find(m, 2).map(str_of).unwrap_or_default();
+        let handle = find(m, 3).and_then(be64);
         // The first counter expression (NFTA_EXPR_NAME = 1, DATA = 2; BYTES = 1, PACKETS = 2).
-        let counter = find(&m, 4).and_then(|list| {
+        let counter = find(m, 4).and_then(|list| {
             attrs(list).find_map(|(_, e)| {
                 (find(e, 1).map(str_of).as_deref() == Some("counter"))
                     .then(|| find(e, 2))
@@ -276,7 +323,7 @@ fn read_once(
             })
         });
         // Userdata TLVs: NFTNL_UDATA_RULE_COMMENT = 0.
-        let comment = find(&m, 7).and_then(|mut u| {
+        let comment = find(m, 7).and_then(|mut u| {
             while u.len() >= 2 {
                 let (ty, len) = (u[0], u[1] as usize);
                 let v = u.get(2..2 + len)?;
@@ -305,32 +352,13 @@ fn read_once(
             });
     }
 
-    // Sets (NFTA_SET_TABLE = 1, NAME = 2, FLAGS = 3, KEY_TYPE = 4), then their elements.
-    let mut q = Vec::new();
-    attr_str(&mut q, 1, TABLE_NAME);
-    let mut sets = Vec::new();
-    for m in request(sock, NFT_MSG_GETSET, NLM_F_DUMP, fam, &q)? {
-        if find(&m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
-            continue;
-        }
-        let flags = find(&m, 3).and_then(be32).unwrap_or(0);
-        if flags & NFT_SET_ANONYMOUS != 0 {
-            continue;
-        }
-        let name = find(&m, 2).map(str_of).unwrap_or_default();
-        let kind = find(&m, 4).and_then(be32).and_then(|k| kind_of(k, flags));
-        sets.push((name, kind));
-    }
-    for (name, mut kind) in sets {
+    for (name, mut kind, msgs) in sets {
         let mut elements = BTreeSet::new();
-        if let Some(k) = kind.filter(|_| with_elements) {
-            // NFTA_SET_ELEM_LIST_TABLE = 1, _SET = 2, _ELEMENTS = 3; element KEY = 1 { VALUE = 1 }.
-            let mut q = Vec::new();
-            attr_str(&mut q, 1, TABLE_NAME);
-            attr_str(&mut q, 2, &name);
+        if let Some(k) = kind {
+            // NFTA_SET_ELEM_LIST_ELEMENTS = 3; element KEY = 1 { VALUE = 1 }.
             let mut bounds = Vec::new();
-            for m in request(sock, NFT_MSG_GETSETELEM, NLM_F_DUMP, fam, &q)? {
-                let Some(list) = find(&m, 3) else { continue };
+            for m in &msgs {
+                let Some(list) = find(m, 3) else { continue };
                 for (_, e) in attrs(list) {
                     // NFTA_SET_ELEM_FLAGS = 3.
                     if k == SetKind::Ports {
@@ -358,10 +386,7 @@ fn read_once(
         }
         t.sets.insert(name, LiveSet { kind, elements });
     }
-    if genid(sock)? != gen0 {
-        return Err(Fail::Retry);
-    }
-    Ok(Some(t))
+    t
 }
 
 // ---------------------------------------------------------------- element writes
@@ -464,6 +489,75 @@ fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set_msg(table: &str, name: &str, flags: u32, key: u32) -> Vec<u8> {
+        let mut m = Vec::new();
+        attr_str(&mut m, 1, table);
+        attr_str(&mut m, 2, name);
+        attr(&mut m, 3, &flags.to_be_bytes());
+        attr(&mut m, 4, &key.to_be_bytes());
+        m
+    }
+
+    fn elems_msg(keys: &[&[u8]]) -> Vec<u8> {
+        let mut list = Vec::new();
+        for k in keys {
+            let (mut value, mut key, mut e) = (Vec::new(), Vec::new(), Vec::new());
+            attr(&mut value, 1, k);
+            nested(&mut key, 1, &value);
+            nested(&mut e, 1, &key);
+            list.extend_from_slice(&e);
+        }
+        let mut m = Vec::new();
+        nested(&mut m, 3, &list);
+        m
+    }
+
+    /// The dump parsing without a socket: other tables and anonymous sets are left out, and a
+    /// set holding an element netguard could not have written loses its kind (is replaced).
+    #[test]
+    fn dumps_become_the_table() {
+        let sets = sets_of(&[
+            set_msg(TABLE_NAME, "g_web_4", 0, TYPE_IPADDR),
+            set_msg("other", "g_x_4", 0, TYPE_IPADDR),
+            set_msg(TABLE_NAME, "__set0", NFT_SET_ANONYMOUS, TYPE_IPADDR),
+            set_msg(TABLE_NAME, "veths", 0, TYPE_IFNAME),
+        ]);
+        assert_eq!(
+            sets,
+            vec![
+                ("g_web_4".to_string(), Some(SetKind::V4)),
+                ("veths".to_string(), Some(SetKind::Ifname)),
+            ]
+        );
+        let mut chain = Vec::new();
+        attr_str(&mut chain, 1, TABLE_NAME);
+        attr_str(&mut chain, 3, "isolate");
+        let t = table_of(
+            &[chain],
+            &[],
+            vec![
+                (
+                    "g_web_4".into(),
+                    Some(SetKind::V4),
+                    vec![elems_msg(&[&[10, 0, 0, 1]])],
+                ),
+                (
+                    "veths".into(),
+                    Some(SetKind::Ifname),
+                    vec![elems_msg(&[b"short"])],
+                ),
+            ],
+        );
+        assert!(t.chains.contains_key("isolate"));
+        let web = &t.sets["g_web_4"];
+        assert_eq!(web.kind, Some(SetKind::V4));
+        assert!(web.elements.contains(&Elem::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        assert_eq!(
+            t.sets["veths"].kind, None,
+            "a 5-byte ifname key is not netguard's"
+        );
+    }
 
     /// Boundaries as the kernel dumped `{ 5353, 8080, 9000-9010 }` and `{ 0-10, 65000-65535 }`
     /// (nft 1.0.6 writing, Linux 6.18), in the kernel's order: highest first.

@@ -91,6 +91,26 @@ impl Reader {
         self.denials.push(d);
         self.denials.last_mut()
     }
+
+    /// One `/dev/kmsg` record (`PRIO,SEQ,TS_USEC,FLAGS;MESSAGE`); `clock` is (wall clock,
+    /// monotonic clock) in ms when known, to date the record.
+    pub fn kmsg_record(&mut self, rec: &[u8], clock: Option<(u64, u64)>) {
+        let rec = String::from_utf8_lossy(rec);
+        let Some((head, msg)) = rec.split_once(';') else {
+            return;
+        };
+        let msg = msg.lines().next().unwrap_or("");
+        if let Some(d) = self.line(msg) {
+            let ts_ms = head
+                .split(',')
+                .nth(2)
+                .and_then(|t| t.parse::<u64>().ok())
+                .map(|us| us / 1000);
+            if let (Some((r, m)), Some(t)) = (clock, ts_ms) {
+                d.unix_ms = Some(r.saturating_sub(m.saturating_sub(t)));
+            }
+        }
+    }
 }
 
 /// Parses the `netguard-deny ...` part of one log line (any prefix before it is ignored).
@@ -185,24 +205,7 @@ pub fn read_kmsg_records(path: &str) -> Result<Reader, LogError> {
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => {
-                let rec = String::from_utf8_lossy(&buf[..n]);
-                // PRIO,SEQ,TS_USEC,FLAGS;MESSAGE
-                let Some((head, msg)) = rec.split_once(';') else {
-                    continue;
-                };
-                let msg = msg.lines().next().unwrap_or("");
-                if let Some(d) = out.line(msg) {
-                    let ts_ms = head
-                        .split(',')
-                        .nth(2)
-                        .and_then(|t| t.parse::<u64>().ok())
-                        .map(|us| us / 1000);
-                    if let (Some(r), Some(m), Some(t)) = (now_real, now_mono, ts_ms) {
-                        d.unix_ms = Some(r.saturating_sub(m.saturating_sub(t)));
-                    }
-                }
-            }
+            Ok(n) => out.kmsg_record(&buf[..n], now_real.zip(now_mono)),
             // A record overwritten while reading: go on with the next one.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -315,6 +318,23 @@ pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kmsg_record_is_dated_from_its_monotonic_timestamp() {
+        let mut r = Reader::default();
+        let rec = b"4,812,5000000,-;netguard-deny IN=br-front SRC=10.91.1.11 DST=10.91.1.21 PROTO=UDP SPT=1 DPT=53\n SUBSYSTEM=net";
+        // Wall clock 10,000 s, monotonic 6 s: the record (5 s after boot) is 1 s old.
+        r.kmsg_record(rec, Some((10_000_000, 6_000)));
+        r.kmsg_record(
+            b"no header separator netguard-deny SRC=1.1.1.1 DST=1.1.1.2",
+            None,
+        );
+        r.kmsg_record(b"4,813,-,-;netguard-deny SRC=::1 DST=::2", Some((1, 2)));
+        assert_eq!(r.denials.len(), 2);
+        assert_eq!(r.denials[0].unix_ms, Some(9_999_000));
+        assert_eq!(r.denials[0].dport, Some(53));
+        assert_eq!(r.denials[1].unix_ms, None);
+    }
 
     #[test]
     fn edge_prefixes_name_their_edge() {
