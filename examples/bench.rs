@@ -702,6 +702,18 @@ fn pk_sets(n: usize) -> (String, String) {
     (policy, inventory_toml(&cs))
 }
 
+/// `pk_sets` with every edge closed and one line open at each.
+fn pk_edges(n: usize) -> (String, String) {
+    let (policy, inv) = pk_sets(n);
+    let policy = format!(
+        "[settings]\nhost = \"deny\"\negress = \"deny\"\ningress = \"deny\"\n{policy}\
+         [[allow]]\nfrom = \"client\"\nto = \"host\"\nports = [\"9100/tcp\"]\n\
+         [[allow]]\nfrom = \"client\"\nto = [\"203.0.113.0/24\", \"2001:db8::/32\"]\nports = [\"443/tcp\"]\n\
+         [[allow]]\nfrom = \"world\"\nto = \"server\"\nports = [\"443/tcp\"]\n"
+    );
+    (policy, inv)
+}
+
 /// netguard, "rules": `n` allow lines between √n groups, the one for client → server last,
 /// so a new connection walks ≈ 2n rules (IPv4 and IPv6 each) before it is accepted.
 fn pk_rules(n: usize) -> (String, String) {
@@ -777,6 +789,9 @@ enum Variant {
     /// connection.
     DockerHost,
     Sets(usize),
+    /// `Sets` with every edge closed (host, egress, ingress deny, one line open for each):
+    /// the edges' rules must not cost the container-to-container path anything.
+    Edges(usize),
     Rules(usize),
     Naive(usize),
     /// netguard (one allow line, `n` containers in the sets) on that Docker host.
@@ -791,6 +806,7 @@ impl Variant {
             Variant::NoneBrnf => ("none+br_netfilter".into(), 0),
             Variant::DockerHost => ("docker host".into(), 0),
             Variant::Sets(n) => ("netguard sets".into(), *n),
+            Variant::Edges(n) => ("netguard sets+edges".into(), *n),
             Variant::Rules(n) => ("netguard rules".into(), *n),
             Variant::Naive(n) => ("naive per-pair".into(), *n),
             Variant::DockerHostSets(n) => ("docker host + netguard".into(), *n),
@@ -846,6 +862,7 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
     variants.push(Variant::DockerHost);
     variants.extend(docker_sizes.iter().map(|n| Variant::DockerHostSets(*n)));
     variants.extend(sizes.iter().map(|n| Variant::Sets(*n)));
+    variants.extend(sizes.iter().map(|n| Variant::Edges(*n)));
     variants.extend(rule_sizes.iter().map(|n| Variant::Rules(*n)));
     variants.extend(sizes.iter().map(|n| Variant::Naive(*n)));
     // Many short rounds rather than a few long ones: the machine's slow spells last seconds,
@@ -865,6 +882,7 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
     for v in &variants {
         let (policy, inv) = match v {
             Variant::Sets(n) | Variant::DockerHostSets(n) => pk_sets(*n),
+            Variant::Edges(n) => pk_edges(*n),
             Variant::Rules(n) => pk_rules(*n),
             Variant::Naive(n) => (pk_naive(*n), String::new()),
             _ => continue,
@@ -921,7 +939,10 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             _ => {}
         }
         match v {
-            Variant::Sets(_) | Variant::Rules(_) | Variant::DockerHostSets(_) => {
+            Variant::Sets(_)
+            | Variant::Edges(_)
+            | Variant::Rules(_)
+            | Variant::DockerHostSets(_) => {
                 let (p, i) = &files[&v.key()];
                 nsx(
                     &pl.host,
@@ -1044,6 +1065,10 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
                 format!("netguard, {n} containers in the allowed groups' sets"),
                 "no table",
             ),
+            Variant::Edges(n) => (
+                format!("netguard, {n} containers in the sets, host/egress/ingress = deny"),
+                "no table",
+            ),
             Variant::Rules(n) => (
                 format!("netguard, {n} allow lines (pair under test last)"),
                 "no table",
@@ -1058,7 +1083,10 @@ fn packet_path(lab: &mut Lab, full: bool, netguard: &Path, res: &mut Results) {
             ),
             Variant::None => unreachable!(),
         };
-        let is_target = matches!(v, Variant::Sets(_) | Variant::DockerHostSets(_));
+        let is_target = matches!(
+            v,
+            Variant::Sets(_) | Variant::Edges(_) | Variant::DockerHostSets(_)
+        );
         res.row(
             format!("3. {label}: throughput vs {against}"),
             if is_target { "≥ 99 %" } else { "—" },

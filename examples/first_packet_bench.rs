@@ -49,6 +49,9 @@ struct Lab {
     netguard: PathBuf,
     daemon: Option<Child>,
     log: PathBuf,
+    /// `NETGUARD_LOG` of the daemon: debug while the admission times are read from its log,
+    /// info (what a host runs) while `docker run` is timed.
+    log_level: &'static str,
     made: Vec<String>,
 }
 
@@ -61,7 +64,7 @@ impl Lab {
                 "--state-file",
                 self.dir.join("state.json").to_str().unwrap_or_default(),
             ])
-            .env("NETGUARD_LOG", "netguard=debug")
+            .env("NETGUARD_LOG", self.log_level)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("log"))
             .stderr(logf)
@@ -265,6 +268,7 @@ fn main() {
         netguard,
         daemon: None,
         made: Vec::new(),
+        log_level: "netguard=debug",
     };
     sh(&["docker", "network", "create", &net]).expect("network");
     lab.start_daemon();
@@ -402,6 +406,8 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     };
     let (mut with, mut without) = (Vec::new(), Vec::new());
+    lab.log_level = "netguard=info";
+    lab.stop_daemon();
     for p in 0..pairs {
         let order = if p % 2 == 0 {
             [true, false]

@@ -8,9 +8,10 @@
 //! | `netguard_event_to_enforce_seconds` | histogram | container event received from Docker → rules live (time queued behind a reconcile included, Docker's own delay before it sends the event not) |
 //! | `netguard_managed_containers` | gauge | containers with at least one endpoint on a managed network (`settings.networks`), admitted or not |
 //! | `netguard_separation_violations` | gauge | pairs of containers on this host breaking a `[[separate]]` line of the policy |
-//! | `netguard_errors_total{kind}` | counter | errors by kind (`docker`, `nft`, `netlink`, `policy`, ...) |
+//! | `netguard_errors_total{kind}` | counter | errors by kind (`source`, `nft`, `reconcile`, `bridge`, `reload`, `state`) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
+//! | `netguard_denied_total{edge}` | counter | new connections dropped at an edge closed by its setting: `host`, `egress`, `ingress` (only the closed edges are listed) |
 //!
 //! The denied counters are copies of kernel counters: they restart from 0 when the
 //! `isolate` chain is rewritten (a policy change), which Prometheus' `rate()` treats as a
@@ -19,7 +20,7 @@
 use crate::nft::LiveState;
 use crate::nft::render::comment_text;
 use crate::plan::ruleset::Family;
-use crate::plan::{DENY_COUNTER_PREFIX, names};
+use crate::plan::{DENY_COUNTER_PREFIX, EDGE_DENY_PREFIX, EDGES, names};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ struct Inner {
     errors: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
     default_deny: u64,
+    /// Edge name -> packets its final drop counted; only edges whose chain exists.
+    edge_denied: BTreeMap<String, u64>,
 }
 
 /// The registry. Cheap to update from any task; `render` takes a consistent snapshot.
@@ -161,7 +164,7 @@ impl Metrics {
         self.lock().separation_violations = n as u64;
     }
 
-    /// One error of `kind` (a short fixed word: `docker`, `nft`, `netlink`, `policy`).
+    /// One error of `kind` (a short fixed word: `source`, `nft`, `reconcile`, `bridge`, `reload`, `state`).
     pub fn error(&self, kind: &str) {
         *self.lock().errors.entry(kind.to_string()).or_default() += 1;
     }
@@ -187,9 +190,29 @@ impl Metrics {
                 }
             }
         }
+        let mut edge_denied: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(Some(t)) = live.get(&Family::Inet) {
+            for (edge, chain) in EDGES {
+                let Some(ch) = t.chains.get(chain) else {
+                    continue;
+                };
+                let n = ch
+                    .rules
+                    .iter()
+                    .filter(|r| {
+                        r.comment.as_deref().is_some_and(|c| {
+                            comment_text(c).strip_prefix(EDGE_DENY_PREFIX) == Some(edge)
+                        })
+                    })
+                    .filter_map(|r| r.packets)
+                    .sum();
+                edge_denied.insert(edge.to_string(), n);
+            }
+        }
         let mut i = self.lock();
         i.denied = denied;
         i.default_deny = default_deny;
+        i.edge_denied = edge_denied;
     }
 
     /// The text exposition format.
@@ -269,6 +292,21 @@ impl Metrics {
             "netguard_default_deny_packets_total {}",
             i.default_deny
         );
+        if !i.edge_denied.is_empty() {
+            head(
+                &mut out,
+                "netguard_denied_total",
+                "counter",
+                "New connections dropped at a closed edge (host, egress, ingress).",
+            );
+            for (edge, v) in &i.edge_denied {
+                let _ = writeln!(
+                    out,
+                    "netguard_denied_total{{edge=\"{}\"}} {v}",
+                    escape(edge)
+                );
+            }
+        }
         out
     }
 }

@@ -1245,3 +1245,161 @@ fn published_port_changes_only_set_elements() {
     );
     assert_eq!(elements_only(&before), elements_only(&after));
 }
+
+/// A stand-in for the Docker socket that the test can take away: a Unix-socket proxy to
+/// /var/run/docker.sock. `stop` closes every connection through it and removes the socket
+/// (the daemon sees its event stream end and cannot connect again); `start` brings it back
+/// at the same path. The shared dockerd is never touched.
+struct DockerProxy {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+}
+
+impl DockerProxy {
+    fn new(path: PathBuf) -> DockerProxy {
+        let mut p = DockerProxy {
+            path,
+            stop: Default::default(),
+            conns: Default::default(),
+        };
+        p.start();
+        p
+    }
+
+    fn start(&mut self) {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let _ = std::fs::remove_file(&self.path);
+        let listener = UnixListener::bind(&self.path).expect("bind the proxy socket");
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.stop = stop.clone();
+        let conns = self.conns.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(upstream) = UnixStream::connect("/var/run/docker.sock") else {
+                    continue;
+                };
+                let mut held = conns.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(upstream.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_file(&self.path);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for DockerProxy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `GET /metrics` on 127.0.0.1:PORT: the value of one sample, 0 when absent.
+fn metric(port: u16, sample: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(k, _)| *k == sample)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Fault 3: the Docker socket disappears (the daemon follows Docker through a proxy socket
+/// the test removes) and comes back. Meanwhile the last good state holds (a and b still talk,
+/// the stray stays cut off), the daemon says it lost Docker (log, `connected: false` and
+/// `last_error` in the state file, `errors_total{kind="source"}`), and a container started
+/// during the outage is not let in; once the socket is back the daemon reconnects on its own,
+/// resyncs, and the new container joins its group.
+#[test]
+fn docker_socket_gone_and_back_reconnects_and_resyncs() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new(
+        "docker_socket_gone_and_back_reconnects_and_resyncs",
+        "sock",
+        &[],
+    ) else {
+        return;
+    };
+    const PORT: u16 = 9471;
+    let sock = PathBuf::from(format!(
+        "/tmp/ngd-{}-faults-docker.sock",
+        std::process::id()
+    ));
+    let mut proxy = DockerProxy::new(sock.clone());
+    let mut s = env.spec();
+    s.env
+        .push(("DOCKER_HOST".into(), format!("unix://{}", sock.display())));
+    s.metrics_listen = Some(format!("127.0.0.1:{PORT}"));
+    let mut d = Daemon::start(&s);
+    let a = env.run("a", Some("app"), &[]);
+    let b = env.run("b", Some("app"), &[]);
+    let stray = env.run("stray", None, &[]);
+    listening(&a);
+    listening(&stray);
+    let (ip_a, ip_b) = (env.ip(&a), env.ip(&b));
+    reaches(&b, &ip_a, &d);
+    blocked(&stray, &ip_a, &d);
+
+    proxy.stop();
+    d.wait_state("connected: false", Duration::from_secs(10), |s| {
+        s["connected"] == false
+    });
+    let st = d.state().unwrap();
+    let err = st["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(err.starts_with("lost Docker at unix://"), "{st}");
+    assert!(metric(PORT, "netguard_errors_total{kind=\"source\"}") >= 1.0);
+    assert!(d.log_text().contains("reconnecting"));
+    let c = env.run("c", Some("app"), &[]);
+    listening(&c);
+    let ip_c = env.ip(&c);
+    reaches(&b, &ip_a, &d);
+    reaches(&a, &ip_b, &d);
+    blocked(&stray, &ip_a, &d);
+    blocked(&c, &ip_a, &d);
+    assert!(d.alive(), "daemon died");
+
+    proxy.start();
+    d.wait_state("connected again", Duration::from_secs(40), |s| {
+        s["connected"] == true && s["last_error"].is_null()
+    });
+    reaches(&c, &ip_a, &d);
+    reaches(&a, &ip_c, &d);
+    reaches(&b, &ip_a, &d);
+    blocked(&stray, &ip_c, &d);
+    let (code, out) = netguard(&[
+        "-c",
+        env.policy.to_str().unwrap(),
+        "--docker-host",
+        &format!("unix://{}", sock.display()),
+        "diff",
+    ]);
+    assert_eq!(code, 0, "{out}");
+}

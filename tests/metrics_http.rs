@@ -158,3 +158,39 @@ async fn scrape_and_parse() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     task.abort();
 }
+
+/// The edges' counted drops become `netguard_denied_total{edge}`, one per closed edge (its
+/// chain present), and nothing else in those chains counts.
+#[test]
+fn edge_denials_by_edge() {
+    let json = r#"{"nftables": [
+      {"table": {"family": "inet", "name": "netguard"}},
+      {"chain": {"family": "inet", "table": "netguard", "name": "input"}},
+      {"chain": {"family": "inet", "table": "netguard", "name": "egress"}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "input",
+        "comment": "allow monitoring -> host 9100/tcp (p.toml:9) [ng:0000000000000001]",
+        "expr": [{"counter": {"packets": 50, "bytes": 3000}}, {"accept": null}]}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "input",
+        "comment": "edge deny host [ng:0000000000000002]",
+        "expr": [{"counter": {"packets": 4, "bytes": 240}}, {"drop": null}]}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "egress",
+        "comment": "edge deny egress [ng:0000000000000003]",
+        "expr": [{"counter": {"packets": 9, "bytes": 540}}, {"drop": null}]}}
+    ]}"#;
+    let live: LiveState = [
+        (Family::Inet, Some(parse_table(json).unwrap())),
+        (Family::Bridge, None),
+    ]
+    .into_iter()
+    .collect();
+    let m = Metrics::new();
+    m.set_denied_from_live(&live);
+    let s = parse(&m.render());
+    assert_eq!(s["netguard_denied_total{edge=\"host\"}"], 4.0);
+    assert_eq!(s["netguard_denied_total{edge=\"egress\"}"], 9.0);
+    assert!(!s.contains_key("netguard_denied_total{edge=\"ingress\"}"));
+    // Without edge chains (every edge open) the family is not exported at all.
+    let m = Metrics::new();
+    m.set_denied_from_live(&live_with_deny_counters());
+    assert!(!m.render().contains("netguard_denied_total"));
+}

@@ -351,6 +351,54 @@ fn example_policy_plan() {
     insta::assert_json_snapshot!("example_batch", batch_json(&planned));
 }
 
+/// The edges closed: host, egress and ingress deny, with one line of each kind open.
+const EDGES_POLICY: &str = r#"
+[settings]
+networks = ["shop-*"]
+host = "deny"
+egress = "deny"
+ingress = "deny"
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.monitoring]
+match = { name = "prom*" }
+
+[[allow]]
+from = "monitoring"
+to = "host"
+ports = ["9100/tcp", "icmp"]
+
+[[allow]]
+from = "web"
+to = ["203.0.113.0/24", "2001:db8:1::/48", "198.51.100.7"]
+ports = ["443/tcp", "8000-8100/tcp"]
+
+[[allow]]
+from = "*"
+to = "world"
+ports = ["53/udp"]
+
+[[allow]]
+from = ["198.51.100.0/24"]
+to = "web"
+ports = ["443/tcp"]
+
+[[allow]]
+from = "world"
+to = "web"
+ports = ["80/tcp"]
+"#;
+
+#[test]
+fn edges_policy_plan() {
+    let p = policy("edges.toml", EDGES_POLICY);
+    let planned = plan(&p, &shop_inventory());
+    insta::assert_json_snapshot!("edges_plan", planned.ruleset);
+    insta::assert_json_snapshot!("edges_batch", batch_json(&planned));
+}
+
 #[test]
 fn lab_policy_plan() {
     let p = policy("lab.toml", LAB_POLICY);

@@ -264,6 +264,8 @@ pub struct Controller<S: Source, E: Enforcer> {
     /// Addresses that left recently, and when: their connections are being cut off the
     /// loop, and an early admission of one of them waits for that cut (see [`EarlyPath`]).
     released: BTreeMap<IpAddr, Instant>,
+    /// The last state file write failed (see [`Controller::write_state`]).
+    state_unwritable: std::sync::atomic::AtomicBool,
 }
 
 /// A batch of changes with the time the first of them was received.
@@ -400,6 +402,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             early: Early::default(),
             early_rx: None,
             released: BTreeMap::new(),
+            state_unwritable: Default::default(),
         }
     }
 
@@ -410,12 +413,29 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         self.dirty = true;
     }
 
+    /// Enforcement does not depend on the state file: a write that fails is counted each
+    /// time (`errors_total{kind="state"}`) but logged once until a write works again, so an
+    /// unwritable directory does not flood the log at every event.
     fn write_state(&self) {
         let Some(path) = &self.opts.state_file else {
             return;
         };
-        if let Err(e) = crate::state::write(path, &self.state) {
-            tracing::debug!(path = %path.display(), "cannot write the state file: {e}");
+        match crate::state::write(path, &self.state) {
+            Ok(()) => {
+                if self.state_unwritable.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %path.display(), "the state file is written again");
+                }
+            }
+            Err(e) => {
+                self.observer.error("state");
+                if !self.state_unwritable.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        kind = "state",
+                        path = %path.display(),
+                        "cannot write the state file: {e}; enforcement goes on, logged once until it works again"
+                    );
+                }
+            }
         }
     }
 
@@ -840,6 +860,8 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         // second, and a sleep re-created on each turn would never reach a backoff of 1 s or more.
         let mut reconnect_at = tokio::time::Instant::now() + backoff;
         let mut last_apply: Option<Instant> = None;
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_backoff = Duration::from_secs(1);
 
         loop {
             heartbeat.store(now_ms(), Ordering::Relaxed);
@@ -856,7 +878,23 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     Some(Signal::Stop(why)) => { tracing::info!("{why}: exiting, rules stay in place"); break; }
                     None => break,
                 },
-                _ = tick.tick() => self.expire_early().await,
+                _ = tick.tick() => {
+                    self.expire_early().await;
+                    // A failed reconcile (nft refused the transaction, the source did not
+                    // answer) is retried with backoff instead of waiting for the resync.
+                    let now = tokio::time::Instant::now();
+                    match retry_at {
+                        _ if !self.dirty || !connected => retry_at = None,
+                        None => retry_at = Some(now + retry_backoff),
+                        Some(at) if now >= at => {
+                            tracing::info!("retrying the failed reconcile");
+                            let _ = self.full_sync().await;
+                            retry_backoff = if self.dirty { (retry_backoff * 2).min(Duration::from_secs(30)) } else { Duration::from_secs(1) };
+                            retry_at = None;
+                        }
+                        Some(_) => {}
+                    }
+                }
                 Some(e) = next_early(&mut self.early_rx) => self.admit_now(e),
                 _ = resync.tick() => self.resync().await,
                 _ = tokio::time::sleep_until(reconnect_at), if !connected => {

@@ -570,10 +570,12 @@ mod tests {
                 };
                 apply(&mut kernel, &delta);
                 let want = engine.plan().ruleset.elements();
-                // `bridges` and `unmanaged` are structure (networks), not container state.
+                // The bridge sets are structure (networks), not container state.
                 let strip = |k: &Kernel| -> Kernel {
                     k.iter()
-                        .filter(|x| x.1 != "bridges" && x.1 != "unmanaged")
+                        .filter(|x| {
+                            !["bridges", "unmanaged", "managed", "engine"].contains(&x.1.as_str())
+                        })
                         .cloned()
                         .collect()
                 };

@@ -239,6 +239,7 @@ pub fn port_range(v: &Value) -> Option<(u16, u16)> {
 fn hook_of(v: &Value) -> Option<Hook> {
     match v.as_str()? {
         "prerouting" => Some(Hook::Prerouting),
+        "input" => Some(Hook::Input),
         "forward" => Some(Hook::Forward),
         "postrouting" => Some(Hook::Postrouting),
         _ => None,

@@ -180,6 +180,7 @@ fn hook_of(num: u32) -> Option<Hook> {
     // NF_INET_* and NF_BR_* agree on these numbers.
     match num {
         0 => Some(Hook::Prerouting),
+        1 => Some(Hook::Input),
         2 => Some(Hook::Forward),
         4 => Some(Hook::Postrouting),
         _ => None,

@@ -36,6 +36,7 @@ pub fn chain_obj(f: Family, c: &Chain) -> schema::Chain<'static> {
         ch._type = Some(NfChainType::Filter);
         ch.hook = Some(match b.hook {
             Hook::Prerouting => NfHook::Prerouting,
+            Hook::Input => NfHook::Input,
             Hook::Forward => NfHook::Forward,
             Hook::Postrouting => NfHook::Postrouting,
         });
@@ -264,6 +265,34 @@ fn prefixes(p: &[(std::net::Ipv6Addr, u8)]) -> Expression<'static> {
     )
 }
 
+/// A whole address goes as itself: a full-length prefix in an anonymous interval set
+/// matched nothing over IPv6 (tests/netns_edges.rs found it).
+fn nets(p: &[(std::net::IpAddr, u8)]) -> Expression<'static> {
+    anon_set(
+        p.iter()
+            .map(|(a, len)| {
+                let full = if a.is_ipv6() { 128 } else { 32 };
+                if u32::from(*len) == full {
+                    s(&a.to_string())
+                } else {
+                    Expression::Named(NamedExpression::Prefix(Prefix {
+                        addr: Box::new(s(&a.to_string())),
+                        len: *len as u32,
+                    }))
+                }
+            })
+            .collect(),
+    )
+}
+
+fn ct(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }))
+}
+
 fn match_stmt(mt: &Match) -> Statement<'static> {
     use Operator::EQ;
     match mt {
@@ -278,6 +307,20 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         Match::IifInSet(set) => m(meta(MetaKey::Iifname), EQ, set_ref(set)),
         Match::OifInSet(set) => m(meta(MetaKey::Oifname), EQ, set_ref(set)),
         Match::IifNotInSet(set) => m(meta(MetaKey::Iifname), Operator::NEQ, set_ref(set)),
+        Match::OifNotInSet(set) => m(meta(MetaKey::Oifname), Operator::NEQ, set_ref(set)),
+        Match::IifNotPattern(p) => m(meta(MetaKey::Iifname), Operator::NEQ, s(p)),
+        Match::OifNotPattern(p) => m(meta(MetaKey::Oifname), Operator::NEQ, s(p)),
+        Match::SaddrNets { ip, nets: n } => m(addr(*ip, "saddr"), EQ, nets(n)),
+        Match::DaddrNets { ip, nets: n } => m(addr(*ip, "daddr"), EQ, nets(n)),
+        Match::FibDaddrLocal => m(
+            Expression::Named(NamedExpression::Fib(nftables::expr::Fib {
+                result: nftables::expr::FibResult::Type,
+                flags: [nftables::expr::FibFlag::Daddr].into_iter().collect(),
+            })),
+            EQ,
+            s("local"),
+        ),
+        Match::CtStatusDnat => m(ct("status"), Operator::IN, s("dnat")),
         Match::IifPattern(p) => m(meta(MetaKey::Iifname), EQ, s(p)),
         Match::OifPattern(p) => m(meta(MetaKey::Oifname), EQ, s(p)),
         Match::EtherType(t) => m(

@@ -46,6 +46,9 @@ pub struct Denial {
     /// probe is told by (`verify::marks`).
     #[serde(skip)]
     pub probe_port: Option<u16>,
+    /// The edge that dropped it (`host`, `egress`, `ingress`); none between containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
 }
 
 /// The source port of a logged packet, or its echo identifier: the `ID=` after `TYPE=`
@@ -92,8 +95,17 @@ impl Reader {
 
 /// Parses the `netguard-deny ...` part of one log line (any prefix before it is ignored).
 pub fn parse_line(line: &str) -> Option<Denial> {
-    let at = line.find(LOG_PREFIX)?;
-    let rest = &line[at + LOG_PREFIX.len()..];
+    let prefixes = [
+        (LOG_PREFIX, None),
+        (crate::plan::LOG_PREFIX_HOST, Some("host")),
+        (crate::plan::LOG_PREFIX_EGRESS, Some("egress")),
+        (crate::plan::LOG_PREFIX_INGRESS, Some("ingress")),
+    ];
+    let (at, prefix, edge) = prefixes
+        .iter()
+        .filter_map(|(p, e)| line.find(p).map(|at| (at, *p, *e)))
+        .min_by_key(|(at, _, _)| *at)?;
+    let rest = &line[at + prefix.len()..];
     let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
     for tok in rest.split_whitespace() {
         if let Some((k, v)) = tok.split_once('=') {
@@ -113,6 +125,7 @@ pub fn parse_line(line: &str) -> Option<Denial> {
         from: None,
         to: None,
         probe_port: probe_port(rest),
+        edge: edge.map(str::to_string),
     })
 }
 
@@ -281,9 +294,13 @@ pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
             Some(p) => format!("{}/{}", p, d.proto.to_lowercase()),
             None => d.proto.to_lowercase(),
         };
+        let at = match &d.edge {
+            Some(e) => format!(" ({e} edge)"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{}  {} {} → {}  {}  on {}",
+            "{}  {} {} → {}  {}  on {}{at}",
             d.unix_ms.map(utc).unwrap_or_else(|| "-".into()),
             style.red("denied"),
             who(&d.from, &d.src),
@@ -298,6 +315,19 @@ pub fn render(ds: &[Denial], log_denied: bool, style: Style) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edge_prefixes_name_their_edge() {
+        let line = "kernel: netguard-deny-egress IN=br-a OUT=eth0 SRC=10.0.0.2 DST=203.0.113.5 PROTO=TCP SPT=4000 DPT=443";
+        let d = parse_line(line);
+        assert_eq!(d.as_ref().and_then(|d| d.edge.as_deref()), Some("egress"));
+        assert_eq!(d.and_then(|d| d.dport), Some(443));
+        let plain = parse_line("netguard-deny IN=br-a SRC=10.0.0.2 DST=10.0.0.3 PROTO=UDP DPT=53");
+        assert_eq!(plain.map(|d| d.edge), Some(None));
+        let host =
+            parse_line("netguard-deny-host IN=br-a SRC=10.0.0.2 DST=10.0.0.1 PROTO=TCP DPT=22");
+        assert_eq!(host.and_then(|d| d.edge), Some("host".to_string()));
+    }
 
     #[test]
     fn parses_a_kernel_line() {

@@ -2,7 +2,7 @@
 //! rules between groups, each in the chain of its source.
 
 use super::ruleset::*;
-use super::{Flow, LOG_PREFIX, PlannedNetwork, names};
+use super::{Flow, LOG_PREFIX, PlannedNetwork, edges, names};
 use crate::policy::{Policy, Proto};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,7 +29,10 @@ pub(super) fn table(
                     hook: Hook::Forward,
                     priority: -10,
                 }),
-                rules: forward_rules(engine),
+                rules: forward_rules(engine)
+                    .into_iter()
+                    .chain(edges::forward_rules(policy, engine))
+                    .collect(),
             },
             Chain {
                 name: names::ISOLATE.into(),
@@ -38,6 +41,7 @@ pub(super) fn table(
             },
         ]
         .into_iter()
+        .chain(edges::chains(policy, flows))
         .chain(by_source.into_iter().map(|(src, rules)| Chain {
             name: names::source_chain(&src.set),
             base: None,
@@ -63,6 +67,11 @@ fn sets(policy: &Policy, networks: &BTreeMap<String, PlannedNetwork>) -> BTreeMa
     };
     new_set(names::BRIDGE_PAIRS, SetKind::IfnamePair);
     new_set(names::UNMANAGED, SetKind::Ifname);
+    new_set(names::MANAGED, SetKind::Ifname);
+    let engine_set = edges::needs_engine_set(policy);
+    if engine_set {
+        new_set(names::ENGINE, SetKind::Ifname);
+    }
     new_set(names::ALL_4, SetKind::IfnameV4);
     new_set(names::ALL_6, SetKind::IfnameV6);
     for g in policy.groups.keys() {
@@ -75,8 +84,16 @@ fn sets(policy: &Policy, networks: &BTreeMap<String, PlannedNetwork>) -> BTreeMa
         }
     };
     for n in networks.values() {
+        if let Some(b) = &n.bridge
+            && crate::inventory::exact_ifname(b)
+        {
+            add(names::ENGINE, Elem::Ifname(b.clone()));
+        }
         match (&n.bridge, n.managed) {
-            (Some(b), true) => add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone())),
+            (Some(b), true) => {
+                add(names::BRIDGE_PAIRS, Elem::IfnamePair(b.clone(), b.clone()));
+                add(names::MANAGED, Elem::Ifname(b.clone()));
+            }
             // A name nft would read as a pattern stays out: a Docker-shaped one is then
             // judged by the default-deny rule for unknown bridges (fail closed).
             (Some(b), false) if crate::inventory::exact_ifname(b) => {
@@ -94,7 +111,7 @@ fn sets(policy: &Policy, networks: &BTreeMap<String, PlannedNetwork>) -> BTreeMa
 /// is in, not every line of the policy.
 fn source_chains(flows: &[Flow]) -> Vec<(Source, Vec<Rule>)> {
     let mut by_source: Vec<(Source, Vec<Rule>)> = Vec::new();
-    for f in flows {
+    for f in flows.iter().filter(|f| f.between_containers()) {
         for (src, rule) in flow_rules(f) {
             match by_source.iter_mut().find(|(s, _)| *s == src) {
                 Some((_, rules)) => rules.push(rule),

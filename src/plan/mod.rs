@@ -2,9 +2,11 @@
 //! allowed, and the exact nftables objects that enforce it. No I/O, deterministic.
 
 mod binding;
+mod edges;
 mod inet;
 pub mod ruleset;
 
+pub use edges::{EDGE_DENY_PREFIX, EDGES, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS};
 pub use inet::{DENY_COUNTER_MAX_GROUPS, DENY_COUNTER_PREFIX};
 
 use crate::inventory::{Container, Inventory, Unisolable};
@@ -21,6 +23,10 @@ pub const LOG_PREFIX: &str = "netguard-deny ";
 pub mod names {
     pub const BRIDGE_PAIRS: &str = "bridges";
     pub const UNMANAGED: &str = "unmanaged";
+    /// Bridges of the managed networks (the edges' chains start from them).
+    pub const MANAGED: &str = "managed";
+    /// Every bridge of the engine's networks, managed or not: not the outside.
+    pub const ENGINE: &str = "engine";
     pub const ALL_4: &str = "all_4";
     pub const ALL_6: &str = "all_6";
     pub const VETHS: &str = "veths";
@@ -33,6 +39,9 @@ pub mod names {
     pub const MAC_VETHS: &str = "mac_veths";
     pub const FORWARD: &str = "forward";
     pub const ISOLATE: &str = "isolate";
+    pub const INPUT: &str = "input";
+    pub const EGRESS: &str = "egress";
+    pub const INGRESS: &str = "ingress";
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
     pub const FOREIGN_MAC: &str = "foreign_mac";
@@ -163,6 +172,18 @@ pub struct Flow {
     pub to: Vec<String>,
     pub ports: Option<Vec<PortSpec>>,
     pub comment: Option<String>,
+    /// The policy's peers (the strings above are their names).
+    #[serde(skip)]
+    pub from_peers: Peers,
+    #[serde(skip)]
+    pub to_peers: Peers,
+}
+
+impl Flow {
+    /// Between managed containers (both sides groups or `"*"`), as opposed to an edge line.
+    pub fn between_containers(&self) -> bool {
+        self.from_peers.is_containers() && self.to_peers.is_containers()
+    }
 }
 
 /// Does `sel` match container `c`? All keys given in the selector must match.
@@ -193,6 +214,9 @@ fn peers_names(p: &Peers) -> Vec<String> {
     match p {
         Peers::Any => vec!["*".to_string()],
         Peers::Groups(g) => g.clone(),
+        Peers::Host => vec!["host".to_string()],
+        Peers::World => vec!["world".to_string()],
+        Peers::Nets(n) => n.iter().map(|n| n.to_string()).collect(),
     }
 }
 
@@ -294,6 +318,8 @@ pub fn plan(policy: &Policy, inventory: &Inventory) -> Plan {
             to: peers_names(&a.to),
             ports: a.ports.clone(),
             comment: a.comment.clone(),
+            from_peers: a.from.clone(),
+            to_peers: a.to.clone(),
         })
         .collect();
 

@@ -5,7 +5,7 @@
 pub use crate::inventory::Mac;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const TABLE_NAME: &str = "netguard";
 
@@ -144,6 +144,7 @@ impl std::fmt::Display for Elem {
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     Prerouting,
+    Input,
     Forward,
     Postrouting,
 }
@@ -193,10 +194,26 @@ pub enum Match {
     IifInSet(String),
     IifNotInSet(String),
     OifInSet(String),
+    OifNotInSet(String),
     /// `iifname "br-*"`: an nft interface-name pattern (netguard's own constants only).
     IifPattern(String),
     OifPattern(String),
+    IifNotPattern(String),
+    OifNotPattern(String),
     EtherType(EtherType),
+    /// `ip saddr { nets }` / `ip6 saddr { nets }`: addresses a policy line names.
+    SaddrNets {
+        ip: IpVersion,
+        nets: Vec<(IpAddr, u8)>,
+    },
+    DaddrNets {
+        ip: IpVersion,
+        nets: Vec<(IpAddr, u8)>,
+    },
+    /// `fib daddr type local`: addressed to this host.
+    FibDaddrLocal,
+    /// `ct status dnat`: the connection's destination was rewritten (a published port).
+    CtStatusDnat,
     /// `[iifname .] ip saddr @set` (or `!=` when `negate`).
     SaddrInSet {
         ip: IpVersion,

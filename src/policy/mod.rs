@@ -4,10 +4,12 @@
 //! invariants: every group referenced exists, every glob compiled, every port range valid.
 
 mod glob;
+mod net;
 mod parse;
 mod ports;
 
 pub use glob::{Glob, GlobError};
+pub use net::{Net, NetError};
 pub use parse::{PolicyError, PolicyErrors, load_policy, parse_policy, warnings};
 pub use ports::{PortSpec, PortSpecError, Proto};
 
@@ -43,6 +45,30 @@ pub struct Settings {
     pub networks: Vec<Glob>,
     pub anti_spoofing: bool,
     pub log_denied: bool,
+    /// Managed container -> an address of this host.
+    pub host: EdgeDefault,
+    /// Managed container -> anything forwarded out of a non-engine interface.
+    pub egress: EdgeDefault,
+    /// Outside -> a managed container (through its published ports).
+    pub ingress: EdgeDefault,
+}
+
+/// What an edge of the managed networks does with a new connection no line allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeDefault {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl EdgeDefault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeDefault::Allow => "allow",
+            EdgeDefault::Deny => "deny",
+        }
+    }
 }
 
 impl Default for Settings {
@@ -51,6 +77,9 @@ impl Default for Settings {
             networks: vec![Glob::any()],
             anti_spoofing: true,
             log_denied: false,
+            host: EdgeDefault::Allow,
+            egress: EdgeDefault::Allow,
+            ingress: EdgeDefault::Allow,
         }
     }
 }
@@ -84,12 +113,26 @@ pub struct Selector {
     pub loc: Loc,
 }
 
-/// The side of a flow: any managed container, or members of the listed groups.
+/// The side of a flow: any managed container, members of the listed groups, or (on the
+/// edges, see docs/policy.md) this host, the world, or addresses outside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Peers {
     Any,
     Groups(Vec<String>),
+    /// `"host"`: this host's own addresses (only as `to`).
+    Host,
+    /// `"world"`: anything that is not a managed container.
+    World,
+    /// Addresses or CIDRs, IPv4 and IPv6.
+    Nets(Vec<Net>),
+}
+
+impl Peers {
+    /// Managed containers (groups or `"*"`), as opposed to an edge peer.
+    pub fn is_containers(&self) -> bool {
+        matches!(self, Peers::Any | Peers::Groups(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

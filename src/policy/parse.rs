@@ -4,7 +4,9 @@
 //! `Deserialize`: serde stops at the first problem and its messages name Rust types, while
 //! ops need every mistake in one run, each pointing at the exact string that is wrong.
 
-use super::{Allow, Glob, Group, Peers, Policy, PortSpec, Selector, Separate, Settings};
+use super::{
+    Allow, EdgeDefault, Glob, Group, Net, Peers, Policy, PortSpec, Selector, Separate, Settings,
+};
 use crate::loc::Loc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -90,8 +92,8 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
         .iter()
         .flat_map(|a| [&a.from, &a.to])
         .filter_map(|p| match p {
-            Peers::Any => None,
             Peers::Groups(g) => Some(g),
+            _ => None,
         })
         .flatten()
         .map(String::as_str)
@@ -110,7 +112,14 @@ pub fn warnings(policy: &Policy) -> Vec<String> {
 }
 
 const TOP_KEYS: &[&str] = &["version", "settings", "groups", "allow", "separate"];
-const SETTINGS_KEYS: &[&str] = &["networks", "anti_spoofing", "log_denied"];
+const SETTINGS_KEYS: &[&str] = &[
+    "networks",
+    "anti_spoofing",
+    "log_denied",
+    "host",
+    "egress",
+    "ingress",
+];
 const GROUP_KEYS: &[&str] = &["match", "mac_binding"];
 const SELECTOR_KEYS: &[&str] = &["name", "image", "network", "label"];
 const ALLOW_KEYS: &[&str] = &["from", "to", "within", "ports", "comment"];
@@ -257,6 +266,19 @@ impl Parser<'_> {
         }
         if let Some(v) = table.get("log_denied") {
             s.log_denied = self.boolean("log_denied", v).unwrap_or(s.log_denied);
+        }
+        for (key, slot) in [
+            ("host", &mut s.host),
+            ("egress", &mut s.egress),
+            ("ingress", &mut s.ingress),
+        ] {
+            if let Some(v) = table.get(key) {
+                match v.get_ref().as_str() {
+                    Some("allow") => *slot = EdgeDefault::Allow,
+                    Some("deny") => *slot = EdgeDefault::Deny,
+                    _ => self.type_error(key, v, "\"allow\" or \"deny\""),
+                }
+            }
         }
         s
     }
@@ -468,11 +490,12 @@ impl Parser<'_> {
                 let g = self.within(wv, groups);
                 (g.clone(), g, true)
             }
-            (Some((_, fv)), Some((_, tv)), None) => (
-                self.peers("from", fv, groups),
-                self.peers("to", tv, groups),
-                false,
-            ),
+            (Some((_, fv)), Some((_, tv)), None) => {
+                let f = self.peers("from", fv, groups);
+                let t = self.peers("to", tv, groups);
+                self.placement(f.as_ref(), fv, t.as_ref(), tv);
+                (f, t, false)
+            }
             (Some((fk, _)), None, None) => {
                 self.err(
                     fk.span(),
@@ -531,6 +554,15 @@ impl Parser<'_> {
                 );
                 None
             }
+            Some(s) if edge_peer(s).is_some() => {
+                self.err(
+                    v.span(),
+                    format!(
+                        "within takes one trust group, not {s:?}: write from = \"GROUP\" and to = {s:?} for a flow to an edge"
+                    ),
+                );
+                None
+            }
             Some(_) => {
                 let name = self.group_ref("within", v, groups)?;
                 Some(Peers::Groups(vec![name]))
@@ -550,6 +582,11 @@ impl Parser<'_> {
     ) -> Option<Peers> {
         match v.get_ref() {
             DeValue::String(s) if s.as_ref() == "*" => Some(Peers::Any),
+            DeValue::String(s) if s.as_ref() == "host" => Some(Peers::Host),
+            DeValue::String(s) if s.as_ref() == "world" => Some(Peers::World),
+            DeValue::String(s) if looks_like_net(s) => {
+                Some(Peers::Nets(vec![self.net(key, v, s)?]))
+            }
             DeValue::String(_) => Some(Peers::Groups(vec![self.group_ref(key, v, groups)?])),
             DeValue::Array(items) if items.is_empty() => {
                 self.err(
@@ -562,7 +599,11 @@ impl Parser<'_> {
             }
             DeValue::Array(items) => self.peer_list(key, items, groups),
             _ => {
-                self.type_error(key, v, "a group name, a list of group names, or \"*\"");
+                self.type_error(
+                    key,
+                    v,
+                    "a group name, a list of group names, \"*\", \"host\", \"world\", or a list of addresses/CIDRs",
+                );
                 None
             }
         }
@@ -575,9 +616,22 @@ impl Parser<'_> {
         groups: &BTreeMap<String, Group>,
     ) -> Option<Peers> {
         let mut names: Vec<String> = Vec::new();
+        let mut nets: Vec<Net> = Vec::new();
         let mut ok = true;
         for item in items.iter() {
             match item.get_ref().as_str() {
+                Some(s @ ("host" | "world")) => {
+                    ok = false;
+                    self.err(
+                        item.span(),
+                        format!("{s:?} is a peer of its own and cannot be listed: write {key} = {s:?} in an entry of its own"),
+                    );
+                }
+                Some(s) if looks_like_net(s) => match self.net(key, item, s) {
+                    Some(n) if !nets.contains(&n) => nets.push(n),
+                    Some(_) => {}
+                    None => ok = false,
+                },
                 Some("*") => {
                     ok = false;
                     self.err(
@@ -599,7 +653,78 @@ impl Parser<'_> {
                 }
             }
         }
-        ok.then_some(Peers::Groups(names))
+        if ok && !names.is_empty() && !nets.is_empty() {
+            self.err(
+                items
+                    .iter()
+                    .next()
+                    .map(|i| i.span())
+                    .unwrap_or_default(),
+                format!(
+                    "{key} mixes groups and addresses: a line names either trust groups or addresses/CIDRs; split it into two [[allow]] entries"
+                ),
+            );
+            return None;
+        }
+        if !ok {
+            return None;
+        }
+        Some(if nets.is_empty() {
+            Peers::Groups(names)
+        } else {
+            Peers::Nets(nets)
+        })
+    }
+
+    fn net(&mut self, key: &str, v: &Value<'_>, s: &str) -> Option<Net> {
+        match Net::parse(s) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.err(v.span(), format!("bad address in {key:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Where edge peers may stand (docs/policy.md, "Edges"): one side of a line is always
+    /// managed containers, and host -> containers is not filtered.
+    fn placement(
+        &mut self,
+        from: Option<&Peers>,
+        fv: &Value<'_>,
+        to: Option<&Peers>,
+        tv: &Value<'_>,
+    ) {
+        let (Some(from), Some(to)) = (from, to) else {
+            return;
+        };
+        if matches!(from, Peers::Host) {
+            self.err(
+                fv.span(),
+                "from = \"host\" is not a flow netguard filters: connections from this host to containers stay untouched",
+            );
+            return;
+        }
+        if !from.is_containers() && !matches!(to, Peers::Groups(_)) {
+            self.err(
+                tv.span(),
+                format!(
+                    "a line from {} must go to trust groups (the containers it may reach), not {}",
+                    peer_text(from),
+                    peer_text(to)
+                ),
+            );
+            return;
+        }
+        if !to.is_containers() && !from.is_containers() {
+            self.err(
+                fv.span(),
+                format!(
+                    "a line to {} must come from trust groups or \"*\"",
+                    peer_text(to)
+                ),
+            );
+        }
     }
 
     /// Resolves a string naming a group; `v` must hold a string.
@@ -762,6 +887,11 @@ fn check_group_name(name: &str) -> Result<(), String> {
             "\"*\" is reserved (it means any managed container) and cannot name a group".into(),
         );
     }
+    if let Some(meaning) = edge_peer(name) {
+        return Err(format!(
+            "{name:?} is reserved (it means {meaning}) and cannot name a group"
+        ));
+    }
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
@@ -771,6 +901,34 @@ fn check_group_name(name: &str) -> Result<(), String> {
         Err(format!(
             "invalid group name {name:?}: a group name starts with a letter, has only letters, digits, '_' and '-', and at most 32 characters (it becomes part of an nftables set name)"
         ))
+    }
+}
+
+/// The reserved peer names and what they mean.
+fn edge_peer(name: &str) -> Option<&'static str> {
+    match name {
+        "host" => Some("this host's own addresses"),
+        "world" => Some("anything that is not a managed container"),
+        _ => looks_like_net(name).then_some("an address"),
+    }
+}
+
+/// A string a group name can never be (groups have no '.', ':' or '/'), so it is read as
+/// an address and any mistake in it reported as one.
+fn looks_like_net(s: &str) -> bool {
+    s.contains(['.', ':', '/'])
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
+}
+
+fn peer_text(p: &Peers) -> String {
+    match p {
+        Peers::Any => "\"*\"".into(),
+        Peers::Groups(_) => "trust groups".into(),
+        Peers::Host => "\"host\"".into(),
+        Peers::World => "\"world\"".into(),
+        Peers::Nets(_) => "addresses".into(),
     }
 }
 
@@ -1095,7 +1253,7 @@ to = "web"
         assert_eq!(
             one_error("[settings]\nanti_spofing = true\n"),
             "2:1: unknown key \"anti_spofing\" in [settings] (did you mean \"anti_spoofing\"?); \
-             expected one of \"networks\", \"anti_spoofing\", \"log_denied\""
+             expected one of \"networks\", \"anti_spoofing\", \"log_denied\", \"host\", \"egress\", \"ingress\""
         );
         assert_eq!(
             one_error(&format!("{WEB}matches = 1\n")),
@@ -1346,7 +1504,7 @@ to = "web"
         );
         assert_eq!(
             one_error("[[allow]]\nfrom = 1\nto = \"*\"\n"),
-            "2:8: \"from\" must be a group name, a list of group names, or \"*\", found the integer 1"
+            "2:8: \"from\" must be a group name, a list of group names, \"*\", \"host\", \"world\", or a list of addresses/CIDRs, found the integer 1"
         );
         assert_eq!(
             one_error("[[allow]]\nfrom = \"*\"\nto = \"*\"\ncomment = 5\n"),
@@ -1504,5 +1662,196 @@ to = "web"
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(closest("db", ["dc", "web"].into_iter()), None);
         assert_eq!(closest("DB", ["db"].into_iter()), Some("db"));
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::*;
+    use crate::policy::EdgeDefault;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_policy(Path::new("p.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(PolicyErrors(es)) => es
+                .into_iter()
+                .map(|e| format!("{}:{}: {}", e.loc.line, e.loc.col, e.message))
+                .collect(),
+        }
+    }
+
+    const GROUPS: &str =
+        "[groups.api]\nmatch = { name = \"api-*\" }\n[groups.web]\nmatch = { name = \"web-*\" }\n";
+
+    fn with_groups(rest: &str) -> String {
+        format!("{GROUPS}{rest}")
+    }
+
+    #[test]
+    fn the_issue_contract_parses() {
+        let text = with_groups(
+            r#"[settings]
+host = "deny"
+egress = "deny"
+ingress = "allow"
+
+[[allow]]
+from = "api"
+to = ["203.0.113.0/24", "2001:db8:1::/48", "198.51.100.7"]
+ports = ["443/tcp"]
+
+[[allow]]
+from = "api"
+to = "host"
+ports = ["9100/tcp"]
+
+[[allow]]
+from = "world"
+to = "web"
+ports = ["443/tcp"]
+
+[[allow]]
+from = ["198.51.100.0/24"]
+to = "web"
+"#,
+        );
+        let p = match parse_policy(Path::new("p.toml"), &text) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(p.settings.host, EdgeDefault::Deny);
+        assert_eq!(p.settings.egress, EdgeDefault::Deny);
+        assert_eq!(p.settings.ingress, EdgeDefault::Allow);
+        let nets = |p: &Peers| match p {
+            Peers::Nets(n) => n.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            _ => vec![],
+        };
+        assert_eq!(
+            nets(&p.allows[0].to),
+            ["203.0.113.0/24", "2001:db8:1::/48", "198.51.100.7"]
+        );
+        assert_eq!(p.allows[1].to, Peers::Host);
+        assert_eq!(p.allows[2].from, Peers::World);
+        assert_eq!(nets(&p.allows[3].from), ["198.51.100.0/24"]);
+        assert!(errors(GROUPS).is_empty());
+    }
+
+    #[test]
+    fn settings_default_to_allow_and_reject_other_values() {
+        let p = parse_policy(Path::new("p.toml"), GROUPS).ok();
+        assert_eq!(p.map(|p| p.settings.egress), Some(EdgeDefault::Allow));
+        assert_eq!(
+            errors("[settings]\nhost = \"block\"\negress = true\n"),
+            [
+                "2:8: \"host\" must be \"allow\" or \"deny\", found the string \"block\"",
+                "3:10: \"egress\" must be \"allow\" or \"deny\", found the boolean true",
+            ]
+        );
+    }
+
+    #[test]
+    fn reserved_group_names() {
+        assert_eq!(
+            errors(
+                "[groups.host]\nmatch = { name = \"h\" }\n[groups.world]\nmatch = { name = \"w\" }\n"
+            ),
+            [
+                "1:9: \"host\" is reserved (it means this host's own addresses) and cannot name a group",
+                "3:9: \"world\" is reserved (it means anything that is not a managed container) and cannot name a group",
+            ]
+        );
+    }
+
+    #[test]
+    fn within_takes_groups_only() {
+        assert_eq!(
+            errors(&with_groups("[[allow]]\nwithin = \"host\"\n")),
+            [
+                "6:10: within takes one trust group, not \"host\": write from = \"GROUP\" and to = \"host\" for a flow to an edge"
+            ]
+        );
+        assert_eq!(
+            errors(&with_groups("[[allow]]\nwithin = \"10.0.0.0/8\"\n")).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn edge_peers_need_containers_on_the_other_side() {
+        assert_eq!(
+            errors(&with_groups("[[allow]]\nfrom = \"world\"\nto = \"host\"\n")),
+            [
+                "7:6: a line from \"world\" must go to trust groups (the containers it may reach), not \"host\""
+            ]
+        );
+        assert_eq!(
+            errors(&with_groups("[[allow]]\nfrom = \"world\"\nto = \"*\"\n")),
+            [
+                "7:6: a line from \"world\" must go to trust groups (the containers it may reach), not \"*\""
+            ]
+        );
+        assert_eq!(
+            errors(&with_groups(
+                "[[allow]]\nfrom = \"10.0.0.0/8\"\nto = [\"203.0.113.0/24\"]\n"
+            )),
+            [
+                "7:6: a line from addresses must go to trust groups (the containers it may reach), not addresses"
+            ]
+        );
+        assert_eq!(
+            errors(&with_groups("[[allow]]\nfrom = \"host\"\nto = \"web\"\n")),
+            [
+                "6:8: from = \"host\" is not a flow netguard filters: connections from this host to containers stay untouched"
+            ]
+        );
+        // Containers to an edge, and "*" to one, are fine.
+        assert!(errors(&with_groups("[[allow]]\nfrom = \"*\"\nto = \"world\"\n")).is_empty());
+        assert!(
+            errors(&with_groups(
+                "[[allow]]\nfrom = [\"api\", \"web\"]\nto = \"host\"\n"
+            ))
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn bad_addresses_and_lists() {
+        assert_eq!(
+            errors(&with_groups(
+                "[[allow]]\nfrom = \"api\"\nto = [\"203.0.113.5/24\", \"10.0.0.0/33\", \"1.2.3\"]\n"
+            )),
+            [
+                "7:7: bad address in \"to\": \"203.0.113.5/24\" has bits set beyond its prefix: write 203.0.113.0/24",
+                "7:25: bad address in \"to\": prefix /33 is too long for 10.0.0.0 (at most /32)",
+                "7:40: bad address in \"to\": \"1.2.3\" is not an address or CIDR (such as \"203.0.113.0/24\" or \"2001:db8::/32\")",
+            ]
+        );
+        assert_eq!(
+            errors(&with_groups(
+                "[[allow]]\nfrom = \"api\"\nto = [\"web\", \"203.0.113.0/24\"]\n"
+            )),
+            [
+                "7:7: to mixes groups and addresses: a line names either trust groups or addresses/CIDRs; split it into two [[allow]] entries"
+            ]
+        );
+        assert_eq!(
+            errors(&with_groups(
+                "[[allow]]\nfrom = \"api\"\nto = [\"host\", \"world\"]\n"
+            )),
+            [
+                "7:7: \"host\" is a peer of its own and cannot be listed: write to = \"host\" in an entry of its own",
+                "7:15: \"world\" is a peer of its own and cannot be listed: write to = \"world\" in an entry of its own",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_settings_key_names_the_new_ones() {
+        let es = errors("[settings]\nhosts = \"deny\"\n");
+        assert_eq!(es.len(), 1);
+        assert!(
+            es[0].starts_with("2:1: unknown key \"hosts\" in [settings] (did you mean \"host\"?)"),
+            "{es:?}"
+        );
     }
 }

@@ -29,6 +29,10 @@ pub struct Spec {
     pub log_level: String,
     /// `--metrics-listen ADDR` (inside `netns` when one is set).
     pub metrics_listen: Option<String>,
+    /// Extra environment for the daemon (fault-injection hooks).
+    pub env: Vec<(String, String)>,
+    /// The state file, else one of its own in `dir`.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Spec {
@@ -42,6 +46,8 @@ impl Spec {
             dir: dir.to_path_buf(),
             log_level: std::env::var("NETGUARD_TEST_LOG").unwrap_or_else(|_| "info".into()),
             metrics_listen: None,
+            env: Vec::new(),
+            state_file: None,
         }
     }
 }
@@ -72,7 +78,10 @@ impl Daemon {
     /// Starts the daemon; does not wait (see `wait_ready`).
     pub fn spawn(spec: &Spec) -> Daemon {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
-        let state_file = spec.dir.join(format!("daemon-{n}.state.json"));
+        let state_file = spec
+            .state_file
+            .clone()
+            .unwrap_or_else(|| spec.dir.join(format!("daemon-{n}.state.json")));
         let log = spec.dir.join(format!("daemon-{n}.log"));
         let _ = std::fs::remove_file(&state_file);
         let mut args: Vec<String> = Vec::new();
@@ -103,6 +112,7 @@ impl Daemon {
         let child = Command::new(&program)
             .args(&args)
             .env("NETGUARD_LOG", &spec.log_level)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .stdin(Stdio::null())
