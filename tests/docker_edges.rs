@@ -140,16 +140,18 @@ impl PrivateDocker {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", IMAGE])
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker save");
         let load = Command::new("docker")
             .args(["-H", &d.sock, "load"])
-            .stdin(save.stdout.expect("save stdout"))
+            .stdin(save.stdout.take().expect("save stdout"))
             .output()
             .expect("docker load");
+        let saved = save.wait().expect("docker save");
+        assert!(saved.success(), "docker save {IMAGE}: {saved}");
         assert!(
             load.status.success(),
             "docker load: {}",
