@@ -8,6 +8,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v dockerd >/dev/null || need+=(docker.io)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx nc || need+=(busybox-static)
+command -v nsenter >/dev/null || need+=(util-linux)   # tests/docker_edges.rs: its dockerds in netns
 command -v conntrack >/dev/null || need+=(conntrack)
 command -v prlimit >/dev/null || need+=(util-linux)   # tests/daemon_faults: descriptors exhausted
 command -v iperf3 >/dev/null || need+=(iperf3)

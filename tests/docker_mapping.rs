@@ -6,6 +6,9 @@
 //! (bridge name option `fxbr0`), `fx-def` on the default bridge, `fx-side` with
 //! `--network container:fx-web`, `fx-host` (`--network host`), `fx-none` (`--network none`),
 //! `fx-mv` on the macvlan network `fx-mac`.
+//!
+//! `pub/` holds a second recorded scene for published ports: `fx-pub` on `fx-pubnet` (IPv6 on)
+//! started with `-p 15432:5432 -p 127.0.0.1:18080:80/udp --expose 9000`.
 
 use bollard::models::{ContainerInspectResponse, ContainerSummary, Network};
 use netguard::docker::map::BRIDGE_NAME_OPTION;
@@ -317,5 +320,48 @@ fn ipvlan_and_overlay_are_unisolable() {
             .find(|n| n.name == "fx-mac")
             .expect("listed");
         assert_eq!((net.driver.as_str(), net.bridge.as_deref()), (driver, None));
+    }
+}
+
+const PUB: &str = "205ca5e17811c531e9dbd936f65c41d0405854791321a3672699780a27ab440b";
+
+#[test]
+fn published_ports_come_from_the_inspect() {
+    use netguard::inventory::{PortProto, PublishedPort};
+    let containers: Vec<ContainerSummary> = fixture("pub/containers-pub.json");
+    let networks: Vec<Network> = fixture("pub/networks-pub.json");
+    let insp: ContainerInspectResponse = fixture("pub/inspect-fx-pub.json");
+    assert!(needs_inspect(&containers[0], &networks));
+    let inspected = HashMap::from([(PUB.to_string(), insp)]);
+    let resolver =
+        StaticVethResolver::default().with(PUB, "fx-pubnet", "veth0fxpub", "br-c61ef2f44d3f");
+    let inv = map_inventory(&containers, &networks, &inspected, &resolver);
+    let p = container(&inv, "fx-pub");
+    // 0.0.0.0 and :: are one "any address" entry; 9000 is exposed, not published.
+    assert_eq!(
+        p.published,
+        vec![
+            PublishedPort {
+                proto: PortProto::Tcp,
+                host_port: 15432,
+                container_port: 5432,
+                host_ip: None,
+            },
+            PublishedPort {
+                proto: PortProto::Udp,
+                host_port: 18080,
+                container_port: 80,
+                host_ip: Some("127.0.0.1".parse().expect("ip")),
+            },
+        ]
+    );
+}
+
+#[test]
+fn containers_without_published_ports_have_none() {
+    let s = scene();
+    let inv = map_inventory(&s.containers, &s.networks, &s.inspected, &resolver());
+    for c in &inv.containers {
+        assert!(c.published.is_empty(), "{}: {:?}", c.name, c.published);
     }
 }

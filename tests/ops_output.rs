@@ -819,3 +819,38 @@ fn diff_text_by_default_summarises_the_objects() {
         "in sync: no changes\n"
     );
 }
+
+/// `status` lists a container's published ports under it, in `-p` syntax, and the JSON plan
+/// carries them (omitted for a container without any: older documents stay as they were).
+#[test]
+fn status_lists_published_ports() {
+    let p = policy(POLICY);
+    let text = INVENTORY.replacen(
+        "name = \"web-1\"\n",
+        "name = \"web-1\"\npublished = [\"8443:443/tcp\", \"127.0.0.1:8080:80/tcp\", \
+         \"[2001:db8::1]:8443:443/tcp\", \"5353:53/udp\"]\n",
+        1,
+    );
+    assert_ne!(text, INVENTORY, "web-1 not found in the example inventory");
+    let pl = plan(&p, &inventory(&text));
+    let out = status::render(&healthy(), Some(&pl), &[], Style::plain());
+    let web: String = out
+        .lines()
+        .skip_while(|l| !l.starts_with("  web-1 "))
+        .take_while(|l| !l.starts_with("  web-2 "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    insta::assert_snapshot!("status_published_text", web);
+    let j = status::json(&healthy(), Some(&pl), &[]);
+    let containers = j["plan"]["containers"].as_array().expect("containers");
+    let web = containers
+        .iter()
+        .find(|c| c["name"] == "web-1")
+        .expect("web-1");
+    insta::assert_json_snapshot!("status_published_json", web["published"]);
+    let web2 = containers
+        .iter()
+        .find(|c| c["name"] == "web-2")
+        .expect("web-2");
+    assert!(web2.get("published").is_none(), "{web2}");
+}

@@ -494,3 +494,45 @@ async fn the_source_against_recorded_podman_answers() {
     assert_eq!(src.api_calls(), want);
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), want);
 }
+
+/// No recorded Podman container publishes a port (and no Podman is at hand to record one):
+/// px-web's recorded inspect with its `NetworkSettings.Ports` replaced by the compat shape
+/// Podman writes, `HostIp` empty for every address. The recorded ones carry none.
+#[test]
+fn published_ports_come_from_the_compat_inspect() {
+    use netguard::inventory::{PortProto, PublishedPort};
+    let inv = inventory();
+    for c in &inv.containers {
+        assert!(c.published.is_empty(), "{}: {:?}", c.name, c.published);
+    }
+    let mut s = scene(false);
+    let mut web = serde_json::to_value(&s.inspected[WEB]).expect("json");
+    web["NetworkSettings"]["Ports"] = serde_json::json!({
+        "80/tcp": [{"HostIp": "", "HostPort": "8080"}],
+        "53/udp": [{"HostIp": "10.89.0.1", "HostPort": "5353"}],
+        "9000/tcp": null,
+        "bogus/tcp": [{"HostIp": "", "HostPort": "1"}]
+    });
+    s.inspected.insert(
+        WEB.to_string(),
+        serde_json::from_value(web).expect("inspect"),
+    );
+    let inv = map_inventory(&s.containers, &s.networks, &s.inspected, &resolver());
+    assert_eq!(
+        container(&inv, "px-web").published,
+        vec![
+            PublishedPort {
+                proto: PortProto::Tcp,
+                host_port: 8080,
+                container_port: 80,
+                host_ip: None,
+            },
+            PublishedPort {
+                proto: PortProto::Udp,
+                host_port: 5353,
+                container_port: 53,
+                host_ip: Some("10.89.0.1".parse().expect("ip")),
+            },
+        ]
+    );
+}

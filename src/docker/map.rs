@@ -226,7 +226,7 @@ fn identity(
         .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     Container {
-        published: Vec::new(),
+        published: super::ports::published_ports(&id, insp),
         id,
         name: container_name(c, insp),
         image,

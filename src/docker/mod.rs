@@ -16,6 +16,7 @@ pub mod events;
 pub mod map;
 mod netns;
 pub mod podman;
+pub mod ports;
 pub mod security;
 pub mod veth;
 

@@ -45,6 +45,9 @@ struct FileContainer {
     netns: Option<Spanned<String>>,
     /// A process of the container, whose namespace is `/proc/PID/ns/net` (for `verify`).
     pid: Option<Spanned<u32>>,
+    /// Published ports in Docker's `-p` syntax: `"127.0.0.1:8080:80/tcp"`.
+    #[serde(default)]
+    published: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -203,8 +206,18 @@ pub fn parse_inventory(path: &Path, text: &str) -> Result<Inventory, InventoryFi
             }
             (None, None) => {}
         }
+        let mut published = Vec::new();
+        for p in &c.published {
+            let port = p
+                .get_ref()
+                .parse::<super::PublishedPort>()
+                .map_err(|m| invalid(Some(p.span()), format!("published: {m}")))?;
+            published.push(port);
+        }
+        published.sort();
+        published.dedup();
         inv.containers.push(Container {
-            published: Vec::new(),
+            published,
             id,
             name,
             image: c.image,
@@ -320,6 +333,71 @@ ipv4 = "10.98.0.11"
             inv.containers[0].endpoints[0].mac.as_deref(),
             Some("02:42:0a:00:00:03")
         );
+    }
+
+    #[test]
+    fn published_ports_parse_with_locations() {
+        use crate::inventory::{PortProto, PublishedPort};
+        let ep = "[[container.endpoint]]\nnetwork = \"n\"\nbridge = \"b\"\nipv4 = \"10.0.0.3\"\n";
+        let inv = parse(&format!(
+            "[[container]]\nname = \"a\"\npublished = [\"15432:5432/tcp\", \"127.0.0.1:8080:80/udp\", \"[2001:db8::1]:8443:443\", \"0.0.0.0:15432:5432\"]\n{ep}"
+        ))
+        .unwrap();
+        let got: Vec<String> = inv.containers[0]
+            .published
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "[2001:db8::1]:8443:443/tcp",
+                "15432:5432/tcp",
+                "127.0.0.1:8080:80/udp"
+            ],
+            "0.0.0.0 is the wildcard, merged with the plain form"
+        );
+        assert_eq!(
+            inv.containers[0].published[1],
+            PublishedPort {
+                proto: PortProto::Tcp,
+                host_port: 15432,
+                container_port: 5432,
+                host_ip: None
+            }
+        );
+        for (bad, col, what) in [
+            ("\"5432\"", 14, "HOST_PORT:CONTAINER_PORT"),
+            ("\"x:5432/tcp\"", 14, "host port"),
+            ("\"1:70000/tcp\"", 14, "container port"),
+            ("\"0:80/tcp\"", 14, "host port"),
+            ("\"1:80/icmp\"", 14, "protocol"),
+            ("\"10.0.0.300:1:80\"", 14, "IP address"),
+            ("\"2001:db8::1:1:80\"", 14, "brackets"),
+            ("\"[::1:1:80\"", 14, "']'"),
+            ("\"1-9:80/tcp\"", 14, "host port"),
+        ] {
+            let e = parse(&format!(
+                "[[container]]\nname = \"a\"\npublished = [{bad}]\n{ep}"
+            ))
+            .unwrap_err();
+            assert!(
+                e.starts_with(&format!("inv.toml:3:{col}:")) && e.contains(what),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn published_port_display_round_trips() {
+        for s in [
+            "15432:5432/tcp",
+            "127.0.0.1:8080:80/udp",
+            "[2001:db8::1]:8443:443/sctp",
+        ] {
+            let p: crate::inventory::PublishedPort = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+        }
     }
 
     #[test]

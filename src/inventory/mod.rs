@@ -105,8 +105,19 @@ pub struct Container {
     pub published: Vec<PublishedPort>,
 }
 
-/// One published port: connections to `host_port` on `host_ip` (any local address when
-/// `None`) are carried to `container_port` of the container, by docker-proxy or by DNAT.
+/// One published port: connections to `host_port` on `host_ip` are carried to
+/// `container_port` of the container, by docker-proxy or by DNAT.
+///
+/// `host_ip: None` means every local address of the host, of both families: Docker's
+/// wildcard bindings (`0.0.0.0`, `::`, and `""` in older answers) all become `None`, and the
+/// usual pair `0.0.0.0` + `::` is one entry. Netguard keys its published-port sets on
+/// daddr . proto . port, and `None` is the whole address range of each family there; a
+/// port bound on `0.0.0.0` only is therefore also judged for IPv6 connections to it, which
+/// only ever drops more (nothing of that container listens there). `Some(ip)` is a binding
+/// to that one address (`127.0.0.1:8080:80`).
+///
+/// Written (`Display`, the inventory file, `status`) as Docker's `-p` syntax:
+/// `15432:5432/tcp`, `127.0.0.1:8080:80/tcp`, `[2001:db8::1]:8443:443/tcp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PublishedPort {
     pub proto: PortProto,
@@ -114,6 +125,76 @@ pub struct PublishedPort {
     pub container_port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ip: Option<std::net::IpAddr>,
+}
+
+impl std::fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host_ip {
+            Some(std::net::IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.proto.as_str()
+        )
+    }
+}
+
+impl std::str::FromStr for PublishedPort {
+    type Err = String;
+
+    /// `[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]`, IPv6 in brackets, proto tcp by default.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (rest, proto) = match s.rsplit_once('/') {
+            Some((r, p)) => (r, p),
+            None => (s, "tcp"),
+        };
+        let proto = match proto {
+            "tcp" => PortProto::Tcp,
+            "udp" => PortProto::Udp,
+            "sctp" => PortProto::Sctp,
+            other => return Err(format!("unknown protocol {other:?} (tcp, udp or sctp)")),
+        };
+        let (host, container_port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not HOST_PORT:CONTAINER_PORT[/PROTO]"))?;
+        let (ip, host_port) = match host.rsplit_once(':') {
+            Some((ip, p)) => (Some(ip), p),
+            None => (None, host),
+        };
+        let port = |p: &str, what: &str| match p.parse::<u16>() {
+            Ok(n) if n != 0 => Ok(n),
+            _ => Err(format!("{what} {p:?} is not a number in 1-65535")),
+        };
+        let host_ip = match ip {
+            None => None,
+            Some(ip) => {
+                let bare = match ip.strip_prefix('[') {
+                    Some(r) => r
+                        .strip_suffix(']')
+                        .ok_or_else(|| format!("{ip:?}: missing ']'"))?,
+                    None if ip.contains(':') => {
+                        return Err(format!("IPv6 address {ip:?} must be in brackets"));
+                    }
+                    None => ip,
+                };
+                let addr: std::net::IpAddr = bare
+                    .parse()
+                    .map_err(|_| format!("{bare:?} is not an IP address"))?;
+                (!addr.is_unspecified()).then_some(addr)
+            }
+        };
+        Ok(PublishedPort {
+            proto,
+            host_port: port(host_port, "host port")?,
+            container_port: port(container_port, "container port")?,
+            host_ip,
+        })
+    }
 }
 
 /// The transport of a published port.

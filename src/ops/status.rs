@@ -335,6 +335,10 @@ pub fn render(
                         .unwrap_or_default()
                 );
             }
+            if !c.published.is_empty() {
+                let ports: Vec<String> = c.published.iter().map(|p| p.to_string()).collect();
+                let _ = writeln!(out, "      published {}", ports.join(" "));
+            }
         }
         if !plan.unisolable.is_empty() {
             let _ = writeln!(out, "\n{}", style.bold("cannot be isolated:"));

@@ -123,6 +123,9 @@ pub struct PlannedContainer {
     pub managed: bool,
     pub groups: Vec<String>,
     pub endpoints: Vec<PlannedEndpoint>,
+    /// Its published ports, as the inventory has them (for `status`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<crate::inventory::PublishedPort>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -438,6 +441,7 @@ pub fn plan_container(
         managed: endpoints.iter().any(|e| e.managed),
         groups,
         endpoints,
+        published: c.published.clone(),
     }
 }
 
