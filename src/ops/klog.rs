@@ -43,7 +43,7 @@ pub struct Denial {
     pub from: Option<String>,
     pub to: Option<String>,
     /// Source port (`SPT=`), or the identifier of an ICMP echo: what a `netguard verify`
-    /// probe is told by (`verify::marks`).
+    /// probe is told by (`ops::probe_marks`).
     #[serde(skip)]
     pub probe_port: Option<u16>,
     /// The edge that dropped it (`host`, `egress`, `ingress`); none between containers.
@@ -69,10 +69,10 @@ fn probe_port(rest: &str) -> Option<u16> {
 }
 
 /// Reads denials in log order, leaving out those of `netguard verify`'s probes (see
-/// `verify::marks`): the records kept and how many were left out.
+/// `ops::probe_marks`): the records kept and how many were left out.
 #[derive(Debug, Default)]
 pub struct Reader {
-    windows: crate::verify::marks::Windows,
+    windows: crate::ops::probe_marks::Windows,
     pub denials: Vec<Denial>,
     pub probes_hidden: usize,
 }
@@ -374,7 +374,7 @@ mod tests {
 
     #[test]
     fn probes_of_a_verify_run_are_left_out_and_counted() {
-        use crate::verify::marks::{PROBE_PORTS, begin_record, end_record};
+        use crate::ops::probe_marks::{PROBE_PORTS, begin_record, end_record};
         let deny = |spt: u16| {
             format!(
                 "[1.0] netguard-deny IN=br0 OUT=br0 SRC=10.0.0.1 DST=10.0.0.2 PROTO=TCP SPT={spt} DPT=1"

@@ -8,5 +8,6 @@ pub mod diff;
 pub mod explain;
 pub mod graph;
 pub mod klog;
+pub mod probe_marks;
 pub mod status;
 pub mod style;

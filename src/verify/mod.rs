@@ -7,14 +7,14 @@
 //!   real and fake);
 //! - [`run`] ties them together and leaves nothing behind: the conntrack entries of the
 //!   probes' own flows are deleted afterwards, and the run is marked in the kernel log so
-//!   that `netguard log` does not report its probes as denials ([`marks`]);
+//!   that `netguard log` does not report its probes as denials ([`crate::ops::probe_marks`]);
 //! - [`report`] (pure) renders the matrix, the mismatches and the JSON document.
 //!
 //! Today a probe is container → container on a managed network, what netguard enforces.
 //! New kinds of probes (published ports, the host, egress) are new [`select::Kind`]s.
 
 pub mod command;
-pub mod marks;
+use crate::ops::probe_marks as marks;
 pub mod probe;
 pub mod report;
 pub mod select;
