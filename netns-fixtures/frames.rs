@@ -128,3 +128,16 @@ pub fn na_frame(
     f.extend(icmp);
     f
 }
+
+/// In `bridge fdb show` output, the port a learned (not permanent) entry puts `mac` on.
+pub fn learned_port(fdb_show: &str, mac: &str) -> Option<String> {
+    fdb_show
+        .lines()
+        .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "dev")
+                .and_then(|_| w.next())
+                .map(str::to_string)
+        })
+}

@@ -22,7 +22,7 @@ mod docker_env;
 mod netns;
 
 use docker_env::{IMAGE, Scene, docker, docker_available, docker_ok};
-use netns::frames::{arp_frame, flood, ip6_frame};
+use netns::frames::{arp_frame, flood, ip6_frame, learned_port};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::Arc;
@@ -116,15 +116,7 @@ fn fdb_port(bridge: &str, mac: &str) -> Option<String> {
         .args(["fdb", "show", "br", bridge])
         .output()
         .expect("bridge fdb");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            w.find(|x| *x == "dev")
-                .and_then(|_| w.next())
-                .map(str::to_string)
-        })
+    learned_port(&String::from_utf8_lossy(&out.stdout), mac)
 }
 
 /// web's allowed flows to db (TCP 5432 and ping, IPv4 and IPv6), `rounds` times 200 ms

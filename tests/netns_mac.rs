@@ -131,15 +131,7 @@ fn failing(fx: &Fixture, probes: &[Probe], rounds: usize) -> Vec<String> {
 
 /// Which bridge port the bridge's forwarding table puts `mac` on, if any.
 fn fdb_port(fx: &Fixture, bridge: &str, mac: &str) -> Option<String> {
-    let out = fx.host_ok(&["bridge", "fdb", "show", "br", bridge]);
-    out.lines()
-        .filter(|l| l.starts_with(mac) && !l.contains("permanent"))
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            w.find(|x| *x == "dev")
-                .and_then(|_| w.next())
-                .map(str::to_string)
-        })
+    learned_port(&fx.host_ok(&["bridge", "fdb", "show", "br", bridge]), mac)
 }
 
 /// Collects, for `dur`, whether any frame seen on `eth0` in namespace `ns` (whoever it
