@@ -224,6 +224,8 @@ pub struct NetlinkBridges {
 impl NetlinkBridges {
     /// Must be called inside a tokio runtime: the connection task is spawned on it.
     pub fn connect() -> Result<NetlinkBridges, BridgeError> {
+        crate::fault::check(crate::fault::NETLINK)
+            .map_err(|e| BridgeError::Netlink(e.to_string()))?;
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(|e| BridgeError::Netlink(e.to_string()))?;
         tokio::spawn(conn);
@@ -243,6 +245,8 @@ fn bridge_info(msg: &LinkMessage) -> Option<&Vec<InfoBridge>> {
 
 impl BridgeControl for NetlinkBridges {
     async fn nf_call(&self, bridge: &str) -> Result<Option<NfCall>, BridgeError> {
+        crate::fault::check(crate::fault::NETLINK)
+            .map_err(|e| BridgeError::Netlink(e.to_string()))?;
         let mut links = self
             .handle
             .link()

@@ -69,12 +69,26 @@ pub fn revoked(plan: &Plan, entries: &[Entry], only: Option<&BTreeSet<IpAddr>>) 
         .collect()
 }
 
-/// Where conntrack entries are listed and deleted.
+/// Where conntrack entries are listed and deleted. The plain methods log a failure and go
+/// on (a probe's own entries, see `verify`); the `try_` ones return it, for the daemon,
+/// which counts it and retries the cut until it succeeds.
 pub trait Conntrack {
     fn list(&self) -> Vec<Entry>;
     /// Deletes every entry from or to one of `addrs`.
     fn delete_addresses(&self, addrs: &[IpAddr]);
     fn delete(&self, e: &Entry);
+
+    fn try_list(&self) -> Result<Vec<Entry>, NetlinkError> {
+        Ok(self.list())
+    }
+    fn try_delete_addresses(&self, addrs: &[IpAddr]) -> Result<(), NetlinkError> {
+        self.delete_addresses(addrs);
+        Ok(())
+    }
+    fn try_delete(&self, e: &Entry) -> Result<(), NetlinkError> {
+        self.delete(e);
+        Ok(())
+    }
 }
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -189,6 +203,7 @@ impl Ctnetlink {
     }
 
     fn entries(families: &[u8]) -> Result<Vec<Entry>, NetlinkError> {
+        crate::fault::check(crate::fault::CONNTRACK)?;
         with_sock(NFNL_SUBSYS_CTNETLINK, |sock| {
             let mut out = Vec::new();
             for f in families {
@@ -199,6 +214,7 @@ impl Ctnetlink {
     }
 
     fn delete_all<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<(), NetlinkError> {
+        crate::fault::check(crate::fault::CONNTRACK)?;
         with_sock(NFNL_SUBSYS_CTNETLINK, |sock| Self::delete_on(sock, entries))
     }
 
@@ -227,15 +243,31 @@ fn warn(e: NetlinkError) {
 
 impl Conntrack for Ctnetlink {
     fn list(&self) -> Vec<Entry> {
-        Self::entries(&[AF_INET, AF_INET6]).unwrap_or_else(|e| {
+        self.try_list().unwrap_or_else(|e| {
             warn(e);
             Vec::new()
         })
     }
 
     fn delete_addresses(&self, addrs: &[IpAddr]) {
+        if let Err(e) = self.try_delete_addresses(addrs) {
+            warn(e);
+        }
+    }
+
+    fn delete(&self, e: &Entry) {
+        if let Err(e) = self.try_delete(e) {
+            warn(e);
+        }
+    }
+
+    fn try_list(&self) -> Result<Vec<Entry>, NetlinkError> {
+        Self::entries(&[AF_INET, AF_INET6])
+    }
+
+    fn try_delete_addresses(&self, addrs: &[IpAddr]) -> Result<(), NetlinkError> {
         if addrs.is_empty() {
-            return;
+            return Ok(());
         }
         let mut families = Vec::new();
         if addrs.iter().any(IpAddr::is_ipv4) {
@@ -245,21 +277,16 @@ impl Conntrack for Ctnetlink {
             families.push(AF_INET6);
         }
         let doomed: BTreeSet<IpAddr> = addrs.iter().copied().collect();
-        let r = Self::entries(&families).and_then(|all| {
+        Self::entries(&families).and_then(|all| {
             Self::delete_all(
                 all.iter()
                     .filter(|e| doomed.contains(&e.src) || doomed.contains(&e.dst)),
             )
-        });
-        if let Err(e) = r {
-            warn(e);
-        }
+        })
     }
 
-    fn delete(&self, e: &Entry) {
-        if let Err(e) = Self::delete_all([e]) {
-            warn(e);
-        }
+    fn try_delete(&self, e: &Entry) -> Result<(), NetlinkError> {
+        Self::delete_all([e])
     }
 }
 

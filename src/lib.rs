@@ -11,6 +11,7 @@ pub mod commands;
 pub mod conntrack;
 pub mod daemon;
 pub mod docker;
+pub mod fault;
 pub mod inventory;
 pub mod loc;
 pub mod metrics;

@@ -107,6 +107,43 @@ pub trait Enforcer {
     }
     /// Cuts open connections the plan no longer allows (all, or those touching `only`).
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>);
+    /// How the cuts went since the last call (a cut that fails, ctnetlink down, is kept
+    /// owed: see [`Enforcer::retry_cuts`]).
+    fn cut_status(&mut self) -> CutStatus {
+        CutStatus::default()
+    }
+    /// Tries the owed cuts again, judging connections by `plan` (the current one).
+    fn retry_cuts(&mut self, _plan: &Plan) {}
+}
+
+/// What [`Enforcer::cut_status`] reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CutStatus {
+    /// Cuts that failed since the last report.
+    pub failed: u32,
+    /// The last failure's error.
+    pub error: Option<String>,
+    /// Some connection is still to be cut.
+    pub owed: bool,
+}
+
+/// Cuts that failed and are still to be done, shared by the controller and the cutter thread.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Connections from and to these addresses.
+    addrs: BTreeSet<IpAddr>,
+    /// Connections the plan no longer allows: all of them, judged again by the current plan
+    /// when retried (a narrower judgement would be a subset of that one).
+    rejudge: bool,
+    failed: u32,
+    error: Option<String>,
+}
+
+impl Owed {
+    fn failed(&mut self, e: crate::nfnetlink::NetlinkError) {
+        self.failed = self.failed.saturating_add(1);
+        self.error = Some(format!("conntrack: {e}"));
+    }
 }
 
 pub struct Kernel {
@@ -115,6 +152,7 @@ pub struct Kernel {
     conntrack: Arc<dyn Conntrack + Send + Sync>,
     /// Addresses whose connections the cutter thread deletes, started on first use.
     cutter: Option<std::sync::mpsc::Sender<Vec<IpAddr>>>,
+    owed: Arc<std::sync::Mutex<Owed>>,
 }
 
 impl Kernel {
@@ -124,7 +162,18 @@ impl Kernel {
             bridges: None,
             conntrack: Arc::new(Ctnetlink),
             cutter: None,
+            owed: Arc::default(),
         }
+    }
+
+    fn owed(&self) -> std::sync::MutexGuard<'_, Owed> {
+        // A panic elsewhere while holding it leaves plain data: still usable.
+        self.owed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts the connections of `addrs` here; a failure leaves them owed.
+    fn cut_here(&self, addrs: &[IpAddr]) {
+        cut_or_owe(&*self.conntrack, &self.owed, addrs);
     }
 
     /// One long-lived thread for cutting: a dump of the conntrack table grows with the host's
@@ -134,6 +183,7 @@ impl Kernel {
         if self.cutter.is_none() {
             let (tx, rx) = std::sync::mpsc::channel::<Vec<IpAddr>>();
             let conntrack = self.conntrack.clone();
+            let owed = self.owed.clone();
             let spawned = std::thread::Builder::new()
                 .name("netguard-cut".into())
                 .spawn(move || {
@@ -142,7 +192,7 @@ impl Kernel {
                         while let Ok(more) = rx.try_recv() {
                             addrs.extend(more);
                         }
-                        conntrack.delete_addresses(&addrs);
+                        cut_or_owe(&*conntrack, &owed, &addrs);
                     }
                 });
             match spawned {
@@ -151,6 +201,19 @@ impl Kernel {
             }
         }
         self.cutter.as_ref()
+    }
+}
+
+/// Deletes the connections of `addrs`; when ctnetlink fails, they stay owed for a retry.
+fn cut_or_owe(
+    conntrack: &(dyn Conntrack + Send + Sync),
+    owed: &std::sync::Mutex<Owed>,
+    addrs: &[IpAddr],
+) {
+    if let Err(e) = conntrack.try_delete_addresses(addrs) {
+        let mut o = owed.lock().unwrap_or_else(|e| e.into_inner());
+        o.addrs.extend(addrs.iter().copied());
+        o.failed(e);
     }
 }
 
@@ -172,10 +235,16 @@ impl Enforcer for Kernel {
         let Some(b) = &self.bridges else {
             return Ok(());
         };
-        let missing = b
-            .ensure_nf_call(bridges)
-            .await
-            .map_err(|e| EnforceError::Bridge(e.to_string()))?;
+        let missing = match b.ensure_nf_call(bridges).await {
+            Ok(m) => m,
+            Err(e) => {
+                // The socket may be what failed: the next attempt opens a new one.
+                if matches!(e, crate::bridge::BridgeError::Netlink(_)) {
+                    self.bridges = None;
+                }
+                return Err(EnforceError::Bridge(e.to_string()));
+            }
+        };
         for m in missing {
             tracing::warn!(bridge = %m, "managed bridge does not exist on this host");
         }
@@ -207,20 +276,58 @@ impl Enforcer for Kernel {
         };
         // No thread: cut here rather than not at all.
         if let Err(addrs) = queued {
-            self.conntrack.delete_addresses(&addrs);
+            self.cut_here(&addrs);
         }
     }
 
     fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
         let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
-        self.conntrack.delete_addresses(&addrs);
+        self.cut_here(&addrs);
     }
 
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>) {
-        let entries = self.conntrack.list();
-        for e in revoked(plan, &entries, only) {
-            tracing::info!(proto = %e.proto, src = %e.src, dst = %e.dst, "cutting a connection the policy no longer allows");
-            self.conntrack.delete(&e);
+        let r = self.conntrack.try_list().and_then(|entries| {
+            for e in revoked(plan, &entries, only) {
+                tracing::info!(proto = %e.proto, src = %e.src, dst = %e.dst, "cutting a connection the policy no longer allows");
+                self.conntrack.try_delete(&e)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            let mut o = self.owed();
+            o.rejudge = true;
+            o.failed(e);
+        }
+    }
+
+    fn cut_status(&mut self) -> CutStatus {
+        let mut o = self.owed();
+        let owed = o.rejudge || !o.addrs.is_empty();
+        if !owed {
+            o.error = None;
+        }
+        CutStatus {
+            failed: std::mem::take(&mut o.failed),
+            error: o.error.clone(),
+            owed,
+        }
+    }
+
+    fn retry_cuts(&mut self, plan: &Plan) {
+        let (addrs, rejudge) = {
+            let mut o = self.owed();
+            (std::mem::take(&mut o.addrs), std::mem::take(&mut o.rejudge))
+        };
+        if !addrs.is_empty() {
+            tracing::info!(
+                addresses = addrs.len(),
+                "retrying the cut of connections of addresses that left"
+            );
+            self.cut_here(&addrs.into_iter().collect::<Vec<_>>());
+        }
+        if rejudge {
+            tracing::info!("retrying the cut of connections the policy no longer allows");
+            self.rejudge(plan, None);
         }
     }
 }
@@ -266,6 +373,9 @@ pub struct Controller<S: Source, E: Enforcer> {
     released: BTreeMap<IpAddr, Instant>,
     /// The last state file write failed (see [`Controller::write_state`]).
     state_unwritable: std::sync::atomic::AtomicBool,
+    /// Connections are owed a cut that failed (ctnetlink): the error, standing in
+    /// `last_error` until a retry succeeds (see [`Controller::check_cuts`]).
+    cut_error: Option<String>,
 }
 
 /// A batch of changes with the time the first of them was received.
@@ -403,7 +513,42 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             early_rx: None,
             released: BTreeMap::new(),
             state_unwritable: Default::default(),
+            cut_error: None,
         }
+    }
+
+    /// Takes in how the cuts went: each failure counted (`errors_total{kind="conntrack"}`)
+    /// and logged, the error in `last_error` while a cut is owed, cleared once the retries
+    /// (see [`Controller::serve`]) have done them all. The rules do not depend on it: new
+    /// connections of a revoked pair are refused meanwhile, only those already open live on.
+    /// Returns whether a cut is owed.
+    fn check_cuts(&mut self) -> bool {
+        let s = self.enforcer.cut_status();
+        for _ in 0..s.failed {
+            self.observer.error("conntrack");
+        }
+        let mut changed = false;
+        if s.failed > 0 && s.owed {
+            let msg = format!(
+                "cannot cut open connections the policy no longer allows: {}; new ones are \
+                 refused, the open ones are cut when a retry succeeds",
+                s.error.as_deref().unwrap_or("conntrack failed")
+            );
+            tracing::error!(kind = "conntrack", failed = s.failed, "{msg}");
+            self.state.last_error = Some(msg.clone());
+            self.cut_error = Some(msg);
+            changed = true;
+        } else if !s.owed && let Some(was) = self.cut_error.take() {
+            tracing::info!("the connections left open by the failed cut are cut");
+            if self.state.last_error.as_ref() == Some(&was) {
+                self.state.last_error = None;
+            }
+            changed = true;
+        }
+        if changed {
+            self.write_state();
+        }
+        s.owed
     }
 
     fn error(&mut self, kind: &'static str, msg: String) {
@@ -501,9 +646,16 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         for w in &plan.warnings {
             tracing::warn!("{w}");
         }
-        if let Err(e) = self.enforcer.prepare_bridges(&plan.managed_bridges()).await {
-            self.error("bridge", e.to_string());
-        }
+        // The rules do not depend on it and go in anyway (a revocation must not wait); the
+        // error stands in `last_error` and the sync is retried until the bridges are ready.
+        let bridges = match self.enforcer.prepare_bridges(&plan.managed_bridges()).await {
+            Ok(()) => None,
+            Err(e) => {
+                let msg = format!("cannot prepare the managed bridges: {e}; retrying");
+                self.error("bridge", msg.clone());
+                Some(msg)
+            }
+        };
         match self.enforcer.reconcile(&plan.ruleset) {
             Ok(changes) => {
                 let (a, d) = changes.element_counts();
@@ -534,8 +686,11 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 self.state.reconciles += 1;
                 self.state.last_reconcile_unix_ms = Some(now_ms());
                 self.state.containers = Some(self.engine.container_count());
-                self.state.last_error = None;
-                self.dirty = false;
+                // The tables are right; a bridge not ready, or a cut still owed, stays
+                // reported.
+                self.dirty = bridges.is_some();
+                self.state.last_error = bridges.or_else(|| self.cut_error.clone());
+                self.check_cuts();
                 self.write_state();
                 Ok(())
             }
@@ -862,6 +1017,10 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let mut last_apply: Option<Instant> = None;
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut retry_backoff = Duration::from_secs(1);
+        // Failed cuts (ctnetlink) are retried on the same schedule, on their own: the
+        // tables are right, only open connections are owed their cut.
+        let mut cut_retry_at: Option<tokio::time::Instant> = None;
+        let mut cut_backoff = Duration::from_secs(1);
 
         loop {
             heartbeat.store(now_ms(), Ordering::Relaxed);
@@ -891,6 +1050,20 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                             let _ = self.full_sync().await;
                             retry_backoff = if self.dirty { (retry_backoff * 2).min(Duration::from_secs(30)) } else { Duration::from_secs(1) };
                             retry_at = None;
+                        }
+                        Some(_) => {}
+                    }
+                    match cut_retry_at {
+                        _ if !self.check_cuts() => {
+                            cut_retry_at = None;
+                            cut_backoff = Duration::from_secs(1);
+                        }
+                        None => cut_retry_at = Some(now + cut_backoff),
+                        Some(at) if now >= at => {
+                            let plan = self.engine.plan();
+                            self.enforcer.retry_cuts(&plan);
+                            cut_backoff = if self.check_cuts() { (cut_backoff * 2).min(Duration::from_secs(30)) } else { Duration::from_secs(1) };
+                            cut_retry_at = None;
                         }
                         Some(_) => {}
                     }

@@ -1,0 +1,29 @@
+//! Test hooks for fault injection (docs/reliability.md "Faults injected"), present in every
+//! build like `NETGUARD_FAULT_NFT_FILE` (see `nft::fault`): while the file a variable names
+//! exists, the socket it stands for fails to open or to be used, as a real failure would.
+//! Unset (every real deployment), each check costs one environment lookup.
+
+use std::io;
+
+/// ctnetlink (conntrack): listing and deleting entries fails.
+pub const CONNTRACK: &str = "NETGUARD_FAULT_CONNTRACK_FILE";
+
+/// rtnetlink (links: the managed bridges' br_netfilter switches, the veth resolver): opening
+/// and using the socket fails.
+pub const NETLINK: &str = "NETGUARD_FAULT_NETLINK_FILE";
+
+/// The fault named by `var` is on: the variable is set and its file exists.
+pub fn on(var: &str) -> bool {
+    std::env::var_os(var).is_some_and(|p| std::path::Path::new(&p).exists())
+}
+
+/// The error an injected fault returns: says where it comes from, so that a log or a state
+/// file read later cannot be mistaken for a real failure.
+pub fn injected(var: &str) -> io::Error {
+    io::Error::other(format!("socket failed (fault injected by {var})"))
+}
+
+/// `Err` while the fault named by `var` is on.
+pub fn check(var: &str) -> io::Result<()> {
+    if on(var) { Err(injected(var)) } else { Ok(()) }
+}
