@@ -597,3 +597,265 @@ fn descriptors_exhausted_keep_enforcing_and_recover() {
     let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
     assert_eq!(diff.status.code(), Some(0), "{diff:?}");
 }
+
+/// ESTABLISHED conntrack entries to `port` opened from `src`.
+fn tracked_from(fx: &Fixture, port: u16, src: std::net::IpAddr) -> usize {
+    let out = fx.exec_in(
+        &fx.host_ns,
+        &["conntrack", "-L", "-p", "tcp", "--dport", &port.to_string()],
+    );
+    let from = format!("src={src} ");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ESTABLISHED") && l.contains(&from))
+        .count()
+}
+
+/// Whether a new TCP connection from `from`'s namespace to `to` is set up.
+fn opens(from: &Container, to: std::net::SocketAddr) -> bool {
+    in_netns(&from.ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_millis(1500)).is_ok()
+    })
+}
+
+/// Fault 6: ctnetlink fails on its own, nft working (test hook: while the file named by
+/// `NETGUARD_FAULT_CONNTRACK_FILE` exists, every ctnetlink list and delete fails). One
+/// reload revokes two open connections: web-2 -> api-1:7100 (the policy no longer allows
+/// 7100/tcp: the rejudge path) and web-1 -> api-1:7101 (web-1 leaves the inventory: the
+/// cut of the addresses that left). The rules go in (no new connection of either pair
+/// opens), the open ones keep flowing (conntrack cannot be told), and the daemon says so:
+/// `errors_total{kind="conntrack"}` growing with each retry, `last_error`, the log. The
+/// file removed, the daemon's own retry (no signal, no resync) cuts both; web-2 -> api-1:7101,
+/// still allowed, keeps flowing throughout.
+#[test]
+fn failing_ctnetlink_is_reported_and_the_cut_retried_until_it_succeeds() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("failing_ctnetlink_is_reported_and_the_cut_retried_until_it_succeeds") {
+        return;
+    }
+    const PORT: u16 = 9445;
+    const REVOKED: u16 = 7100;
+    const KEPT: u16 = 7101;
+    const CONNTRACK: &str = "netguard_errors_total{kind=\"conntrack\"}";
+    let fx = Fixture::new(&Topology::standard());
+    let ports = |p: &str| POLICY.replace("\"8080/tcp\", \"icmp\"", p);
+    let policy = fx.write_file(
+        "policy.toml",
+        &ports("\"8080/tcp\", \"7100/tcp\", \"7101/tcp\", \"icmp\""),
+    );
+    let fault = fx.dir.path().join("conntrack-fault");
+    let mut s = spec(&fx, &policy, PORT);
+    s.env.push((
+        "NETGUARD_FAULT_CONNTRACK_FILE".into(),
+        fault.display().to_string(),
+    ));
+    let mut d = Daemon::start(&s);
+    let (web1, web2, api1) = (
+        fx.container("web-1"),
+        fx.container("web-2"),
+        fx.container("api-1"),
+    );
+    echo_server(api1, REVOKED);
+    echo_server(api1, KEPT);
+    let at = |port| std::net::SocketAddr::new(api1.addr(false), port);
+    let mut revoked = connect(web2, at(REVOKED));
+    let mut left = connect(web1, at(KEPT));
+    let mut kept = connect(web2, at(KEPT));
+    for c in [&mut revoked, &mut left, &mut kept] {
+        assert!(echoes(c));
+    }
+    assert_eq!(tracked_from(&fx, REVOKED, web2.addr(false)), 1);
+    assert_eq!(tracked_from(&fx, KEPT, web1.addr(false)), 1);
+    assert_eq!(errors(&fx.host_ns, PORT, "conntrack"), 0.0);
+
+    std::fs::write(&fault, "").unwrap();
+    write_atomic(&policy, &ports("\"8080/tcp\", \"7101/tcp\", \"icmp\""));
+    write_atomic(&fx.inventory, &inventory_toml(&without(&fx, "web-1")));
+    let before = d.state_u64("reconciles");
+    d.hup();
+    let st = d.wait_state(
+        "the failed cut in last_error",
+        Duration::from_secs(10),
+        |s| {
+            s["last_error"].as_str().is_some_and(|e| {
+                e.contains("cannot cut open connections") && e.contains("conntrack")
+            })
+        },
+    );
+    let reloaded = st["reconciles"].as_u64().unwrap_or(0);
+    assert_eq!(
+        reloaded,
+        before + 1,
+        "the reload's rules did not go in: {st}"
+    );
+    assert!(
+        d.log_text().contains("cannot cut open connections"),
+        "{}",
+        d.log_text()
+    );
+    let m = scrape(&fx.host_ns, PORT);
+    assert!(metric(&m, CONNTRACK) >= 1.0, "{m:?}");
+    // The rules are the reload's: no new connection of a revoked pair opens, the allowed
+    // ones do.
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{diff:?}");
+    assert!(!opens(web2, at(REVOKED)), "7100/tcp is revoked");
+    assert!(!opens(web1, at(KEPT)), "web-1 left");
+    assert!(opens(web2, at(KEPT)));
+    // The open ones cannot be cut while ctnetlink fails: they keep flowing.
+    assert!(echoes(&mut revoked), "cut during the fault?");
+    assert!(echoes(&mut left), "cut during the fault?");
+    assert!(echoes(&mut kept));
+    // The daemon retries on its own, failing while the fault lasts.
+    let n = metric(&m, CONNTRACK);
+    wait_metrics(&d, PORT, "a retried cut that fails too", |m| {
+        metric(m, CONNTRACK) > n
+    });
+    assert!(
+        d.log_text().contains("retrying the cut"),
+        "{}",
+        d.log_text()
+    );
+    assert!(echoes(&mut revoked));
+    assert!(d.alive(), "daemon died");
+
+    std::fs::remove_file(&fault).unwrap();
+    if poll(Duration::from_secs(40), Duration::from_millis(100), || {
+        tracked_from(&fx, REVOKED, web2.addr(false)) == 0
+            && tracked_from(&fx, KEPT, web1.addr(false)) == 0
+    })
+    .is_none()
+    {
+        d.fail("the owed cuts were not retried once ctnetlink worked again");
+    }
+    assert!(
+        !echoes(&mut revoked),
+        "web-2 -> api-1:7100 still carries data"
+    );
+    assert!(!echoes(&mut left), "web-1 -> api-1:7101 still carries data");
+    assert!(echoes(&mut kept), "an allowed connection was cut");
+    let st = d.wait_state("last_error cleared", Duration::from_secs(5), |s| {
+        s["last_error"].is_null()
+    });
+    assert_eq!(
+        st["reconciles"].as_u64(),
+        Some(reloaded),
+        "recovered by a reconcile, not by the cut's retry: {st}"
+    );
+    assert!(
+        d.log_text().contains("cut when a retry succeeds"),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text()
+            .contains("the connections left open by the failed cut are cut")
+    );
+    // Counted no more once the cut went through.
+    let n = errors(&fx.host_ns, PORT, "conntrack");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(errors(&fx.host_ns, PORT, "conntrack"), n);
+}
+
+/// Fault 7: rtnetlink fails (test hook: while the file named by
+/// `NETGUARD_FAULT_NETLINK_FILE` exists, opening and using the daemon's rtnetlink socket for
+/// the managed bridges' br_netfilter switches fails; the inventory-file daemon resolves no
+/// veth, the inventory names them). A reload meanwhile (web-1 leaves) goes into the tables
+/// (a revocation does not wait for the bridge check), the error stands in `last_error`,
+/// `errors_total{kind="bridge"}` grows with each retry, the log says it. A bridge whose
+/// switches are turned off meanwhile cannot be repaired until netlink works; the file
+/// removed, the daemon's own retry (no signal, no resync) reopens the socket, turns the
+/// switches back on and clears the error: the inet hook sees the bridge again.
+#[test]
+fn failing_rtnetlink_is_reported_retried_and_the_bridges_repaired() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !prereqs("failing_rtnetlink_is_reported_retried_and_the_bridges_repaired") {
+        return;
+    }
+    const PORT: u16 = 9446;
+    const BRIDGE: &str = "netguard_errors_total{kind=\"bridge\"}";
+    let fx = Fixture::new(&Topology::standard());
+    let policy = fx.write_file("policy.toml", POLICY);
+    let fault = fx.dir.path().join("netlink-fault");
+    let mut s = spec(&fx, &policy, PORT);
+    s.env.push((
+        "NETGUARD_FAULT_NETLINK_FILE".into(),
+        fault.display().to_string(),
+    ));
+    let mut d = Daemon::start(&s);
+    assert!(can(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+    assert!(blocked(&fx, "web-2", "lonely", Kind::Tcp(8080)));
+    assert_eq!(fx.bridge_nf_flags("br-front"), (true, true));
+    assert!(d.last_error().is_none());
+
+    std::fs::write(&fault, "").unwrap();
+    write_atomic(&fx.inventory, &inventory_toml(&without(&fx, "web-1")));
+    let before = d.state_u64("reconciles");
+    d.hup();
+    let st = d.wait_state(
+        "the bridge failure in last_error",
+        Duration::from_secs(10),
+        |s| {
+            s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("cannot prepare the managed bridges"))
+        },
+    );
+    assert!(
+        st["reconciles"].as_u64().unwrap_or(0) > before,
+        "the reload's rules did not go in: {st}"
+    );
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NETGUARD_FAULT_NETLINK_FILE"),
+        "{st}"
+    );
+    assert!(
+        d.log_text().contains("cannot prepare the managed bridges"),
+        "{}",
+        d.log_text()
+    );
+    let m = scrape(&fx.host_ns, PORT);
+    assert!(metric(&m, BRIDGE) >= 1.0, "{m:?}");
+    // The last good state and the reload's change are enforced.
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{diff:?}");
+    assert!(
+        blocked(&fx, "web-1", "api-1", Kind::Tcp(8080)),
+        "web-1 left"
+    );
+    assert!(can(&fx, "web-2", "api-1", Kind::Tcp(8080)));
+    assert!(blocked(&fx, "web-2", "lonely", Kind::Tcp(8080)));
+    assert!(blocked(&fx, "api-2", "db-1", Kind::Tcp(5432)));
+
+    // Someone turns br-front's switches off: the retries cannot repair them while netlink
+    // fails, and keep failing (counted each time).
+    fx.set_bridge_nf_flags("br-front", false);
+    let n = metric(&m, BRIDGE);
+    wait_metrics(&d, PORT, "a retry that fails too", |m| {
+        metric(m, BRIDGE) > n
+    });
+    assert!(d.log_text().contains("retrying the failed reconcile"));
+    assert_eq!(fx.bridge_nf_flags("br-front"), (false, false));
+    assert!(d.alive(), "daemon died");
+
+    std::fs::remove_file(&fault).unwrap();
+    let st = d.wait_state("last_error cleared", Duration::from_secs(40), |s| {
+        s["last_error"].is_null()
+    });
+    assert_eq!(
+        fx.bridge_nf_flags("br-front"),
+        (true, true),
+        "switches not repaired: {st}"
+    );
+    assert!(blocked(&fx, "web-2", "lonely", Kind::Tcp(8080)));
+    assert!(blocked(&fx, "web-1", "api-1", Kind::Tcp(8080)));
+    assert!(can(&fx, "web-2", "api-1", Kind::Tcp(8080)));
+    let diff = fx.netguard(&policy, &fx.inventory, &["diff"]);
+    assert_eq!(diff.status.code(), Some(0), "{diff:?}");
+    let n = errors(&fx.host_ns, PORT, "bridge");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(errors(&fx.host_ns, PORT, "bridge"), n, "still failing");
+}

@@ -538,7 +538,9 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             self.state.last_error = Some(msg.clone());
             self.cut_error = Some(msg);
             changed = true;
-        } else if !s.owed && let Some(was) = self.cut_error.take() {
+        } else if !s.owed
+            && let Some(was) = self.cut_error.take()
+        {
             tracing::info!("the connections left open by the failed cut are cut");
             if self.state.last_error.as_ref() == Some(&was) {
                 self.state.last_error = None;
