@@ -8,8 +8,8 @@ use std::io;
 /// ctnetlink (conntrack): listing and deleting entries fails.
 pub const CONNTRACK: &str = "NETGUARD_FAULT_CONNTRACK_FILE";
 
-/// rtnetlink (links: the managed bridges' br_netfilter switches, the veth resolver): opening
-/// and using the socket fails.
+/// rtnetlink for the managed bridges (their br_netfilter switches, `bridge::NetlinkBridges`):
+/// opening and using the socket fails. The veth resolver's sockets are not hooked.
 pub const NETLINK: &str = "NETGUARD_FAULT_NETLINK_FILE";
 
 /// The fault named by `var` is on: the variable is set and its file exists.
