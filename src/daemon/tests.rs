@@ -116,6 +116,11 @@ struct Calls {
     rejudged: usize,
     /// Cuts and applies, in order.
     log: Vec<String>,
+    /// Conntrack fails: cuts stay owed.
+    ct_down: bool,
+    owed: BTreeSet<IpAddr>,
+    ct_failed: u32,
+    cut_retries: usize,
 }
 
 struct FakeKernel(Rc<RefCell<Calls>>);
@@ -167,6 +172,11 @@ impl Enforcer for FakeKernel {
     }
     fn cut(&mut self, addrs: &BTreeSet<IpAddr>) {
         let mut c = self.0.borrow_mut();
+        if c.ct_down {
+            c.owed.extend(addrs.iter().copied());
+            c.ct_failed += 1;
+            return;
+        }
         c.cut.extend(addrs.iter().copied());
         c.log.push(format!("cut {addrs:?}"));
     }
@@ -177,6 +187,33 @@ impl Enforcer for FakeKernel {
     }
     fn rejudge(&mut self, _plan: &Plan, _only: Option<&BTreeSet<IpAddr>>) {
         self.0.borrow_mut().rejudged += 1;
+    }
+    fn cut_status(&mut self) -> CutStatus {
+        let mut c = self.0.borrow_mut();
+        let owed = !c.owed.is_empty();
+        CutStatus {
+            failed: std::mem::take(&mut c.ct_failed),
+            error: owed.then(|| "conntrack: down".into()),
+            owed,
+        }
+    }
+    fn retry_cuts(&mut self, _plan: &Plan) {
+        let mut c = self.0.borrow_mut();
+        c.cut_retries += 1;
+        if c.ct_down {
+            c.ct_failed += 1;
+        } else {
+            let owed = std::mem::take(&mut c.owed);
+            c.cut.extend(owed);
+        }
+    }
+}
+
+/// Counts `errors_total` by kind.
+struct Errors(Rc<RefCell<Vec<&'static str>>>);
+impl Observer for Errors {
+    fn error(&self, kind: &'static str) {
+        self.0.borrow_mut().push(kind);
     }
 }
 
@@ -730,4 +767,78 @@ async fn separation_violations_follow_events_and_reloads() {
     std::fs::write(r.policy_file.path(), POLICY).expect("write");
     r.ctl.reload().await;
     assert_eq!(gauge.get(), Some(0));
+}
+
+/// A cut that fails (conntrack down, the rules fine) is counted, stands in `last_error` across
+/// reconciles that succeed, and is retried on its own with backoff (not every second, no
+/// signal needed) until it succeeds; then the error clears.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_failed_cut_stands_in_last_error_and_is_retried_with_backoff_until_done() {
+    let mut r = rig(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    r.ctl.opts.state_file = Some(state.clone());
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    r.ctl.observer = Box::new(Errors(errors.clone()));
+    let (world, calls) = (r.world.clone(), r.calls.clone());
+    let gone: IpAddr = Ipv4Addr::new(10, 1, 0, 2).into();
+    let last_error = || {
+        crate::state::read(&state)
+            .expect("state")
+            .and_then(|s| s.last_error)
+    };
+    let conntrack = || {
+        errors
+            .borrow()
+            .iter()
+            .filter(|k| **k == "conntrack")
+            .count()
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let driver = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        calls.borrow_mut().ct_down = true;
+        world.borrow_mut().containers.remove(0);
+        tx.send(Signal::Reload).await.expect("loop alive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let e = last_error().unwrap_or_default();
+        assert!(
+            e.contains("cannot cut open connections") && e.contains("conntrack: down"),
+            "{e}"
+        );
+        assert_eq!(conntrack(), 1);
+        assert!(calls.borrow().owed.contains(&gone));
+        // A reconcile that succeeds meanwhile does not hide the owed cut.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        tx.send(Signal::Reload).await.expect("loop alive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(last_error().is_some_and(|e| e.contains("cannot cut")));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        // 12 s down: retried, with backoff (1, 2, 4 s...), not every second.
+        let retries = calls.borrow().cut_retries;
+        assert!((2..=4).contains(&retries), "{retries} retries");
+        assert_eq!(conntrack(), 1 + retries, "every failed retry counted");
+        assert!(!calls.borrow().cut.contains(&gone));
+        calls.borrow_mut().ct_down = false;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            calls.borrow().cut.contains(&gone),
+            "the owed cut was not retried"
+        );
+        assert!(calls.borrow().owed.is_empty());
+        assert_eq!(last_error(), None);
+        let (retries, failed) = (calls.borrow().cut_retries, conntrack());
+        assert_eq!(
+            failed, retries,
+            "the last retry succeeded and was not counted"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            calls.borrow().cut_retries,
+            retries,
+            "retrying with nothing owed"
+        );
+        tx.send(Signal::Stop("test")).await.expect("loop alive");
+    };
+    tokio::join!(r.ctl.serve(rx), driver);
 }
