@@ -121,12 +121,20 @@ struct Calls {
     owed: BTreeSet<IpAddr>,
     ct_failed: u32,
     cut_retries: usize,
+    /// The bridges cannot be prepared (netlink down).
+    bridges_down: bool,
+    bridge_attempts: usize,
 }
 
 struct FakeKernel(Rc<RefCell<Calls>>);
 
 impl Enforcer for FakeKernel {
     async fn prepare_bridges(&mut self, _bridges: &[String]) -> Result<(), EnforceError> {
+        let mut c = self.0.borrow_mut();
+        c.bridge_attempts += 1;
+        if c.bridges_down {
+            return Err(EnforceError::Bridge("netlink: down".into()));
+        }
         Ok(())
     }
     fn tables_present(&mut self) -> Result<bool, EnforceError> {
@@ -841,4 +849,64 @@ async fn a_failed_cut_stands_in_last_error_and_is_retried_with_backoff_until_don
         tx.send(Signal::Stop("test")).await.expect("loop alive");
     };
     tokio::join!(r.ctl.serve(rx), driver);
+}
+
+/// Bridges that cannot be prepared (netlink down) do not hold the rules back: the reconcile
+/// goes in, yet the error stands in `last_error` and the sync is retried with backoff until
+/// the bridges are ready; then it clears.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn bridges_not_ready_stand_in_last_error_and_the_sync_is_retried() {
+    let mut r = rig(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    r.ctl.opts.state_file = Some(state.clone());
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    r.ctl.observer = Box::new(Errors(errors.clone()));
+    let (world, calls) = (r.world.clone(), r.calls.clone());
+    let read = || {
+        crate::state::read(&state)
+            .expect("state")
+            .expect("a state file")
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let driver = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reconciles = calls.borrow().reconciles;
+        calls.borrow_mut().bridges_down = true;
+        world.borrow_mut().containers.remove(0);
+        tx.send(Signal::Reload).await.expect("loop alive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = read();
+        assert!(
+            st.last_error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("cannot prepare the managed bridges: netlink: down")),
+            "{st:?}"
+        );
+        assert_eq!(
+            calls.borrow().reconciles,
+            reconciles + 1,
+            "the rules went in"
+        );
+        let attempts = calls.borrow().bridge_attempts;
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let retried = calls.borrow().bridge_attempts - attempts;
+        assert!((2..=4).contains(&retried), "{retried} retries in 12 s");
+        assert!(read().last_error.is_some());
+        calls.borrow_mut().bridges_down = false;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(read().last_error, None);
+        let n = errors.borrow().iter().filter(|k| **k == "bridge").count();
+        assert_eq!(n, 1 + retried, "every failed attempt counted");
+        let attempts = calls.borrow().bridge_attempts;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            calls.borrow().bridge_attempts,
+            attempts,
+            "retrying when ready"
+        );
+        tx.send(Signal::Stop("test")).await.expect("loop alive");
+    };
+    tokio::join!(r.ctl.serve(rx), driver);
+    r.assert_converged();
 }
