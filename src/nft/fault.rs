@@ -14,8 +14,7 @@ const ABSENT_TABLE: &str = "netguard_fault_absent";
 
 /// The batch for `changes` with the failing command appended, when the fault is on.
 pub fn failing_batch(changes: &Changes) -> Option<String> {
-    let path = std::env::var_os(ENV)?;
-    if !std::path::Path::new(&path).exists() {
+    if !crate::fault::on(ENV) {
         return None;
     }
     let mut batch = changes.batch();
