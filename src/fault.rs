@@ -9,8 +9,14 @@ use std::io;
 pub const CONNTRACK: &str = "NETGUARD_FAULT_CONNTRACK_FILE";
 
 /// rtnetlink for the managed bridges (their br_netfilter switches, `bridge::NetlinkBridges`):
-/// opening and using the socket fails. The veth resolver's sockets are not hooked.
+/// opening and using the socket fails.
 pub const NETLINK: &str = "NETGUARD_FAULT_NETLINK_FILE";
+
+/// rtnetlink of the Docker path: the veth resolver (`docker::NetlinkVethResolver`, in the
+/// containers' namespaces and the host's) and early admission's port finder
+/// (`docker::wait_for_port`, `docker::bridge_ports`): opening the socket fails. A hook of its
+/// own, not `NETLINK`'s, so that a test can fail one path and see the other keep working.
+pub const DOCKER_NETLINK: &str = "NETGUARD_FAULT_DOCKER_NETLINK_FILE";
 
 /// The fault named by `var` is on: the variable is set and its file exists.
 pub fn on(var: &str) -> bool {

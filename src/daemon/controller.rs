@@ -376,6 +376,14 @@ pub struct Controller<S: Source, E: Enforcer> {
     /// Connections are owed a cut that failed (ctnetlink): the error, standing in
     /// `last_error` until a retry succeeds (see [`Controller::check_cuts`]).
     cut_error: Option<String>,
+    /// Containers whose host veth netlink failed to resolve: id → (name, error). Mapped
+    /// without it, so not admitted (fail closed), and asked again with backoff until
+    /// resolved (see [`Controller::check_veths`]).
+    veth_owed: BTreeMap<String, (String, String)>,
+    /// Reads that met such a failure since the last check (counted there).
+    veth_failed: u32,
+    /// The error standing in `last_error` while a veth is owed.
+    veth_error: Option<String>,
 }
 
 /// A batch of changes with the time the first of them was received.
@@ -476,6 +484,32 @@ pub fn merge(acc: &mut Delta, next: Delta) {
     acc.regrouped.extend(next.regrouped);
 }
 
+/// While netlink fails to resolve a container's veths, an endpoint netguard already knows
+/// keeps the veth it had: the last good state stays enforced, where dropping it would cut a
+/// running container off at every full sync (a reload, a resync) for as long as netlink
+/// fails. Only the same endpoint (network, bridge, MAC and addresses alike) keeps it; a
+/// container seen for the first time, or an endpoint that changed, gets none (not admitted,
+/// fail closed). A restart that went unseen keeps a veth that no longer exists: the
+/// container is then unreachable until netlink answers, which fails closed too.
+fn keep_known_veths(engine: &Engine, c: &mut crate::inventory::Container) {
+    let Some(old) = engine.container(&c.id) else {
+        return;
+    };
+    for ep in c.endpoints.iter_mut().filter(|e| e.veth.is_none()) {
+        let same = old.endpoints.iter().find(|o| {
+            o.network == ep.network
+                && o.network_id == ep.network_id
+                && o.bridge == ep.bridge
+                && o.mac == ep.mac
+                && o.ipv4 == ep.ipv4
+                && o.ipv6 == ep.ipv6
+        });
+        if let Some(o) = same {
+            ep.veth = o.veth.clone();
+        }
+    }
+}
+
 /// Admitted addresses and the (bridge, veth) that holds each.
 fn admitted_addresses(plan: &Plan) -> BTreeMap<IpAddr, (String, Option<String>)> {
     let mut out = BTreeMap::new();
@@ -514,7 +548,64 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             released: BTreeMap::new(),
             state_unwritable: Default::default(),
             cut_error: None,
+            veth_owed: BTreeMap::new(),
+            veth_failed: 0,
+            veth_error: None,
         }
+    }
+
+    /// Takes in the netlink failures of the read just made: all of them for a full read
+    /// (`of` = None), else those of the containers `of` names (the others keep theirs).
+    fn note_veth_failures(&mut self, of: Option<&str>) {
+        let found = self.source.netlink_failures();
+        match of {
+            None => self.veth_owed.clear(),
+            Some(id) => {
+                self.veth_owed.remove(id);
+            }
+        }
+        if !found.is_empty() {
+            self.veth_failed = self.veth_failed.saturating_add(1);
+        }
+        for f in found {
+            self.veth_owed
+                .insert(f.container_id, (f.container_name, f.error));
+        }
+    }
+
+    /// Reports the host veths netlink could not resolve: each read that met the failure
+    /// counted (`errors_total{kind="veth"}`) and logged, the error in `last_error` while one
+    /// is owed, cleared once the retries (see [`Controller::serve`]) have resolved them all or
+    /// the containers left. Everything else stays enforced meanwhile; the containers
+    /// concerned stay unadmitted. Returns whether a veth is owed. The caller writes the state.
+    fn check_veths(&mut self) -> bool {
+        let failed = std::mem::take(&mut self.veth_failed);
+        for _ in 0..failed {
+            self.observer.error("veth");
+        }
+        if failed > 0
+            && let Some((name, err)) = self.veth_owed.values().next()
+        {
+            let more = match self.veth_owed.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            let msg = format!(
+                "cannot resolve the host veth of {name}{more}: {err}; a container not admitted \
+                 yet stays so until it is, the others keep their last known veth; retrying"
+            );
+            tracing::error!(kind = "veth", containers = self.veth_owed.len(), "{msg}");
+            self.state.last_error = Some(msg.clone());
+            self.veth_error = Some(msg);
+        } else if self.veth_owed.is_empty()
+            && let Some(was) = self.veth_error.take()
+        {
+            tracing::info!("the host veths netlink could not resolve are resolved");
+            if self.state.last_error.as_ref() == Some(&was) {
+                self.state.last_error = None;
+            }
+        }
+        !self.veth_owed.is_empty()
     }
 
     /// Takes in how the cuts went: each failure counted (`errors_total{kind="conntrack"}`)
@@ -635,6 +726,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 return Err(());
             }
         };
+        self.note_veth_failures(None);
+        for c in inv.containers.iter_mut() {
+            if self.veth_owed.contains_key(&c.id) {
+                keep_known_veths(&self.engine, c);
+            }
+        }
         // The source lists running containers; the starting ones admitted early stay.
         self.early.complete(&mut inv, Instant::now());
         // Who held each admitted address before: a full sync can drop containers too
@@ -691,8 +788,11 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 // The tables are right; a bridge not ready, or a cut still owed, stays
                 // reported.
                 self.dirty = bridges.is_some();
-                self.state.last_error = bridges.or_else(|| self.cut_error.clone());
+                self.state.last_error = bridges
+                    .or_else(|| self.cut_error.clone())
+                    .or_else(|| self.veth_error.clone());
                 self.check_cuts();
+                self.check_veths();
                 self.write_state();
                 Ok(())
             }
@@ -715,6 +815,11 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         self.state.events += batch.containers.len() as u64 + batch.networks as u64;
         self.state.last_event_unix_ms = Some(now_ms());
+        self.refresh(batch).await;
+    }
+
+    /// [`Controller::process`] without counting events: also the retry of veths owed.
+    async fn refresh(&mut self, batch: Batch) {
         for (id, at) in &batch.gone_at {
             self.early.gone(id, *at);
         }
@@ -745,6 +850,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             }
             let id = &id;
             let d = if !running {
+                self.veth_owed.remove(id);
                 self.engine.remove(id)
             } else {
                 let asked = Instant::now();
@@ -761,13 +867,17 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     },
                 )
                 .await;
+                self.note_veth_failures(Some(id));
                 match read {
                     Ok(ContainerState::Running(c)) if !self.engine.knows_networks_of(&c) => {
                         // On a network created since the last full sync: structure changes.
                         full = true;
                         continue;
                     }
-                    Ok(ContainerState::Running(c)) => {
+                    Ok(ContainerState::Running(mut c)) => {
+                        if self.veth_owed.contains_key(&c.id) {
+                            keep_known_veths(&self.engine, &mut c);
+                        }
                         let c = self.early.running(c, Instant::now());
                         tracing::debug!(
                             container = %c.name,
@@ -823,6 +933,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
         self.state.containers = Some(self.engine.container_count());
         self.observer.containers(self.engine.managed_count());
+        self.check_veths();
         // After the rules are live: `netguard status` reads containers and counters here.
         self.write_state();
     }
@@ -1023,6 +1134,9 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         // tables are right, only open connections are owed their cut.
         let mut cut_retry_at: Option<tokio::time::Instant> = None;
         let mut cut_backoff = Duration::from_secs(1);
+        // Veths netlink failed to resolve: those containers alone are asked again.
+        let mut veth_retry_at: Option<tokio::time::Instant> = None;
+        let mut veth_backoff = Duration::from_secs(1);
 
         loop {
             heartbeat.store(now_ms(), Ordering::Relaxed);
@@ -1066,6 +1180,24 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                             self.enforcer.retry_cuts(&plan);
                             cut_backoff = if self.check_cuts() { (cut_backoff * 2).min(Duration::from_secs(30)) } else { Duration::from_secs(1) };
                             cut_retry_at = None;
+                        }
+                        Some(_) => {}
+                    }
+                    match veth_retry_at {
+                        _ if self.veth_owed.is_empty() || !connected => {
+                            veth_retry_at = None;
+                            veth_backoff = Duration::from_secs(1);
+                        }
+                        None => veth_retry_at = Some(now + veth_backoff),
+                        Some(at) if now >= at => {
+                            tracing::info!(containers = self.veth_owed.len(), "retrying the host veths netlink could not resolve");
+                            let mut batch = Batch::default();
+                            for id in self.veth_owed.keys() {
+                                batch.containers.insert(id.clone(), true);
+                            }
+                            self.refresh(batch).await;
+                            veth_backoff = if self.veth_owed.is_empty() { Duration::from_secs(1) } else { (veth_backoff * 2).min(Duration::from_secs(30)) };
+                            veth_retry_at = None;
                         }
                         Some(_) => {}
                     }

@@ -3,7 +3,7 @@
 
 use crate::docker::early::EarlyChange;
 use crate::docker::{
-    ContainerState, DockerError, DockerSource, EarlyWatch, Emit, NetlinkPortFinder,
+    ContainerState, DockerError, DockerSource, EarlyWatch, Emit, NetlinkFailure, NetlinkPortFinder,
 };
 pub use crate::inventory::Change;
 use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
@@ -38,6 +38,11 @@ pub trait Source {
     /// its own so that it never queues behind other changes; taken once per subscription.
     fn early_changes(&mut self) -> Option<mpsc::Receiver<EarlyChange>> {
         None
+    }
+    /// The containers whose host veths the last `inventory` or `container` call could not
+    /// resolve because netlink failed: mapped without them (not admitted), to be asked again.
+    fn netlink_failures(&mut self) -> Vec<NetlinkFailure> {
+        Vec::new()
     }
     /// Whether the source is reachable again (for reconnecting).
     async fn ping(&mut self) -> Result<(), SourceError>;
@@ -141,6 +146,13 @@ impl Source for Docker {
 
     fn early_changes(&mut self) -> Option<mpsc::Receiver<EarlyChange>> {
         self.early.take()
+    }
+
+    fn netlink_failures(&mut self) -> Vec<NetlinkFailure> {
+        self.src
+            .as_ref()
+            .map(DockerSource::take_netlink_failures)
+            .unwrap_or_default()
     }
 
     async fn ping(&mut self) -> Result<(), SourceError> {

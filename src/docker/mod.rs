@@ -23,9 +23,9 @@ pub mod veth;
 pub use early_source::{EarlyWatch, Emit, PORT_WAIT};
 pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};
 pub use veth::{
-    BridgePort, NetlinkPortFinder, NetlinkVethResolver, PortFinder, ResolvedVeth, StaticPortFinder,
-    StaticVethResolver, VethError, VethQuery, VethResolver, bridge_ports, port_with_mac,
-    wait_for_port,
+    BridgePort, NetlinkFailure, NetlinkPortFinder, NetlinkVethResolver, PortFinder, ResolvedVeth,
+    StaticPortFinder, StaticVethResolver, VethError, VethQuery, VethResolver, bridge_ports,
+    netlink_failures, port_with_mac, wait_for_port,
 };
 
 use crate::inventory::{Container, Engine, Inventory, Unisolable};
@@ -96,6 +96,9 @@ pub struct DockerSource {
     calls: Arc<AtomicU64>,
     negotiated: AtomicBool,
     resolver: Arc<dyn VethResolver>,
+    /// The veths the last resolution could not resolve because netlink failed (see
+    /// [`DockerSource::take_netlink_failures`]).
+    netlink_failed: std::sync::Mutex<Vec<NetlinkFailure>>,
     /// The network list `container` maps against: the last full inventory's, listed again
     /// when a container names a network it lacks. Held across that call's requests.
     network_cache: tokio::sync::Mutex<Vec<DockerNetwork>>,
@@ -175,6 +178,7 @@ impl DockerSource {
             calls: Arc::new(AtomicU64::new(0)),
             negotiated: AtomicBool::new(false),
             resolver: Arc::new(NetlinkVethResolver::default()),
+            netlink_failed: Default::default(),
             network_cache: tokio::sync::Mutex::new(Vec::new()),
         })
     }
@@ -282,6 +286,7 @@ impl DockerSource {
 
     /// Lists the running containers with their endpoints, veths and unisolable reasons.
     pub async fn inventory(&self) -> Result<Inventory, DockerError> {
+        self.take_netlink_failures();
         self.negotiate().await?;
         let t0 = std::time::Instant::now();
         let list_opts = ListContainersOptions {
@@ -326,6 +331,7 @@ impl DockerSource {
     /// Mapped against the network list of the last inventory (listed first when there was
     /// none), listed again when the container is on a network it lacks.
     pub async fn container(&self, id: &str) -> Result<ContainerState, DockerError> {
+        self.take_netlink_failures();
         let mut networks = self.network_cache.lock().await;
         if networks.is_empty() {
             self.negotiate().await?;
@@ -383,10 +389,30 @@ impl DockerSource {
     async fn resolve(&self, prepared: map::Prepared) -> Result<Inventory, DockerError> {
         let queries = prepared.queries.clone();
         let resolver = Arc::clone(&self.resolver);
-        let answers = tokio::task::spawn_blocking(move || resolver.resolve(&queries))
-            .await
-            .map_err(|e| DockerError::Veth(e.to_string()))?;
+        let (queries, answers) = tokio::task::spawn_blocking(move || {
+            let answers = resolver.resolve(&queries);
+            (queries, answers)
+        })
+        .await
+        .map_err(|e| DockerError::Veth(e.to_string()))?;
+        *self
+            .netlink_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = netlink_failures(&queries, &answers);
         Ok(finish(prepared, answers))
+    }
+
+    /// The containers whose veths the last [`inventory`](Self::inventory) or
+    /// [`container`](Self::container) call could not resolve because netlink failed (not
+    /// because the veth is not there yet): they are mapped without a veth, so not admitted
+    /// (fail closed), and the caller is to ask again. Each call replaces the list.
+    pub fn take_netlink_failures(&self) -> Vec<NetlinkFailure> {
+        std::mem::take(
+            &mut *self
+                .netlink_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     async fn list_by_id(&self, id: &str) -> Result<Vec<ContainerSummary>, DockerError> {

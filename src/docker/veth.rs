@@ -37,8 +37,52 @@ pub enum VethError {
     Gone,
     #[error("no interface with MAC {mac} in the container's network namespace")]
     NoInterface { mac: String },
+    /// netlink itself failed (the socket, a dump, the thread or runtime around them): a fault
+    /// of this host, not an answer about the container. The daemon counts it, reports it and
+    /// asks again (see `daemon::Controller`), where the other errors wait for the next event.
+    #[error("netlink: {0}")]
+    Netlink(String),
     #[error("{0}")]
     Failed(String),
+}
+
+/// A veth the resolver could not resolve because netlink failed ([`VethError::Netlink`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetlinkFailure {
+    pub container_id: String,
+    pub container_name: String,
+    pub error: String,
+}
+
+/// The netlink failures among a batch's answers, one per container (its first).
+pub fn netlink_failures(
+    queries: &[VethQuery],
+    answers: &[Result<ResolvedVeth, VethError>],
+) -> Vec<NetlinkFailure> {
+    let mut out: Vec<NetlinkFailure> = Vec::new();
+    for (q, a) in queries.iter().zip(answers) {
+        if let Err(e @ VethError::Netlink(_)) = a
+            && !out.iter().any(|f| f.container_id == q.container_id)
+        {
+            out.push(NetlinkFailure {
+                container_id: q.container_id.clone(),
+                container_name: q.container_name.clone(),
+                error: e.to_string(),
+            });
+        }
+    }
+    out
+}
+
+type RouteConnection = rtnetlink::proto::Connection<netlink_packet_route::RouteNetlinkMessage>;
+
+/// A new rtnetlink connection, or the injected fault (`fault::DOCKER_NETLINK`).
+fn connection() -> Result<(RouteConnection, rtnetlink::Handle), String> {
+    crate::fault::check(crate::fault::DOCKER_NETLINK)
+        .map_err(|e| format!("netlink socket: {e}"))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+    Ok((conn, handle))
 }
 
 /// Resolves host veths for a batch of endpoints; one answer per query, in query order.
@@ -127,8 +171,7 @@ fn format_mac(bytes: &[u8]) -> String {
 /// `setns`).
 fn list_links(rt: &tokio::runtime::Runtime) -> Result<Vec<LinkInfo>, String> {
     rt.block_on(async {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        let (conn, handle) = connection()?;
         let conn = tokio::spawn(conn);
         let result = collect_links(handle.link().get().execute(), "netlink link dump").await;
         // Close this namespace's socket before the thread moves on to the next namespace.
@@ -143,8 +186,7 @@ fn list_links(rt: &tokio::runtime::Runtime) -> Result<Vec<LinkInfo>, String> {
 /// most of a single container's refresh. An index that does not exist is left out.
 fn get_links(rt: &tokio::runtime::Runtime, indexes: &[u32]) -> Result<Vec<LinkInfo>, String> {
     rt.block_on(async {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        let (conn, handle) = connection()?;
         let conn = tokio::spawn(conn);
         let mut out: Vec<LinkInfo> = Vec::new();
         let mut want: Vec<u32> = indexes.to_vec();
@@ -238,11 +280,11 @@ fn list_container_links(
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&pid) = pids.get(i) else { break };
                     let r = match &rt {
-                        Err(e) => Err(VethError::Failed(e.clone())),
+                        Err(e) => Err(VethError::Netlink(e.clone())),
                         Ok(rt) => open_netns(pid).and_then(|ns| {
                             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
                                 .map_err(|e| VethError::Failed(format!("setns: {e}")))?;
-                            list_links(rt).map_err(VethError::Failed)
+                            list_links(rt).map_err(VethError::Netlink)
                         }),
                     };
                     if let Ok(mut m) = results.lock() {
@@ -335,7 +377,7 @@ impl VethResolver for NetlinkVethResolver {
         let host = match host {
             Ok(h) => h,
             Err(e) => {
-                let err = VethError::Failed(format!("host link list: {e}"));
+                let err = VethError::Netlink(format!("host link list: {e}"));
                 return queries.iter().map(|_| Err(err.clone())).collect();
             }
         };
@@ -533,8 +575,7 @@ async fn read_ports(handle: &rtnetlink::Handle, bridge: &str) -> Result<Vec<Brid
 pub fn bridge_ports(bridge: &str) -> Result<Vec<BridgePort>, VethError> {
     on_own_thread(|rt| {
         rt.block_on(async {
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+            let (conn, handle) = connection()?;
             let conn = tokio::spawn(conn);
             let r = read_ports(&handle, bridge).await;
             drop(handle);
@@ -568,6 +609,8 @@ struct LinkEvents(rtnetlink::sys::Socket);
 impl LinkEvents {
     fn open() -> Result<LinkEvents, String> {
         use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+        crate::fault::check(crate::fault::DOCKER_NETLINK)
+            .map_err(|e| format!("netlink socket: {e}"))?;
         let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| format!("netlink socket: {e}"))?;
         s.bind(&SocketAddr::new(0, 0))
             .map_err(|e| format!("netlink bind: {e}"))?;
@@ -643,8 +686,7 @@ pub fn wait_for_port(
         // Subscribed before the first read: a change between the read and the wait is seen.
         let events = LinkEvents::open()?;
         rt.block_on(async {
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+            let (conn, handle) = connection()?;
             let conn = tokio::spawn(conn);
             let r = loop {
                 let ports = match read_ports(&handle, bridge).await {
