@@ -8,7 +8,7 @@
 //! | `netguard_event_to_enforce_seconds` | histogram | container event received from Docker → rules live (time queued behind a reconcile included, Docker's own delay before it sends the event not) |
 //! | `netguard_managed_containers` | gauge | containers with at least one endpoint on a managed network (`settings.networks`), admitted or not |
 //! | `netguard_separation_violations` | gauge | pairs of containers on this host breaking a `[[separate]]` line of the policy |
-//! | `netguard_errors_total{kind}` | counter | errors by kind (`source`, `nft`, `reconcile`, `bridge`, `conntrack`, `reload`, `state`) |
+//! | `netguard_errors_total{kind}` | counter | errors by kind (`source`, `nft`, `reconcile`, `bridge`, `conntrack`, `veth`, `reload`, `state`) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
 //! | `netguard_denied_total{edge}` | counter | new connections dropped at an edge closed by its setting: `host`, `egress`, `ingress` (only the closed edges are listed) |
@@ -164,7 +164,7 @@ impl Metrics {
         self.lock().separation_violations = n as u64;
     }
 
-    /// One error of `kind` (a short fixed word: `source`, `nft`, `reconcile`, `bridge`, `conntrack`, `reload`, `state`).
+    /// One error of `kind` (a short fixed word: `source`, `nft`, `reconcile`, `bridge`, `conntrack`, `veth`, `reload`, `state`).
     pub fn error(&self, kind: &str) {
         *self.lock().errors.entry(kind.to_string()).or_default() += 1;
     }

@@ -1280,3 +1280,111 @@ fn docker_socket_gone_and_back_reconnects_and_resyncs() {
     ]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// Fault 4: rtnetlink failing on the Docker path (the veth resolver and early admission's
+/// port finder, hooked by `NETGUARD_FAULT_DOCKER_NETLINK_FILE`: while its file exists, their
+/// sockets fail to open). A container started meanwhile cannot have its host veth resolved:
+/// it is not admitted (fail closed: its allowed connection fails), the others stay enforced
+/// (across a reload, a full sync, too: known endpoints keep their last veth), and the daemon
+/// says so (log, `last_error`, `errors_total{kind="veth"}`). The file removed, the daemon's
+/// own retry (1 s doubling to 30 s, no signal, no event, no restart) resolves it and admits it.
+#[test]
+fn failing_docker_netlink_leaves_the_new_container_out_and_is_retried() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new(
+        "failing_docker_netlink_leaves_the_new_container_out_and_is_retried",
+        "vnl",
+        &[],
+    ) else {
+        return;
+    };
+    const PORT: u16 = 9472;
+    let fault = env.dir.path().join("docker-netlink.fault");
+    let mut s = env.spec();
+    s.env.push((
+        "NETGUARD_FAULT_DOCKER_NETLINK_FILE".into(),
+        fault.display().to_string(),
+    ));
+    s.metrics_listen = Some(format!("127.0.0.1:{PORT}"));
+    let mut d = Daemon::start(&s);
+    let a = env.run("a", Some("app"), &[]);
+    let b = env.run("b", Some("app"), &[]);
+    let stray = env.run("stray", None, &[]);
+    listening(&a);
+    listening(&b);
+    let (ip_a, ip_b) = (env.ip(&a), env.ip(&b));
+    reaches(&b, &ip_a, &d);
+    reaches(&a, &ip_b, &d);
+    blocked(&stray, &ip_a, &d);
+    let veth_errors = || metric(PORT, "netguard_errors_total{kind=\"veth\"}");
+    assert_eq!(veth_errors(), 0.0, "no veth error before the fault");
+
+    std::fs::write(&fault, "").unwrap();
+    let fault_on = Instant::now();
+    let c = env.run("c", Some("app"), &[]);
+    listening(&c);
+    let ip_c = env.ip(&c);
+    let st = d.wait_state("the veth failure reported", Duration::from_secs(10), |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("cannot resolve the host veth of {c}")))
+    });
+    let err = st["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        err.contains("fault injected by NETGUARD_FAULT_DOCKER_NETLINK_FILE"),
+        "{err}"
+    );
+    assert!(
+        veth_errors() >= 1.0,
+        "errors_total{{kind=\"veth\"}} not counted"
+    );
+    assert!(
+        d.log_text().contains("cannot resolve the host veth of"),
+        "the log does not say it"
+    );
+    // Not admitted: c's allowed connections fail both ways; everything else stays.
+    blocked(&c, &ip_a, &d);
+    reaches(&b, &ip_a, &d);
+    // A full sync meanwhile (SIGHUP): a and b keep their veths, c stays out.
+    let counted = veth_errors();
+    d.reload();
+    reaches(&a, &ip_b, &d);
+    blocked(&a, &ip_c, &d);
+    // The reload's read met the failure too, and the daemon retries on its own (1 s after
+    // the first failure): both counted.
+    assert!(
+        veth_errors() > counted,
+        "the reload's failure is not counted ({counted} then {})",
+        veth_errors()
+    );
+    assert!(
+        d.log_text()
+            .contains("retrying the host veths netlink could not resolve"),
+        "no retry logged"
+    );
+    assert!(d.alive(), "daemon died");
+
+    // Ended before the third retry (7 s after the first failure): the second or the third
+    // one admits c, a few seconds after.
+    std::fs::remove_file(&fault).unwrap();
+    eprintln!("fault ended {:?} after it began", fault_on.elapsed());
+    let t = Instant::now();
+    d.wait_state("the veth resolved", Duration::from_secs(40), |s| {
+        s["last_error"].is_null()
+    });
+    eprintln!("recovered {:?} after the fault ended", t.elapsed());
+    reaches(&c, &ip_a, &d);
+    reaches(&a, &ip_c, &d);
+    reaches(&b, &ip_a, &d);
+    blocked(&stray, &ip_c, &d);
+    let settled = veth_errors();
+    assert!(
+        d.log_text()
+            .contains("the host veths netlink could not resolve are resolved")
+    );
+    let (code, out) = netguard(&["-c", env.policy.to_str().unwrap(), "diff"]);
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(veth_errors(), settled, "still counting after the recovery");
+    assert!(d.last_error().is_none());
+}

@@ -32,6 +32,26 @@ struct World {
     lookups: usize,
     /// The open early-change stream's sender.
     early: Option<mpsc::Sender<crate::docker::early::EarlyChange>>,
+    /// netlink fails: the answers carry no veth, and say why (`netlink_failures`).
+    netlink_down: bool,
+    netlink_failed: Vec<crate::docker::NetlinkFailure>,
+}
+
+impl World {
+    /// A container as the source answers it: without its veths while netlink is down.
+    fn answer(&mut self, mut c: Container) -> Container {
+        if self.netlink_down {
+            for e in &mut c.endpoints {
+                e.veth = None;
+            }
+            self.netlink_failed.push(crate::docker::NetlinkFailure {
+                container_id: c.id.clone(),
+                container_name: c.name.clone(),
+                error: "netlink: down".into(),
+            });
+        }
+        c
+    }
 }
 
 struct FakeSource {
@@ -56,8 +76,11 @@ impl Source for FakeSource {
             return Err(down());
         }
         w.inventories += 1;
+        w.netlink_failed.clear();
+        let containers = w.containers.clone();
+        let containers = containers.into_iter().map(|c| w.answer(c)).collect();
         let mut inv = Inventory {
-            containers: w.containers.clone(),
+            containers,
             ..Default::default()
         };
         inv.normalize();
@@ -70,10 +93,15 @@ impl Source for FakeSource {
             return Err(down());
         }
         w.lookups += 1;
-        Ok(match w.containers.iter().find(|c| c.id == id) {
-            Some(c) => ContainerState::Running(c.clone()),
+        w.netlink_failed.clear();
+        Ok(match w.containers.iter().find(|c| c.id == id).cloned() {
+            Some(c) => ContainerState::Running(w.answer(c)),
             None => ContainerState::Gone,
         })
+    }
+
+    fn netlink_failures(&mut self) -> Vec<crate::docker::NetlinkFailure> {
+        std::mem::take(&mut self.world.borrow_mut().netlink_failed)
     }
 
     async fn subscribe(&mut self) -> Result<mpsc::Receiver<Stamped>, SourceError> {
@@ -905,6 +933,81 @@ async fn bridges_not_ready_stand_in_last_error_and_the_sync_is_retried() {
             attempts,
             "retrying when ready"
         );
+        tx.send(Signal::Stop("test")).await.expect("loop alive");
+    };
+    tokio::join!(r.ctl.serve(rx), driver);
+    r.assert_converged();
+}
+
+/// A veth netlink cannot resolve (the Docker path's rtnetlink failing): the new container is
+/// not admitted, the others keep their veths (across a reload too), the failure is counted
+/// and stands in `last_error`, and the container alone is asked again with backoff until
+/// netlink answers; then it is admitted and the error clears.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_veth_netlink_cannot_resolve_keeps_the_container_out_and_is_retried_with_backoff() {
+    let mut r = rig(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state.json");
+    r.ctl.opts.state_file = Some(state.clone());
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    r.ctl.observer = Box::new(Errors(errors.clone()));
+    let (world, calls) = (r.world.clone(), r.calls.clone());
+    let last_error = || {
+        crate::state::read(&state)
+            .expect("state")
+            .and_then(|s| s.last_error)
+    };
+    let veth_errors = || errors.borrow().iter().filter(|k| **k == "veth").count();
+    let kernel = || format!("{:?}", calls.borrow().kernel);
+    let new_ip = "10.1.0.6";
+    let (tx, rx) = mpsc::channel(4);
+    let driver = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(kernel().contains("veth0") && kernel().contains("10.1.0.2"));
+        world.borrow_mut().netlink_down = true;
+        world.borrow_mut().containers.push(container(4));
+        let stream = world.borrow().stream.clone().expect("subscribed");
+        stream
+            .send((Change::Container("id4".into()), Instant::now()))
+            .await
+            .expect("loop alive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let e = last_error().unwrap_or_default();
+        assert!(
+            e.starts_with("cannot resolve the host veth of web4: netlink: down"),
+            "{e}"
+        );
+        assert_eq!(veth_errors(), 1);
+        assert!(!kernel().contains(new_ip), "admitted without its veth");
+        // A full sync meanwhile: the known containers keep their veths, id4 stays out.
+        tx.send(Signal::Reload).await.expect("loop alive");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(veth_errors(), 2, "the reload's read counted");
+        assert!(kernel().contains("veth0") && kernel().contains("10.1.0.2"));
+        assert!(!kernel().contains(new_ip));
+        assert!(last_error().is_some_and(|e| e.contains("host veth of web4")));
+        let lookups = world.borrow().lookups;
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        // Retried with backoff (1, 2, 4 s...), not every second.
+        let retries = world.borrow().lookups - lookups;
+        assert!((2..=4).contains(&retries), "{retries} retries in 12 s");
+        assert_eq!(veth_errors(), 2 + retries, "every failed retry counted");
+        assert!(!kernel().contains(new_ip));
+        world.borrow_mut().netlink_down = false;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            kernel().contains(new_ip),
+            "not admitted once netlink answers"
+        );
+        assert_eq!(last_error(), None);
+        let (lookups, counted) = (world.borrow().lookups, veth_errors());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            world.borrow().lookups,
+            lookups,
+            "retrying with nothing owed"
+        );
+        assert_eq!(veth_errors(), counted);
         tx.send(Signal::Stop("test")).await.expect("loop alive");
     };
     tokio::join!(r.ctl.serve(rx), driver);
