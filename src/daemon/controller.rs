@@ -380,7 +380,7 @@ pub struct Controller<S: Source, E: Enforcer> {
     /// without it, so not admitted (fail closed), and asked again with backoff until
     /// resolved (see [`Controller::check_veths`]).
     veth_owed: BTreeMap<String, (String, String)>,
-    /// Reads that met such a failure since the last check (counted there).
+    /// Containers a read failed to resolve since the last check (counted there).
     veth_failed: u32,
     /// The error standing in `last_error` while a veth is owed.
     veth_error: Option<String>,
@@ -564,17 +564,17 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 self.veth_owed.remove(id);
             }
         }
-        if !found.is_empty() {
-            self.veth_failed = self.veth_failed.saturating_add(1);
-        }
+        self.veth_failed = self
+            .veth_failed
+            .saturating_add(u32::try_from(found.len()).unwrap_or(u32::MAX));
         for f in found {
             self.veth_owed
                 .insert(f.container_id, (f.container_name, f.error));
         }
     }
 
-    /// Reports the host veths netlink could not resolve: each read that met the failure
-    /// counted (`errors_total{kind="veth"}`) and logged, the error in `last_error` while one
+    /// Reports the host veths netlink could not resolve: each container a read failed to
+    /// resolve counted (`errors_total{kind="veth"}`), the failure logged, the error in `last_error` while one
     /// is owed, cleared once the retries (see [`Controller::serve`]) have resolved them all or
     /// the containers left. Everything else stays enforced meanwhile; the containers
     /// concerned stay unadmitted. Returns whether a veth is owed. The caller writes the state.
@@ -583,8 +583,15 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         for _ in 0..failed {
             self.observer.error("veth");
         }
+        // Named first: a container left without a veth (not admitted), rather than one that
+        // keeps its last known veth.
+        let unadmitted = self.veth_owed.iter().find(|(id, _)| {
+            self.engine
+                .container(id)
+                .is_none_or(|c| c.endpoints.iter().any(|e| e.veth.is_none()))
+        });
         if failed > 0
-            && let Some((name, err)) = self.veth_owed.values().next()
+            && let Some((_, (name, err))) = unadmitted.or_else(|| self.veth_owed.iter().next())
         {
             let more = match self.veth_owed.len() {
                 1 => String::new(),
