@@ -574,10 +574,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     }
 
     /// Reports the host veths netlink could not resolve: each container a read failed to
-    /// resolve counted (`errors_total{kind="veth"}`), the failure logged, the error in `last_error` while one
-    /// is owed, cleared once the retries (see [`Controller::serve`]) have resolved them all or
-    /// the containers left. Everything else stays enforced meanwhile; the containers
-    /// concerned stay unadmitted. Returns whether a veth is owed. The caller writes the state.
+    /// resolve counted (`errors_total{kind="veth"}`), the failure logged, the error in
+    /// `last_error` while one is owed, cleared once the retries (see [`Controller::serve`])
+    /// have resolved them all or the containers left. Everything else stays enforced
+    /// meanwhile; a container seen for the first time stays unadmitted, a known one keeps its
+    /// last veth (see [`keep_known_veths`]). Returns whether a veth is owed. The caller
+    /// writes the state.
     fn check_veths(&mut self) -> bool {
         let failed = std::mem::take(&mut self.veth_failed);
         for _ in 0..failed {

@@ -766,6 +766,39 @@ mod tests {
     }
 
     #[test]
+    fn only_netlink_failures_are_reported_once_per_container() {
+        let q = |id: &str, net: &str| VethQuery {
+            container_id: id.into(),
+            container_name: format!("name-{id}"),
+            pid: 1,
+            network: net.into(),
+            mac: None,
+        };
+        let queries = [
+            q("a", "n1"),
+            q("a", "n2"),
+            q("b", "n1"),
+            q("c", "n1"),
+            q("d", "n1"),
+        ];
+        let down = || Err(VethError::Netlink("netlink socket: down".into()));
+        let answers = [
+            down(),
+            down(),
+            Err(VethError::NoInterface {
+                mac: "02:00:00:00:00:01".into(),
+            }),
+            Err(VethError::Failed("interface eth0 has no peer link".into())),
+            down(),
+        ];
+        let got = netlink_failures(&queries, &answers);
+        let ids: Vec<&str> = got.iter().map(|f| f.container_id.as_str()).collect();
+        assert_eq!(ids, ["a", "d"], "{got:?}");
+        assert_eq!(got[0].container_name, "name-a");
+        assert_eq!(got[0].error, "netlink: netlink socket: down");
+    }
+
+    #[test]
     fn a_notification_is_recognised_by_the_mac_it_carries() {
         use netlink_packet_route::RouteNetlinkMessage;
         use netlink_packet_route::link::{LinkAttribute, LinkMessage};
