@@ -1342,6 +1342,12 @@ fn failing_docker_netlink_leaves_the_new_container_out_and_is_retried() {
         d.log_text().contains("cannot resolve the host veth of"),
         "the log does not say it"
     );
+    // Early admission's port finder fails too (its head start is lost, nothing else).
+    let early_failed = d.log_text().lines().any(|l| {
+        l.contains("early admission")
+            && l.contains("fault injected by NETGUARD_FAULT_DOCKER_NETLINK_FILE")
+    });
+    assert!(early_failed, "the early port finder did not fail");
     // Not admitted: c's allowed connections fail both ways; everything else stays.
     blocked(&c, &ip_a, &d);
     reaches(&b, &ip_a, &d);
