@@ -5,6 +5,7 @@
 pub mod access;
 pub mod audit;
 pub mod diff;
+pub mod edges;
 pub mod explain;
 pub mod graph;
 pub mod klog;
