@@ -7,6 +7,7 @@ pub mod audit;
 pub mod diff;
 pub mod edges;
 pub mod explain;
+pub mod explain_edge;
 pub mod graph;
 pub mod klog;
 pub mod probe_marks;
