@@ -318,7 +318,10 @@ enum LiveRuleKind {
 
 /// The ports a `dport` match's right side names: a number, a range, an anonymous set of
 /// those, or `@name`, a named port set of the table (`sets`).
-pub(super) fn port_ranges(v: &LiveValue, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec<(u16, u16)>> {
+pub(super) fn port_ranges(
+    v: &LiveValue,
+    sets: &BTreeMap<String, BTreeSet<Elem>>,
+) -> Option<Vec<(u16, u16)>> {
     if let Some(name) = v.set_ref() {
         return sets
             .get(name)?

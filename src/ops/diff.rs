@@ -147,17 +147,21 @@ pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Im
     let mut before = View::from_live(live);
     // Bridges the hook does not see are open whatever the table says.
     before.unseen = unflagged.clone();
-    let after = View::from_ruleset(&plan.ruleset);
+    impact_between(plan, &before, &View::from_ruleset(&plan.ruleset))
+}
+
+/// What going from the enforcement `before` to `after` changes for `plan`'s containers.
+pub fn impact_between(plan: &Plan, before: &View, after: &View) -> Impact {
     let (mut allowed, mut denied) =
-        changes_between(&matrix(&before, plan, true), &matrix(&after, plan, true));
-    let (a, d) = edge_changes(plan, &before, &after);
+        changes_between(&matrix(before, plan, true), &matrix(after, plan, true));
+    let (a, d) = edge_changes(plan, before, after);
     allowed.extend(a);
     denied.extend(d);
     Impact {
         first_rollout: !before.present,
         allowed,
         denied,
-        groups: group_changes(plan, &before, &after),
+        groups: group_changes(plan, before, after),
         unreadable_live_rules: before.unreadable_rules.clone(),
         unisolable: plan.unisolable.clone(),
     }
@@ -176,6 +180,10 @@ fn edge_changes(plan: &Plan, before: &View, after: &View) -> (Vec<FlowChange>, V
             &edge_matrix(before, plan, e, &blocks),
             &edge_matrix(after, plan, e, &blocks),
         );
+        if e != Edge::Host {
+            a = fold_into_world(a, e);
+            d = fold_into_world(d, e);
+        }
         let name = e.as_str();
         for f in &mut a {
             f.edge = Some(name.into());
@@ -203,6 +211,28 @@ fn edge_changes(plan: &Plan, before: &View, after: &View) -> (Vec<FlowChange>, V
         denied.append(&mut d);
     }
     (allowed, denied)
+}
+
+/// A block whose change for a container is the world's is not worth its own line: the
+/// `world` line then stands for every address but the blocks still listed.
+fn fold_into_world(changes: Vec<FlowChange>, e: Edge) -> Vec<FlowChange> {
+    let container = |f: &FlowChange| match e {
+        Edge::Ingress => f.to.clone(),
+        _ => f.from.clone(),
+    };
+    let block = |f: &FlowChange| match e {
+        Edge::Ingress => f.from.clone(),
+        _ => f.to.clone(),
+    };
+    let world: BTreeMap<String, Vec<String>> = changes
+        .iter()
+        .filter(|f| block(f) == "world")
+        .map(|f| (container(f), f.services.clone()))
+        .collect();
+    changes
+        .into_iter()
+        .filter(|f| block(f) == "world" || world.get(&container(f)) != Some(&f.services))
+        .collect()
 }
 
 fn flow_line(f: &FlowChange) -> String {

@@ -124,7 +124,11 @@ impl Published {
 /// depend on how the plan's element type spells them.
 pub fn published_of(sets: &BTreeMap<String, BTreeSet<Elem>>) -> BTreeSet<Published> {
     let mut out = BTreeSet::new();
-    for (name, wild) in [(PUBLISHED_W, true), (PUBLISHED_4, false), (PUBLISHED_6, false)] {
+    for (name, wild) in [
+        (PUBLISHED_W, true),
+        (PUBLISHED_4, false),
+        (PUBLISHED_6, false),
+    ] {
         for e in sets.get(name).into_iter().flatten() {
             if let Some(p) = parse_published(&e.to_string(), wild) {
                 out.insert(p);
@@ -215,10 +219,24 @@ fn desired_line(e: Edge, r: &Rule) -> Option<EdgeRule> {
                 set = Some((*ip == IpVersion::V6, s.clone()))
             }
             Match::DaddrNets { nets: n, .. } if e == Edge::Egress => {
-                nets = Some(n.iter().map(|(a, p)| Net { addr: *a, prefix: *p }).collect())
+                nets = Some(
+                    n.iter()
+                        .map(|(a, p)| Net {
+                            addr: *a,
+                            prefix: *p,
+                        })
+                        .collect(),
+                )
             }
             Match::SaddrNets { nets: n, .. } if e == Edge::Ingress => {
-                nets = Some(n.iter().map(|(a, p)| Net { addr: *a, prefix: *p }).collect())
+                nets = Some(
+                    n.iter()
+                        .map(|(a, p)| Net {
+                            addr: *a,
+                            prefix: *p,
+                        })
+                        .collect(),
+                )
             }
             Match::L4 { proto, dports, .. } => {
                 service = Service::Ports {
@@ -581,13 +599,16 @@ impl View {
         port: u16,
     ) -> bool {
         let me = elem_of(bridge, addr);
-        self.rules.iter().filter(|r| r.v6 == addr.is_ipv6()).any(|r| {
-            let mut acc = Access::default();
-            acc.add(&r.service);
-            self.sets.get(&r.src_set).is_some_and(|s| s.contains(&me))
-                && self.in_group_any_family(&r.dst_set, to)
-                && acc.allows(proto, port)
-        })
+        self.rules
+            .iter()
+            .filter(|r| r.v6 == addr.is_ipv6())
+            .any(|r| {
+                let mut acc = Access::default();
+                acc.add(&r.service);
+                self.sets.get(&r.src_set).is_some_and(|s| s.contains(&me))
+                    && self.in_group_any_family(&r.dst_set, to)
+                    && acc.allows(proto, port)
+            })
     }
 }
 
@@ -603,7 +624,12 @@ fn twin_set(set: &str) -> String {
 
 /// `(from, to)` → what `from` may open to `to` at one edge, per IP version: host
 /// (`(container, "host")`), egress (`(container, block)`), ingress (`(block, container)`).
-pub fn edge_matrix(view: &View, plan: &Plan, edge: Edge, blocks: &[Outside]) -> super::access::Matrix {
+pub fn edge_matrix(
+    view: &View,
+    plan: &Plan,
+    edge: Edge,
+    blocks: &[Outside],
+) -> super::access::Matrix {
     let mut m = super::access::Matrix::new();
     for ep in edge_endpoints(plan) {
         let v6 = ep.addr.is_ipv6();
@@ -722,8 +748,14 @@ mod tests {
         );
         assert_eq!(comment_nets(Edge::Ingress, i, true), None);
         // Cut short by the comment limit (`10.0.0.0/1` would parse): not guessed.
-        assert_eq!(comment_nets(Edge::Egress, "allow web -> 10.0.0.0/1", false), None);
-        assert_eq!(comment_nets(Edge::Egress, "allow web -> 203.0.113.", false), None);
+        assert_eq!(
+            comment_nets(Edge::Egress, "allow web -> 10.0.0.0/1", false),
+            None
+        );
+        assert_eq!(
+            comment_nets(Edge::Egress, "allow web -> 203.0.113.", false),
+            None
+        );
     }
 
     #[test]

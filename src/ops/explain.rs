@@ -199,9 +199,7 @@ pub(super) fn published_paths(
     to.published
         .iter()
         .filter(|p| {
-            ask.is_none_or(|a| {
-                a.proto.as_str() == p.proto.as_str() && a.low == p.container_port
-            })
+            ask.is_none_or(|a| a.proto.as_str() == p.proto.as_str() && a.low == p.container_port)
         })
         .map(|p| PublishedPath {
             published: published_label(p),
@@ -642,9 +640,8 @@ pub fn explain(
     let networks = shared_networks(&pair);
     let entries = entries_for(plan, &from_side.groups, &to_side.groups, ask.as_ref());
     let published = published_paths(pair.b, pair.pb, ask.as_ref());
-    let admitted = |p: Option<&PlannedContainer>| {
-        p.is_some_and(|p| p.endpoints.iter().any(|e| e.admitted))
-    };
+    let admitted =
+        |p: Option<&PlannedContainer>| p.is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
     // No common network, but a published port of TO that is judged as TO: the allow
     // entries decide, wherever FROM sits (docker-proxy or a DNAT between bridges).
     let via_published = networks.is_empty()

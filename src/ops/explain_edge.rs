@@ -148,7 +148,9 @@ pub fn explain_any<'a>(
     let ask = port.map(parse_port).transpose()?;
     let resolve = |p: Peer<'a>| -> Peer<'a> {
         match p {
-            Peer::Addr(a) => owner_of(inv, a).map(Peer::Container).unwrap_or(Peer::Addr(a)),
+            Peer::Addr(a) => owner_of(inv, a)
+                .map(Peer::Container)
+                .unwrap_or(Peer::Addr(a)),
             p => p,
         }
     };
@@ -225,11 +227,7 @@ fn standing(plan: &Plan, c: &Container) -> Result<(), String> {
             c.name
         ));
     };
-    if !pc
-        .endpoints
-        .iter()
-        .any(|e| e.managed && e.admitted)
-    {
+    if !pc.endpoints.iter().any(|e| e.managed && e.admitted) {
         let why = pc
             .endpoints
             .iter()
@@ -243,7 +241,9 @@ fn standing(plan: &Plan, c: &Container) -> Result<(), String> {
 }
 
 fn groups_of(plan: &Plan, c: &Container) -> Vec<String> {
-    planned(plan, c).map(|p| p.groups.clone()).unwrap_or_default()
+    planned(plan, c)
+        .map(|p| p.groups.clone())
+        .unwrap_or_default()
 }
 
 fn line_text(e: &EntryCheck) -> String {
@@ -317,7 +317,10 @@ fn decide(
             vec![set.clone()],
         ),
     };
-    if !allowed {
+    // Near misses only for a denial, as for a pair.
+    if allowed {
+        hints.clear();
+    } else {
         for (e, f) in &checked {
             if e.from_matches && e.to_matches && !e.port_matches {
                 if let (Some(ask), Some(ps)) = (ask, &f.ports) {
@@ -392,13 +395,18 @@ fn published_owner<'a>(
     ask: Option<&PortSpec>,
 ) -> Option<(&'a Container, crate::inventory::PublishedPort)> {
     let ask = ask.filter(|a| a.proto != Proto::Icmp)?;
-    inv.containers.iter().filter(|o| o.id != c.id).find_map(|o| {
-        let admitted = planned(plan, o).is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
-        o.published
-            .iter()
-            .find(|p| admitted && p.proto.as_str() == ask.proto.as_str() && p.host_port == ask.low)
-            .map(|p| (o, p.clone()))
-    })
+    inv.containers
+        .iter()
+        .filter(|o| o.id != c.id)
+        .find_map(|o| {
+            let admitted = planned(plan, o).is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
+            o.published
+                .iter()
+                .find(|p| {
+                    admitted && p.proto.as_str() == ask.proto.as_str() && p.host_port == ask.low
+                })
+                .map(|p| (o, p.clone()))
+        })
 }
 
 fn to_host(
@@ -444,7 +452,8 @@ fn to_host(
         });
     }
     if policy.settings.host == EdgeDefault::Allow {
-        let reason = format!("{set} (the default): netguard does not filter connections to this host");
+        let reason =
+            format!("{set} (the default): netguard does not filter connections to this host");
         return Ok(settled("host", from, to, ask, true, reason, set, true));
     }
     if let Err(why) = standing(plan, c) {
@@ -489,9 +498,8 @@ fn egress(
         return settled("egress", from, to, ask, true, why, set, false);
     }
     if policy.settings.egress == EdgeDefault::Allow {
-        let reason = format!(
-            "{set} (the default): netguard does not filter connections out of this host"
-        );
+        let reason =
+            format!("{set} (the default): netguard does not filter connections out of this host");
         return settled("egress", from, to, ask, true, reason, set, true);
     }
     if let Err(why) = standing(plan, c) {
@@ -511,11 +519,17 @@ fn egress(
     );
     let mut hints = Vec::new();
     if addr.is_none() {
-        for (e, _) in checked.iter().filter(|(e, _)| e.from_matches && !e.to_matches) {
+        for (e, _) in checked
+            .iter()
+            .filter(|(e, _)| e.from_matches && !e.to_matches)
+        {
             hints.push(format!(
                 "{} may open {} to {} only ({})",
                 c.name,
-                e.ports.as_ref().map(|p| p.join(",")).unwrap_or_else(|| "all".into()),
+                e.ports
+                    .as_ref()
+                    .map(|p| p.join(","))
+                    .unwrap_or_else(|| "all".into()),
                 e.to.join(", "),
                 e.origin
             ));
@@ -551,15 +565,17 @@ fn ingress(
         return x;
     }
     if policy.settings.ingress == EdgeDefault::Allow {
-        let reason = format!(
-            "{set} (the default): netguard does not filter connections from outside"
-        );
+        let reason =
+            format!("{set} (the default): netguard does not filter connections from outside");
         let mut x = settled("ingress", from, to, ask, true, reason, set, true);
         x.published = published;
         return x;
     }
     if let Err(why) = standing(plan, c) {
-        let why = why.replace("reaches nothing beyond its network", "nothing outside reaches it");
+        let why = why.replace(
+            "reaches nothing beyond its network",
+            "nothing outside reaches it",
+        );
         let mut x = settled("ingress", from, to, ask, false, why, set, false);
         x.published = published;
         return x;
@@ -571,14 +587,20 @@ fn ingress(
     let groups = groups_of(plan, c);
     let checked = checks(
         plan,
-        |f| matches!(f.from_peers, Peers::World | Peers::Nets(_)) && matches!(f.to_peers, Peers::Groups(_)),
+        |f| {
+            matches!(f.from_peers, Peers::World | Peers::Nets(_))
+                && matches!(f.to_peers, Peers::Groups(_))
+        },
         |f| nets_cover(&f.from_peers, addr),
         |f| peers_match(&f.to, &groups),
         ask,
     );
     let mut hints = Vec::new();
     if addr.is_none() {
-        for (e, _) in checked.iter().filter(|(e, _)| e.to_matches && !e.from_matches) {
+        for (e, _) in checked
+            .iter()
+            .filter(|(e, _)| e.to_matches && !e.from_matches)
+        {
             hints.push(format!(
                 "{} is open to {} only ({})",
                 c.name,
