@@ -505,3 +505,79 @@ fn diff_shows_exactly_the_published_paths_it_cuts() {
     let (_, impact) = impact_text(&after, &after, &open);
     assert!(impact.denied.is_empty() && impact.allowed.is_empty());
 }
+
+#[test]
+fn graph_draws_the_closed_edges() {
+    let (_, _, closed) = setup(CLOSED);
+    let dot = netguard::ops::graph::dot(&closed);
+    insta::assert_snapshot!("graph_edges_dot", dot);
+    for line in [
+        "  \"@host\" [label=\"this host\", shape=house];",
+        "  \"prom-1\" -> \"@host\" [label=\"9100/tcp\", style=dashed];",
+        "  \"api-1\" -> \"@203.0.113.0/24\" [label=\"443/tcp\", style=dashed];",
+        "  \"@world\" -> \"web-1\" [label=\"443/tcp\", style=dashed];",
+        "  \"@198.51.100.0/24\" -> \"db-1\" [label=\"5432/tcp\", style=dashed];",
+    ] {
+        assert!(dot.contains(line), "{line} missing:\n{dot}");
+    }
+    // Containers that may open nothing there get no edge to it.
+    assert!(!dot.contains("\"rogue-1\" -> \"@"), "{dot}");
+    // Open edges (the default) are not drawn.
+    let (_, _, open) = setup(&open_policy());
+    assert!(!netguard::ops::graph::dot(&open).contains("\"@"));
+}
+
+#[test]
+fn status_counts_the_denials_at_each_closed_edge() {
+    let (_, _, closed) = setup(CLOSED);
+    let live = live_of(&closed.ruleset);
+    let counters = netguard::ops::status::counters(&live);
+    let denied = netguard::ops::status::edge_denied(&counters);
+    let got: Vec<(&str, &str, u64)> = denied
+        .iter()
+        .map(|e| (e.edge.as_str(), e.chain.as_str(), e.packets))
+        .collect();
+    // The listing gives every counter 3 packets: one final drop per closed edge.
+    assert_eq!(
+        got,
+        [
+            ("host", "input", 3),
+            ("egress", "egress", 3),
+            ("ingress", "ingress", 3)
+        ]
+    );
+    let health = netguard::ops::status::health(
+        &live,
+        Some(&closed),
+        Some((true, true)),
+        vec![],
+        netguard::ops::status::SourceHealth::reachable("inventory file"),
+        netguard::ops::status::daemon_health(Path::new("/nonexistent/edgeops-state.json")),
+    );
+    let text = netguard::ops::status::render(&health, Some(&closed), &counters, Style::plain());
+    let section: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("denied at the edges"))
+        .take(4)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        section,
+        "denied at the edges (new connections dropped: packets, bytes):\n  \
+         host                3          180\n  \
+         egress              3          180\n  \
+         ingress             3          180\n",
+        "{text}"
+    );
+    // Published ports stay listed per container.
+    assert!(text.contains("      published 15432:5432/tcp\n"), "{text}");
+    let j = netguard::ops::status::json(&health, Some(&closed), &counters);
+    assert_eq!(
+        j["edge_denied"][0],
+        json!({"edge": "host", "chain": "input", "packets": 3, "bytes": 180})
+    );
+    // Open edges have no final drop: nothing to count, nothing listed.
+    let (_, _, open) = setup(&open_policy());
+    let counters = netguard::ops::status::counters(&live_of(&open.ruleset));
+    assert!(netguard::ops::status::edge_denied(&counters).is_empty());
+}
