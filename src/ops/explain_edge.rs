@@ -129,7 +129,7 @@ impl Answer {
 }
 
 /// The container whose endpoint has `addr`, if any.
-fn owner_of<'a>(inv: &'a Inventory, addr: IpAddr) -> Option<&'a Container> {
+fn owner_of(inv: &Inventory, addr: IpAddr) -> Option<&Container> {
     inv.containers
         .iter()
         .find(|c| c.endpoints.iter().any(|e| e.addresses().any(|a| a == addr)))
@@ -365,8 +365,7 @@ fn settled(
     from: EdgePeer,
     to: EdgePeer,
     ask: Option<&PortSpec>,
-    allowed: bool,
-    reason: String,
+    (allowed, reason): (bool, String),
     set: String,
     decided: bool,
 ) -> EdgeExplanation {
@@ -405,7 +404,7 @@ fn published_owner<'a>(
                 .find(|p| {
                     admitted && p.proto.as_str() == ask.proto.as_str() && p.host_port == ask.low
                 })
-                .map(|p| (o, p.clone()))
+                .map(|p| (o, *p))
         })
 }
 
@@ -422,7 +421,7 @@ fn to_host(
     if let Err(why) = standing(plan, c)
         && planned(plan, c).is_none_or(|p| !p.managed)
     {
-        return Ok(settled("host", from, to, ask, true, why, set, false));
+        return Ok(settled("host", from, to, ask, (true, why), set, false));
     }
     // A published port of a managed container is that container, on its container port.
     if let Some((owner, p)) = published_owner(plan, inv, c, ask) {
@@ -454,10 +453,10 @@ fn to_host(
     if policy.settings.host == EdgeDefault::Allow {
         let reason =
             format!("{set} (the default): netguard does not filter connections to this host");
-        return Ok(settled("host", from, to, ask, true, reason, set, true));
+        return Ok(settled("host", from, to, ask, (true, reason), set, true));
     }
     if let Err(why) = standing(plan, c) {
-        return Ok(settled("host", from, to, ask, false, why, set, false));
+        return Ok(settled("host", from, to, ask, (false, why), set, false));
     }
     let groups = groups_of(plan, c);
     let checked = checks(
@@ -495,15 +494,15 @@ fn egress(
     if let Err(why) = standing(plan, c)
         && planned(plan, c).is_none_or(|p| !p.managed)
     {
-        return settled("egress", from, to, ask, true, why, set, false);
+        return settled("egress", from, to, ask, (true, why), set, false);
     }
     if policy.settings.egress == EdgeDefault::Allow {
         let reason =
             format!("{set} (the default): netguard does not filter connections out of this host");
-        return settled("egress", from, to, ask, true, reason, set, true);
+        return settled("egress", from, to, ask, (true, reason), set, true);
     }
     if let Err(why) = standing(plan, c) {
-        return settled("egress", from, to, ask, false, why, set, false);
+        return settled("egress", from, to, ask, (false, why), set, false);
     }
     let addr = match dst {
         Peer::Addr(a) => Some(*a),
@@ -560,14 +559,14 @@ fn ingress(
     if let Err(why) = standing(plan, c)
         && planned(plan, c).is_none_or(|p| !p.managed)
     {
-        let mut x = settled("ingress", from, to, ask, true, why, set, false);
+        let mut x = settled("ingress", from, to, ask, (true, why), set, false);
         x.published = published;
         return x;
     }
     if policy.settings.ingress == EdgeDefault::Allow {
         let reason =
             format!("{set} (the default): netguard does not filter connections from outside");
-        let mut x = settled("ingress", from, to, ask, true, reason, set, true);
+        let mut x = settled("ingress", from, to, ask, (true, reason), set, true);
         x.published = published;
         return x;
     }
@@ -576,7 +575,7 @@ fn ingress(
             "reaches nothing beyond its network",
             "nothing outside reaches it",
         );
-        let mut x = settled("ingress", from, to, ask, false, why, set, false);
+        let mut x = settled("ingress", from, to, ask, (false, why), set, false);
         x.published = published;
         return x;
     }
