@@ -160,30 +160,29 @@ pub fn counters(live: &LiveState) -> Vec<RuleCounter> {
     out
 }
 
-/// New connections dropped at one closed edge: the counter of its final drop.
+/// New connections dropped at one closed edge: the counters of its drops.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EdgeDenied {
-    /// `host`, `egress` or `ingress`.
+    /// `host`, `egress` or `ingress` (the names of `plan::EDGES`).
     pub edge: String,
-    pub chain: String,
     pub packets: u64,
     pub bytes: u64,
 }
 
-/// The edges' denials out of the rule counters, in the order of `plan::EDGES`: only the
-/// edges whose chain holds its final drop (a closed edge), as `/metrics` lists them.
+/// The edges' denials out of the rule counters, in the order of `plan::EDGES`, as
+/// `/metrics` counts them: every inet rule commented `edge deny EDGE`, whatever its chain
+/// (an edge may drop in several). An edge without such a rule (open) is not listed.
 pub fn edge_denied(counters: &[RuleCounter]) -> Vec<EdgeDenied> {
     crate::plan::EDGES
         .iter()
-        .filter_map(|(edge, chain)| {
+        .filter_map(|(edge, _)| {
             let mine: Vec<&RuleCounter> = counters
                 .iter()
-                .filter(|c| c.table == "inet netguard" && c.chain == *chain)
+                .filter(|c| c.table == "inet netguard")
                 .filter(|c| c.rule.strip_prefix(crate::plan::EDGE_DENY_PREFIX) == Some(edge))
                 .collect();
             (!mine.is_empty()).then(|| EdgeDenied {
                 edge: edge.to_string(),
-                chain: chain.to_string(),
                 packets: mine.iter().map(|c| c.packets).sum(),
                 bytes: mine.iter().map(|c| c.bytes).sum(),
             })
