@@ -597,3 +597,32 @@ fn status_counts_the_denials_at_each_closed_edge() {
             .all(|e| !["host", "egress", "ingress"].contains(&e.edge.as_str()))
     );
 }
+
+/// A published port of a container netguard does not admit is a connection to this host.
+#[test]
+fn explain_a_published_port_of_a_container_not_admitted_is_the_host() {
+    let p = policy(CLOSED);
+    let text = INVENTORY.replacen("veth = \"veth-db1\"\n", "", 1);
+    assert_ne!(text, INVENTORY);
+    let mut inv = parse_inventory(Path::new("inventory.toml"), &text).unwrap();
+    inv.normalize();
+    let pl = plan(&p, &inv);
+    let x = explain_any(&p, &pl, &inv, "web-1", "db-1", Some("5432/tcp")).unwrap();
+    let (text, json) = (x.render(Style::plain()), x.json());
+    assert!(!x.allowed(), "{text}");
+    assert_eq!(
+        json["published"],
+        json!([{"published": "15432/tcp", "container_port": 5432, "judged_as": "host"}])
+    );
+    assert!(
+        text.contains(
+            "  published 15432/tcp counts as this host (db-1 is not admitted): `netguard \
+             explain web-1 host 15432/tcp`"
+        ),
+        "{text}"
+    );
+    let x = explain_any(&p, &pl, &inv, "web-1", "host", Some("15432/tcp")).unwrap();
+    let json = x.json();
+    assert_eq!(json["edge"], "host", "{json}");
+    assert_eq!(json["decided_by"], json!(["host = \"deny\""]));
+}
