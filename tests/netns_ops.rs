@@ -467,3 +467,121 @@ fn diff_and_apply_summarise_objects_unless_asked() {
         "{applied}"
     );
 }
+
+/// POLICY with every edge closed and one line of each kind open.
+fn closed_policy() -> String {
+    POLICY.replace(
+        "log_denied = true\n",
+        "log_denied = true\nhost = \"deny\"\negress = \"deny\"\ningress = \"deny\"\n",
+    ) + r#"
+[groups.monitoring]
+match = { label = { role = "monitoring" } }
+
+[[allow]]
+from = "monitoring"
+to = "host"
+ports = ["9100/tcp"]
+
+[[allow]]
+from = "web"
+to = ["203.0.113.0/24", "2001:db8::/64", "198.51.100.7"]
+ports = ["443/tcp"]
+
+[[allow]]
+from = ["198.51.100.0/24"]
+to = "db"
+ports = ["5432/tcp"]
+"#
+}
+
+fn has_edge(list: &Value, from: &str, to: &str, services: Value, setting: Option<&str>) -> bool {
+    list.as_array().unwrap().iter().any(|f| {
+        f["from"] == from
+            && f["to"] == to
+            && f["services"] == services
+            && f.get("edge").is_some()
+            && f.get("setting").and_then(Value::as_str) == setting
+    })
+}
+
+/// `diff` reads the edge chains back from the kernel as nft lists them (address blocks,
+/// ports): closing the edges lists what each container loses, an applied policy is in
+/// sync with no unreadable rule, and one address taken off a line shows as exactly that.
+#[test]
+fn diff_reads_the_edges_back_from_the_kernel() {
+    if !prerequisites("diff_reads_the_edges_back_from_the_kernel") {
+        return;
+    }
+    let fx = Fixture::new(&Topology::standard());
+    let open = fx.write_file("policy.toml", POLICY);
+    let closed = fx.write_file("closed.toml", &closed_policy());
+    run(&fx, &open, &["apply"], 0);
+
+    let j = json_of(&run(&fx, &closed, &["--output", "json", "diff"], 1));
+    let denied = &j["denied"];
+    for (from, to, services) in [
+        ("mon-1", "host", json!(["all except 9100/tcp"])),
+        ("web-1", "host", json!(["all"])),
+        ("web-1", "203.0.113.0/24", json!(["all except 443/tcp"])),
+        ("web-1", "world", json!(["all"])),
+        ("198.51.100.0/24", "db-1", json!(["all except 5432/tcp"])),
+        ("world", "db-1", json!(["all"])),
+    ] {
+        let setting = match to {
+            "host" => "host = \"deny\"",
+            "db-1" => "ingress = \"deny\"",
+            _ => "egress = \"deny\"",
+        };
+        assert!(
+            has_edge(denied, from, to, services.clone(), Some(setting)),
+            "{from} -> {to} {services} missing: {j:#}"
+        );
+    }
+    assert_eq!(j["allowed"], json!([]), "{j:#}");
+
+    run(&fx, &closed, &["apply"], 0);
+    let j = json_of(&run(&fx, &closed, &["--output", "json", "diff"], 0));
+    assert_eq!(j["unreadable_live_rules"], json!([]), "{j:#}");
+    assert_eq!(
+        (&j["allowed"], &j["denied"]),
+        (&json!([]), &json!([])),
+        "{j:#}"
+    );
+
+    let fewer = fx.write_file(
+        "fewer.toml",
+        &closed_policy().replace(", \"198.51.100.7\"]", "]"),
+    );
+    let j = json_of(&run(&fx, &fewer, &["--output", "json", "diff"], 1));
+    assert!(
+        has_edge(
+            &j["denied"],
+            "web-1",
+            "198.51.100.7",
+            json!(["443/tcp"]),
+            Some("egress = \"deny\"")
+        ),
+        "{j:#}"
+    );
+    assert_eq!(j["allowed"], json!([]), "{j:#}");
+    let out = run(&fx, &fewer, &["diff"], 1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("  - web-1 → 198.51.100.7  443/tcp  (egress = \"deny\")\n"),
+        "{text}"
+    );
+
+    // Reopened: what the setting gives back.
+    let j = json_of(&run(&fx, &open, &["--output", "json", "diff"], 1));
+    assert!(
+        has_edge(
+            &j["allowed"],
+            "mon-1",
+            "host",
+            json!(["all except 9100/tcp"]),
+            Some("host = \"allow\"")
+        ),
+        "{j:#}"
+    );
+    assert_eq!(j["denied"], json!([]), "{j:#}");
+}

@@ -494,3 +494,185 @@ fn sampling_probes_one_pair_per_class_on_a_crowded_host() {
     assert_eq!(j["pairs"]["classes"], 25, "{:#}", j["pairs"]);
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
+
+/// Every edge a probe can reach from the fixture: this host, the world, a published port.
+const EDGE_POLICY: &str = r#"
+[settings]
+networks = ["front"]
+host = "deny"
+egress = "deny"
+
+[groups.web]
+match = { label = { role = "web" } }
+
+[groups.db]
+match = { image = "postgres*" }
+
+[groups.monitoring]
+match = { label = { role = "monitoring" } }
+
+[[allow]]
+from = "monitoring"
+to = "host"
+ports = ["9100/tcp"]
+
+[[allow]]
+from = "web"
+to = ["203.0.113.0/24"]
+ports = ["443/tcp"]
+
+[[allow]]
+from = "web"
+to = "db"
+ports = ["5432/tcp"]
+"#;
+
+fn sh(fx: &Fixture, ns: &str, script: &str) {
+    let out = fx.exec_in(ns, &["sh", "-ec", script]);
+    assert!(
+        out.status.success(),
+        "in {ns}: {script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The world namespace, removed also when the test fails.
+struct WorldNs(String);
+
+impl Drop for WorldNs {
+    fn drop(&mut self) {
+        let _ = run_cmd("ip", &["netns", "delete", &self.0], None);
+    }
+}
+
+/// `verify --host-addr --world-addr` probes the edges: the host's ports, an address
+/// outside, a published port (Docker's DNAT stood in by the fake host's own nat table), each
+/// against explain's verdict; all match once applied, and a hole made by hand in the host
+/// edge shows as exactly the host probes that should have been blocked.
+#[test]
+fn verify_probes_the_edges() {
+    if !prerequisites("verify_probes_the_edges") {
+        return;
+    }
+    let topo = Topology {
+        bridges: vec![],
+        containers: vec![],
+    }
+    .bridge("front", "evfront", 1)
+    .container("web-1", "front", 11, "nginx:1.27", &[("role", "web")])
+    .container(
+        "mon-1",
+        "front",
+        41,
+        "node-exporter",
+        &[("role", "monitoring")],
+    )
+    .container("db-1", "front", 31, "postgres:16", &[])
+    .container("rogue", "front", 99, "busybox:1", &[]);
+    let fx = Fixture::new(&topo);
+    let world = WorldNs(format!("{}-evworld", fx.prefix));
+    let host = fx.host_ns.clone();
+    run_cmd("ip", &["netns", "add", &world.0], None).unwrap_or_else(|e| panic!("{e}"));
+    sh(
+        &fx,
+        &host,
+        "echo 1 > /proc/sys/net/ipv4/ip_forward
+         ip addr add 10.91.1.1/24 dev evfront",
+    );
+    fx.host_ok(&[
+        "ip", "link", "add", "evwup", "type", "veth", "peer", "name", "eth0", "netns", &world.0,
+    ]);
+    sh(
+        &fx,
+        &host,
+        "ip link set evwup up\nip addr add 203.0.113.1/24 dev evwup",
+    );
+    sh(
+        &fx,
+        &world.0,
+        "ip link set lo up
+         ip link set eth0 up
+         ip addr add 203.0.113.5/24 dev eth0
+         ip route add default via 203.0.113.1",
+    );
+    for c in &fx.containers {
+        sh(&fx, &c.ns, "ip route add default via 10.91.1.1");
+    }
+    // Docker's DNAT of db-1's published port, and its masquerade of the hairpin.
+    fx.nft(
+        "table ip evtest_nat {
+           chain pre { type nat hook prerouting priority -100;
+             ip daddr 10.91.1.1 tcp dport 15432 dnat to 10.91.1.31:5432; }
+           chain post { type nat hook postrouting priority 100;
+             ip saddr 10.91.1.0/24 ip daddr 10.91.1.31 tcp dport 5432 masquerade; }
+         }",
+    );
+    let inventory = std::fs::read_to_string(&fx.inventory).expect("inventory");
+    let with_ports = inventory.replacen(
+        "name = \"db-1\"\n",
+        "name = \"db-1\"\npublished = [\"15432:5432/tcp\"]\n",
+        1,
+    );
+    assert_ne!(with_ports, inventory, "db-1 not in the inventory");
+    let inv = fx.write_file("inventory-published.toml", &with_ports);
+    let policy = fx.write_file("policy.toml", EDGE_POLICY);
+    let ng = |args: &[&str], want: i32| -> Value {
+        let mut a = vec!["--output", "json"];
+        a.extend_from_slice(args);
+        let out = fx.netguard(&policy, &inv, &a);
+        assert_eq!(out.status.code(), Some(want), "{args:?}\n{}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    ng(&["apply"], 0);
+    let args = [
+        "verify",
+        "--sample",
+        "0",
+        "--host-addr",
+        "10.91.1.1",
+        "--world-addr",
+        "203.0.113.5",
+    ];
+    let j = ng(&args, 0);
+    let edge = |target: &str, from: &str, to: &str, port: u64| -> Value {
+        probes(&j)
+            .iter()
+            .find(|p| {
+                p["target"] == target && p["from"] == from && p["to"] == to && p["port"] == port
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {target} probe {from} -> {to} {port}: {j:#}"))
+    };
+    for (target, from, to, port, expected) in [
+        ("host", "mon-1", "host", 9100, "reached"),
+        ("host", "web-1", "host", 9100, "blocked"),
+        ("host", "rogue", "host", 1, "blocked"),
+        ("outside", "web-1", "203.0.113.5", 443, "reached"),
+        ("outside", "web-1", "203.0.113.5", 1, "blocked"),
+        ("outside", "rogue", "203.0.113.5", 443, "blocked"),
+        ("published", "web-1", "db-1 via 15432", 15432, "reached"),
+        ("published", "rogue", "db-1 via 15432", 15432, "blocked"),
+        ("published", "mon-1", "db-1 via 15432", 15432, "blocked"),
+    ] {
+        let p = edge(target, from, to, port);
+        assert_eq!(p["expected"], expected, "{p:#}");
+        assert_eq!(p["match"], true, "{p:#}");
+    }
+
+    // A hole made by hand in the host edge: the host probes that should be blocked leak,
+    // and nothing else.
+    fx.host_ok(&["nft", "flush", "chain", "inet", "netguard", "input"]);
+    let j = ng(&args, 1);
+    let leaked: BTreeSet<String> = probes(&j)
+        .iter()
+        .filter(|p| p["match"] == false)
+        .map(|p| format!("{} {} {}", p["target"], p["from"], p["port"]))
+        .collect();
+    let want: BTreeSet<String> = probes(&j)
+        .iter()
+        .filter(|p| p["target"] == "host" && p["expected"] == "blocked")
+        .map(|p| format!("{} {} {}", p["target"], p["from"], p["port"]))
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(leaked, want, "{j:#}");
+}

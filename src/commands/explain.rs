@@ -5,14 +5,15 @@ use super::{Context, EXIT_OK, EXIT_PENDING, Failure};
 use crate::bridge::{Blind, BridgeControl, NetlinkBridges, forward_hook_blind, global_nf_call};
 use crate::nft::Backend;
 use crate::ops::explain::{self, Explanation};
+use crate::ops::explain_edge::{self, Answer};
 use crate::ops::style::Style;
 use crate::plan::{Plan, plan};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Source container: name, id or unique id prefix.
+    /// Source: a container (name, id or unique id prefix), `world`, or an address outside.
     pub from: String,
-    /// Destination container: name, id or unique id prefix.
+    /// Destination: a container, `host` (this host), `world`, or an address outside.
     pub to: String,
     /// What is opened: `8080/tcp`, `53/udp`, `icmp`; omitted = anything at all.
     pub port: Option<String>,
@@ -22,13 +23,19 @@ pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
     let p = ctx.policy()?;
     let inv = ctx.inventory().await?;
     let plan = plan(&p, &inv);
-    let mut x = explain::explain(&p, &plan, &inv, &args.from, &args.to, args.port.as_deref())?;
-    x.caveats = read_caveats(&plan, &x).await;
-    ctx.print(
-        || explain::render(&x, Style::detect()),
-        || explain::json(&x),
-    );
-    Ok(if x.allowed { EXIT_OK } else { EXIT_PENDING })
+    let mut x =
+        explain_edge::explain_any(&p, &plan, &inv, &args.from, &args.to, args.port.as_deref())?;
+    let caveats = match &x {
+        Answer::Pair(pair) => read_caveats(&plan, pair).await,
+        // An edge crosses no bridge between two containers: only the tables matter.
+        Answer::Edge(_) => {
+            let live = Backend::system().read_live().map_err(|e| e.to_string());
+            explain::kernel_caveats(&plan, live.as_ref().map_err(Clone::clone), &[])
+        }
+    };
+    x.set_caveats(caveats);
+    ctx.print(|| x.render(Style::detect()), || x.json());
+    Ok(if x.allowed() { EXIT_OK } else { EXIT_PENDING })
 }
 
 /// Reads the kernel: netguard's tables, and whether the inet hook sees the bridges the two

@@ -21,6 +21,14 @@ pub struct Args {
     /// How long a probe waits for an answer before it counts as blocked.
     #[arg(long, default_value_t = 300)]
     pub timeout_ms: u64,
+    /// Also probe the edges at this address of this host (a bridge's gateway): the ports
+    /// the `to = "host"` lines open and one they do not, and the published TCP ports.
+    #[arg(long, value_name = "ADDR")]
+    pub host_addr: Option<std::net::IpAddr>,
+    /// Also probe egress to this address outside: the ports the lines to it open and one
+    /// they do not.
+    #[arg(long, value_name = "ADDR")]
+    pub world_addr: Option<std::net::IpAddr>,
 }
 
 pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
@@ -31,6 +39,10 @@ pub async fn run(ctx: &Context, args: &Args) -> Result<i32, Failure> {
         to: args.to.clone(),
         sample: args.sample,
         timeout: Duration::from_millis(args.timeout_ms.max(1)),
+        edges: crate::verify::select::EdgeTargets {
+            host: args.host_addr,
+            outside: args.world_addr,
+        },
     };
     // The namespaces of Docker's containers come from their PIDs, asked at verify time.
     let docker = match &ctx.inventory {

@@ -59,6 +59,10 @@ pub struct View {
     pub unknown_patterns: Vec<String>,
     /// Bridges the inet hook does not see (br_netfilter off for them): never judged.
     pub unseen: BTreeSet<String>,
+    /// The edges this table closes and the lines that keep them open.
+    pub edges: super::edges::Edges,
+    /// The published mappings this table judges as the container behind them.
+    pub published: BTreeSet<super::edges::Published>,
 }
 
 fn strip_fingerprint(c: &str) -> String {
@@ -77,6 +81,8 @@ impl View {
             v.sets.insert(s.name.clone(), s.elements.clone());
         }
         v.judged = judged_of(&v.sets);
+        v.edges = super::edges::edges_of_table(t);
+        v.published = super::edges::published_of(&v.sets);
         v.unknown_patterns = t
             .chains
             .iter()
@@ -158,6 +164,10 @@ impl View {
         for (name, s) in &t.sets {
             v.sets.insert(name.clone(), s.elements.clone());
         }
+        let (edges, unreadable) = super::edges::edges_of_live(t);
+        v.edges = edges;
+        v.unreadable_rules.extend(unreadable);
+        v.published = super::edges::published_of(&v.sets);
         // Traffic only reaches `isolate` through the forward chain's jump.
         if let Some(fwd) = t.chains.get(names::FORWARD) {
             v.judged = judged_of(&v.sets);
@@ -308,7 +318,10 @@ enum LiveRuleKind {
 
 /// The ports a `dport` match's right side names: a number, a range, an anonymous set of
 /// those, or `@name`, a named port set of the table (`sets`).
-fn port_ranges(v: &LiveValue, sets: &BTreeMap<String, BTreeSet<Elem>>) -> Option<Vec<(u16, u16)>> {
+pub(super) fn port_ranges(
+    v: &LiveValue,
+    sets: &BTreeMap<String, BTreeSet<Elem>>,
+) -> Option<Vec<(u16, u16)>> {
     if let Some(name) = v.set_ref() {
         return sets
             .get(name)?

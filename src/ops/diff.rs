@@ -7,6 +7,7 @@
 //! managed network is open: the denied list is then the impact of the rollout.
 
 use super::access::{Matrix, PairAccess, View, matrix};
+use super::edges::{Edge, Published, edge_matrix, outside_blocks, published_matrix};
 use super::style::Style;
 use crate::inventory::Unisolable;
 use crate::nft::{Changes, LiveState};
@@ -28,6 +29,15 @@ pub struct FlowChange {
     /// The pair also has addresses of the other IP version, where this does not change.
     #[serde(skip)]
     pub partial: bool,
+    /// `None` between two containers; `host`, `egress`, `ingress` at an edge (`to` is
+    /// `host` or an address block or `world`, or `from` is one for ingress), `published`
+    /// for a container's published ports (`services` are their host ports).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<String>,
+    /// The setting that decides it when no line does: `host = "deny"` on what an edge
+    /// cuts, `host = "allow"` on what it opens once the setting is `allow`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setting: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +91,8 @@ fn changes_between(before: &Matrix, after: &Matrix) -> (Vec<FlowChange>, Vec<Flo
                     family: family.into(),
                     services,
                     partial: has4 && has6 && family != "ipv4+ipv6",
+                    edge: None,
+                    setting: None,
                 })
             };
             if !g4.is_empty() && g4 == g6 {
@@ -135,17 +147,92 @@ pub fn impact(plan: &Plan, live: &LiveState, unflagged: &BTreeSet<String>) -> Im
     let mut before = View::from_live(live);
     // Bridges the hook does not see are open whatever the table says.
     before.unseen = unflagged.clone();
-    let after = View::from_ruleset(&plan.ruleset);
-    let (allowed, denied) =
-        changes_between(&matrix(&before, plan, true), &matrix(&after, plan, true));
+    impact_between(plan, &before, &View::from_ruleset(&plan.ruleset))
+}
+
+/// What going from the enforcement `before` to `after` changes for `plan`'s containers.
+pub fn impact_between(plan: &Plan, before: &View, after: &View) -> Impact {
+    let (mut allowed, mut denied) =
+        changes_between(&matrix(before, plan, true), &matrix(after, plan, true));
+    let (a, d) = edge_changes(plan, before, after);
+    allowed.extend(a);
+    denied.extend(d);
     Impact {
         first_rollout: !before.present,
         allowed,
         denied,
-        groups: group_changes(plan, &before, &after),
+        groups: group_changes(plan, before, after),
         unreadable_live_rules: before.unreadable_rules.clone(),
         unisolable: plan.unisolable.clone(),
     }
+}
+
+/// What changes at the edges: the host, egress and ingress lines and settings, per
+/// container, then the published paths. A published mapping one table judges as its
+/// container and the other as the host (e.g. a live table from before published ports
+/// were judged as their container) shows exactly the pairs whose path it opens or cuts.
+fn edge_changes(plan: &Plan, before: &View, after: &View) -> (Vec<FlowChange>, Vec<FlowChange>) {
+    let mut allowed = Vec::new();
+    let mut denied = Vec::new();
+    for e in Edge::ALL {
+        let blocks = outside_blocks(&[before, after], e);
+        let (mut a, mut d) = changes_between(
+            &edge_matrix(before, plan, e, &blocks),
+            &edge_matrix(after, plan, e, &blocks),
+        );
+        if e != Edge::Host {
+            a = fold_into_world(a, e);
+            d = fold_into_world(d, e);
+        }
+        let name = e.as_str();
+        for f in &mut a {
+            f.edge = Some(name.into());
+            if after.edges.get(e).is_none() {
+                f.setting = Some(format!("{name} = \"allow\""));
+            }
+        }
+        for f in &mut d {
+            f.edge = Some(name.into());
+            f.setting = Some(format!("{name} = \"deny\""));
+        }
+        allowed.extend(a);
+        denied.extend(d);
+    }
+    let known: BTreeSet<Published> = before.published.union(&after.published).cloned().collect();
+    if !known.is_empty() {
+        let (mut a, mut d) = changes_between(
+            &published_matrix(before, plan, &known),
+            &published_matrix(after, plan, &known),
+        );
+        for f in a.iter_mut().chain(d.iter_mut()) {
+            f.edge = Some("published".into());
+        }
+        allowed.append(&mut a);
+        denied.append(&mut d);
+    }
+    (allowed, denied)
+}
+
+/// A block whose change for a container is the world's is not worth its own line: the
+/// `world` line then stands for every address but the blocks still listed.
+fn fold_into_world(changes: Vec<FlowChange>, e: Edge) -> Vec<FlowChange> {
+    let container = |f: &FlowChange| match e {
+        Edge::Ingress => f.to.clone(),
+        _ => f.from.clone(),
+    };
+    let block = |f: &FlowChange| match e {
+        Edge::Ingress => f.from.clone(),
+        _ => f.to.clone(),
+    };
+    let world: BTreeMap<String, Vec<String>> = changes
+        .iter()
+        .filter(|f| block(f) == "world")
+        .map(|f| (container(f), f.services.clone()))
+        .collect();
+    changes
+        .into_iter()
+        .filter(|f| block(f) == "world" || world.get(&container(f)) != Some(&f.services))
+        .collect()
 }
 
 fn flow_line(f: &FlowChange) -> String {
@@ -154,7 +241,16 @@ fn flow_line(f: &FlowChange) -> String {
         "ipv6" if f.partial => "  (IPv6 only)",
         _ => "",
     };
-    format!("{} → {}  {}{fam}", f.from, f.to, f.services.join(", "))
+    let setting = f
+        .setting
+        .as_ref()
+        .map(|s| format!("  ({s})"))
+        .unwrap_or_default();
+    let services = f.services.join(", ");
+    match f.edge.as_deref() {
+        Some("published") => format!("{} → {} via published {services}{fam}", f.from, f.to),
+        _ => format!("{} → {}  {services}{fam}{setting}", f.from, f.to),
+    }
 }
 
 /// How the nft objects appear under the flows: one summary line (the default of `diff` and

@@ -24,6 +24,10 @@ pub enum ExplainError {
         "FROM and TO are the same container ({0}): netguard never filters a container's traffic to itself"
     )]
     Same(String),
+    #[error(
+        "nothing to explain in {0}: netguard judges connections from or to managed containers, so one side must be a container"
+    )]
+    NoContainer(String),
 }
 
 fn hint(close: &[String]) -> String {
@@ -57,7 +61,7 @@ pub fn find_container<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container
     find(inv, key)
 }
 
-fn find<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
+pub(super) fn find<'a>(inv: &'a Inventory, key: &str) -> Result<&'a Container, ExplainError> {
     inv.lookup(key).map_err(|matches| {
         if matches.is_empty() {
             ExplainError::Unknown {
@@ -150,12 +154,59 @@ pub struct Explanation {
     pub networks: Vec<NetworkCheck>,
     pub entries: Vec<EntryCheck>,
     pub hints: Vec<String>,
+    /// TO's published ports for the asked port (all of them without a port), and how each
+    /// is judged: as TO itself (the same verdict) or, for a container netguard does not
+    /// admit, as a connection to this host.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPath>,
     /// Why the kernel may not do what the policy says right now (tables missing or stale,
     /// br_netfilter absent, a bridge the hook does not see). Filled in by the caller, which
     /// reads the kernel ([`kernel_caveats`]); the verdict
     /// itself is always the policy's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub caveats: Vec<String>,
+}
+
+/// One published port of TO and how a connection to it is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishedPath {
+    /// The host side: `15432/tcp` (every address of the host) or `192.0.2.2:15432/tcp`.
+    pub published: String,
+    /// The container port it is carried to.
+    pub container_port: u16,
+    /// `container`: as a direct connection to TO on `container_port` (the verdict above);
+    /// `host`: as a connection to this host (TO is not admitted), see `explain FROM host`.
+    pub judged_as: String,
+}
+
+/// The host side of a published mapping, as `explain` and `diff` name it.
+pub fn published_label(p: &crate::inventory::PublishedPort) -> String {
+    match p.host_ip {
+        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}/{}", p.host_port, p.proto.as_str()),
+        Some(a) => format!("{a}:{}/{}", p.host_port, p.proto.as_str()),
+        None => format!("{}/{}", p.host_port, p.proto.as_str()),
+    }
+}
+
+/// `to`'s published mappings carried to the asked port (all without one): judged as `to`
+/// when netguard admits it on a managed network, else as the host.
+pub(super) fn published_paths(
+    to: &Container,
+    pto: Option<&PlannedContainer>,
+    ask: Option<&PortSpec>,
+) -> Vec<PublishedPath> {
+    let admitted = pto.is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
+    to.published
+        .iter()
+        .filter(|p| {
+            ask.is_none_or(|a| a.proto.as_str() == p.proto.as_str() && a.low == p.container_port)
+        })
+        .map(|p| PublishedPath {
+            published: published_label(p),
+            container_port: p.container_port,
+            judged_as: if admitted { "container" } else { "host" }.into(),
+        })
+        .collect()
 }
 
 /// What may make the kernel disagree with an explanation: `live` is netguard's tables as
@@ -277,7 +328,7 @@ fn selector_check(sel: &Selector, c: &Container) -> SelectorCheck {
     }
 }
 
-fn side(policy: &Policy, c: &Container, pc: Option<&PlannedContainer>) -> Side {
+pub(super) fn side(policy: &Policy, c: &Container, pc: Option<&PlannedContainer>) -> Side {
     let checks: Vec<GroupCheck> = policy
         .groups
         .values()
@@ -299,17 +350,17 @@ fn side(policy: &Policy, c: &Container, pc: Option<&PlannedContainer>) -> Side {
     }
 }
 
-fn peers_match(peers: &[String], groups: &[String]) -> bool {
+pub(super) fn peers_match(peers: &[String], groups: &[String]) -> bool {
     peers.iter().any(|p| p == "*" || groups.contains(p))
 }
 
-fn ports_text(f: &Flow) -> Option<Vec<String>> {
+pub(super) fn ports_text(f: &Flow) -> Option<Vec<String>> {
     f.ports
         .as_ref()
         .map(|p| p.iter().map(|p| p.to_string()).collect())
 }
 
-fn covers(f: &Flow, ask: Option<&PortSpec>) -> bool {
+pub(super) fn covers(f: &Flow, ask: Option<&PortSpec>) -> bool {
     match (ask, &f.ports) {
         (None, _) | (_, None) => true,
         (Some(a), Some(ps)) => ps.iter().any(|p| p.contains(a.proto, a.low)),
@@ -464,6 +515,17 @@ fn judge(
             vec![],
         );
     }
+    entries_verdict(plan, entries, ask)
+}
+
+/// The allow entries' answer for two admitted containers.
+fn entries_verdict(plan: &Plan, entries: &[EntryCheck], ask: Option<&PortSpec>) -> Verdict {
+    let denied = |reason: String, services: Vec<String>| Verdict {
+        allowed: false,
+        reason,
+        decided_by: vec![],
+        services,
+    };
     let services = if ask.is_none() {
         services(plan, entries)
     } else {
@@ -577,11 +639,35 @@ pub fn explain(
     let to_side = side(policy, pair.b, pair.pb);
     let networks = shared_networks(&pair);
     let entries = entries_for(plan, &from_side.groups, &to_side.groups, ask.as_ref());
-    let verdict = judge(plan, &pair, &networks, &entries, ask.as_ref());
+    let published = published_paths(pair.b, pair.pb, ask.as_ref());
+    let admitted =
+        |p: Option<&PlannedContainer>| p.is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
+    // No common network, but a published port of TO that is judged as TO: the allow
+    // entries decide, wherever FROM sits (docker-proxy or a DNAT between bridges).
+    let via_published = networks.is_empty()
+        && admitted(pair.pa)
+        && published.iter().any(|p| p.judged_as == "container");
+    let mut verdict = judge(plan, &pair, &networks, &entries, ask.as_ref());
+    if via_published {
+        let v = entries_verdict(plan, &entries, ask.as_ref());
+        let through: Vec<&str> = published.iter().map(|p| p.published.as_str()).collect();
+        verdict = Verdict {
+            reason: format!(
+                "{} and {} share no network; through published {} it is judged as a direct \
+                 connection: {}",
+                pair.a.name,
+                pair.b.name,
+                through.join(", "),
+                v.reason
+            ),
+            ..v
+        };
+    }
     // Hints only where the policy decided (managed, both admitted) and said no.
-    let judged = !networks.is_empty()
-        && networks.iter().all(|n| n.managed)
-        && networks.iter().any(|n| n.from_admitted && n.to_admitted);
+    let judged = via_published
+        || !networks.is_empty()
+            && networks.iter().all(|n| n.managed)
+            && networks.iter().any(|n| n.from_admitted && n.to_admitted);
     let hints = if !verdict.allowed && judged {
         let sides = (&from_side.groups[..], &to_side.groups[..]);
         hints(plan, &pair, sides, &entries, ask.as_ref())
@@ -599,6 +685,7 @@ pub fn explain(
         networks,
         entries,
         hints,
+        published,
         caveats: Vec::new(),
     })
 }
@@ -613,7 +700,7 @@ fn service_of(p: &PortSpec) -> super::access::Service {
     }
 }
 
-fn mark(style: Style, ok: bool) -> String {
+pub(super) fn mark(style: Style, ok: bool) -> String {
     if ok {
         style.green("✓")
     } else {
@@ -623,7 +710,7 @@ fn mark(style: Style, ok: bool) -> String {
 
 /// Shows a side's member groups, and the groups an entry would need it in (`relevant`);
 /// the JSON output has every group.
-fn render_side(out: &mut String, s: &Side, relevant: &BTreeSet<&str>, style: Style) {
+pub(super) fn render_side(out: &mut String, s: &Side, relevant: &BTreeSet<&str>, style: Style) {
     let groups = if s.groups.is_empty() {
         "no group".to_string()
     } else {
@@ -688,6 +775,7 @@ pub fn render(x: &Explanation, style: Style) -> String {
     if x.port.is_none() && !x.services.is_empty() {
         let _ = writeln!(out, "  may open: {}", x.services.join(", "));
     }
+    render_published(&mut out, &x.from.name, &x.to.name, &x.published);
     for n in &x.networks {
         let state = if !n.managed {
             "not managed".to_string()
@@ -752,6 +840,32 @@ pub fn render(x: &Explanation, style: Style) -> String {
         }
     }
     out
+}
+
+/// The published ports of TO under the verdict: the same verdict, or the host's.
+fn render_published(out: &mut String, from: &str, to: &str, published: &[PublishedPath]) {
+    let same: Vec<&str> = published
+        .iter()
+        .filter(|p| p.judged_as == "container")
+        .map(|p| p.published.as_str())
+        .collect();
+    if !same.is_empty() {
+        let _ = writeln!(
+            out,
+            "  also through published {}: the same verdict (a published port is the container \
+             behind it)",
+            same.join(", ")
+        );
+    }
+    for p in published.iter().filter(|p| p.judged_as == "host") {
+        let _ = writeln!(
+            out,
+            "  published {} counts as this host ({to} is not admitted): `netguard explain \
+             {from} host {}`",
+            p.published,
+            p.published.rsplit(':').next().unwrap_or(&p.published)
+        );
+    }
 }
 
 pub fn json(x: &Explanation) -> serde_json::Value {

@@ -1,6 +1,8 @@
 //! `netguard graph`: the allowed flows of a plan as Graphviz DOT. Groups are clusters,
 //! containers nodes, edges the new connections one container may open to another, labelled
-//! with what (ports, `icmp`, `all`). Computed from the desired nft objects through the same
+//! with what (ports, `icmp`, `all`); where an edge is closed (`host`, `egress`, `ingress` =
+//! `"deny"`), this host, the world and the address blocks of the lines are nodes too, with
+//! dashed edges for what the lines open. Computed from the desired nft objects through the same
 //! evaluation as `diff`, so the picture is what the kernel will enforce.
 
 use super::access::{View, matrix};
@@ -97,8 +99,90 @@ pub fn dot(plan: &Plan) -> String {
         }
         let _ = writeln!(out, "  {} -> {} [label={}];", q(from), q(to), q(&label));
     }
+    edge_nodes(&mut out, &view, plan);
     let _ = writeln!(out, "}}");
     out
+}
+
+/// One label for both IP versions of an edge, `(IPv4 only)` when the other has nothing.
+fn label_of(acc: &super::access::PairAccess) -> Option<String> {
+    let mut all = super::access::Access::default();
+    let mut fams = Vec::new();
+    for (a, f) in [(&acc.v4, "4"), (&acc.v6, "6")] {
+        if let Some(a) = a {
+            all.union(a);
+            if !a.is_empty() {
+                fams.push(f);
+            }
+        }
+    }
+    if all.is_empty() {
+        return None;
+    }
+    let mut label = all.labels().join(", ");
+    if acc.v4.is_some() && acc.v6.is_some() && fams.len() == 1 {
+        label.push_str(&format!(" (IPv{} only)", fams[0]));
+    }
+    Some(label)
+}
+
+/// The closed edges: this host, the world and the address blocks the lines name, as
+/// nodes, and what each container may open to them (or they to it). An open edge (the
+/// default) is not drawn: every container reaches it, netguard adds nothing there.
+fn edge_nodes(out: &mut String, view: &View, plan: &Plan) {
+    use super::edges::{Edge, Outside, edge_matrix, outside_blocks};
+    // Node ids start with `@`, so no container name collides with them.
+    let id = |o: &str| q(&format!("@{o}"));
+    let mut drawn: Vec<String> = Vec::new();
+    let mut lines = Vec::new();
+    for e in Edge::ALL {
+        if view.edges.get(e).is_none() {
+            continue;
+        }
+        let blocks = match e {
+            Edge::Host => vec![Outside::World],
+            _ => outside_blocks(&[view], e),
+        };
+        let m = edge_matrix(view, plan, e, &blocks);
+        for ((from, to), acc) in &m {
+            let Some(label) = label_of(acc) else {
+                continue;
+            };
+            let (outside, from_id, to_id) = match e {
+                Edge::Host => ("host".to_string(), q(from), id("host")),
+                Edge::Egress => (to.clone(), q(from), id(to)),
+                Edge::Ingress => (from.clone(), id(from), q(to)),
+            };
+            // A block that opens no more than the world is already drawn by it.
+            if outside != "world" && outside != "host" {
+                let world_key = match e {
+                    Edge::Ingress => ("world".to_string(), to.clone()),
+                    _ => (from.clone(), "world".to_string()),
+                };
+                if m.get(&world_key).and_then(label_of).as_ref() == Some(&label) {
+                    continue;
+                }
+            }
+            if !drawn.contains(&outside) {
+                drawn.push(outside.clone());
+            }
+            lines.push(format!(
+                "  {from_id} -> {to_id} [label={}, style=dashed];",
+                q(&label)
+            ));
+        }
+    }
+    for o in &drawn {
+        let (label, shape) = match o.as_str() {
+            "host" => ("this host".to_string(), "house"),
+            "world" => ("world".to_string(), "ellipse"),
+            n => (n.to_string(), "note"),
+        };
+        let _ = writeln!(out, "  {} [label={}, shape={shape}];", id(o), q(&label));
+    }
+    for l in lines {
+        let _ = writeln!(out, "{l}");
+    }
 }
 
 /// Renders DOT with the `dot` binary (`format`: svg, png, ...).

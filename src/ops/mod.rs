@@ -5,7 +5,9 @@
 pub mod access;
 pub mod audit;
 pub mod diff;
+pub mod edges;
 pub mod explain;
+pub mod explain_edge;
 pub mod graph;
 pub mod klog;
 pub mod probe_marks;

@@ -160,6 +160,36 @@ pub fn counters(live: &LiveState) -> Vec<RuleCounter> {
     out
 }
 
+/// New connections dropped at one closed edge: the counters of its drops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeDenied {
+    /// `host`, `egress` or `ingress` (the names of `plan::EDGES`).
+    pub edge: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The edges' denials out of the rule counters, in the order of `plan::EDGES`, as
+/// `/metrics` counts them: every inet rule commented `edge deny EDGE`, whatever its chain
+/// (an edge may drop in several). An edge without such a rule (open) is not listed.
+pub fn edge_denied(counters: &[RuleCounter]) -> Vec<EdgeDenied> {
+    crate::plan::EDGES
+        .iter()
+        .filter_map(|(edge, _)| {
+            let mine: Vec<&RuleCounter> = counters
+                .iter()
+                .filter(|c| c.table == "inet netguard")
+                .filter(|c| c.rule.strip_prefix(crate::plan::EDGE_DENY_PREFIX) == Some(edge))
+                .collect();
+            (!mine.is_empty()).then(|| EdgeDenied {
+                edge: edge.to_string(),
+                packets: mine.iter().map(|c| c.packets).sum(),
+                bytes: mine.iter().map(|c| c.bytes).sum(),
+            })
+        })
+        .collect()
+}
+
 pub fn live_has(live: &LiveState, f: Family) -> bool {
     live.get(&f).is_some_and(Option::is_some)
 }
@@ -350,6 +380,17 @@ pub fn render(
             let _ = writeln!(out, "{} {w}", style.yellow("warning:"));
         }
     }
+    let edges = edge_denied(counters);
+    if !edges.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            style.bold("denied at the edges (new connections dropped: packets, bytes):")
+        );
+        for e in &edges {
+            let _ = writeln!(out, "  {:<10} {:>10} {:>12}", e.edge, e.packets, e.bytes);
+        }
+    }
     // The per-group-pair deny counters are many; show those that counted something.
     let shown: Vec<&RuleCounter> = counters
         .iter()
@@ -407,6 +448,7 @@ pub fn json(health: &Health, plan: Option<&Plan>, counters: &[RuleCounter]) -> s
         "in_sync": health.current,
         "plan": plan.map(plan_json),
         "counters": counters,
+        "edge_denied": edge_denied(counters),
     });
     if let Some(e) = source_error(health) {
         doc["ok"] = false.into();

@@ -2,7 +2,7 @@
 //! source namespaces (inventory file or Docker), run with the real prober, conntrack and
 //! kernel log.
 
-use super::select::{Choice, select};
+use super::select::{Choice, EdgeTargets, select, select_edges};
 use super::{Kmsg, Marker, NoMarker, Outcome, World, probe::NetnsProber};
 use crate::docker::DockerSource;
 use crate::inventory::Inventory;
@@ -17,6 +17,8 @@ pub struct Args {
     pub to: Option<String>,
     pub sample: usize,
     pub timeout: Duration,
+    /// Where the edge probes go (none without an address).
+    pub edges: EdgeTargets,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +58,13 @@ pub async fn verify(
         sample: args.sample,
     };
     let plan = crate::plan::plan(policy, inv);
-    let selection = select(&plan, &choice);
+    let mut selection = select(&plan, &choice);
+    // The edges have no destination container: `--to` asks for pairs only.
+    if choice.to.is_none() {
+        selection
+            .probes
+            .extend(select_edges(policy, &plan, inv, &choice, &args.edges));
+    }
     if selection.probes.is_empty() {
         return Err(VerifyError::Nothing(
             choice.from.is_some() || choice.to.is_some(),

@@ -38,6 +38,25 @@ impl Kind {
     }
 }
 
+/// What a probe is sent to: a container on the source's network, or (the edges,
+/// docs/policy.md) an address of this host, an address outside, or a container's
+/// published port on an address of this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    #[default]
+    Container,
+    Host,
+    Outside,
+    Published,
+}
+
+impl Target {
+    pub fn is_container(&self) -> bool {
+        *self == Target::Container
+    }
+}
+
 /// Reached or blocked: what the policy expects, and what a probe measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +83,9 @@ pub struct ProbeSpec {
     pub expected: Verdict,
     /// Why: the allow entry (`FILE:LINE`) that permits it, or why nothing does.
     pub why: String,
+    /// Absent for a container on the source's network.
+    #[serde(default, skip_serializing_if = "Target::is_container")]
+    pub target: Target,
 }
 
 impl ProbeSpec {
@@ -335,10 +357,144 @@ fn pair_probes(plan: &Plan, p: &Pair, udp_named: bool) -> Vec<ProbeSpec> {
                 port,
                 expected,
                 why,
+                target: Target::Container,
             });
         }
     }
     out
+}
+
+/// Where the edge probes go: an address of this host the containers reach (a bridge's
+/// gateway: its ports, and the published ports on it) and an address outside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeTargets {
+    pub host: Option<IpAddr>,
+    pub outside: Option<IpAddr>,
+}
+
+/// The probes of the edges: from one source per class of (groups, admission, network)
+/// (every source with `sample` 0), a TCP SYN to each port the policy's lines open towards
+/// `targets.host` (`to = "host"`) and `targets.outside` (`to = "world"` or its block) and
+/// one port they do not, and one to each TCP port published on every address of this host
+/// or on `targets.host`. The expected verdict is `explain`'s for the same question, so a
+/// published port is judged as the container behind it (or the host's, for a container
+/// netguard does not admit).
+pub fn select_edges(
+    policy: &crate::policy::Policy,
+    plan: &Plan,
+    inv: &crate::inventory::Inventory,
+    choice: &Choice,
+    targets: &EdgeTargets,
+) -> Vec<ProbeSpec> {
+    use crate::ops::explain_edge::explain_any;
+    let mut classes: BTreeSet<(Vec<String>, bool, String)> = BTreeSet::new();
+    let mut out = Vec::new();
+    for c in &plan.containers {
+        if choice.from.as_ref().is_some_and(|f| *f != c.id) {
+            continue;
+        }
+        for e in c.endpoints.iter().filter(|e| e.managed) {
+            let class = (c.groups.clone(), e.admitted, e.network.clone());
+            if choice.sample != 0 && !classes.insert(class) {
+                continue;
+            }
+            let ask = |to: &str, port: u16| {
+                explain_any(policy, plan, inv, &c.id, to, Some(&format!("{port}/tcp"))).ok()
+            };
+            let mut push = |target: Target, to: String, dst: IpAddr, port: u16, key: &str| {
+                let Some(src) = e.addresses().find(|a| a.is_ipv6() == dst.is_ipv6()) else {
+                    return;
+                };
+                let Some(x) = ask(key, port) else {
+                    return;
+                };
+                let allowed = x.allowed();
+                let why = match &x {
+                    crate::ops::explain_edge::Answer::Edge(x) => x.reason.clone(),
+                    crate::ops::explain_edge::Answer::Pair(x) => x.reason.clone(),
+                };
+                out.push(ProbeSpec {
+                    from: c.name.clone(),
+                    from_id: c.id.clone(),
+                    to,
+                    to_id: String::new(),
+                    network: e.network.clone(),
+                    src,
+                    dst,
+                    kind: Kind::Tcp,
+                    port: Some(port),
+                    expected: if allowed {
+                        Verdict::Reached
+                    } else {
+                        Verdict::Blocked
+                    },
+                    why,
+                    target,
+                });
+            };
+            let published: BTreeSet<u16> = inv
+                .containers
+                .iter()
+                .filter(|o| o.id != c.id)
+                .flat_map(|o| &o.published)
+                .filter(|p| p.proto == crate::inventory::PortProto::Tcp)
+                .filter(|p| p.host_ip.is_none() || p.host_ip == targets.host)
+                .map(|p| p.host_port)
+                .collect();
+            if let Some(host) = targets.host {
+                let lines = edge_ports(plan, |f| matches!(f.to_peers, crate::policy::Peers::Host));
+                for port in probe_ports(&lines, &published) {
+                    push(Target::Host, "host".into(), host, port, "host");
+                }
+                for o in inv.containers.iter().filter(|o| o.id != c.id) {
+                    for p in o.published.iter().filter(|p| {
+                        p.proto == crate::inventory::PortProto::Tcp
+                            && (p.host_ip.is_none() || p.host_ip == Some(host))
+                    }) {
+                        let to = format!("{} via {}", o.name, p.host_port);
+                        push(Target::Published, to, host, p.host_port, "host");
+                    }
+                }
+            }
+            if let Some(world) = targets.outside {
+                let lines = edge_ports(plan, |f| match &f.to_peers {
+                    crate::policy::Peers::World => true,
+                    crate::policy::Peers::Nets(n) => n.iter().any(|n| n.contains(world)),
+                    _ => false,
+                });
+                let key = world.to_string();
+                for port in probe_ports(&lines, &BTreeSet::new()) {
+                    push(Target::Outside, key.clone(), world, port, &key);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first TCP port of each range the lines `pick` name (`ALL_TRAFFIC_PORT` for all
+/// traffic).
+fn edge_ports(plan: &Plan, pick: impl Fn(&Flow) -> bool) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for f in plan
+        .flows
+        .iter()
+        .filter(|f| f.from_peers.is_containers() && pick(f))
+    {
+        match &f.ports {
+            None => {
+                ports.insert(ALL_TRAFFIC_PORT);
+            }
+            Some(ps) => ports.extend(ps.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.low)),
+        }
+    }
+    ports
+}
+
+/// The lines' ports and one port none of them names (nor a published port, probed apart).
+fn probe_ports(lines: &BTreeSet<u16>, published: &BTreeSet<u16>) -> Vec<u16> {
+    let other = (1..=u16::MAX).find(|p| !lines.contains(p) && !published.contains(p));
+    lines.iter().copied().chain(other).collect()
 }
 
 #[cfg(test)]

@@ -283,3 +283,76 @@ fn report_text() {
     );
     insta::assert_snapshot!("verify_text", report::render(&o, 300, Style::plain()));
 }
+
+/// The edge probes: one source per class, the lines' ports and one more, the published
+/// ports on the given host address, each expecting explain's verdict.
+#[test]
+fn edge_probes_follow_explain() {
+    use super::select::{Choice, EdgeTargets, Target, select_edges};
+    let text = format!(
+        "{}\n[[allow]]\nfrom = \"web\"\nto = \"host\"\nports = [\"9100/tcp\"]\n\n[[allow]]\n\
+         from = \"web\"\nto = [\"203.0.113.0/24\"]\nports = [\"443/tcp\"]\n",
+        POLICY.replace(
+            "log_denied = true",
+            "log_denied = true\nhost = \"deny\"\negress = \"deny\""
+        )
+    );
+    let policy = crate::policy::parse_policy(Path::new("p.toml"), &text).unwrap();
+    let mut api = container("api-1", 21);
+    api.published = vec!["18080:8080/tcp".parse().unwrap()];
+    let mut inv = Inventory {
+        containers: vec![container("web-1", 11), container("web-2", 12), api],
+        ..Default::default()
+    };
+    inv.normalize();
+    let plan = crate::plan::plan(&policy, &inv);
+    let targets = EdgeTargets {
+        host: Some("10.0.0.1".parse().unwrap()),
+        outside: Some("203.0.113.5".parse().unwrap()),
+    };
+    let one = Choice {
+        sample: 1,
+        ..Default::default()
+    };
+    let probes = select_edges(&policy, &plan, &inv, &one, &targets);
+    let got: Vec<String> = probes
+        .iter()
+        .map(|p| {
+            format!(
+                "{:?} {} -> {} {} {:?}",
+                p.target,
+                p.from,
+                p.to,
+                p.service(),
+                p.expected
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "Host api-1 -> host 9100/tcp Blocked",
+            "Host api-1 -> host 1/tcp Blocked",
+            "Outside api-1 -> 203.0.113.5 443/tcp Blocked",
+            "Outside api-1 -> 203.0.113.5 1/tcp Blocked",
+            // web-1 stands for web-2 (same class).
+            "Host web-1 -> host 9100/tcp Reached",
+            "Host web-1 -> host 1/tcp Blocked",
+            "Published web-1 -> api-1 via 18080 18080/tcp Reached",
+            "Outside web-1 -> 203.0.113.5 443/tcp Reached",
+            "Outside web-1 -> 203.0.113.5 1/tcp Blocked",
+        ]
+    );
+    assert!(probes.iter().all(|p| p.target != Target::Container));
+    // Without addresses there is nothing to probe at the edges.
+    assert!(
+        select_edges(
+            &policy,
+            &plan,
+            &inv,
+            &Choice::default(),
+            &EdgeTargets::default()
+        )
+        .is_empty()
+    );
+}
