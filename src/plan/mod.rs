@@ -45,6 +45,15 @@ pub mod names {
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
     pub const FOREIGN_MAC: &str = "foreign_mac";
+    /// Every published mapping of an admitted managed container, host side, in
+    /// `table inet netguard`: `inet_proto . inet_service` for a wildcard host address
+    /// (every local address), `ipv4_addr . inet_proto . inet_service` and
+    /// `ipv6_addr . inet_proto . inet_service` for a bound one. An element means "this
+    /// published mapping is judged as the container behind it, on its container port";
+    /// `diff` reads them back from the live table and the plan.
+    pub const PUBLISHED_W: &str = "published_w";
+    pub const PUBLISHED_4: &str = "published_4";
+    pub const PUBLISHED_6: &str = "published_6";
 
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
