@@ -247,7 +247,7 @@ impl Engine {
 
     fn count(&mut self, pc: &Option<PlannedContainer>, add: i32) {
         let Some(pc) = pc else { return };
-        for k in container_elements(pc, self.policy.settings.anti_spoofing) {
+        for k in container_elements(pc, &self.policy) {
             let n = self.counts.entry(k.clone()).or_insert(0);
             *n = n.saturating_add_signed(add);
             if *n == 0 {
@@ -425,7 +425,7 @@ impl Engine {
     fn snapshot(&self, touched: &BTreeSet<String>) -> HashMap<Key, u32> {
         let mut m: HashMap<Key, u32> = HashMap::new();
         for pc in touched.iter().filter_map(|t| self.planned.get(t)) {
-            for k in container_elements(pc, self.policy.settings.anti_spoofing) {
+            for k in container_elements(pc, &self.policy) {
                 *m.entry(k).or_insert(0) += 1;
             }
         }

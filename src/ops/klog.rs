@@ -120,6 +120,7 @@ pub fn parse_line(line: &str) -> Option<Denial> {
         (crate::plan::LOG_PREFIX_HOST, Some("host")),
         (crate::plan::LOG_PREFIX_EGRESS, Some("egress")),
         (crate::plan::LOG_PREFIX_INGRESS, Some("ingress")),
+        (crate::plan::LOG_PREFIX_PUBLISHED, Some("published")),
     ];
     let (at, prefix, edge) = prefixes
         .iter()

@@ -6,7 +6,10 @@ mod edges;
 mod inet;
 pub mod ruleset;
 
-pub use edges::{EDGE_DENY_PREFIX, EDGES, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS};
+pub use edges::{
+    EDGE_DENY_PREFIX, EDGES, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS,
+    LOG_PREFIX_PUBLISHED, PublishedTarget, published_targets,
+};
 pub use inet::{DENY_COUNTER_MAX_GROUPS, DENY_COUNTER_PREFIX};
 
 use crate::inventory::{Container, Inventory, Unisolable};
@@ -54,6 +57,22 @@ pub mod names {
     pub const PUBLISHED_W: &str = "published_w";
     pub const PUBLISHED_4: &str = "published_4";
     pub const PUBLISHED_6: &str = "published_6";
+    /// The chain judging a managed container's new connection to a published port of a
+    /// managed container (`input` jumps to it for members of the sets above).
+    pub const PUBLISHED: &str = "published";
+    /// The chain judging an outside client of such a port when docker-proxy serves it
+    /// (`ingress = "deny"`).
+    pub const PUBLISHED_INGRESS: &str = "published_in";
+
+    /// The published-port sets of one allow target (`to` containers and ports), `id` its
+    /// content hash: wildcard, IPv4-bound and IPv6-bound mappings.
+    pub fn published_target_sets(id: &str) -> [String; 3] {
+        [
+            format!("pubw_{id}"),
+            format!("pub4_{id}"),
+            format!("pub6_{id}"),
+        ]
+    }
 
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
@@ -456,11 +475,9 @@ pub fn plan_container(
 
 /// The set elements one planned container contributes: (table, set, element). Two
 /// containers may contribute the same element (a shared endpoint).
-pub fn container_elements(
-    pc: &PlannedContainer,
-    anti_spoofing: bool,
-) -> Vec<(Family, String, Elem)> {
-    let mut out = Vec::new();
+pub fn container_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family, String, Elem)> {
+    let anti_spoofing = policy.settings.anti_spoofing;
+    let mut out = published_elements(pc, policy);
     for ep in pc.endpoints.iter().filter(|e| e.admitted) {
         let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string())).chain(
             pc.groups
@@ -515,6 +532,46 @@ pub fn container_elements(
     out
 }
 
+/// The published-port elements of one planned container: each mapping, host side, in the
+/// catch-all sets when the container is managed, and in the sets of every line target that
+/// holds it (its groups, its container port) when it is admitted. A managed container that
+/// is not admitted is in the catch-all sets only: through its published ports it reaches
+/// as little as directly (fail closed). An unmanaged container's ports are in none: they
+/// count as the host.
+pub fn published_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family, String, Elem)> {
+    if pc.published.is_empty() || !pc.managed {
+        return vec![];
+    }
+    let targets = if pc.endpoints.iter().any(|e| e.admitted) {
+        published_targets(policy)
+    } else {
+        vec![]
+    };
+    let mut out = Vec::new();
+    for p in &pc.published {
+        let (kind, elem) = match p.host_ip {
+            None => (0, Elem::ProtoPort(p.proto, p.host_port)),
+            Some(IpAddr::V4(a)) => (1, Elem::V4ProtoPort(a, p.proto, p.host_port)),
+            Some(IpAddr::V6(a)) => (2, Elem::V6ProtoPort(a, p.proto, p.host_port)),
+        };
+        let catch_all = [names::PUBLISHED_W, names::PUBLISHED_4, names::PUBLISHED_6];
+        out.push((Family::Inet, catch_all[kind].to_string(), elem.clone()));
+        for t in targets
+            .iter()
+            .filter(|t| t.holds(&pc.groups, p.proto, p.container_port))
+        {
+            let [w, v4, v6] = t.sets();
+            let set = match kind {
+                0 => w,
+                1 => v4,
+                _ => v6,
+            };
+            out.push((Family::Inet, set, elem.clone()));
+        }
+    }
+    out
+}
+
 fn build_ruleset(
     policy: &Policy,
     networks: &BTreeMap<String, PlannedNetwork>,
@@ -526,18 +583,14 @@ fn build_ruleset(
     if policy.settings.anti_spoofing {
         tables.push(binding::table());
     }
-    fill_container_elements(&mut tables, containers, policy.settings.anti_spoofing);
+    fill_container_elements(&mut tables, containers, policy);
     Ruleset { tables }
 }
 
 /// Container elements last, into whichever table holds the set.
-fn fill_container_elements(
-    tables: &mut [Table],
-    containers: &[PlannedContainer],
-    anti_spoofing: bool,
-) {
+fn fill_container_elements(tables: &mut [Table], containers: &[PlannedContainer], policy: &Policy) {
     for c in containers {
-        for (family, set, e) in container_elements(c, anti_spoofing) {
+        for (family, set, e) in container_elements(c, policy) {
             if let Some(s) = tables
                 .iter_mut()
                 .find(|t| t.family == family)
