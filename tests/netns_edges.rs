@@ -517,8 +517,10 @@ const HOST_ADDRS: [&str; 8] = [
 fn serve_proxy(e: &Edges) {
     let host = e.fx.host_ns.clone();
     for port in [25432u16, 25434, 25435, 25436, 25437, 9100] {
-        let l = in_netns(&host, move || TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))
-            .unwrap_or_else(|err| panic!("proxy listener {port}: {err}"));
+        let l = in_netns(&host, move || {
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        })
+        .unwrap_or_else(|err| panic!("proxy listener {port}: {err}"));
         let _ = l.set_nonblocking(true);
         let stop = e.stop.clone();
         std::thread::spawn(move || {

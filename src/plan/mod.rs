@@ -622,3 +622,187 @@ pub fn flow_permits(
             (Some(_), None) => false,
         }
 }
+
+#[cfg(test)]
+mod published_tests {
+    use super::*;
+    use crate::inventory::{Endpoint, PortProto, PublishedPort};
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    const POLICY: &str = r#"
+[settings]
+networks = ["m"]
+[groups.api]
+match = { name = "api*" }
+[groups.db]
+match = { name = "db*" }
+[[allow]]
+from = "api"
+to = "db"
+ports = ["5432/tcp"]
+[[allow]]
+from = ["198.51.100.0/24"]
+to = "db"
+ports = ["5432/tcp"]
+[[allow]]
+from = "api"
+to = "*"
+ports = ["icmp"]
+[[allow]]
+from = "db"
+to = "*"
+"#;
+
+    fn container(name: &str, network: &str, ip: u8, published: &[&str]) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image: String::new(),
+            labels: Default::default(),
+            endpoints: vec![Endpoint {
+                network: network.into(),
+                network_id: None,
+                bridge: format!("br-{network}"),
+                veth: Some(format!("veth-{name}")),
+                ipv4: Some(Ipv4Addr::new(10, 0, 0, ip)),
+                ipv6: None,
+                mac: Some(format!("02:00:00:00:00:{ip:02x}")),
+            }],
+            published: published
+                .iter()
+                .map(|p| p.parse::<PublishedPort>().expect("published"))
+                .collect(),
+        }
+    }
+
+    fn sets_of(p: &Plan, elem: &Elem) -> Vec<String> {
+        p.ruleset
+            .elements()
+            .into_iter()
+            .filter(|(_, _, e)| e == elem)
+            .map(|(_, s, _)| s)
+            .collect()
+    }
+
+    fn plan_of(containers: Vec<Container>) -> (Policy, Plan) {
+        let policy = parse_policy(Path::new("p.toml"), POLICY).expect("policy");
+        let inv = Inventory {
+            containers,
+            ..Default::default()
+        };
+        let p = plan(&policy, &inv);
+        (policy, p)
+    }
+
+    #[test]
+    fn targets_are_shared_by_content_and_need_a_published_protocol() {
+        let policy = parse_policy(Path::new("p.toml"), POLICY).expect("policy");
+        let t = published_targets(&policy);
+        // api -> db 5432/tcp and 198.51.100.0/24 -> db 5432/tcp share one target; the
+        // ICMP-only line has none; db -> * (all traffic) has its own.
+        assert_eq!(t.len(), 2, "{t:?}");
+        let db = |g: &[&str]| Peers::Groups(g.iter().map(|s| s.to_string()).collect());
+        let ports = Some(vec![
+            crate::policy::PortSpec::parse("5432/tcp").expect("spec"),
+        ]);
+        let a = PublishedTarget::of(&db(&["db", "api"]), &ports).expect("target");
+        let b = PublishedTarget::of(&db(&["api", "db", "api"]), &ports).expect("target");
+        assert_eq!(
+            a.id, b.id,
+            "group order and repeats do not name a new target"
+        );
+        let icmp = Some(vec![crate::policy::PortSpec::parse("icmp").expect("spec")]);
+        assert!(PublishedTarget::of(&Peers::Any, &icmp).is_none());
+        assert!(PublishedTarget::of(&Peers::Host, &None).is_none());
+    }
+
+    #[test]
+    fn a_managed_containers_mappings_fill_the_catch_all_and_its_line_targets() {
+        let (policy, p) = plan_of(vec![
+            container(
+                "db-1",
+                "m",
+                3,
+                &[
+                    "15432:5432/tcp",
+                    "192.0.2.2:15433:5432/tcp",
+                    "[2001:db8::2]:15434:5432/tcp",
+                    "16000:6000/udp",
+                ],
+            ),
+            container("api-1", "m", 4, &["18080:8080/tcp"]),
+        ]);
+        let t = published_targets(&policy);
+        let to_db = t
+            .iter()
+            .find(|t| matches!(&t.ports, Some(p) if p.len() == 1))
+            .expect("db target");
+        let to_any = t.iter().find(|t| t.ports.is_none()).expect("* target");
+        let [dw, d4, d6] = to_db.sets();
+        let [aw, a4, a6] = to_any.sets();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let tcp = PortProto::Tcp;
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 15432)),
+            sorted(vec![names::PUBLISHED_W.into(), dw.clone(), aw.clone()])
+        );
+        assert_eq!(
+            sets_of(
+                &p,
+                &Elem::V4ProtoPort(Ipv4Addr::new(192, 0, 2, 2), tcp, 15433)
+            ),
+            sorted(vec![names::PUBLISHED_4.into(), d4, a4])
+        );
+        assert_eq!(
+            sets_of(
+                &p,
+                &Elem::V6ProtoPort("2001:db8::2".parse().expect("v6"), tcp, 15434)
+            ),
+            sorted(vec![names::PUBLISHED_6.into(), d6, a6])
+        );
+        // Container port 6000/udp is on no line to db, but `db -> *` takes all traffic.
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(PortProto::Udp, 16000)),
+            sorted(vec![names::PUBLISHED_W.into(), aw.clone()])
+        );
+        // api's own port: `*` holds it, the line to db does not.
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 18080)),
+            sorted(vec![names::PUBLISHED_W.into(), aw])
+        );
+        // The elements the daemon adds for one container are the plan's.
+        let db = p.containers.iter().find(|c| c.name == "db-1").expect("db");
+        let from_one: BTreeSet<_> = published_elements(db, &policy).into_iter().collect();
+        assert_eq!(from_one.len(), 11);
+        assert!(from_one.iter().all(|k| p.ruleset.elements().contains(k)));
+    }
+
+    #[test]
+    fn unadmitted_is_caught_all_and_unmanaged_counts_as_host() {
+        // Two claims of one address on one bridge: neither is admitted.
+        let (_, p) = plan_of(vec![
+            container("db-1", "m", 3, &["15432:5432/tcp"]),
+            container("db-2", "m", 3, &["15435:5432/tcp"]),
+            container("db-3", "other", 5, &["15436:5432/tcp"]),
+        ]);
+        assert!(
+            p.containers
+                .iter()
+                .all(|c| c.endpoints.iter().all(|e| !e.admitted))
+        );
+        let tcp = PortProto::Tcp;
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 15432)),
+            vec![names::PUBLISHED_W.to_string()]
+        );
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 15435)),
+            vec![names::PUBLISHED_W.to_string()]
+        );
+        assert!(sets_of(&p, &Elem::ProtoPort(tcp, 15436)).is_empty());
+    }
+}
