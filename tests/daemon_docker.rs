@@ -1135,7 +1135,12 @@ fn without_elements(listing: &str) -> String {
         };
     }
     out.push_str(rest);
-    out
+    // A set with elements keeps the indentation of its `elements = …` line: drop the blank
+    // lines, so that an empty set and a filled one read the same.
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The sets' elements only (what the comparison above leaves out).
