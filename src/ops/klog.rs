@@ -348,6 +348,13 @@ mod tests {
         let host =
             parse_line("netguard-deny-host IN=br-a SRC=10.0.0.2 DST=10.0.0.1 PROTO=TCP DPT=22");
         assert_eq!(host.and_then(|d| d.edge), Some("host".to_string()));
+        let published = parse_line(
+            "netguard-deny-published IN=br-a SRC=10.0.0.2 DST=10.0.0.1 PROTO=TCP DPT=15432",
+        );
+        assert_eq!(
+            published.and_then(|d| d.edge),
+            Some("published".to_string())
+        );
     }
 
     #[test]
