@@ -11,7 +11,7 @@
 //! | `netguard_errors_total{kind}` | counter | errors by kind (`source`, `nft`, `reconcile`, `bridge`, `conntrack`, `veth`, `reload`, `state`) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
-//! | `netguard_denied_total{edge}` | counter | new connections dropped at an edge closed by its setting: `host`, `egress`, `ingress` (only the closed edges are listed) |
+//! | `netguard_denied_total{edge}` | counter | new connections dropped at an edge closed by its setting: `host`, `egress`, `ingress` (only the closed edges are listed); `published`: a managed container's connection through docker-proxy to a published port of a managed container that no line allows (always listed) |
 //!
 //! The denied counters are copies of kernel counters: they restart from 0 when the
 //! `isolate` chain is rewritten (a policy change), which Prometheus' `rate()` treats as a
@@ -83,7 +83,7 @@ struct Inner {
     errors: BTreeMap<String, u64>,
     denied: BTreeMap<(String, String), u64>,
     default_deny: u64,
-    /// Edge name -> packets its final drop counted; only edges whose chain exists.
+    /// Edge name -> packets its drops counted; only edges with a drop rule in the table.
     edge_denied: BTreeMap<String, u64>,
 }
 
@@ -192,21 +192,23 @@ impl Metrics {
         }
         let mut edge_denied: BTreeMap<String, u64> = BTreeMap::new();
         if let Some(Some(t)) = live.get(&Family::Inet) {
-            for (edge, chain) in EDGES {
-                let Some(ch) = t.chains.get(chain) else {
-                    continue;
-                };
-                let n = ch
-                    .rules
-                    .iter()
-                    .filter(|r| {
-                        r.comment.as_deref().is_some_and(|c| {
-                            comment_text(c).strip_prefix(EDGE_DENY_PREFIX) == Some(edge)
-                        })
-                    })
-                    .filter_map(|r| r.packets)
-                    .sum();
-                edge_denied.insert(edge.to_string(), n);
+            // An edge's drops may sit in several chains (`ingress` and, through docker-proxy,
+            // `published_in`): every rule with its comment counts; an edge none of whose
+            // drop rules exists (open) is not exported.
+            for (edge, _) in EDGES {
+                let mut found = false;
+                let mut n = 0;
+                for r in t.chains.values().flat_map(|ch| &ch.rules) {
+                    if r.comment.as_deref().is_some_and(|c| {
+                        comment_text(c).strip_prefix(EDGE_DENY_PREFIX) == Some(edge)
+                    }) {
+                        found = true;
+                        n += r.packets.unwrap_or(0);
+                    }
+                }
+                if found {
+                    edge_denied.insert(edge.to_string(), n);
+                }
             }
         }
         let mut i = self.lock();
@@ -297,7 +299,7 @@ impl Metrics {
                 &mut out,
                 "netguard_denied_total",
                 "counter",
-                "New connections dropped at a closed edge (host, egress, ingress).",
+                "New connections dropped at a closed edge (host, egress, ingress) or at a published port served by docker-proxy (published).",
             );
             for (edge, v) in &i.edge_denied {
                 let _ = writeln!(

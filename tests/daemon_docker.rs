@@ -1123,6 +1123,157 @@ fn zero_loss_across_dockerd_restart_with_live_restore() {
     }
 }
 
+/// The listing without the sets' elements: what must not change when only containers do.
+fn without_elements(listing: &str) -> String {
+    let mut out = String::new();
+    let mut rest = listing;
+    while let Some(i) = rest.find("elements = {") {
+        out.push_str(&rest[..i]);
+        rest = match rest[i..].find('}') {
+            Some(j) => &rest[i + j + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    // A set with elements keeps the indentation of its `elements = …` line: drop the blank
+    // lines, so that an empty set and a filled one read the same.
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sets' elements only (what the comparison above leaves out).
+fn elements_only(listing: &str) -> String {
+    let mut out = String::new();
+    let mut rest = listing;
+    while let Some(i) = rest.find("elements = {") {
+        let end = rest[i..].find('}').map(|j| i + j + 1).unwrap_or(rest.len());
+        out.push_str(&rest[i..end]);
+        out.push('\n');
+        rest = &rest[end..];
+    }
+    out
+}
+
+#[track_caller]
+fn in_sync(env: &Env, d: &Daemon, what: &str) {
+    let mut last = String::new();
+    let ok = poll(CONVERGE, Duration::from_millis(50), || {
+        let (code, out) = netguard(&["-c", env.policy.to_str().unwrap(), "diff"]);
+        last = out;
+        code == 0
+    });
+    if ok.is_none() {
+        d.fail(&format!("{what}: `netguard diff` not in sync:\n{last}"));
+    }
+}
+
+/// netguard's tables with every object's handle (`nft -a -s`): a rule, chain or set deleted
+/// and made again gets a new handle, so equal listings without elements mean that only
+/// elements changed.
+fn tables_with_handles() -> String {
+    let mut all = String::new();
+    for fam in ["inet", "bridge"] {
+        let out = std::process::Command::new("nft")
+            .args(["-a", "-s", "list", "table", fam, "netguard"])
+            .output()
+            .expect("nft");
+        all.push_str(&String::from_utf8_lossy(&out.stdout));
+        all.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    all
+}
+
+/// A container with a published port comes and goes: only set elements change (every rule,
+/// chain and set keeps its handle and its text), `diff` is in sync after each step, and the
+/// published port follows the policy whether docker-proxy (the shared dockerd's default) or
+/// DNAT serves it: an `app` peer reaches it through the gateway, an `other` container does
+/// not.
+#[test]
+fn published_port_changes_only_set_elements() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("published_port_changes_only_set_elements", "pub", &[]) else {
+        return;
+    };
+    let d = Daemon::start(&env.spec());
+    let a = env.run("a", Some("app"), &[]);
+    let o = env.run("o", Some("other"), &[]);
+    listening(&a);
+    let ip_a = env.ip(&a);
+    let ip_o = env.ip(&o);
+    wait_set("g_app_4", &ip_a, true, &d);
+    wait_set("g_other_4", &ip_o, true, &d);
+    in_sync(&env, &d, "before");
+    let gw = docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{(index .IPAM.Config 0).Gateway}}",
+        &env.net,
+    ]);
+    let before = tables_with_handles();
+
+    let port = 20000 + (std::process::id() % 20000);
+    let p = env.run("p", Some("app"), &["-p", &format!("{port}:8080")]);
+    listening(&p);
+    wait_set("g_app_4", &env.ip(&p), true, &d);
+    in_sync(&env, &d, "published port started");
+    let with = tables_with_handles();
+    assert_eq!(
+        without_elements(&before),
+        without_elements(&with),
+        "a published port changed more than set elements"
+    );
+    assert!(
+        elements_only(&with).contains(&port.to_string()),
+        "no set element carries the published port {port}:\n{}",
+        elements_only(&with)
+    );
+    let via = |src: &str| {
+        docker(&[
+            "exec",
+            src,
+            "sh",
+            "-c",
+            &format!("nc -w 1 {gw} {port} </dev/null 2>/dev/null | grep -q ok"),
+        ])
+        .is_ok()
+    };
+    if poll(CONVERGE, Duration::from_millis(50), || via(&a)).is_none() {
+        d.fail(&format!(
+            "{a} does not reach {gw}:{port} (published, allowed)"
+        ));
+    }
+    if via(&o) {
+        d.fail(&format!(
+            "{o} reaches {gw}:{port}: the published port bypasses the policy"
+        ));
+    }
+    // The mapping is in the catch-all set and in the target set of the `app` line.
+    let inet = elements_only(&with);
+    assert!(
+        inet.matches(&format!("tcp . {port}")).count() >= 2,
+        "published port {port} not in published_w and a line's set:\n{inet}"
+    );
+
+    docker_ok(&["rm", "-f", &p]);
+    let ok = poll(CONVERGE, Duration::from_millis(50), || {
+        !elements_only(&tables_with_handles()).contains(&port.to_string())
+    });
+    if ok.is_none() {
+        d.fail(&format!("published port {port} still in a set after rm"));
+    }
+    in_sync(&env, &d, "published port removed");
+    let after = tables_with_handles();
+    assert_eq!(
+        without_elements(&before),
+        without_elements(&after),
+        "removing a published port changed more than set elements"
+    );
+    assert_eq!(elements_only(&before), elements_only(&after));
+}
+
 /// A stand-in for the Docker socket that the test can take away: a Unix-socket proxy to
 /// /var/run/docker.sock. `stop` closes every connection through it and removes the socket
 /// (the daemon sees its event stream end and cannot connect again); `start` brings it back

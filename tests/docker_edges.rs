@@ -249,6 +249,9 @@ const DUMMY: &str = "192.0.2.2";
 const HOST_WORLD: &str = "203.0.113.1";
 const WORLD_A: &str = "203.0.113.10"; // outside the allowed ingress CIDR
 const WORLD_B: &str = "203.0.113.20"; // inside 203.0.113.16/28
+const HOST_WORLD6: &str = "2001:db8:e::1";
+const WORLD6_A: &str = "2001:db8:e::10"; // not an allowed ingress source
+const WORLD6_B: &str = "2001:db8:e::20"; // allowed
 const PUBLISHED: u16 = 15432;
 
 impl Scene {
@@ -272,6 +275,14 @@ impl Scene {
         world.ip(&["addr", "add", &format!("{WORLD_A}/24"), "dev", "edk-w"]);
         world.ip(&["addr", "add", &format!("{WORLD_B}/24"), "dev", "edk-w"]);
         world.ip(&["addr", "add", "2001:db8:e::10/64", "dev", "edk-w", "nodad"]);
+        world.ip(&[
+            "addr",
+            "add",
+            &format!("{WORLD6_B}/64"),
+            "dev",
+            "edk-w",
+            "nodad",
+        ]);
         world.ip(&["link", "set", "edk-w", "up"]);
         world.ip(&["route", "add", "default", "via", HOST_WORLD]);
         world.ip(&["-6", "route", "add", "default", "via", "2001:db8:e::1"]);
@@ -357,6 +368,9 @@ impl Scene {
         let mut add = |from: From, what: &str, ip: &str, port: u16| {
             let src = match from {
                 From::Box(b) => b.to_string(),
+                From::World(a) if a.contains(':') => {
+                    format!("world6-{}", a.rsplit(':').next().unwrap_or(a))
+                }
                 From::World(a) => format!("world{}", a.rsplit('.').next().unwrap_or(a)),
                 From::Host => "host".to_string(),
             };
@@ -390,6 +404,10 @@ impl Scene {
         }
         for w in [WORLD_A, WORLD_B] {
             add(From::World(w), "hostw", HOST_WORLD, PUBLISHED);
+        }
+        // IPv6 from the outside: Docker 20.10 does not DNAT it, docker-proxy serves it.
+        for w in [WORLD6_A, WORLD6_B] {
+            add(From::World(w), "hostw6", HOST_WORLD6, PUBLISHED);
         }
         add(From::Host, "dummy", DUMMY, PUBLISHED);
         p
@@ -450,7 +468,7 @@ impl Scene {
             }
         });
         // The world's source address is chosen by its route to the host: one at a time.
-        for w in [WORLD_A, WORLD_B] {
+        for w in [WORLD_A, WORLD_B, WORLD6_A, WORLD6_B] {
             let script: String = probes
                 .iter()
                 .filter(|p| p.from == From::World(w))
@@ -459,15 +477,28 @@ impl Scene {
             if script.is_empty() {
                 continue;
             }
-            self.world.ip(&[
-                "route",
-                "replace",
-                &format!("{HOST_WORLD}/32"),
-                "dev",
-                "edk-w",
-                "src",
-                w,
-            ]);
+            if w.contains(':') {
+                self.world.ip(&[
+                    "-6",
+                    "route",
+                    "replace",
+                    &format!("{HOST_WORLD6}/128"),
+                    "dev",
+                    "edk-w",
+                    "src",
+                    w,
+                ]);
+            } else {
+                self.world.ip(&[
+                    "route",
+                    "replace",
+                    &format!("{HOST_WORLD}/32"),
+                    "dev",
+                    "edk-w",
+                    "src",
+                    w,
+                ]);
+            }
             let out = run_ok(
                 "nsenter",
                 &[
@@ -565,13 +596,7 @@ ports = ["5432/tcp"]
         allowed: &dyn Fn(&str) -> bool,
         control: &[&str],
     ) {
-        // The docker-proxy path is not judged as the container behind it yet (see
-        // `scenario`): with the proxy on, those probes are not made at all.
-        let probes: Vec<_> = self
-            .probes()
-            .into_iter()
-            .filter(|p| !(self.userland_proxy && through_docker_proxy(&p.key)))
-            .collect();
+        let probes = self.probes();
         let keys: BTreeSet<String> = probes.iter().map(|p| p.key.clone()).collect();
         let cfg = self.policy(name, settings, allows);
         let (code, out) = self.netguard(&["-c", &cfg, "uninstall"]);
@@ -606,21 +631,6 @@ ports = ["5432/tcp"]
     }
 }
 
-/// A container's connection to a host address on the published port: served by docker-proxy
-/// when the proxy is on.
-fn through_docker_proxy(k: &str) -> bool {
-    let Some((src, rest)) = k.split_once('>') else {
-        return false;
-    };
-    let Some((dst, port)) = rest.split_once(':') else {
-        return false;
-    };
-    src != "host"
-        && !src.starts_with("world")
-        && ["gw", "gw6", "dummy", "sidegw"].contains(&dst)
-        && port == PUBLISHED.to_string()
-}
-
 /// Who may reach whom through the published port and directly, whatever the edge settings.
 fn containers_allowed(k: &str) -> Option<bool> {
     let (src, rest) = k.split_once('>')?;
@@ -637,19 +647,31 @@ fn containers_allowed(k: &str) -> Option<bool> {
 
 fn scenario(userland_proxy: bool) -> Vec<String> {
     let s = Scene::new(userland_proxy);
-    // Same-network probes Docker passes in both modes; with the proxy off also through the
-    // published port (DNAT, judged by netguard as the container behind it). With the proxy on
-    // a published port is served by docker-proxy in the host's input path, which netguard does
-    // not judge as the container behind it yet (README, "Known limits"): those
-    // probes are left out of the proxy-on run instead of being expected to pass or fail.
-    let mut published_control = vec!["rogue>db:5432", "rogue>db6:5432", "web>db:5432"];
-    if !userland_proxy {
+    // Same-network probes Docker passes in both modes; through docker-proxy also across
+    // networks and over IPv6 (Docker 20.10 has no IPv6 NAT without ip6tables: with the
+    // proxy off nothing answers on the IPv6 gateway's published port). With the proxy on a
+    // container's connection to a published port is served by docker-proxy in the host's
+    // input path; with it off Docker DNATs it: netguard judges both as the container behind it.
+    let mut published_control = vec![
+        "rogue>gw:15432",
+        "rogue>dummy:15432",
+        "web>gw:15432",
+        "web>dummy:15432",
+        "rogue>db:5432",
+        "rogue>db6:5432",
+        "web>db:5432",
+        "host>dummy:15432",
+    ];
+    if userland_proxy {
         published_control.extend([
-            "rogue>gw:15432",
-            "rogue>dummy:15432",
-            "web>gw:15432",
-            "web>dummy:15432",
-            "host>dummy:15432",
+            "rogue>gw6:15432",
+            "web>gw6:15432",
+            "rogue2>sidegw:15432",
+            "rogue2>dummy:15432",
+            "web2>sidegw:15432",
+            "web2>dummy:15432",
+            "world6-10>hostw6:15432",
+            "world6-20>hostw6:15432",
         ]);
     }
 
@@ -715,16 +737,20 @@ fn scenario(userland_proxy: bool) -> Vec<String> {
         &control,
     );
 
-    // 4. ingress = "deny" with an allowed source CIDR, to db's container port.
+    // 4. ingress = "deny" with an allowed source CIDR, to db's container port (IPv6 through
+    //    docker-proxy with the proxy on: the same line, judged in the input hook).
     let mut control = published_control.clone();
     control.extend(["world10>hostw:15432", "world20>hostw:15432"]);
+    if userland_proxy {
+        control.extend(["world6-10>hostw6:15432", "world6-20>hostw6:15432"]);
+    }
     s.phase(
         "ingress",
         r#"ingress = "deny""#,
-        "[[allow]]\nfrom = [\"203.0.113.16/28\"]\nto = \"db\"\nports = [\"5432/tcp\"]\n",
+        "[[allow]]\nfrom = [\"203.0.113.16/28\", \"2001:db8:e::20\"]\nto = \"db\"\nports = [\"5432/tcp\"]\n",
         &|k| {
             if k.starts_with("world") {
-                return k == "world20>hostw:15432";
+                return k == "world20>hostw:15432" || k == "world6-20>hostw6:15432";
             }
             containers_allowed(k).unwrap_or(true)
         },

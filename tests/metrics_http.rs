@@ -159,8 +159,8 @@ async fn scrape_and_parse() {
     task.abort();
 }
 
-/// The edges' counted drops become `netguard_denied_total{edge}`, one per closed edge (its
-/// chain present), and nothing else in those chains counts.
+/// The edges' counted drops become `netguard_denied_total{edge}`, one per edge with a drop
+/// rule (summed over the chains that hold one), and nothing else in those chains counts.
 #[test]
 fn edge_denials_by_edge() {
     let json = r#"{"nftables": [
@@ -175,7 +175,19 @@ fn edge_denials_by_edge() {
         "expr": [{"counter": {"packets": 4, "bytes": 240}}, {"drop": null}]}},
       {"rule": {"family": "inet", "table": "netguard", "chain": "egress",
         "comment": "edge deny egress [ng:0000000000000003]",
-        "expr": [{"counter": {"packets": 9, "bytes": 540}}, {"drop": null}]}}
+        "expr": [{"counter": {"packets": 9, "bytes": 540}}, {"drop": null}]}},
+      {"chain": {"family": "inet", "table": "netguard", "name": "ingress"}},
+      {"chain": {"family": "inet", "table": "netguard", "name": "published_in"}},
+      {"chain": {"family": "inet", "table": "netguard", "name": "published"}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "ingress",
+        "comment": "edge deny ingress [ng:0000000000000004]",
+        "expr": [{"counter": {"packets": 2, "bytes": 120}}, {"drop": null}]}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "published_in",
+        "comment": "edge deny ingress [ng:0000000000000004]",
+        "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"drop": null}]}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "published",
+        "comment": "edge deny published [ng:0000000000000005]",
+        "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}}
     ]}"#;
     let live: LiveState = [
         (Family::Inet, Some(parse_table(json).unwrap())),
@@ -188,7 +200,19 @@ fn edge_denials_by_edge() {
     let s = parse(&m.render());
     assert_eq!(s["netguard_denied_total{edge=\"host\"}"], 4.0);
     assert_eq!(s["netguard_denied_total{edge=\"egress\"}"], 9.0);
-    assert!(!s.contains_key("netguard_denied_total{edge=\"ingress\"}"));
+    // The outside through DNAT (`ingress`) and through docker-proxy (`published_in`): one edge.
+    assert_eq!(s["netguard_denied_total{edge=\"ingress\"}"], 5.0);
+    assert_eq!(s["netguard_denied_total{edge=\"published\"}"], 7.0);
+    let open = json.replace("edge deny ingress", "something else");
+    let live: LiveState = [
+        (Family::Inet, Some(parse_table(&open).unwrap())),
+        (Family::Bridge, None),
+    ]
+    .into_iter()
+    .collect();
+    let m = Metrics::new();
+    m.set_denied_from_live(&live);
+    assert!(!m.render().contains("edge=\"ingress\""));
     // Without edge chains (every edge open) the family is not exported at all.
     let m = Metrics::new();
     m.set_denied_from_live(&live_with_deny_counters());

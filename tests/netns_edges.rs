@@ -13,13 +13,16 @@
 //! answer (a refusal included); a dropped SYN times out.
 //! The test's own `nat` tables (inside the fake host, never the real one) stand in for
 //! Docker's DNAT of a published port: 15432 on any of the host's addresses -> db-1:5432.
+//! docker-proxy (userland-proxy on) is stood in for by listeners of the fake host itself on
+//! db-1's other published ports (25432-25437, not DNATed): a container's connection to them
+//! enters the host's input hook, as docker-proxy's does.
 
 #[path = "../netns-fixtures/mod.rs"]
 mod netns;
 
 use netns::fixture::*;
 use netns::probe::*;
-use std::net::{IpAddr, Ipv6Addr, UdpSocket};
+use std::net::{IpAddr, Ipv6Addr, TcpListener, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -422,6 +425,272 @@ fn dnat_published_port_follows_the_pair_verdict() {
             ("rogue", "2001:db8::5", "icmp", true),
             ("world", "198.51.100.1", "tcp/15432", true),
             ("world", "2001:db8:5::1", "tcp/15432", true),
+        ],
+    );
+}
+
+/// Published ports served by "docker-proxy" (the fake host's own listeners, no DNAT): db-1's
+/// mappings in the inventory, and an unmanaged container's.
+const DB_PUBLISHED: &str = r#"published = ["25432:5432/tcp", "25433:5353/udp", "192.0.2.2:25434:5432/tcp", "[2001:db8:ffff::2]:25435:5432/tcp", "25437:6000/tcp"]"#;
+
+/// A container on a network netguard does not manage, with published ports: they count as
+/// the host.
+const UNMANAGED_PUBLISHED: &str = r#"
+[[container]]
+name = "legacy-1"
+image = "busybox:1"
+published = ["25436:80/tcp", "9100:9100/tcp"]
+[[container.endpoint]]
+network = "legacy"
+bridge = "edlegacy"
+ipv4 = "10.91.9.5"
+"#;
+
+/// Every edge at its default; api may reach db on 5432/tcp and 5353/udp.
+const PUBLISHED_DEFAULTS: &str = r#"
+[settings]
+networks = ["front", "back"]
+
+[groups.api]
+match = { name = "api-*" }
+
+[groups.db]
+match = { image = "postgres*" }
+
+[groups.monitoring]
+match = { label = { role = "monitoring" } }
+
+[[allow]]
+from = "api"
+to = "db"
+ports = ["5432/tcp", "5353/udp"]
+"#;
+
+/// The same with the host and the outside closed: one host port for monitoring, db's 5432
+/// for one outside address of each family.
+const PUBLISHED_CLOSED: &str = r#"
+[settings]
+networks = ["front", "back"]
+host = "deny"
+ingress = "deny"
+
+[groups.api]
+match = { name = "api-*" }
+
+[groups.db]
+match = { image = "postgres*" }
+
+[groups.monitoring]
+match = { label = { role = "monitoring" } }
+
+[[allow]]
+from = "api"
+to = "db"
+ports = ["5432/tcp", "5353/udp"]
+
+[[allow]]
+from = "monitoring"
+to = "host"
+ports = ["9100/tcp"]
+
+[[allow]]
+from = ["198.51.100.5", "2001:db8:5::5"]
+to = "db"
+ports = ["5432/tcp"]
+"#;
+
+/// The host's addresses, each with its own UDP echo socket (replies leave from the address
+/// asked, as docker-proxy's do).
+const HOST_ADDRS: [&str; 8] = [
+    "10.91.1.1",
+    "10.91.2.1",
+    "192.0.2.2",
+    "198.51.100.1",
+    "fd91:0:0:1::1",
+    "fd91:0:0:2::1",
+    "2001:db8:ffff::2",
+    "2001:db8:5::1",
+];
+
+/// The stand-in for docker-proxy: TCP listeners on every address (dual stack) of the fake
+/// host for the published TCP ports, a UDP echo for 25433 on each address.
+fn serve_proxy(e: &Edges) {
+    let host = e.fx.host_ns.clone();
+    for port in [25432u16, 25434, 25435, 25436, 25437, 9100] {
+        let l = in_netns(&host, move || {
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        })
+        .unwrap_or_else(|err| panic!("proxy listener {port}: {err}"));
+        let _ = l.set_nonblocking(true);
+        let stop = e.stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((c, _)) => drop(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+    }
+    for a in HOST_ADDRS {
+        let a: IpAddr = a.parse().unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let sock = in_netns(&host, move || UdpSocket::bind((a, 25433)))
+            .unwrap_or_else(|err| panic!("proxy udp bind {a}: {err}"));
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+        let stop = e.stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], from);
+                }
+            }
+        });
+    }
+}
+
+/// `apply` with db-1's published ports and the unmanaged container in the inventory.
+fn apply_published(e: &Edges, policy_text: &str) {
+    let fx = &e.fx;
+    let policy = fx.write_file("policy.toml", policy_text);
+    let known: Vec<Container> = fx
+        .containers
+        .iter()
+        .filter(|c| c.name != "ghost")
+        .cloned()
+        .collect();
+    let inv = inventory_toml(&known).replace(
+        "name = \"db-1\"\n",
+        &format!("name = \"db-1\"\n{DB_PUBLISHED}\n"),
+    );
+    assert!(inv.contains(DB_PUBLISHED), "db-1 not in the inventory");
+    let inv = fx.write_file("inventory.toml", &format!("{inv}{UNMANAGED_PUBLISHED}"));
+    let out = fx.netguard(&policy, &inv, &["apply"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "apply: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff = fx.netguard(&policy, &inv, &["diff"]);
+    assert_eq!(
+        diff.status.code(),
+        Some(0),
+        "diff after apply not in sync: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+}
+
+/// userland-proxy on, every edge at its default: a published port served by docker-proxy is
+/// the container behind it, whatever host address the client uses and from either managed
+/// bridge, TCP and UDP, IPv4 and IPv6, wildcard and bound mappings; the unmanaged
+/// container's published port and the host's other ports stay the host (open).
+#[test]
+fn proxy_published_port_follows_the_pair_verdict() {
+    let Some(e) = setup("proxy_published_port_follows_the_pair_verdict") else {
+        return;
+    };
+    serve_proxy(&e);
+    apply_published(&e, PUBLISHED_DEFAULTS);
+    check(
+        &e,
+        &[
+            // the allowed pair, through every host address, from db-1's bridge and the other
+            ("api-2", "10.91.2.1", "tcp/25432", true),
+            ("api-2", "192.0.2.2", "tcp/25432", true),
+            ("api-2", "fd91:0:0:2::1", "tcp/25432", true),
+            ("api-2", "2001:db8:ffff::2", "tcp/25432", true),
+            ("api-1", "10.91.1.1", "tcp/25432", true),
+            ("api-1", "fd91:0:0:1::1", "tcp/25432", true),
+            ("api-1", "192.0.2.2", "tcp/25432", true),
+            ("api-2", "10.91.2.1", "udp/25433", true),
+            ("api-2", "fd91:0:0:2::1", "udp/25433", true),
+            ("api-1", "192.0.2.2", "udp/25433", true),
+            ("api-2", "192.0.2.2", "tcp/25434", true),
+            ("api-1", "2001:db8:ffff::2", "tcp/25435", true),
+            // a container port no line opens, even for the allowed pair
+            ("api-2", "10.91.2.1", "tcp/25437", false),
+            ("api-1", "fd91:0:0:1::1", "tcp/25437", false),
+            // the denied pairs, through every host address
+            ("rogueb", "10.91.2.1", "tcp/25432", false),
+            ("rogueb", "192.0.2.2", "tcp/25432", false),
+            ("rogueb", "fd91:0:0:2::1", "tcp/25432", false),
+            ("rogueb", "2001:db8:ffff::2", "tcp/25432", false),
+            ("rogue", "10.91.1.1", "tcp/25432", false),
+            ("rogue", "fd91:0:0:1::1", "tcp/25432", false),
+            ("rogueb", "10.91.2.1", "udp/25433", false),
+            ("rogue", "fd91:0:0:1::1", "udp/25433", false),
+            ("rogueb", "192.0.2.2", "tcp/25434", false),
+            ("rogue", "2001:db8:ffff::2", "tcp/25435", false),
+            ("mon-1", "10.91.1.1", "tcp/25432", false),
+            // fail closed: a container netguard has not admitted
+            ("ghost", "10.91.1.1", "tcp/25432", false),
+            ("ghost", "fd91:0:0:1::1", "tcp/25432", false),
+            // the host stays the host: the unmanaged container's published port, the bound
+            // mapping's port on another address, another port
+            ("rogue", "10.91.1.1", "tcp/25436", true),
+            ("rogue", "fd91:0:0:1::1", "tcp/25436", true),
+            ("rogueb", "10.91.2.1", "tcp/25434", true),
+            ("rogue", "10.91.1.1", "tcp/2222", true),
+            // the outside (ingress open)
+            ("world", "198.51.100.1", "tcp/25432", true),
+            ("world", "2001:db8:5::1", "tcp/25432", true),
+        ],
+    );
+}
+
+/// userland-proxy on, host and ingress closed: the published port still follows the pair
+/// (not the host lines), the unmanaged container's port follows `host`, and outside clients
+/// through docker-proxy (IPv6 on Docker 20.10) follow the ingress lines on the container port.
+#[test]
+fn proxy_published_port_with_host_and_ingress_deny() {
+    let Some(e) = setup("proxy_published_port_with_host_and_ingress_deny") else {
+        return;
+    };
+    serve_proxy(&e);
+    apply_published(&e, PUBLISHED_CLOSED);
+    check(
+        &e,
+        &[
+            ("api-2", "10.91.2.1", "tcp/25432", true),
+            ("api-1", "2001:db8:ffff::2", "tcp/25432", true),
+            ("api-2", "10.91.2.1", "udp/25433", true),
+            ("api-2", "2001:db8:ffff::2", "tcp/25435", true),
+            ("rogueb", "10.91.2.1", "tcp/25432", false),
+            ("rogue", "fd91:0:0:1::1", "tcp/25432", false),
+            ("ghost", "10.91.1.1", "tcp/25432", false),
+            // a host line does not open a managed container's published port
+            ("mon-1", "10.91.1.1", "tcp/25432", false),
+            // the unmanaged container's published ports are the host: its line decides
+            ("mon-1", "10.91.1.1", "tcp/9100", true),
+            ("mon-1", "fd91:0:0:1::1", "tcp/9100", true),
+            ("api-1", "10.91.1.1", "tcp/9100", false),
+            ("rogue", "10.91.1.1", "tcp/25436", false),
+            ("api-2", "10.91.2.1", "tcp/25434", false),
+            // the allowed outside sources, on the container port the line names
+            ("world", "198.51.100.1", "tcp/25432", true),
+            ("world", "2001:db8:5::1", "tcp/25432", true),
+            ("world", "2001:db8:5::1", "tcp/25437", false),
+            // not a published port of a managed container: the outside is not judged
+            ("world", "198.51.100.1", "tcp/25436", true),
+            ("world", "2001:db8:5::1", "tcp/9100", true),
+        ],
+    );
+    sh(
+        &e.fx,
+        &e.world,
+        "ip addr del 198.51.100.5/24 dev eth0
+         ip addr add 198.51.100.6/24 dev eth0
+         ip -6 addr del 2001:db8:5::5/64 dev eth0
+         ip -6 addr add 2001:db8:5::6/64 dev eth0 nodad",
+    );
+    check(
+        &e,
+        &[
+            ("world", "198.51.100.1", "tcp/25432", false),
+            ("world", "2001:db8:5::1", "tcp/25432", false),
+            ("world", "2001:db8:5::1", "tcp/25436", true),
         ],
     );
 }

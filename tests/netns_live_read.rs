@@ -1,7 +1,7 @@
 //! The nfnetlink reader (`nft::netlink`) must see exactly what nft's JSON listing shows.
 //! Runs in a private network namespace; needs root (skips loudly without, fails under CI=true).
 
-use netguard::inventory::parse_inventory;
+use netguard::inventory::{PortProto, parse_inventory};
 use netguard::nft::exec::{LibNftables, NftExec};
 use netguard::nft::{Backend, Changes, FAMILIES, diff, live, netlink};
 use netguard::plan::plan;
@@ -45,8 +45,15 @@ fn inventory() -> String {
     .iter()
     .enumerate()
     {
+        // Published ports of every kind: read back over netlink as nft lists them.
+        let published = if *name == "db-1" {
+            "published = [\"15432:5432/tcp\", \"192.0.2.2:15433:5432/tcp\", \
+             \"[2001:db8::2]:15434:5432/udp\", \"15435:5432/sctp\"]\n"
+        } else {
+            ""
+        };
         s += &format!(
-            "[[container]]\nname = \"{name}\"\nimage = \"{image}\"\nlabels = {{ {labels} }}\n\
+            "[[container]]\nname = \"{name}\"\nimage = \"{image}\"\nlabels = {{ {labels} }}\n{published}\
              [[container.endpoint]]\nnetwork = \"shop-front\"\nbridge = \"br-front\"\nveth = \"veth{i}\"\n\
              ipv4 = \"10.10.0.{}\"\nipv6 = \"fd10::{}\"\nmac = \"02:42:0a:0a:00:{:02x}\"\n",
             i + 10,
@@ -135,6 +142,22 @@ fn netlink_reader_equals_nft_json_listing() {
                     ]
                     .into()
                 );
+                // db-1's published ports, in the kinds and sets the plan gave them.
+                for set in ["published_w", "published_4", "published_6"] {
+                    let want = p
+                        .ruleset
+                        .table(f)
+                        .and_then(|t| t.set(set))
+                        .expect("planned");
+                    assert_eq!(a.sets[set].kind, Some(want.kind), "{set}");
+                    assert_eq!(a.sets[set].elements, want.elements, "{set}");
+                    assert!(!want.elements.is_empty(), "{set}: db-1 published nothing");
+                }
+                assert!(
+                    a.sets["published_w"]
+                        .elements
+                        .contains(&Elem::ProtoPort(PortProto::Sctp, 15435))
+                );
                 // The example policy's one list of two ports (5432/tcp, 6379/tcp).
                 let planned: Vec<_> = p
                     .ruleset
@@ -199,6 +222,21 @@ fn netlink_reader_equals_nft_json_listing() {
                 Family::Bridge,
                 "macs".into(),
                 Elem::Mac(mac("02:42:0a:0a:09:01")),
+            ),
+            (
+                Family::Inet,
+                "published_w".into(),
+                Elem::ProtoPort(PortProto::Udp, 25000),
+            ),
+            (
+                Family::Inet,
+                "published_4".into(),
+                Elem::V4ProtoPort(v4("198.51.100.1"), PortProto::Tcp, 65535),
+            ),
+            (
+                Family::Inet,
+                "published_6".into(),
+                Elem::V6ProtoPort(v6("2001:db8::9"), PortProto::Sctp, 1),
             ),
         ];
         let before = backend.read_for_diff().expect("read");

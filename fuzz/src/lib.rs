@@ -6,7 +6,8 @@ use netguard::inventory::{Engine, Inventory, exact_ifname, parse_inventory};
 use netguard::nft::{LiveState, diff};
 use netguard::plan::ruleset::{Elem, Family};
 use netguard::plan::{
-    LOG_PREFIX, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS, Plan, names,
+    LOG_PREFIX, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS, LOG_PREFIX_PUBLISHED, Plan,
+    names,
 };
 use netguard::policy::{Policy, parse_policy};
 use serde_json::Value;
@@ -103,6 +104,8 @@ const KEYWORDS: &[&str] = &[
     LOG_PREFIX_HOST,
     LOG_PREFIX_EGRESS,
     LOG_PREFIX_INGRESS,
+    LOG_PREFIX_PUBLISHED,
+    "lo",
 ];
 
 /// netguard's rule for group names (policy/parse.rs): they end up in set names.
@@ -140,11 +143,19 @@ pub fn derived_name(policy: &Policy, s: &str) -> bool {
         names::PREROUTING,
         names::POSTROUTING,
         names::FOREIGN_MAC,
+        names::PUBLISHED_W,
+        names::PUBLISHED_4,
+        names::PUBLISHED_6,
+        names::PUBLISHED,
+        names::PUBLISHED_INGRESS,
     ];
     if FIXED.contains(&s) {
         return true;
     }
-    if let Some(hex) = s.strip_prefix("ports_") {
+    if let Some(hex) = ["ports_", "pubw_", "pub4_", "pub6_"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+    {
         return hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit());
     }
     let s = s.strip_prefix("from_").unwrap_or(s);

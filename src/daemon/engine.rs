@@ -247,7 +247,7 @@ impl Engine {
 
     fn count(&mut self, pc: &Option<PlannedContainer>, add: i32) {
         let Some(pc) = pc else { return };
-        for k in container_elements(pc, self.policy.settings.anti_spoofing) {
+        for k in container_elements(pc, &self.policy) {
             let n = self.counts.entry(k.clone()).or_insert(0);
             *n = n.saturating_add_signed(add);
             if *n == 0 {
@@ -425,7 +425,7 @@ impl Engine {
     fn snapshot(&self, touched: &BTreeSet<String>) -> HashMap<Key, u32> {
         let mut m: HashMap<Key, u32> = HashMap::new();
         for pc in touched.iter().filter_map(|t| self.planned.get(t)) {
-            for k in container_elements(pc, self.policy.settings.anti_spoofing) {
+            for k in container_elements(pc, &self.policy) {
                 *m.entry(k).or_insert(0) += 1;
             }
         }
@@ -501,7 +501,8 @@ mod tests {
              [groups.a]\nmatch = {{ name = \"a*\" }}\n\
              [groups.b]\nmatch = [{{ name = \"b*\" }}, {{ network = \"m-2\" }}]\n\
              [groups.vrrp]\nmatch = {{ name = \"*2\" }}\nmac_binding = false\n\
-             [[allow]]\nfrom = \"a\"\nto = \"b\"\n"
+             [[allow]]\nfrom = \"a\"\nto = \"b\"\n\
+             [[allow]]\nfrom = \"b\"\nto = \"a\"\nports = [\"5432/tcp\"]\n"
         );
         parse_policy(Path::new("p.toml"), &text).expect("policy")
     }
@@ -537,8 +538,28 @@ mod tests {
                 });
             }
         }
+        // Few published ports too, so that two containers claim one mapping (a port moving
+        // between them) and the line targets both hold and miss them.
+        let mut published = Vec::new();
+        for _ in 0..r.next(3) {
+            let host_ip = match r.next(3) {
+                0 => None,
+                1 => Some("192.0.2.2".parse().expect("v4")),
+                _ => Some("2001:db8::2".parse().expect("v6")),
+            };
+            published.push(crate::inventory::PublishedPort {
+                proto: if r.next(4) == 0 {
+                    crate::inventory::PortProto::Udp
+                } else {
+                    crate::inventory::PortProto::Tcp
+                },
+                host_port: 15000 + r.next(3) as u16,
+                container_port: [5432, 80][r.next(2) as usize],
+                host_ip,
+            });
+        }
         Container {
-            published: Vec::new(),
+            published,
             id: format!("c{id}"),
             name: names[r.next(names.len() as u64) as usize].to_string(),
             image: String::new(),

@@ -111,9 +111,10 @@ pub struct Container {
 /// `host_ip: None` means every local address of the host, of both families: Docker's
 /// wildcard bindings (`0.0.0.0`, `::`, and `""` in older answers) all become `None`, and the
 /// usual pair `0.0.0.0` + `::` is one entry. Netguard keys its published-port sets on
-/// daddr . proto . port, and `None` is the whole address range of each family there; a
-/// port bound on `0.0.0.0` only is therefore also judged for IPv6 connections to it, which
-/// only ever drops more (nothing of that container listens there). `Some(ip)` is a binding
+/// proto . port for `None` (the wildcard sets, any local address of either family) and on
+/// daddr . proto . port for a bound one; a port bound on `0.0.0.0` only is therefore also
+/// judged for IPv6 connections to it, which only ever drops more (nothing of that
+/// container listens there). `Some(ip)` is a binding
 /// to that one address (`127.0.0.1:8080:80`).
 ///
 /// Written (`Display`, the inventory file, `status`) as Docker's `-p` syntax:

@@ -188,6 +188,9 @@ fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
                 ["ifname", "ipv4_addr"] => Some(SetKind::IfnameV4),
                 ["ifname", "ipv6_addr"] => Some(SetKind::IfnameV6),
                 ["ifname", "ether_addr"] => Some(SetKind::IfnameMac),
+                ["inet_proto", "inet_service"] => Some(SetKind::ProtoPort),
+                ["ipv4_addr", "inet_proto", "inet_service"] => Some(SetKind::V4ProtoPort),
+                ["ipv6_addr", "inet_proto", "inet_service"] => Some(SetKind::V6ProtoPort),
                 _ => None,
             }
         }
@@ -202,6 +205,12 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
     }
     if kind == SetKind::Ports {
         return port_range(v).map(|(lo, hi)| Elem::Port(lo, hi));
+    }
+    if matches!(
+        kind,
+        SetKind::ProtoPort | SetKind::V4ProtoPort | SetKind::V6ProtoPort
+    ) {
+        return proto_port_elem(kind, v);
     }
     let parts: Vec<&str> = match v.get("concat").and_then(Value::as_array) {
         Some(c) => c.iter().filter_map(Value::as_str).collect(),
@@ -222,6 +231,33 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
         (SetKind::Mac, [m]) => m.parse().ok().map(Elem::Mac),
         (SetKind::V4, [a]) => a.parse().ok().map(Elem::V4),
         (SetKind::V6, [a]) => a.parse().ok().map(Elem::V6),
+        _ => None,
+    }
+}
+
+/// A published-port element as nft's JSON prints it: `{"concat": ["tcp", 15432]}`, with the
+/// address first for a bound one. nft prints a protocol it has no name for as a number.
+fn proto_port_elem(kind: SetKind, v: &Value) -> Option<Elem> {
+    let parts = v.get("concat").and_then(Value::as_array)?;
+    let proto = |v: &Value| match (v.as_str(), v.as_u64()) {
+        (Some("tcp"), _) | (_, Some(6)) => Some(PortProto::Tcp),
+        (Some("udp"), _) | (_, Some(17)) => Some(PortProto::Udp),
+        (Some("sctp"), _) | (_, Some(132)) => Some(PortProto::Sctp),
+        _ => None,
+    };
+    let port = |v: &Value| u16::try_from(v.as_u64()?).ok();
+    match (kind, parts.as_slice()) {
+        (SetKind::ProtoPort, [p, n]) => Some(Elem::ProtoPort(proto(p)?, port(n)?)),
+        (SetKind::V4ProtoPort, [a, p, n]) => Some(Elem::V4ProtoPort(
+            a.as_str()?.parse().ok()?,
+            proto(p)?,
+            port(n)?,
+        )),
+        (SetKind::V6ProtoPort, [a, p, n]) => Some(Elem::V6ProtoPort(
+            a.as_str()?.parse().ok()?,
+            proto(p)?,
+            port(n)?,
+        )),
         _ => None,
     }
 }

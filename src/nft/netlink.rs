@@ -35,6 +35,7 @@ const NFT_SET_OBJECT: u32 = 0x40;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_ETHERADDR: u32 = 9;
+const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_IFNAME: u32 = 41;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
@@ -111,6 +112,13 @@ fn kind_of(key_type: u32, flags: u32) -> Option<SetKind> {
         t if t == (TYPE_IFNAME << 6) | TYPE_IPADDR => Some(SetKind::IfnameV4),
         t if t == (TYPE_IFNAME << 6) | TYPE_IP6ADDR => Some(SetKind::IfnameV6),
         t if t == (TYPE_IFNAME << 6) | TYPE_ETHERADDR => Some(SetKind::IfnameMac),
+        t if t == (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE => Some(SetKind::ProtoPort),
+        t if t == (((TYPE_IPADDR << 6) | TYPE_INET_PROTOCOL) << 6) | TYPE_INET_SERVICE => {
+            Some(SetKind::V4ProtoPort)
+        }
+        t if t == (((TYPE_IP6ADDR << 6) | TYPE_INET_PROTOCOL) << 6) | TYPE_INET_SERVICE => {
+            Some(SetKind::V6ProtoPort)
+        }
         _ => None,
     }
 }
@@ -159,10 +167,41 @@ fn port_ranges(mut bounds: Vec<(u16, bool)>) -> Vec<Elem> {
     out
 }
 
+/// An `inet_proto . inet_service` pair as the kernel stores it: the protocol's byte and the
+/// port's two (network order), each padded to 4 bytes. Only the protocols a published port
+/// can have.
+fn proto_port(b: &[u8]) -> Option<(PortProto, u16)> {
+    let proto = match b.first()? {
+        6 => PortProto::Tcp,
+        17 => PortProto::Udp,
+        132 => PortProto::Sctp,
+        _ => return None,
+    };
+    let port = u16::from_be_bytes(b.get(4..6)?.try_into().ok()?);
+    Some((proto, port))
+}
+
+fn proto_byte(p: PortProto) -> u8 {
+    match p {
+        PortProto::Tcp => 6,
+        PortProto::Udp => 17,
+        PortProto::Sctp => 132,
+    }
+}
+
 /// A set element key as the kernel stores it: concatenated parts, each padded to 4 bytes.
 fn elem_of(kind: SetKind, k: &[u8]) -> Option<Elem> {
     let n = IFNAMSIZ;
     match (kind, k.len()) {
+        (SetKind::ProtoPort, 8) => proto_port(k).map(|(p, n)| Elem::ProtoPort(p, n)),
+        (SetKind::V4ProtoPort, 12) => {
+            let (p, port) = proto_port(&k[4..])?;
+            Some(Elem::V4ProtoPort(v4(&k[..4])?, p, port))
+        }
+        (SetKind::V6ProtoPort, 24) => {
+            let (p, port) = proto_port(&k[16..])?;
+            Some(Elem::V6ProtoPort(v6(&k[..16])?, p, port))
+        }
         (SetKind::Ifname, 16) => Some(Elem::Ifname(ifname(k)?)),
         (SetKind::IfnamePair, 32) => Some(Elem::IfnamePair(ifname(&k[..n])?, ifname(&k[n..])?)),
         (SetKind::IfnameV4, 20) => Some(Elem::IfnameV4(ifname(&k[..n])?, v4(&k[n..])?)),
@@ -428,8 +467,23 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
         Elem::V6(a) => k.extend_from_slice(&a.octets()),
         // Never sent: an interval is two elements, and `apply_elements` refuses ranges.
         Elem::Port(lo, _) => k.extend_from_slice(&lo.to_be_bytes()),
+        Elem::ProtoPort(p, n) => proto_port_bytes(&mut k, *p, *n),
+        Elem::V4ProtoPort(a, p, n) => {
+            k.extend_from_slice(&a.octets());
+            proto_port_bytes(&mut k, *p, *n);
+        }
+        Elem::V6ProtoPort(a, p, n) => {
+            k.extend_from_slice(&a.octets());
+            proto_port_bytes(&mut k, *p, *n);
+        }
     }
     k
+}
+
+fn proto_port_bytes(k: &mut Vec<u8>, p: PortProto, port: u16) {
+    k.extend_from_slice(&[proto_byte(p), 0, 0, 0]);
+    k.extend_from_slice(&port.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
 }
 
 /// One element command: delete (`add == false`) or add `elems` in set `set` of

@@ -76,6 +76,15 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
         SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
+        SetKind::ProtoPort => {
+            schema::SetTypeValue::Concatenated(vec![T::InetProto, T::InetService].into())
+        }
+        SetKind::V4ProtoPort => schema::SetTypeValue::Concatenated(
+            vec![T::Ipv4Addr, T::InetProto, T::InetService].into(),
+        ),
+        SetKind::V6ProtoPort => schema::SetTypeValue::Concatenated(
+            vec![T::Ipv6Addr, T::InetProto, T::InetService].into(),
+        ),
     }
 }
 
@@ -113,6 +122,20 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
         Elem::V4(a) => s(a.to_string()),
         Elem::V6(a) => s(a.to_string()),
         Elem::Port(lo, hi) => port_item(*lo, *hi),
+        Elem::ProtoPort(p, n) => Expression::Named(NamedExpression::Concat(vec![
+            s(p.as_str().to_string()),
+            Expression::Number(*n as u32),
+        ])),
+        Elem::V4ProtoPort(a, p, n) => Expression::Named(NamedExpression::Concat(vec![
+            s(a.to_string()),
+            s(p.as_str().to_string()),
+            Expression::Number(*n as u32),
+        ])),
+        Elem::V6ProtoPort(a, p, n) => Expression::Named(NamedExpression::Concat(vec![
+            s(a.to_string()),
+            s(p.as_str().to_string()),
+            Expression::Number(*n as u32),
+        ])),
     }
 }
 
@@ -373,6 +396,17 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         ),
         // The ports follow as a second statement (see `statements`).
         Match::L4 { proto, .. } => m(meta(MetaKey::L4proto), EQ, s(proto)),
+        Match::PublishedIn { daddr, set } => {
+            let mut key: Vec<Expression<'static>> =
+                daddr.iter().map(|ip| addr(*ip, "daddr")).collect();
+            key.push(meta(MetaKey::L4proto));
+            key.push(payload("th", "dport"));
+            m(
+                Expression::Named(NamedExpression::Concat(key)),
+                EQ,
+                set_ref(set),
+            )
+        }
         Match::IcmpEcho(IpVersion::V4) => m(payload("icmp", "type"), EQ, s("echo-request")),
         Match::IcmpEcho(IpVersion::V6) => m(payload("icmpv6", "type"), EQ, s("echo-request")),
         Match::Icmpv6Types(types) => m(

@@ -414,7 +414,9 @@ fn owner_of(owners: &BTreeMap<String, String>, e: &Elem) -> String {
         IfnameV4(_, a) | V4(a) => a.to_string(),
         IfnameV6(_, a) | V6(a) => a.to_string(),
         Ifname(i) | IfnameMac(i, _) => i.clone(),
-        IfnamePair(..) | Port(..) | Mac(_) => return String::new(),
+        IfnamePair(..) | Port(..) | Mac(_) | ProtoPort(..) | V4ProtoPort(..) | V6ProtoPort(..) => {
+            return String::new();
+        }
     };
     owners
         .get(&key)

@@ -120,6 +120,7 @@ pub fn parse_line(line: &str) -> Option<Denial> {
         (crate::plan::LOG_PREFIX_HOST, Some("host")),
         (crate::plan::LOG_PREFIX_EGRESS, Some("egress")),
         (crate::plan::LOG_PREFIX_INGRESS, Some("ingress")),
+        (crate::plan::LOG_PREFIX_PUBLISHED, Some("published")),
     ];
     let (at, prefix, edge) = prefixes
         .iter()
@@ -347,6 +348,13 @@ mod tests {
         let host =
             parse_line("netguard-deny-host IN=br-a SRC=10.0.0.2 DST=10.0.0.1 PROTO=TCP DPT=22");
         assert_eq!(host.and_then(|d| d.edge), Some("host".to_string()));
+        let published = parse_line(
+            "netguard-deny-published IN=br-a SRC=10.0.0.2 DST=10.0.0.1 PROTO=TCP DPT=15432",
+        );
+        assert_eq!(
+            published.and_then(|d| d.edge),
+            Some("published".to_string())
+        );
     }
 
     #[test]

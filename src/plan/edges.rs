@@ -1,5 +1,7 @@
 //! The edges of the managed networks (docs/policy.md, "Edges"): managed containers to this
-//! host (`input` hook), to the outside (`egress`), and from the outside (`ingress`).
+//! host (`input` hook), to the outside (`egress`), and from the outside (`ingress`); and
+//! the published ports that docker-proxy serves in the `input` hook, judged as the
+//! container behind them (`published`, `published_in`).
 //!
 //! Containers stay set elements: these rules name only the group sets, the bridge sets and
 //! the addresses the policy itself writes, so a container event changes no rule here.
@@ -7,7 +9,8 @@
 
 use super::ruleset::*;
 use super::{Flow, names};
-use crate::policy::{EdgeDefault, Peers, Policy, Proto};
+use crate::inventory::PortProto;
+use crate::policy::{EdgeDefault, Peers, Policy, PortSpec, Proto};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -15,17 +18,150 @@ use std::net::IpAddr;
 pub const LOG_PREFIX_HOST: &str = "netguard-deny-host ";
 pub const LOG_PREFIX_EGRESS: &str = "netguard-deny-egress ";
 pub const LOG_PREFIX_INGRESS: &str = "netguard-deny-ingress ";
+/// A managed container's connection to a published port of a managed container that no
+/// line allows (docker-proxy path; the DNAT path is logged as a pair denial).
+pub const LOG_PREFIX_PUBLISHED: &str = "netguard-deny-published ";
 
 /// Comment prefix of the edges' final drop rules; the counter of each is read back by
 /// `metrics` as `netguard_denied_total{edge="…"}`.
 pub const EDGE_DENY_PREFIX: &str = "edge deny ";
 
-/// The edges as they appear in metrics labels, with the chain that judges each.
-pub const EDGES: [(&str, &str); 3] = [
+/// The edges as they appear in metrics labels, with the chain that judges each. An edge's
+/// drops may sit in more than one chain (the outside through docker-proxy is judged in
+/// `published_in` under `ingress`): metrics sum every rule commented `edge deny EDGE`.
+/// `published`: a managed container's connection through docker-proxy to a published port
+/// of a managed container that no line allows (a pair denial, counted apart because the
+/// pair counters of `isolate` never see it).
+pub const EDGES: [(&str, &str); 4] = [
     ("host", names::INPUT),
     ("egress", names::EGRESS),
     ("ingress", names::INGRESS),
+    ("published", names::PUBLISHED),
 ];
+
+/// One target of the lines whose `to` is containers: the published mappings of the
+/// containers in `to` whose container port is in `ports` are what such a line opens through
+/// a published port. Lines with the same target share its sets (named by content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTarget {
+    /// 16 hex digits, a hash of the target's canonical text.
+    pub id: String,
+    /// `Peers::Any` or `Peers::Groups`.
+    pub to: Peers,
+    /// `None`: all traffic.
+    pub ports: Option<Vec<PortSpec>>,
+}
+
+impl PublishedTarget {
+    /// The target of a line with this `to` and these ports; `None` when no published port
+    /// can match it (`to` is no containers, or its ports are ICMP only).
+    pub fn of(to: &Peers, ports: &Option<Vec<PortSpec>>) -> Option<PublishedTarget> {
+        let to_text = match to {
+            Peers::Any => "*".to_string(),
+            Peers::Groups(g) => {
+                let mut g = g.clone();
+                g.sort();
+                g.dedup();
+                g.join(",")
+            }
+            _ => return None,
+        };
+        let ports_text = match ports {
+            None => "all".to_string(),
+            Some(specs) => {
+                let mut by_proto: BTreeMap<Proto, Vec<(u16, u16)>> = BTreeMap::new();
+                for p in specs.iter().filter(|p| p.proto != Proto::Icmp) {
+                    by_proto.entry(p.proto).or_default().push((p.low, p.high));
+                }
+                if by_proto.is_empty() {
+                    return None;
+                }
+                by_proto
+                    .into_iter()
+                    .map(|(proto, r)| {
+                        let r: Vec<String> = merge_ranges(r)
+                            .iter()
+                            .map(|(lo, hi)| format!("{lo}-{hi}"))
+                            .collect();
+                        format!("{}:{}", proto.as_str(), r.join(","))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(";")
+            }
+        };
+        let text = format!("{to_text}|{ports_text}");
+        let h = text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+        Some(PublishedTarget {
+            id: format!("{h:016x}"),
+            to: to.clone(),
+            ports: ports.clone(),
+        })
+    }
+
+    /// `[wildcard, IPv4-bound, IPv6-bound]` set names.
+    pub fn sets(&self) -> [String; 3] {
+        names::published_target_sets(&self.id)
+    }
+
+    /// Does a mapping to `container_port`/`proto` of an admitted container in `groups`
+    /// belong to this target?
+    pub fn holds(&self, groups: &[String], proto: PortProto, container_port: u16) -> bool {
+        let to = match &self.to {
+            Peers::Any => true,
+            Peers::Groups(g) => g.iter().any(|g| groups.contains(g)),
+            _ => false,
+        };
+        let proto = match proto {
+            PortProto::Tcp => Proto::Tcp,
+            PortProto::Udp => Proto::Udp,
+            PortProto::Sctp => Proto::Sctp,
+        };
+        to && self
+            .ports
+            .as_ref()
+            .is_none_or(|specs| specs.iter().any(|s| s.contains(proto, container_port)))
+    }
+}
+
+/// Every distinct target of the policy's lines, sorted by id.
+pub fn published_targets(policy: &Policy) -> Vec<PublishedTarget> {
+    let mut out: BTreeMap<String, PublishedTarget> = BTreeMap::new();
+    for a in &policy.allows {
+        if let Some(t) = PublishedTarget::of(&a.to, &a.ports) {
+            out.entry(t.id.clone()).or_insert(t);
+        }
+    }
+    out.into_values().collect()
+}
+
+/// The catch-all sets and the match of a published port in each: wildcard, IPv4, IPv6.
+fn published_matches(sets: [String; 3]) -> [Match; 3] {
+    let [w, v4, v6] = sets;
+    [
+        Match::PublishedIn {
+            daddr: None,
+            set: w,
+        },
+        Match::PublishedIn {
+            daddr: Some(IpVersion::V4),
+            set: v4,
+        },
+        Match::PublishedIn {
+            daddr: Some(IpVersion::V6),
+            set: v6,
+        },
+    ]
+}
+
+fn catch_all() -> [String; 3] {
+    [
+        names::PUBLISHED_W.to_string(),
+        names::PUBLISHED_4.to_string(),
+        names::PUBLISHED_6.to_string(),
+    ]
+}
 
 /// Sets the edge chains need beyond the isolation's own: the engine's bridges (managed
 /// or not), only when an edge is closed.
@@ -86,18 +222,46 @@ pub(super) fn forward_rules(policy: &Policy, engine: crate::inventory::Engine) -
     rules
 }
 
-/// The edge chains: `input` (a base chain) when `host = "deny"`, `egress` and `ingress`
-/// when theirs is.
+/// The edge chains: `input` (a base chain) and `published` always (docker-proxy serves
+/// published ports in the input hook whatever the settings), `published_in`, `egress` and
+/// `ingress` when theirs is closed.
+///
+/// `input` exists without a managed network too: its rules do not depend on the
+/// inventory, so a network or a container coming never changes a rule (and with no managed
+/// bridge its first two rules accept everything).
 pub(super) fn chains(policy: &Policy, flows: &[Flow]) -> Vec<Chain> {
-    let mut out = Vec::new();
-    if policy.settings.host == EdgeDefault::Deny {
-        out.push(Chain {
+    let mut out = vec![
+        Chain {
             name: names::INPUT.into(),
             base: Some(BaseChain {
                 hook: Hook::Input,
                 priority: -10,
             }),
             rules: input_rules(policy, flows),
+        },
+        Chain {
+            name: names::PUBLISHED.into(),
+            base: None,
+            rules: judged(
+                policy,
+                flows.iter().flat_map(published_line_rules).collect(),
+                "published",
+                LOG_PREFIX_PUBLISHED,
+                vec![],
+            ),
+        },
+    ];
+    if policy.settings.ingress == EdgeDefault::Deny {
+        out.push(Chain {
+            name: names::PUBLISHED_INGRESS.into(),
+            base: None,
+            rules: judged(
+                policy,
+                flows.iter().flat_map(published_ingress_rules).collect(),
+                "ingress",
+                LOG_PREFIX_INGRESS,
+                vec![],
+            ),
         });
     }
     if policy.settings.egress == EdgeDefault::Deny {
@@ -130,54 +294,150 @@ pub(super) fn chains(policy: &Policy, flows: &[Flow]) -> Vec<Chain> {
 }
 
 fn input_rules(policy: &Policy, flows: &[Flow]) -> Vec<Rule> {
-    // Cheap exits first: replies, then everything not from a managed bridge (the host's
-    // own traffic, the uplink), then the neighbour discovery every IPv6 endpoint needs
-    // with its gateway.
-    let head = vec![
-        Rule::new(
-            vec![Match::CtState(vec!["established".into(), "related".into()])],
-            Verdict::Accept,
-            "replies to allowed connections",
-        ),
-        Rule::new(
-            vec![Match::IifNotInSet(names::MANAGED.into())],
-            Verdict::Accept,
-            "not from a managed bridge",
-        ),
-        Rule::new(
-            vec![Match::Icmpv6Types(
-                [
-                    "nd-neighbor-solicit",
-                    "nd-neighbor-advert",
-                    "nd-router-solicit",
-                    "mld-listener-query",
-                    "mld-listener-report",
-                    "mld-listener-done",
-                    "mld2-listener-report",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-            )],
-            Verdict::Accept,
-            "IPv6 neighbour discovery with the gateway",
-        ),
-    ];
+    // Replies first: established traffic pays one rule, as before the published ports.
+    let mut rules = vec![Rule::new(
+        vec![Match::CtState(vec!["established".into(), "related".into()])],
+        Verdict::Accept,
+        "replies to allowed connections",
+    )];
+    // The outside reaching a managed container's published port through docker-proxy (IPv6
+    // on Docker 20.10, which does not DNAT it): judged by the ingress lines, on the
+    // container's port. The host's own connections (`lo`) stay untouched.
+    if policy.settings.ingress == EdgeDefault::Deny {
+        for m in published_matches(catch_all()) {
+            rules.push(Rule::new(
+                vec![
+                    Match::IifNotInSet(names::MANAGED.into()),
+                    Match::IifNotPattern("lo".into()),
+                    m,
+                ],
+                Verdict::Jump(names::PUBLISHED_INGRESS.into()),
+                "outside -> published port of a managed container, through docker-proxy",
+            ));
+        }
+    }
+    rules.push(Rule::new(
+        vec![Match::IifNotInSet(names::MANAGED.into())],
+        Verdict::Accept,
+        "not from a managed bridge",
+    ));
+    // A managed container's connection to a published port of a managed container,
+    // through docker-proxy (which then connects from the gateway, host -> container, never
+    // judged): the container behind it decides, whatever `host` says.
+    for m in published_matches(catch_all()) {
+        rules.push(Rule::new(
+            vec![m],
+            Verdict::Jump(names::PUBLISHED.into()),
+            "managed container -> published port of a managed container",
+        ));
+    }
+    if policy.settings.host != EdgeDefault::Deny {
+        return rules;
+    }
+    // Then the neighbour discovery every IPv6 endpoint needs with its gateway.
+    rules.push(Rule::new(
+        vec![Match::Icmpv6Types(
+            [
+                "nd-neighbor-solicit",
+                "nd-neighbor-advert",
+                "nd-router-solicit",
+                "mld-listener-query",
+                "mld-listener-report",
+                "mld-listener-done",
+                "mld2-listener-report",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        )],
+        Verdict::Accept,
+        "IPv6 neighbour discovery with the gateway",
+    ));
     let lines = flows.iter().flat_map(host_line_rules).collect();
     // Only what is addressed to this host: broadcasts and multicast are not connections
     // to one of its services.
-    judged(
+    rules.extend(judged(
         policy,
         lines,
         "host",
         LOG_PREFIX_HOST,
         vec![Match::FibDaddrLocal],
-    )
-    .into_iter()
-    .fold(head, |mut acc, r| {
-        acc.push(r);
-        acc
-    })
+    ));
+    rules
+}
+
+/// Lines between containers, for the `published` chain: a source group's connection to a
+/// published mapping of the line's target (per IP version: any local address, and the
+/// bound address).
+fn published_line_rules(f: &Flow) -> Vec<Rule> {
+    if !f.between_containers() {
+        return vec![];
+    }
+    let Some(t) = PublishedTarget::of(&f.to_peers, &f.ports) else {
+        return vec![];
+    };
+    let to = f.to.join(",");
+    let mut out = Vec::new();
+    for from in &f.from {
+        let comment = format!(
+            "allow {from} -> {to} {} via published port ({})",
+            ports_text(f),
+            f.origin
+        );
+        for (ip, v6) in VERSIONS {
+            let [w, v4m, v6m] = published_matches(t.sets());
+            for m in [w, if v6 { v6m } else { v4m }] {
+                out.push(
+                    Rule::new(
+                        vec![
+                            Match::SaddrInSet {
+                                ip,
+                                iface: IfSide::Iif,
+                                set: container_set(from, v6),
+                            },
+                            m,
+                        ],
+                        Verdict::Accept,
+                        comment.clone(),
+                    )
+                    .counted(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `from = "world"` or addresses, to groups, for the `published_in` chain.
+fn published_ingress_rules(f: &Flow) -> Vec<Rule> {
+    if !matches!(f.from_peers, Peers::World | Peers::Nets(_)) || !f.to_peers.is_containers() {
+        return vec![];
+    }
+    let Some(t) = PublishedTarget::of(&f.to_peers, &f.ports) else {
+        return vec![];
+    };
+    let comment = format!(
+        "allow {} -> {} {} via published port ({})",
+        f.from.join(","),
+        f.to.join(","),
+        ports_text(f),
+        f.origin
+    );
+    let rule = |m: Vec<Match>| Rule::new(m, Verdict::Accept, comment.clone()).counted();
+    let [w, v4m, v6m] = published_matches(t.sets());
+    if matches!(f.from_peers, Peers::World) {
+        return vec![rule(vec![w]), rule(vec![v4m]), rule(vec![v6m])];
+    }
+    let mut out = Vec::new();
+    for (ip, v6) in VERSIONS {
+        let Some(nets) = nets_of(&f.from_peers, v6) else {
+            continue;
+        };
+        let src = Match::SaddrNets { ip, nets };
+        out.push(rule(vec![src.clone(), w.clone()]));
+        out.push(rule(vec![src, if v6 { v6m.clone() } else { v4m.clone() }]));
+    }
+    out
 }
 
 /// `lines`, then the counted (and, with `log_denied`, logged) drop of the rest.

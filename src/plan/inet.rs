@@ -78,6 +78,19 @@ fn sets(policy: &Policy, networks: &BTreeMap<String, PlannedNetwork>) -> BTreeMa
         new_set(&names::group_set(g, false), SetKind::IfnameV4);
         new_set(&names::group_set(g, true), SetKind::IfnameV6);
     }
+    // Published ports: every managed container's mappings, and per line target those of
+    // its containers on its ports (`plan::published_elements` fills them).
+    for [w, v4, v6] in std::iter::once([
+        names::PUBLISHED_W.to_string(),
+        names::PUBLISHED_4.to_string(),
+        names::PUBLISHED_6.to_string(),
+    ])
+    .chain(edges::published_targets(policy).iter().map(|t| t.sets()))
+    {
+        new_set(&w, SetKind::ProtoPort);
+        new_set(&v4, SetKind::V4ProtoPort);
+        new_set(&v6, SetKind::V6ProtoPort);
+    }
     let mut add = |set: &str, e: Elem| {
         if let Some(s) = sets.get_mut(set) {
             s.elements.insert(e);

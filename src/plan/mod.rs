@@ -6,7 +6,10 @@ mod edges;
 mod inet;
 pub mod ruleset;
 
-pub use edges::{EDGE_DENY_PREFIX, EDGES, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS};
+pub use edges::{
+    EDGE_DENY_PREFIX, EDGES, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS,
+    LOG_PREFIX_PUBLISHED, PublishedTarget, published_targets,
+};
 pub use inet::{DENY_COUNTER_MAX_GROUPS, DENY_COUNTER_PREFIX};
 
 use crate::inventory::{Container, Inventory, Unisolable};
@@ -45,6 +48,31 @@ pub mod names {
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
     pub const FOREIGN_MAC: &str = "foreign_mac";
+    /// Every published mapping of an admitted managed container, host side, in
+    /// `table inet netguard`: `inet_proto . inet_service` for a wildcard host address
+    /// (every local address), `ipv4_addr . inet_proto . inet_service` and
+    /// `ipv6_addr . inet_proto . inet_service` for a bound one. An element means "this
+    /// published mapping is judged as the container behind it, on its container port";
+    /// `diff` reads them back from the live table and the plan.
+    pub const PUBLISHED_W: &str = "published_w";
+    pub const PUBLISHED_4: &str = "published_4";
+    pub const PUBLISHED_6: &str = "published_6";
+    /// The chain judging a managed container's new connection to a published port of a
+    /// managed container (`input` jumps to it for members of the sets above).
+    pub const PUBLISHED: &str = "published";
+    /// The chain judging an outside client of such a port when docker-proxy serves it
+    /// (`ingress = "deny"`).
+    pub const PUBLISHED_INGRESS: &str = "published_in";
+
+    /// The published-port sets of one allow target (`to` containers and ports), `id` its
+    /// content hash: wildcard, IPv4-bound and IPv6-bound mappings.
+    pub fn published_target_sets(id: &str) -> [String; 3] {
+        [
+            format!("pubw_{id}"),
+            format!("pub4_{id}"),
+            format!("pub6_{id}"),
+        ]
+    }
 
     pub fn group_set(group: &str, v6: bool) -> String {
         format!("g_{group}_{}", if v6 { 6 } else { 4 })
@@ -447,11 +475,9 @@ pub fn plan_container(
 
 /// The set elements one planned container contributes: (table, set, element). Two
 /// containers may contribute the same element (a shared endpoint).
-pub fn container_elements(
-    pc: &PlannedContainer,
-    anti_spoofing: bool,
-) -> Vec<(Family, String, Elem)> {
-    let mut out = Vec::new();
+pub fn container_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family, String, Elem)> {
+    let anti_spoofing = policy.settings.anti_spoofing;
+    let mut out = published_elements(pc, policy);
     for ep in pc.endpoints.iter().filter(|e| e.admitted) {
         let targets = std::iter::once((names::ALL_4.to_string(), names::ALL_6.to_string())).chain(
             pc.groups
@@ -506,6 +532,46 @@ pub fn container_elements(
     out
 }
 
+/// The published-port elements of one planned container: each mapping, host side, in the
+/// catch-all sets when the container is managed, and in the sets of every line target that
+/// holds it (its groups, its container port) when it is admitted. A managed container that
+/// is not admitted is in the catch-all sets only: through its published ports it reaches
+/// as little as directly (fail closed). An unmanaged container's ports are in none: they
+/// count as the host.
+pub fn published_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family, String, Elem)> {
+    if pc.published.is_empty() || !pc.managed {
+        return vec![];
+    }
+    let targets = if pc.endpoints.iter().any(|e| e.admitted) {
+        published_targets(policy)
+    } else {
+        vec![]
+    };
+    let mut out = Vec::new();
+    for p in &pc.published {
+        let (kind, elem) = match p.host_ip {
+            None => (0, Elem::ProtoPort(p.proto, p.host_port)),
+            Some(IpAddr::V4(a)) => (1, Elem::V4ProtoPort(a, p.proto, p.host_port)),
+            Some(IpAddr::V6(a)) => (2, Elem::V6ProtoPort(a, p.proto, p.host_port)),
+        };
+        let catch_all = [names::PUBLISHED_W, names::PUBLISHED_4, names::PUBLISHED_6];
+        out.push((Family::Inet, catch_all[kind].to_string(), elem.clone()));
+        for t in targets
+            .iter()
+            .filter(|t| t.holds(&pc.groups, p.proto, p.container_port))
+        {
+            let [w, v4, v6] = t.sets();
+            let set = match kind {
+                0 => w,
+                1 => v4,
+                _ => v6,
+            };
+            out.push((Family::Inet, set, elem.clone()));
+        }
+    }
+    out
+}
+
 fn build_ruleset(
     policy: &Policy,
     networks: &BTreeMap<String, PlannedNetwork>,
@@ -517,18 +583,14 @@ fn build_ruleset(
     if policy.settings.anti_spoofing {
         tables.push(binding::table());
     }
-    fill_container_elements(&mut tables, containers, policy.settings.anti_spoofing);
+    fill_container_elements(&mut tables, containers, policy);
     Ruleset { tables }
 }
 
 /// Container elements last, into whichever table holds the set.
-fn fill_container_elements(
-    tables: &mut [Table],
-    containers: &[PlannedContainer],
-    anti_spoofing: bool,
-) {
+fn fill_container_elements(tables: &mut [Table], containers: &[PlannedContainer], policy: &Policy) {
     for c in containers {
-        for (family, set, e) in container_elements(c, anti_spoofing) {
+        for (family, set, e) in container_elements(c, policy) {
             if let Some(s) = tables
                 .iter_mut()
                 .find(|t| t.family == family)
@@ -559,4 +621,188 @@ pub fn flow_permits(
             // A protocol no port spec can name is only allowed by "all traffic".
             (Some(_), None) => false,
         }
+}
+
+#[cfg(test)]
+mod published_tests {
+    use super::*;
+    use crate::inventory::{Endpoint, PortProto, PublishedPort};
+    use crate::policy::parse_policy;
+    use std::path::Path;
+
+    const POLICY: &str = r#"
+[settings]
+networks = ["m"]
+[groups.api]
+match = { name = "api*" }
+[groups.db]
+match = { name = "db*" }
+[[allow]]
+from = "api"
+to = "db"
+ports = ["5432/tcp"]
+[[allow]]
+from = ["198.51.100.0/24"]
+to = "db"
+ports = ["5432/tcp"]
+[[allow]]
+from = "api"
+to = "*"
+ports = ["icmp"]
+[[allow]]
+from = "db"
+to = "*"
+"#;
+
+    fn container(name: &str, network: &str, ip: u8, published: &[&str]) -> Container {
+        Container {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image: String::new(),
+            labels: Default::default(),
+            endpoints: vec![Endpoint {
+                network: network.into(),
+                network_id: None,
+                bridge: format!("br-{network}"),
+                veth: Some(format!("veth-{name}")),
+                ipv4: Some(Ipv4Addr::new(10, 0, 0, ip)),
+                ipv6: None,
+                mac: Some(format!("02:00:00:00:00:{ip:02x}")),
+            }],
+            published: published
+                .iter()
+                .map(|p| p.parse::<PublishedPort>().expect("published"))
+                .collect(),
+        }
+    }
+
+    fn sets_of(p: &Plan, elem: &Elem) -> Vec<String> {
+        p.ruleset
+            .elements()
+            .into_iter()
+            .filter(|(_, _, e)| e == elem)
+            .map(|(_, s, _)| s)
+            .collect()
+    }
+
+    fn plan_of(containers: Vec<Container>) -> (Policy, Plan) {
+        let policy = parse_policy(Path::new("p.toml"), POLICY).expect("policy");
+        let inv = Inventory {
+            containers,
+            ..Default::default()
+        };
+        let p = plan(&policy, &inv);
+        (policy, p)
+    }
+
+    #[test]
+    fn targets_are_shared_by_content_and_need_a_published_protocol() {
+        let policy = parse_policy(Path::new("p.toml"), POLICY).expect("policy");
+        let t = published_targets(&policy);
+        // api -> db 5432/tcp and 198.51.100.0/24 -> db 5432/tcp share one target; the
+        // ICMP-only line has none; db -> * (all traffic) has its own.
+        assert_eq!(t.len(), 2, "{t:?}");
+        let db = |g: &[&str]| Peers::Groups(g.iter().map(|s| s.to_string()).collect());
+        let ports = Some(vec![
+            crate::policy::PortSpec::parse("5432/tcp").expect("spec"),
+        ]);
+        let a = PublishedTarget::of(&db(&["db", "api"]), &ports).expect("target");
+        let b = PublishedTarget::of(&db(&["api", "db", "api"]), &ports).expect("target");
+        assert_eq!(
+            a.id, b.id,
+            "group order and repeats do not name a new target"
+        );
+        let icmp = Some(vec![crate::policy::PortSpec::parse("icmp").expect("spec")]);
+        assert!(PublishedTarget::of(&Peers::Any, &icmp).is_none());
+        assert!(PublishedTarget::of(&Peers::Host, &None).is_none());
+    }
+
+    #[test]
+    fn a_managed_containers_mappings_fill_the_catch_all_and_its_line_targets() {
+        let (policy, p) = plan_of(vec![
+            container(
+                "db-1",
+                "m",
+                3,
+                &[
+                    "15432:5432/tcp",
+                    "192.0.2.2:15433:5432/tcp",
+                    "[2001:db8::2]:15434:5432/tcp",
+                    "16000:6000/udp",
+                ],
+            ),
+            container("api-1", "m", 4, &["18080:8080/tcp"]),
+        ]);
+        let t = published_targets(&policy);
+        let to_db = t
+            .iter()
+            .find(|t| matches!(&t.ports, Some(p) if p.len() == 1))
+            .expect("db target");
+        let to_any = t.iter().find(|t| t.ports.is_none()).expect("* target");
+        let [dw, d4, d6] = to_db.sets();
+        let [aw, a4, a6] = to_any.sets();
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        let tcp = PortProto::Tcp;
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 15432)),
+            sorted(vec![names::PUBLISHED_W.into(), dw.clone(), aw.clone()])
+        );
+        assert_eq!(
+            sets_of(
+                &p,
+                &Elem::V4ProtoPort(Ipv4Addr::new(192, 0, 2, 2), tcp, 15433)
+            ),
+            sorted(vec![names::PUBLISHED_4.into(), d4, a4])
+        );
+        assert_eq!(
+            sets_of(
+                &p,
+                &Elem::V6ProtoPort("2001:db8::2".parse().expect("v6"), tcp, 15434)
+            ),
+            sorted(vec![names::PUBLISHED_6.into(), d6, a6])
+        );
+        // Container port 6000/udp is on no line to db, but `db -> *` takes all traffic.
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(PortProto::Udp, 16000)),
+            sorted(vec![names::PUBLISHED_W.into(), aw.clone()])
+        );
+        // api's own port: `*` holds it, the line to db does not.
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 18080)),
+            sorted(vec![names::PUBLISHED_W.into(), aw])
+        );
+        // The elements the daemon adds for one container are the plan's.
+        let db = p.containers.iter().find(|c| c.name == "db-1").expect("db");
+        let from_one: BTreeSet<_> = published_elements(db, &policy).into_iter().collect();
+        assert_eq!(from_one.len(), 11);
+        assert!(from_one.iter().all(|k| p.ruleset.elements().contains(k)));
+    }
+
+    #[test]
+    fn unadmitted_is_caught_all_and_unmanaged_counts_as_host() {
+        // Two claims of one address on one bridge: neither is admitted.
+        let (_, p) = plan_of(vec![
+            container("db-1", "m", 3, &["15432:5432/tcp"]),
+            container("db-2", "m", 3, &["15435:5432/tcp"]),
+            container("db-3", "other", 5, &["15436:5432/tcp"]),
+        ]);
+        assert!(
+            p.containers
+                .iter()
+                .all(|c| c.endpoints.iter().all(|e| !e.admitted))
+        );
+        let tcp = PortProto::Tcp;
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 15432)),
+            vec![names::PUBLISHED_W.to_string()]
+        );
+        assert_eq!(
+            sets_of(&p, &Elem::ProtoPort(tcp, 15435)),
+            vec![names::PUBLISHED_W.to_string()]
+        );
+        assert!(sets_of(&p, &Elem::ProtoPort(tcp, 15436)).is_empty());
+    }
 }

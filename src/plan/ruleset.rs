@@ -2,7 +2,7 @@
 //! renders, diffs and applies. Nothing here can carry nft syntax: names of interfaces are
 //! values inside typed elements, never text spliced into a rule.
 
-pub use crate::inventory::Mac;
+pub use crate::inventory::{Mac, PortProto};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -83,6 +83,12 @@ pub enum SetKind {
     /// `type inet_service; flags interval`: one allow line's destination ports, shared by
     /// every rule with the same list. Written only through libnftables.
     Ports,
+    /// `inet_proto . inet_service`: a published port bound on every local address.
+    ProtoPort,
+    /// `ipv4_addr . inet_proto . inet_service`: a published port bound on one address.
+    V4ProtoPort,
+    /// `ipv6_addr . inet_proto . inet_service`.
+    V6ProtoPort,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,6 +111,11 @@ pub enum Elem {
     V6(Ipv6Addr),
     /// An inclusive port range (`lo == hi` for one port).
     Port(u16, u16),
+    /// A published port's host side: (protocol, host port) for a wildcard binding, with
+    /// the host address for a bound one.
+    ProtoPort(PortProto, u16),
+    V4ProtoPort(Ipv4Addr, PortProto, u16),
+    V6ProtoPort(Ipv6Addr, PortProto, u16),
 }
 
 impl Elem {
@@ -119,6 +130,9 @@ impl Elem {
             Elem::V4(_) => SetKind::V4,
             Elem::V6(_) => SetKind::V6,
             Elem::Port(..) => SetKind::Ports,
+            Elem::ProtoPort(..) => SetKind::ProtoPort,
+            Elem::V4ProtoPort(..) => SetKind::V4ProtoPort,
+            Elem::V6ProtoPort(..) => SetKind::V6ProtoPort,
         }
     }
 }
@@ -136,6 +150,9 @@ impl std::fmt::Display for Elem {
             Elem::V6(a) => write!(f, "{a}"),
             Elem::Port(lo, hi) if lo == hi => write!(f, "{lo}"),
             Elem::Port(lo, hi) => write!(f, "{lo}-{hi}"),
+            Elem::ProtoPort(p, n) => write!(f, "{} . {n}", p.as_str()),
+            Elem::V4ProtoPort(a, p, n) => write!(f, "{a} . {} . {n}", p.as_str()),
+            Elem::V6ProtoPort(a, p, n) => write!(f, "{a} . {} . {n}", p.as_str()),
         }
     }
 }
@@ -258,6 +275,12 @@ pub enum Match {
         dports: Vec<(u16, u16)>,
         #[serde(skip_serializing_if = "Option::is_none")]
         set: Option<String>,
+    },
+    /// `[ip daddr .] meta l4proto . th dport @set` (`ip6 daddr` for `V6`): a published
+    /// port's host side in one of the published-port sets (`None`: a wildcard set).
+    PublishedIn {
+        daddr: Option<IpVersion>,
+        set: String,
     },
     /// `icmp type echo-request` / `icmpv6 type echo-request` (and family implied).
     IcmpEcho(IpVersion),

@@ -15,6 +15,9 @@ pub fn type_json(k: SetKind) -> Value {
         SetKind::V4 => json!("ipv4_addr"),
         SetKind::V6 => json!("ipv6_addr"),
         SetKind::Ports => json!("inet_service"),
+        SetKind::ProtoPort => json!(["inet_proto", "inet_service"]),
+        SetKind::V4ProtoPort => json!(["ipv4_addr", "inet_proto", "inet_service"]),
+        SetKind::V6ProtoPort => json!(["ipv6_addr", "inet_proto", "inet_service"]),
     }
 }
 
@@ -30,6 +33,9 @@ pub fn elem_json(e: &Elem) -> Value {
         Elem::V6(a) => json!(a.to_string()),
         Elem::Port(lo, hi) if lo == hi => json!(lo),
         Elem::Port(lo, hi) => json!({ "range": [lo, hi] }),
+        Elem::ProtoPort(p, n) => json!({ "concat": [p.as_str(), n] }),
+        Elem::V4ProtoPort(a, p, n) => json!({ "concat": [a.to_string(), p.as_str(), n] }),
+        Elem::V6ProtoPort(a, p, n) => json!({ "concat": [a.to_string(), p.as_str(), n] }),
     }
 }
 
