@@ -15,11 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// The catch-all sets of published mappings judged as the container behind them (host
-/// side: `[address .] proto . port`). The plan writes them; kept private here until the
-/// plan's own names are the one place for them.
-const PUBLISHED_W: &str = "published_w";
-const PUBLISHED_4: &str = "published_4";
-const PUBLISHED_6: &str = "published_6";
+/// side: `[address .] proto . port`), as the plan names them.
+use crate::plan::names::{PUBLISHED_4, PUBLISHED_6, PUBLISHED_W};
 
 /// One edge of the managed networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

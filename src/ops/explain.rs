@@ -175,7 +175,9 @@ pub struct PublishedPath {
     /// The container port it is carried to.
     pub container_port: u16,
     /// `container`: as a direct connection to TO on `container_port` (the verdict above);
-    /// `host`: as a connection to this host (TO is not admitted), see `explain FROM host`.
+    /// `host`: as a connection to this host (TO is on no managed network), see
+    /// `explain FROM host`. A managed TO that is not admitted keeps `container`: its
+    /// published ports reach it as little as its address does (fail closed).
     pub judged_as: String,
 }
 
@@ -189,13 +191,14 @@ pub fn published_label(p: &crate::inventory::PublishedPort) -> String {
 }
 
 /// `to`'s published mappings carried to the asked port (all without one): judged as `to`
-/// when netguard admits it on a managed network, else as the host.
+/// when it is on a managed network (admitted or not: the kernel's catch-all published sets
+/// hold a managed container's mappings either way), else as the host.
 pub(super) fn published_paths(
     to: &Container,
     pto: Option<&PlannedContainer>,
     ask: Option<&PortSpec>,
 ) -> Vec<PublishedPath> {
-    let admitted = pto.is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
+    let managed = pto.is_some_and(|p| p.managed);
     to.published
         .iter()
         .filter(|p| {
@@ -204,7 +207,7 @@ pub(super) fn published_paths(
         .map(|p| PublishedPath {
             published: published_label(p),
             container_port: p.container_port,
-            judged_as: if admitted { "container" } else { "host" }.into(),
+            judged_as: if managed { "container" } else { "host" }.into(),
         })
         .collect()
 }
@@ -644,13 +647,31 @@ pub fn explain(
         |p: Option<&PlannedContainer>| p.is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
     // No common network, but a published port of TO that is judged as TO: the allow
     // entries decide, wherever FROM sits (docker-proxy or a DNAT between bridges).
-    let via_published = networks.is_empty()
-        && admitted(pair.pa)
-        && published.iter().any(|p| p.judged_as == "container");
+    let via_published = networks.is_empty() && published.iter().any(|p| p.judged_as == "container");
     let mut verdict = judge(plan, &pair, &networks, &entries, ask.as_ref());
-    if via_published {
+    let through: Vec<&str> = published.iter().map(|p| p.published.as_str()).collect();
+    if via_published && !(admitted(pair.pa) && admitted(pair.pb)) {
+        // The kernel holds a managed container's mappings in the catch-all published sets
+        // whether it is admitted or not, and only admitted members in the lines' sets.
+        let who = if admitted(pair.pa) {
+            &pair.b.name
+        } else {
+            &pair.a.name
+        };
+        verdict = Verdict {
+            allowed: false,
+            reason: format!(
+                "{} and {} share no network; through published {} it is judged as a direct \
+                 connection, and {who} is not admitted (fail closed)",
+                pair.a.name,
+                pair.b.name,
+                through.join(", "),
+            ),
+            decided_by: vec![],
+            services: vec![],
+        };
+    } else if via_published {
         let v = entries_verdict(plan, &entries, ask.as_ref());
-        let through: Vec<&str> = published.iter().map(|p| p.published.as_str()).collect();
         verdict = Verdict {
             reason: format!(
                 "{} and {} share no network; through published {} it is judged as a direct \
@@ -664,7 +685,7 @@ pub fn explain(
         };
     }
     // Hints only where the policy decided (managed, both admitted) and said no.
-    let judged = via_published
+    let judged = via_published && admitted(pair.pa) && admitted(pair.pb)
         || !networks.is_empty()
             && networks.iter().all(|n| n.managed)
             && networks.iter().any(|n| n.from_admitted && n.to_admitted);
@@ -860,7 +881,7 @@ fn render_published(out: &mut String, from: &str, to: &str, published: &[Publish
     for p in published.iter().filter(|p| p.judged_as == "host") {
         let _ = writeln!(
             out,
-            "  published {} counts as this host ({to} is not admitted): `netguard explain \
+            "  published {} counts as this host ({to} is on no managed network): `netguard explain \
              {from} host {}`",
             p.published,
             p.published.rsplit(':').next().unwrap_or(&p.published)

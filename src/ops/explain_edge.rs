@@ -385,8 +385,9 @@ fn settled(
     }
 }
 
-/// The managed, admitted container (not `c`) whose published mapping serves `ask` on
-/// this host, and that mapping's container port.
+/// The managed container (not `c`) whose published mapping serves `ask` on this host, and
+/// that mapping's container port. Admitted or not: the kernel judges a managed container's
+/// mapping as that container either way (not admitted: denied, fail closed).
 fn published_owner<'a>(
     plan: &Plan,
     inv: &'a Inventory,
@@ -398,11 +399,11 @@ fn published_owner<'a>(
         .iter()
         .filter(|o| o.id != c.id)
         .find_map(|o| {
-            let admitted = planned(plan, o).is_some_and(|p| p.endpoints.iter().any(|e| e.admitted));
+            let managed = planned(plan, o).is_some_and(|p| p.managed);
             o.published
                 .iter()
                 .find(|p| {
-                    admitted && p.proto.as_str() == ask.proto.as_str() && p.host_port == ask.low
+                    managed && p.proto.as_str() == ask.proto.as_str() && p.host_port == ask.low
                 })
                 .map(|p| (o, *p))
         })
