@@ -330,6 +330,10 @@ struct Soak {
     violations: Vec<Value>,
     notes: Vec<Value>,
     settles: Vec<(u64, usize, &'static str)>,
+    /// The longest action per kind (for netguard's and dockerd's steps it includes the wait
+    /// for the daemon: the reload's reconcile, the restarted daemon's first reconcile, the
+    /// reconnection to the restarted dockerd).
+    acts: BTreeMap<&'static str, u64>,
     revoked_checked: u64,
     canaries_seen: u64,
     stale_entries: u64,
@@ -490,6 +494,7 @@ impl Soak {
             violations: Vec::new(),
             notes: Vec::new(),
             settles: Vec::new(),
+            acts: BTreeMap::new(),
             revoked_checked: 0,
             canaries_seen: 0,
             stale_entries: 0,
@@ -1026,7 +1031,13 @@ impl Soak {
                 Ok(Some(format!("{old} -> {new}")))
             }
             Kind::Relabel => {
-                let Some(&k) = rng.pick(&self.victims(None)) else {
+                // A container on no network would come back on Docker's default bridge.
+                let cands: Vec<u32> = self
+                    .victims(None)
+                    .into_iter()
+                    .filter(|k| self.ctr(*k).is_some_and(|c| !c.nets.is_empty()))
+                    .collect();
+                let Some(&k) = rng.pick(&cands) else {
                     return Ok(None);
                 };
                 let Some(old) = self.ctr(k).cloned() else {
@@ -1662,7 +1673,10 @@ impl Soak {
         let mut pairs = Vec::new();
         for (sname, (srun, spid, srole, sips)) in &act.ctrs {
             for (dname, (drun, _, drole, dips)) in &act.ctrs {
-                if sname == dname || !srun || !drun || *spid <= 0 {
+                // The probe pair is allowed by both policies: a canary there never tests
+                // a revocation.
+                let probes = sname.starts_with("sk-probe-") && dname.starts_with("sk-probe-");
+                if sname == dname || !srun || !drun || *spid <= 0 || probes {
                     continue;
                 }
                 for (net, sip) in sips {
@@ -1687,6 +1701,13 @@ impl Soak {
         }
         while self.canaries.len() < 6 && !pairs.is_empty() {
             let (src, dst, pid, src_ip, dst_ip, port) = pairs.swap_remove(rng.below(pairs.len()));
+            if self
+                .canaries
+                .iter()
+                .any(|c| c.src == src && c.dst == dst && c.port == port)
+            {
+                continue;
+            }
             let child = Command::new("nsenter")
                 .arg(format!("--net=/proc/{pid}/ns/net"))
                 .args([BUSYBOX, "nc", &dst_ip, &port.to_string()])
@@ -1748,8 +1769,10 @@ impl Soak {
                 }
             };
             let acted = t0.elapsed();
+            let m = self.acts.entry(kind.name()).or_insert(0);
+            *m = (*m).max(acted.as_millis() as u64);
             *self.kinds.entry(kind.name()).or_insert(0) += 1;
-            let settle = self.settle(kind, t0);
+            let settle = self.settle(kind, Instant::now());
             if let Some(d) = settle {
                 self.settles
                     .push((d.as_millis() as u64, steps, kind.name()));
@@ -1844,6 +1867,7 @@ impl Soak {
             "netguard_lives": self.daemon_lives,
             "settle_ms": { "p50": pct(0.5), "p95": pct(0.95), "max": longest.map(|l| l.0),
                            "max_step": longest.map(|l| l.1), "max_kind": longest.map(|l| l.2) },
+            "act_ms_max_by_kind": self.acts,
             "nft_generations_by_writer": gens,
             "revoked_canaries_checked": self.revoked_checked,
             "canary_entries_seen": self.canaries_seen,
@@ -1865,6 +1889,7 @@ impl Soak {
             pct(0.95),
             longest
         );
+        println!("longest action by kind (ms): {:?}", self.acts);
         println!("nft generations by writer: {gens:?}");
         println!(
             "revoked canary pairs checked: {}, probe restarts: {}, notes: {}",
