@@ -28,9 +28,16 @@ use std::time::{Duration, Instant};
 
 const IMAGE: &str = "netguard-busybox:test";
 const BUSYBOX: &str = "/bin/busybox";
-/// What every container runs: echo servers on the two ports the policies name. The trap
-/// makes `docker stop` quick (a shell as PID 1 ignores SIGTERM otherwise).
-const SERVE: &str = "trap 'exit 0' TERM; nc -ll -p 8080 -e cat & nc -ll -p 5432 -e cat & wait";
+/// What every container runs: echo servers on the second port of each range the policies
+/// allow (8080-8081, 5432-5433), for the probe and the canaries. `verify` probes the first
+/// port of a range, where nothing listens (a RST is "reached"): busybox `nc` listens with a
+/// backlog of 2, which verify's parallel SYNs overflow, and a SYN dropped by a full accept
+/// queue reads as "blocked". The trap makes `docker stop` quick (a shell as PID 1 ignores
+/// SIGTERM otherwise).
+const SERVE: &str = "trap 'exit 0' TERM; nc -ll -p 8081 -e cat & nc -ll -p 5433 -e cat & wait";
+/// The ports the probe and the canaries connect to.
+const WEB_API_PORT: u16 = 8081;
+const API_DB_PORT: u16 = 5433;
 const FIXED_NETS: [(&str, &str); 3] = [
     ("sk-a", "10.91.1.0/24"),
     ("sk-b", "10.91.2.0/24"),
@@ -165,16 +172,16 @@ match = { label = { role = "db" } }
 [[allow]]
 from = "web"
 to = "api"
-ports = ["8080/tcp"]
+ports = ["8080-8081/tcp"]
 "#;
 
 impl Pol {
     fn text(self) -> String {
         let rest = match self {
-            Pol::A => "\n[[allow]]\nfrom = \"api\"\nto = \"db\"\nports = [\"5432/tcp\"]\n",
+            Pol::A => "\n[[allow]]\nfrom = \"api\"\nto = \"db\"\nports = [\"5432-5433/tcp\"]\n",
             // B revokes api -> db and opens web -> db and ping web -> api.
             Pol::B => {
-                "\n[[allow]]\nfrom = \"web\"\nto = \"db\"\nports = [\"5432/tcp\"]\n\n\
+                "\n[[allow]]\nfrom = \"web\"\nto = \"db\"\nports = [\"5432-5433/tcp\"]\n\n\
                  [[allow]]\nfrom = \"web\"\nto = \"api\"\nports = [\"icmp\"]\n"
             }
         };
@@ -198,9 +205,10 @@ impl Pol {
                 ("web", "api", "icmp", 0),
             ],
         };
-        rules
-            .iter()
-            .any(|&(a, b, p, n)| a == s && b == d && p == proto && (p == "icmp" || n == port))
+        // Each TCP entry is a range of two ports: N-(N+1).
+        rules.iter().any(|&(a, b, p, n)| {
+            a == s && b == d && p == proto && (p == "icmp" || (n..=n + 1).contains(&port))
+        })
     }
 }
 
@@ -1365,6 +1373,21 @@ impl Soak {
         self.violations.push(json!({
             "step": step, "kind": kind.name(), "invariant": invariant, "what": what,
         }));
+        // SOAK_PAUSE=1: stop here, everything still running, until the file is removed
+        // (to look at the namespace, the tables and the containers by hand).
+        if std::env::var("SOAK_PAUSE").is_ok() {
+            let flag = self.dir.join("paused");
+            let _ = std::fs::write(&flag, "");
+            eprintln!(
+                "soak: paused (netns {}, DOCKER_HOST={}); rm {} to go on",
+                self.ns,
+                self.sock,
+                flag.display()
+            );
+            while flag.exists() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
     }
 
     fn note(&mut self, kind: Kind, what: String) {
@@ -1398,7 +1421,7 @@ impl Soak {
         }
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/proc/{pid}/ns/net"))
-            .args([BUSYBOX, "nc", &ip, "8080"])
+            .args([BUSYBOX, "nc", &ip, &WEB_API_PORT.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -1453,7 +1476,7 @@ impl Soak {
                 let _ = child.wait();
                 stop.store(true, Ordering::SeqCst);
                 return Err(format!(
-                    "probe {} -> {ip}:8080 got no echo in 10 s",
+                    "probe {} -> {ip}:{WEB_API_PORT} got no echo in 10 s",
                     web.name
                 ));
             }
@@ -1681,7 +1704,7 @@ impl Soak {
                 }
                 for (net, sip) in sips {
                     let Some(dip) = dips.get(net) else { continue };
-                    for port in [8080u16, 5432] {
+                    for port in [WEB_API_PORT, API_DB_PORT] {
                         if self
                             .policy
                             .allows(srole.as_deref(), drole.as_deref(), "tcp", port)
