@@ -47,6 +47,18 @@ const ROLES: [Option<&str>; 4] = [Some("web"), Some("api"), Some("db"), None];
 const MAX_CONTAINERS: usize = 12;
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// `--self-test`: faults injected on purpose, one per invariant; the run passes when each
+/// was reported by its invariant (the checks are shown to catch what they claim to).
+static SELF_TEST: AtomicBool = AtomicBool::new(false);
+
+fn settle_bound() -> Duration {
+    if SELF_TEST.load(Ordering::SeqCst) {
+        Duration::from_secs(10)
+    } else {
+        SETTLE
+    }
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -361,9 +373,13 @@ fn parse_args() -> Result<(Option<u64>, f64, usize, Option<PathBuf>), String> {
             "--minutes" => minutes = val()?.parse().map_err(|e| format!("--minutes: {e}"))?,
             "--steps" => steps = val()?.parse().map_err(|e| format!("--steps: {e}"))?,
             "--log" => log = Some(PathBuf::from(val()?)),
+            "--self-test" => {
+                SELF_TEST.store(true, Ordering::SeqCst);
+                steps = steps.min(10);
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: soak [--seed N] [--minutes M (30)] [--steps S (unbounded)] [--log FILE.jsonl]"
+                    "usage: soak [--seed N] [--minutes M (30)] [--steps S (unbounded)] [--log FILE.jsonl] [--self-test]"
                 );
                 std::process::exit(0);
             }
@@ -1281,6 +1297,116 @@ impl Soak {
         }
     }
 
+    /// `--self-test`: after the action of step 2, 4, 6 and 8, one fault each invariant must
+    /// report. 2: a process other than Docker writes Docker's table (invariant 3). 4: a
+    /// conntrack entry of a pair both policies deny, probe-api -> probe-web (4). 6: the probe's
+    /// packets dropped for 4 s by an iptables rule (5). 8: netguard's forward chain flushed
+    /// behind the daemon's back (1, and 2: verify sees the leaks).
+    fn inject(&mut self, step: usize) -> Option<&'static str> {
+        let what = match step {
+            2 => "foreign-write",
+            4 => "conntrack-entry",
+            6 => "probe-drop",
+            8 => "flush-forward",
+            _ => return None,
+        };
+        eprintln!("soak: self-test: injecting {what} at step {step}");
+        let r = match what {
+            "foreign-write" => self
+                .ns_cmd(&["nft", "add", "table", "ip", "filter"])
+                .and_then(|_| {
+                    self.ns_cmd(&["nft", "add", "chain", "ip", "filter", "SOAK-INJECTED"])
+                })
+                .and_then(|_| {
+                    self.ns_cmd(&["nft", "delete", "chain", "ip", "filter", "SOAK-INJECTED"])
+                }),
+            "conntrack-entry" => {
+                let (web, api) = self.probe_ips();
+                self.ns_cmd(&[
+                    "conntrack",
+                    "-I",
+                    "-p",
+                    "tcp",
+                    "-s",
+                    &api,
+                    "-d",
+                    &web,
+                    "--sport",
+                    "40000",
+                    "--dport",
+                    "8081",
+                    "--state",
+                    "ESTABLISHED",
+                    "-u",
+                    "ASSURED",
+                    "-t",
+                    "600",
+                ])
+            }
+            "probe-drop" => {
+                let port = WEB_API_PORT.to_string();
+                let r = self.ns_cmd(&[
+                    "iptables", "-I", "FORWARD", "-p", "tcp", "--dport", &port, "-j", "DROP",
+                ]);
+                std::thread::sleep(Duration::from_secs(4));
+                r.and_then(|_| {
+                    self.ns_cmd(&[
+                        "iptables", "-D", "FORWARD", "-p", "tcp", "--dport", &port, "-j", "DROP",
+                    ])
+                })
+            }
+            _ => self.ns_cmd(&["nft", "flush", "chain", "inet", "netguard", "forward"]),
+        };
+        if let Err(e) = r {
+            eprintln!("soak: self-test: injecting {what} failed: {e}");
+        }
+        Some(what)
+    }
+
+    /// Undoes an injection after its checks, so that the next steps start clean.
+    fn uninject(&mut self, what: &str) {
+        match what {
+            "conntrack-entry" => {
+                let (web, api) = self.probe_ips();
+                let _ = self.ns_cmd(&[
+                    "conntrack",
+                    "-D",
+                    "-p",
+                    "tcp",
+                    "-s",
+                    &api,
+                    "-d",
+                    &web,
+                    "--sport",
+                    "40000",
+                ]);
+            }
+            "flush-forward" => {
+                // A reload reconciles in full: the chain is refilled.
+                let n = self.state()["reconciles"].as_u64().unwrap_or(0);
+                signal(self.daemon_pid, libc::SIGHUP);
+                self.wait_state(Duration::from_secs(10), |s| {
+                    s["reconciles"].as_u64().unwrap_or(0) > n
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The probe pair's addresses on sk-a: (web, api).
+    fn probe_ips(&self) -> (String, String) {
+        let act = self.actual();
+        let ip = |role: &str| {
+            self.model
+                .iter()
+                .find(|c| c.probe && c.role.as_deref() == Some(role))
+                .and_then(|c| act.ctrs.get(&c.name))
+                .and_then(|c| c.3.get("sk-a").cloned())
+                .unwrap_or_default()
+        };
+        (ip("web"), ip("api"))
+    }
+
     fn parallel(&self, cmds: Vec<Vec<String>>) -> Result<(), String> {
         let sock = self.sock.clone();
         let errs: Vec<String> = std::thread::scope(|s| {
@@ -1345,7 +1471,7 @@ impl Soak {
     fn settle(&mut self, kind: Kind, since: Instant) -> Option<Duration> {
         let t = Instant::now();
         let mut last = (0, String::new());
-        while t.elapsed() < SETTLE {
+        while t.elapsed() < settle_bound() {
             last = self.netguard(&["diff"]);
             if last.0 == 0 {
                 return Some(since.elapsed());
@@ -1356,7 +1482,8 @@ impl Soak {
             1,
             kind,
             format!(
-                "`netguard diff` not 0 within {SETTLE:?}: exit {}: {}",
+                "`netguard diff` not 0 within {:?}: exit {}: {}",
+                settle_bound(),
                 last.0,
                 tail(&last.1)
             ),
@@ -1795,6 +1922,11 @@ impl Soak {
             let m = self.acts.entry(kind.name()).or_insert(0);
             *m = (*m).max(acted.as_millis() as u64);
             *self.kinds.entry(kind.name()).or_insert(0) += 1;
+            let injected = if SELF_TEST.load(Ordering::SeqCst) {
+                self.inject(steps)
+            } else {
+                None
+            };
             let settle = self.settle(kind, Instant::now());
             if let Some(d) = settle {
                 self.settles
@@ -1803,6 +1935,9 @@ impl Soak {
             let nviol = self.violations.len();
             let figures = self.check(kind, before_tables.as_deref());
             self.check_probe(kind);
+            if let Some(what) = injected {
+                self.uninject(what);
+            }
             self.reconcile_model(kind);
             self.refill_canaries(&mut canary_rng);
             let line = json!({
@@ -1815,6 +1950,7 @@ impl Soak {
                 "checks": figures,
                 "canaries": self.canaries.len(),
                 "events": self.events_total(),
+                "injected": injected,
                 "violations": self.violations[nviol..].to_vec(),
             });
             let _ = writeln!(self.log, "{line}");
@@ -1923,6 +2059,23 @@ impl Soak {
         println!("violations: {}", self.violations.len());
         for v in &self.violations {
             println!("  {v}");
+        }
+        if SELF_TEST.load(Ordering::SeqCst) {
+            let caught: BTreeSet<u64> = self
+                .violations
+                .iter()
+                .filter_map(|v| v["invariant"].as_u64())
+                .collect();
+            let missed: Vec<u64> = (1..=5).filter(|i| !caught.contains(i)).collect();
+            println!(
+                "self-test: injected a fault for each invariant; reported: {caught:?}, missed: {missed:?}"
+            );
+            println!("replay: scripts/soak.sh --seed {} --self-test", self.seed);
+            return if missed.is_empty() && steps >= 8 {
+                0
+            } else {
+                1
+            };
         }
         println!(
             "replay: scripts/soak.sh --seed {} --steps {steps}",
