@@ -1849,8 +1849,20 @@ impl Soak {
                 }
             }
         }
-        while self.canaries.len() < 6 && !pairs.is_empty() {
-            let (src, dst, pid, src_ip, dst_ip, port) = pairs.swap_remove(rng.below(pairs.len()));
+        // Pairs the other policy denies first: a policy switch revokes them, which is what
+        // the canaries are for (web -> api is allowed by both).
+        let other = self.policy.other();
+        let role = |n: &String| act.ctrs.get(n).and_then(|c| c.2.clone());
+        let (mut revocable, mut rest): (Vec<_>, Vec<_>) = pairs
+            .into_iter()
+            .partition(|p| !other.allows(role(&p.0).as_deref(), role(&p.1).as_deref(), "tcp", p.5));
+        while self.canaries.len() < 6 && !(revocable.is_empty() && rest.is_empty()) {
+            let from = if revocable.is_empty() {
+                &mut rest
+            } else {
+                &mut revocable
+            };
+            let (src, dst, pid, src_ip, dst_ip, port) = from.swap_remove(rng.below(from.len()));
             if self
                 .canaries
                 .iter()
