@@ -1491,6 +1491,44 @@ impl Soak {
         None
     }
 
+    /// `netguard run` must not exit on its own: if it did, that is a violation (with the
+    /// end of its log), and a new one is started so that the soak goes on.
+    fn check_daemon(&mut self, kind: Kind) {
+        let exited = match &mut self.daemon {
+            Some(c) => c.try_wait().ok().flatten(),
+            None => None,
+        };
+        let Some(status) = exited else {
+            return;
+        };
+        self.daemon = None;
+        self.events_before = self.events_total();
+        let log = self.daemon_log_since(0);
+        let last: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("at ") && !l.trim().is_empty())
+            .filter(|l| {
+                !l.trim_start()
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+                    || l.contains("Z ")
+            })
+            .collect();
+        let tail = last[last.len().saturating_sub(4)..].join(" | ");
+        self.violation(
+            1,
+            kind,
+            format!(
+                "`netguard run` (pid {}) exited on its own: {status}: {tail}",
+                self.daemon_pid
+            ),
+        );
+        if let Err(e) = self.start_daemon() {
+            self.violation(1, kind, format!("cannot restart netguard run: {e}"));
+        }
+    }
+
     fn violation(&mut self, invariant: u32, kind: Kind, what: String) {
         let step = self.step.load(Ordering::SeqCst);
         eprintln!(
@@ -1939,6 +1977,7 @@ impl Soak {
             } else {
                 None
             };
+            self.check_daemon(kind);
             let settle = self.settle(kind, Instant::now());
             if let Some(d) = settle {
                 self.settles
@@ -1947,6 +1986,7 @@ impl Soak {
             let nviol = self.violations.len();
             let figures = self.check(kind, before_tables.as_deref());
             self.check_probe(kind);
+            self.check_daemon(kind);
             if let Some(what) = injected {
                 self.uninject(what);
             }
