@@ -1471,10 +1471,42 @@ impl Soak {
     fn settle(&mut self, kind: Kind, since: Instant) -> Option<Duration> {
         let t = Instant::now();
         let mut last = (0, String::new());
+        let mut noted = false;
         while t.elapsed() < settle_bound() {
             last = self.netguard(&["diff"]);
             if last.0 == 0 {
                 return Some(since.elapsed());
+            }
+            // A slow settle: what is pending, and what the packets do meanwhile.
+            if !noted && t.elapsed() > Duration::from_secs(3) {
+                noted = true;
+                let (code, out) =
+                    self.netguard(&["verify", "--sample", "0", "--timeout-ms", "300"]);
+                // Blocked while pending is fail-closed; reached where the policy denies is a
+                // leak, whatever is pending.
+                let leaks: Vec<&str> = out
+                    .lines()
+                    .filter(|l| l.contains("expected blocked"))
+                    .collect();
+                if !leaks.is_empty() {
+                    self.violation(
+                        2,
+                        kind,
+                        format!(
+                            "leak while a settle is pending (3 s): {}",
+                            leaks.join(" | ")
+                        ),
+                    );
+                }
+                self.note(
+                    kind,
+                    format!(
+                        "settle slow (3 s): diff exit {}: {}\nverify meanwhile exit {code}: {}",
+                        last.0,
+                        tail(&last.1),
+                        tail(&out)
+                    ),
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
