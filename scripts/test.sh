@@ -23,6 +23,16 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== tests (unit, kernel in network namespaces, real dockerd)"
 cargo test --locked --all-targets --no-fail-fast 2>&1 | tee /tmp/netguard-test.log
 
+# Bounded: the randomized soak's self-test (one injected fault per invariant, each must be
+# reported), then the soak itself, 40 steps or 3 minutes (whichever comes first), against a
+# dockerd of its own in a network namespace (docs/reliability.md, "Soak"). A random seed
+# each run unless NETGUARD_SOAK_SEED is set; the seed is printed first, and a failure prints
+# the command that replays it.
+echo "== soak (self-test, then 40 steps, at most 3 min)"
+scripts/soak.sh --self-test --log target/soak/self-test.jsonl
+scripts/soak.sh ${NETGUARD_SOAK_SEED:+--seed "$NETGUARD_SOAK_SEED"} --steps 40 --minutes 3 \
+  --log target/soak/ci.jsonl
+
 # Bounded: every fuzz target 20 s from the committed seeds, after replaying the inputs that
 # once crashed one (fuzz/regressions/). The long recorded runs are in docs/reliability.md.
 echo "== fuzz (20 s per target)"

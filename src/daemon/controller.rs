@@ -427,10 +427,12 @@ pub async fn gather(
 ) -> Batch {
     let mut batch = Batch::default();
     batch.add(first.0, first.1);
-    if let Some(t) = last_apply
-        && t.elapsed() < coalesce
+    // One reading of the clock: comparing one `elapsed()` and subtracting another panicked
+    // ("overflow when subtracting durations") when the window ended between the two.
+    if let Some(rest) = last_apply.map(|t| coalesce.saturating_sub(t.elapsed()))
+        && !rest.is_zero()
     {
-        tokio::time::sleep(coalesce - t.elapsed()).await;
+        tokio::time::sleep(rest).await;
     }
     while let Ok((c, at)) = rx.try_recv() {
         batch.add(c, at);

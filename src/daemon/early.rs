@@ -46,6 +46,9 @@ pub struct Early {
     /// When a `die`/`destroy` (or similar) of each container was received: an early change
     /// from an event received before it is stale.
     gone: HashMap<String, Instant>,
+    /// When a network `disconnect` of (container, network id) was received: an endpoint on
+    /// that network from an event received before it is stale.
+    disconnected: HashMap<(String, String), Instant>,
 }
 
 impl Early {
@@ -77,7 +80,13 @@ impl Early {
                 endpoint,
                 event_at,
             } => {
-                if self.stale(&created.id, event_at) {
+                if self.stale(&created.id, event_at)
+                    || endpoint.network_id.as_ref().is_some_and(|n| {
+                        self.disconnected
+                            .get(&(created.id.clone(), n.clone()))
+                            .is_some_and(|d| *d >= event_at)
+                    })
+                {
                     return Action::Nothing;
                 }
                 let confirmed = current.is_some() && !self.is_pending(&created.id);
@@ -140,7 +149,10 @@ impl Early {
             EarlyChange::Disconnected {
                 container,
                 network_id,
+                event_at,
             } => {
+                self.disconnected
+                    .insert((container.clone(), network_id.clone()), event_at);
                 let Some(e) = self.pending.get_mut(&container) else {
                     return Action::Nothing;
                 };
@@ -286,6 +298,8 @@ impl Early {
     fn prune(&mut self, now: Instant) {
         self.gone
             .retain(|_, t| now.duration_since(*t) < CONFIRM_WITHIN * 2);
+        self.disconnected
+            .retain(|_, t| now.duration_since(*t) < CONFIRM_WITHIN * 2);
     }
 }
 
@@ -386,6 +400,35 @@ mod tests {
         assert!(!early.keeps("c1", t0 + Duration::from_millis(60)));
     }
 
+    /// A failed start (`Address already in use` on its second network) sends connect, then
+    /// disconnect, and no die: the early wait for the first network's veth goes on, and
+    /// the next container that gets the released address has the MAC it waits for. Its
+    /// veth must not be admitted under the failed container's name and labels (found by
+    /// the soak: a container with no group admitted as `api` for 30 s).
+    #[test]
+    fn an_endpoint_found_after_its_disconnect_is_stale() {
+        let t0 = Instant::now();
+        let mut early = Early::default();
+        let d = EarlyChange::Disconnected {
+            container: "c1".into(),
+            network_id: "a-id".into(),
+            event_at: t0 + Duration::from_millis(5),
+        };
+        assert_eq!(early.admit(d, None, none, t0), Action::Nothing);
+        let late = endpoint("c1", ep("a", 2), t0);
+        assert_eq!(
+            early.admit(late, None, none, t0 + Duration::from_secs(7)),
+            Action::Nothing
+        );
+        assert!(!early.is_pending("c1"));
+        // Another network, or a connect received after the disconnect, still admits.
+        let other = upserted(early.admit(endpoint("c1", ep("b", 3), t0), None, none, t0));
+        assert_eq!(other.endpoints, vec![ep("b", 3)]);
+        let again = endpoint("c1", ep("a", 4), t0 + Duration::from_millis(10));
+        let both = upserted(early.admit(again, Some(&other), none, t0));
+        assert_eq!(both.endpoints, vec![ep("a", 4), ep("b", 3)]);
+    }
+
     #[test]
     fn connects_to_two_networks_build_one_container() {
         let t0 = Instant::now();
@@ -397,12 +440,14 @@ mod tests {
         let d = EarlyChange::Disconnected {
             container: "c1".into(),
             network_id: "a-id".into(),
+            event_at: t0,
         };
         let left = upserted(early.admit(d, Some(&both), none, t0));
         assert_eq!(left.endpoints, vec![ep("b", 2)]);
         let d = EarlyChange::Disconnected {
             container: "c1".into(),
             network_id: "b-id".into(),
+            event_at: t0,
         };
         assert_eq!(
             early.admit(d, Some(&left), none, t0),

@@ -411,6 +411,31 @@ async fn gather_applies_the_first_change_at_once_and_coalesces_the_rest() {
     assert!(batches < 10, "{batches} batches for 500 changes");
 }
 
+/// The coalescing window ending between gather's reading of the clock and its sleep must
+/// not panic: it subtracted a second `elapsed()` from the window after comparing the first
+/// (found by the soak: `netguard run` died with "overflow when subtracting durations").
+/// Last applies placed a few hundred nanoseconds either side of the window's end make that
+/// race all but certain over the sweep; the paused clock keeps the sleeps instant.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn gather_survives_the_window_ending_while_it_reads_the_clock() {
+    let (_tx, mut rx) = mpsc::channel::<Stamped>(1);
+    let coalesce = Duration::from_micros(50);
+    for k in 0..20_000u64 {
+        let Some(last) = Instant::now().checked_sub(coalesce - Duration::from_nanos(k % 5_000))
+        else {
+            continue;
+        };
+        let b = gather(
+            (Change::Networks, Instant::now()),
+            &mut rx,
+            Some(last),
+            coalesce,
+        )
+        .await;
+        assert!(b.networks);
+    }
+}
+
 /// Event → enforced starts when the source received the change, not when the controller
 /// got round to it: a change that waited in the queue carries its waiting time.
 #[tokio::test(flavor = "current_thread")]

@@ -35,10 +35,14 @@ pub enum EarlyChange {
         owner: String,
         event_at: std::time::Instant,
     },
-    /// The container left this network (by id): an endpoint admitted early for it goes.
+    /// The container left this network (by id): an endpoint admitted early for it goes, and
+    /// one still being waited for from a connect received before `event_at` is stale (a
+    /// failed start connects, then disconnects, while the wait for the veth goes on: the
+    /// address it released, and the MAC Docker derives from it, can be the next container's).
     Disconnected {
         container: String,
         network_id: String,
+        event_at: std::time::Instant,
     },
 }
 

@@ -217,6 +217,7 @@ impl EarlyWatch {
                     emit(EarlyChange::Disconnected {
                         container,
                         network_id,
+                        event_at: at,
                     });
                 }
             }
