@@ -6,6 +6,11 @@
 # iptables rules) without netguard, with it, and with it but without the binding table.
 # Prints the share of busy samples in br_netfilter, conntrack and nf_tables (rule evaluation,
 # iptables-nft's matches included), and their sum. As root: sudo scripts/profile-packet-path.sh [seconds]
+# PROFILE_COMMS=iperf3,ksoftirqd/0,ksoftirqd/1 counts only the samples of those commands (the
+# packet path runs in the iperf3 processes' system calls and in softirq), so that other work on
+# the machine (builds, a fuzzer) does not dilute the shares; the default counts every sample.
+# The setup dh+ng-edges is dh+netguard with every edge closed (host, egress, ingress = "deny",
+# one line open at each): the edges must not cost container-to-container traffic anything.
 # Namespaces are named ngpp<pid>-*, removed on exit (also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,7 +105,9 @@ run() {
     ip netns exec "$A" iperf3 -c 10.78.0.2 -p 5201 -t "$SECS" -J >"$WORK/$name.json" 2>/dev/null
   local gbps
   gbps=$(python3 -c "import json,sys; print('%.2f' % (json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second']/1e9))" "$WORK/$name.json")
-  perf report -q -i "$WORK/$name.data" --no-children --sort symbol --percent-limit 0 2>/dev/null \
+  local comms=()
+  [ -z "${PROFILE_COMMS:-}" ] || comms=(--comms "$PROFILE_COMMS")
+  perf report -q -i "$WORK/$name.data" "${comms[@]}" --no-children --sort symbol --percent-limit 0 2>/dev/null \
     | awk -v name="$name" -v gbps="$gbps" '
       /%/ { p = $1; sub("%", "", p); s = $3;
             if (s ~ /safe_halt|^default_idle|cpuidle|^acpi_idle/) { idle += p; next }
@@ -119,6 +126,10 @@ run() {
 }
 
 { printf '[settings]\nanti_spoofing = false\n'; cat "$WORK/policy.toml"; } >"$WORK/nospoof.toml"
+{ printf '[settings]\nhost = "deny"\negress = "deny"\ningress = "deny"\n'; cat "$WORK/policy.toml"
+  printf '[[allow]]\nfrom = "client"\nto = "host"\nports = ["9100/tcp"]\n'
+  printf '[[allow]]\nfrom = "client"\nto = ["203.0.113.0/24", "2001:db8::/32"]\nports = ["443/tcp"]\n'
+  printf '[[allow]]\nfrom = "world"\nto = "server"\nports = ["443/tcp"]\n'; } >"$WORK/edges.toml"
 apply() { ip netns exec "$H" "$NG" -c "$1" --inventory "$WORK/inv.toml" apply >/dev/null; }
 
 echo "iperf3 -t $SECS between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
@@ -131,6 +142,7 @@ reset; apply "$WORK/policy.toml"; run netguard
 # On a Docker host: netguard's own cost is the difference between the last three.
 reset; docker_host; run docker-host
 reset; docker_host; apply "$WORK/policy.toml"; run "dh+netguard"
+reset; docker_host; apply "$WORK/edges.toml"; run "dh+ng-edges"
 # The same without the bridge table (address-to-veth binding), to see its share.
 reset; docker_host; apply "$WORK/nospoof.toml"; run "dh+ng-no-bind"
 ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
