@@ -2,7 +2,7 @@
 //! starts, must pass when the policy allows it, and nothing may pass when it does not.
 //!
 //! The command of each client container IS the probe (`ping -c1 -W1 DB`, or a TCP connect
-//! timed inside the container: under 100 ms, so no SYN was retransmitted), so there is no
+//! timed inside the container: under [`NO_RETRANSMIT_MS`], so no SYN was retransmitted), so there is no
 //! moment between the start and the probe in which a late netguard could catch up. A netguard
 //! that admits a container only once Docker reports its `start` fails these tests.
 //!
@@ -207,6 +207,13 @@ fn tcp_cmd(ip: &str) -> String {
     )
 }
 
+/// A connect faster than this took no SYN retransmit (the kernel's first is after 1 s; a
+/// netguard that admits at `start` makes every connect here take 1.01 s or more). The mark
+/// is not the benchmark's 100 ms (examples/first_packet_bench.rs): the probe's clock counts in
+/// centiseconds and includes spawning `nc` and `grep`, and ten starts at once on two loaded
+/// cores took 101-103 ms without any packet lost.
+const NO_RETRANSMIT_MS: u64 = 500;
+
 /// The connect time of `tcp_cmd`'s output, in milliseconds.
 fn took_ms(out: &str) -> Option<u64> {
     out.lines()
@@ -231,10 +238,10 @@ fn the_first_packet_of_an_allowed_flow_passes_and_a_denied_one_gets_nothing() {
         }
         let (code, out) = env.client(&format!("tcp{i}"), "web", &tcp_cmd(&db));
         match (code, took_ms(&out)) {
-            (0, Some(ms)) if ms < 100 => {}
+            (0, Some(ms)) if ms < NO_RETRANSMIT_MS => {}
             _ => env.fail(&format!(
                 "start {i}: the first TCP connect of an allowed client did not succeed under \
-                 100 ms (exit {code}): {out}"
+                 {NO_RETRANSMIT_MS} ms (exit {code}): {out}"
             )),
         }
     }
@@ -286,7 +293,8 @@ fn docker_create_then_start_passes_the_first_packet() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let ok = out.status.success() && (i == 0 || took_ms(&text).is_some_and(|ms| ms < 100));
+        let ok = out.status.success()
+            && (i == 0 || took_ms(&text).is_some_and(|ms| ms < NO_RETRANSMIT_MS));
         if !ok {
             env.fail(&format!(
                 "created then started ({cmd}): first packet lost ({}): {text}",
@@ -368,7 +376,8 @@ fn a_compose_style_burst_of_ten_passes_every_first_packet() {
     });
     let mut bad = Vec::new();
     for (i, (n, (code, out))) in results.iter().enumerate() {
-        let ok = *code == 0 && (i % 2 == 0 || i == 10 || took_ms(out).is_some_and(|ms| ms < 100));
+        let ok = *code == 0
+            && (i % 2 == 0 || i == 10 || took_ms(out).is_some_and(|ms| ms < NO_RETRANSMIT_MS));
         if !ok {
             bad.push(format!("{n}: exit {code}: {}", out.trim()));
         }
