@@ -101,7 +101,13 @@ impl Env {
         let policy = dir.path().join("policy.toml");
         std::fs::write(&policy, policy_text(&prefix)).unwrap();
         let uninstall = Uninstall(policy.clone());
-        let daemon = Daemon::start(&Spec::new(&policy, dir.path()));
+        let mut spec = Spec::new(&policy, dir.path());
+        // A lost first packet is a race against Docker's start: the log printed on failure
+        // then says when each endpoint was found and admitted.
+        if std::env::var_os("NETGUARD_TEST_LOG").is_none() {
+            spec.log_level = "netguard=debug".into();
+        }
+        let daemon = Daemon::start(&spec);
         let db = scene.run(
             "db",
             &["--network", &net, "--label", "nge.role=db"],
