@@ -689,10 +689,18 @@ pub fn wait_for_port(
             let (conn, handle) = connection()?;
             let conn = tokio::spawn(conn);
             let r = loop {
+                let t = std::time::Instant::now();
                 let ports = match read_ports(&handle, bridge).await {
                     Ok(p) => p,
                     Err(e) => break Err(e),
                 };
+                tracing::trace!(
+                    bridge,
+                    mac,
+                    ports = ports.len(),
+                    took_ms = t.elapsed().as_secs_f64() * 1e3,
+                    "ports read"
+                );
                 match port_with_mac(&ports, mac) {
                     Ok(Some(p)) => {
                         break Ok(Ok(ResolvedVeth {
