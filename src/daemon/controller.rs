@@ -1291,6 +1291,24 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             )),
             _ => None,
         };
+        // The port carrying the new endpoint's MAC must be one no admitted container holds:
+        // a container with NET_ADMIN can set any MAC on its side of its veth, and admitting
+        // the newcomer on that port would bind the newcomer's addresses and groups to it.
+        // Left to the start, which finds the veth from the container's own namespace.
+        if let EarlyChange::Endpoint {
+            created, endpoint, ..
+        } = &e
+            && let Some(v) = &endpoint.veth
+            && let Some(holder) = self.engine.port_held_by_other(&id, &endpoint.bridge, v)
+        {
+            tracing::warn!(
+                container = %created.name,
+                veth = %v,
+                holder = %holder.name,
+                "not admitted before its start: the port carrying its MAC is another container's"
+            );
+            return;
+        }
         let engine = &*self.engine;
         let action = self.early.admit(
             e,

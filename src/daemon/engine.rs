@@ -57,6 +57,9 @@ pub struct Engine {
     claims: Claims,
     /// Which containers claim each (bridge, address).
     claimants: HashMap<(String, IpAddr), BTreeSet<String>>,
+    /// Which containers hold each (bridge, host veth): an early endpoint must come with a
+    /// port no one holds yet, and asking must not scan every container.
+    ports: HashMap<(String, String), BTreeSet<String>>,
     planned: BTreeMap<String, PlannedContainer>,
     /// How many of `planned` are managed, kept in step with it: the metric is read after
     /// every event, and counting 5,000 containers each time would cost more than the event.
@@ -75,6 +78,7 @@ impl Engine {
             unisolable: BTreeMap::new(),
             claims: Claims::new(),
             claimants: HashMap::new(),
+            ports: HashMap::new(),
             planned: BTreeMap::new(),
             managed: 0,
             counts: HashMap::new(),
@@ -104,10 +108,14 @@ impl Engine {
             .collect();
         self.claims.clear();
         self.claimants.clear();
+        self.ports.clear();
         for c in self.containers.values() {
             for (k, owner) in claims_of(c) {
                 self.claims.entry(k.clone()).or_default().insert(owner);
                 self.claimants.entry(k).or_default().insert(c.id.clone());
+            }
+            for k in ports_of(c) {
+                self.ports.entry(k).or_default().insert(c.id.clone());
             }
         }
         self.planned.clear();
@@ -195,6 +203,17 @@ impl Engine {
     /// The container as the engine holds it now.
     pub fn container(&self, id: &str) -> Option<&Container> {
         self.containers.get(id)
+    }
+
+    /// Another container (not `id`, nor one sharing `id`'s namespace) that holds the port
+    /// `veth` of `bridge`. A new endpoint's port is one Docker has just made: finding it held
+    /// means that a container set the new endpoint's MAC on its own interface.
+    pub fn port_held_by_other(&self, id: &str, bridge: &str, veth: &str) -> Option<&Container> {
+        let ids = self.ports.get(&(bridge.to_string(), veth.to_string()))?;
+        let sharers = self.sharers_of(id);
+        ids.iter()
+            .filter(|o| o.as_str() != id && !sharers.contains(o))
+            .find_map(|o| self.containers.get(o))
     }
 
     /// Other containers claiming one of `addrs` on `bridge` through another veth than `veth`
@@ -322,6 +341,14 @@ impl Engine {
             self.containers.insert(id.to_string(), old.clone());
             keys.extend(self.claim(&old, false));
             self.containers.remove(id);
+            for k in ports_of(&old) {
+                if let Some(ids) = self.ports.get_mut(&k) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        self.ports.remove(&k);
+                    }
+                }
+            }
         }
         if let Some(c) = &new {
             for ep in &c.endpoints {
@@ -331,6 +358,9 @@ impl Engine {
                 }
             }
             keys.extend(self.claim(c, true));
+            for k in ports_of(c) {
+                self.ports.entry(k).or_default().insert(id.to_string());
+            }
             self.containers.insert(id.to_string(), c.clone());
         }
         for k in &keys {
@@ -438,6 +468,14 @@ fn admitted_addrs(pc: &PlannedContainer) -> BTreeSet<BridgeAddr> {
         .iter()
         .filter(|e| e.admitted)
         .flat_map(|e| e.addresses().map(|a| (e.bridge.clone(), a)))
+        .collect()
+}
+
+/// The (bridge, host veth) ports a container holds.
+fn ports_of(c: &Container) -> Vec<(String, String)> {
+    c.endpoints
+        .iter()
+        .filter_map(|e| e.veth.as_ref().map(|v| (e.bridge.clone(), v.clone())))
         .collect()
 }
 
@@ -604,6 +642,14 @@ mod tests {
                 let plan = engine.plan();
                 let managed = plan.containers.iter().filter(|c| c.managed).count();
                 assert_eq!(engine.managed_count(), managed, "step {step}");
+                // The port index is the containers' ports, kept in step.
+                let mut ports: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+                for c in engine.containers.values() {
+                    for k in ports_of(c) {
+                        ports.entry(k).or_default().insert(c.id.clone());
+                    }
+                }
+                assert_eq!(engine.ports, ports, "step {step}");
                 some_unmanaged |= managed < engine.container_count();
             }
         }

@@ -1043,3 +1043,45 @@ async fn a_veth_netlink_cannot_resolve_keeps_the_container_out_and_is_retried_wi
     tokio::join!(r.ctl.serve(rx), driver);
     r.assert_converged();
 }
+
+/// A container that set a newcomer's MAC on its own interface (NET_ADMIN allows it) makes the
+/// early finder see the newcomer's MAC behind its port: the newcomer is not admitted there
+/// (that would bind its address and groups to the thief's port); its start admits it on its
+/// own veth, and the holder keeps only what it had.
+#[tokio::test(flavor = "current_thread")]
+async fn an_early_endpoint_on_a_port_another_container_holds_is_not_admitted() {
+    let mut r = rig(2);
+    let _rx = r.ctl.connect().await;
+    let early = r.world.borrow().early.clone().expect("early stream");
+    let mut change = early_endpoint(4, Instant::now());
+    if let crate::docker::early::EarlyChange::Endpoint { endpoint, .. } = &mut change {
+        endpoint.veth = Some("veth1".into());
+    }
+    early.send(change).await.unwrap();
+    let mut b = Batch::default();
+    b.add(Change::Container("id4".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert!(
+        r.ctl.engine.container("id4").is_none(),
+        "not admitted on api1's port"
+    );
+    assert_eq!(
+        r.ctl.engine.container("id1").map(|c| c.endpoints.clone()),
+        Some(container(1).endpoints),
+        "the holder keeps its own endpoint"
+    );
+    r.assert_converged();
+    // Its start: the source reports it on its own veth.
+    r.world.borrow_mut().containers.push(container(4));
+    let mut b = Batch::default();
+    b.add(Change::Container("id4".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert_eq!(
+        r.ctl
+            .engine
+            .container("id4")
+            .and_then(|c| c.endpoints[0].veth.clone()),
+        Some("veth4".into())
+    );
+    r.assert_converged();
+}
