@@ -268,6 +268,39 @@ fn pids_named(name: &str) -> Vec<u32> {
     out
 }
 
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value after `flag` in a process's arguments.
+fn arg_after(pid: u32, flag: &str) -> Option<String> {
+    let args = cmdline(pid);
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
+}
+
+/// The shims of the containerd whose config lies in `dir` (another engine on the host, a
+/// soak's own dockerd, has shims of its own: theirs name another `-address`).
+fn shims_of(dir: &Option<std::path::PathBuf>) -> Vec<u32> {
+    pids_named("containerd-shim")
+        .into_iter()
+        .filter(|p| {
+            let addr = arg_after(*p, "-address").map(std::path::PathBuf::from);
+            dir.is_none()
+                || addr
+                    .as_deref()
+                    .and_then(std::path::Path::parent)
+                    .is_some_and(|d| Some(d) == dir.as_deref())
+        })
+        .collect()
+}
+
 /// The CPU of the containerd shims (and the `runc` calls they reap) over a block. A shim
 /// is reparented to the host's init when its container is started, and its time goes
 /// there when it exits, so it is sampled: the last value seen of each shim, every 10 ms
@@ -278,8 +311,8 @@ struct ShimSampler {
 }
 
 impl ShimSampler {
-    fn start() -> ShimSampler {
-        let before: BTreeMap<u32, u64> = pids_named("containerd-shim")
+    fn start(dir: Option<std::path::PathBuf>) -> ShimSampler {
+        let before: BTreeMap<u32, u64> = shims_of(&dir)
             .into_iter()
             .filter_map(|p| Some((p, cpu_ticks(p)?)))
             .collect();
@@ -289,7 +322,7 @@ impl ShimSampler {
             let mut last: BTreeMap<u32, u64> = before.clone();
             loop {
                 let done = flag.load(std::sync::atomic::Ordering::Relaxed);
-                for p in pids_named("containerd-shim") {
+                for p in shims_of(&dir) {
                     if let Some(t) = cpu_ticks(p) {
                         last.insert(p, t);
                     }
@@ -358,10 +391,29 @@ fn steady(
     block: usize,
     warmup: usize,
 ) {
-    let dockerd = pids_named("dockerd").first().copied();
-    let containerd = pids_named("containerd")
-        .into_iter()
-        .find(|p| comm(*p).as_deref() == Some("containerd"));
+    // The host's engine: the dockerd of the default pid file (a soak or a test may run a
+    // dockerd of its own beside it), and the containerd it started.
+    let dockerd = std::fs::read_to_string("/var/run/docker.pid")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .or_else(|| pids_named("dockerd").first().copied());
+    let containerd = pids_named("containerd").into_iter().find(|p| {
+        comm(*p).as_deref() == Some("containerd")
+            && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == dockerd
+    });
+    let shim_dir = containerd
+        .and_then(|p| arg_after(p, "--config"))
+        .and_then(|c| std::path::Path::new(&c).parent().map(|d| d.to_path_buf()));
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let mut sides: Vec<Side> = std::iter::once("without".to_string())
@@ -398,7 +450,7 @@ fn steady(
             let ng = lab.daemon.as_ref().map(|c| c.id());
             let read = |p: Option<u32>| p.and_then(cpu_ticks).unwrap_or(0);
             let before = [read(ng), read(dockerd), read(containerd)];
-            let shims = ShimSampler::start();
+            let shims = ShimSampler::start(shim_dir.clone());
             let mut times = Vec::new();
             for _ in 0..block {
                 *seq += 1;
