@@ -16,7 +16,14 @@
 //!   (`other`).
 //! - rules live vs the process start: the container's first command reads the wall clock
 //!   (`adjtimex`, microseconds); the daemon logs when the transaction admitting it returned.
-//! - `docker run --rm IMAGE true` wall time with and without netguard, in alternating pairs.
+//! - `docker run --rm IMAGE true` wall time with and without netguard, in alternating pairs
+//!   (`--pairs`): the daemon is stopped for every run without, so every run with it is among
+//!   the first of a freshly started daemon (its cold paths).
+//! - `--steady R [--block K] [--warmup W]`: the same wall time against a daemon that has run
+//!   for a while: R rounds, each a block of K timed runs per side (without netguard, and each
+//!   `--netguard BINARY`, which may be given more than once) after W discarded ones, the order
+//!   rotated every round; and the CPU netguard, dockerd, containerd and the shims spent per
+//!   run over the timed runs (`/proc/PID/stat`), which wall time at +-10 % cannot resolve.
 //!
 //! Prints a Markdown table (for BENCHMARKS.md). Everything it made is removed on exit.
 
@@ -57,8 +64,13 @@ struct Lab {
 
 impl Lab {
     fn start_daemon(&mut self) {
+        let netguard = self.netguard.clone();
+        self.start_daemon_of(&netguard);
+    }
+
+    fn start_daemon_of(&mut self, netguard: &std::path::Path) {
         let logf = std::fs::File::create(&self.log).expect("log file");
-        let child = Command::new(&self.netguard)
+        let child = Command::new(netguard)
             .args(["-c", self.policy.to_str().unwrap_or_default(), "run"])
             .args([
                 "--state-file",
@@ -222,6 +234,289 @@ fn rules_live(log: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// CPU time a process has used, itself and its reaped children (utime + stime + cutime +
+/// cstime of `/proc/PID/stat`), in clock ticks; `None` once it is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces) come fields 3.. : utime is field 14.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(
+        f.get(11..15)?
+            .iter()
+            .filter_map(|x| x.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
+}
+
+/// Processes whose command name starts with `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| comm(*p).is_some_and(|c| c.starts_with(name)))
+        .collect();
+    out.sort();
+    out
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value after `flag` in a process's arguments.
+fn arg_after(pid: u32, flag: &str) -> Option<String> {
+    let args = cmdline(pid);
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
+}
+
+/// The shims of the containerd whose config lies in `dir` (another engine on the host, a
+/// soak's own dockerd, has shims of its own: theirs name another `-address`).
+fn shims_of(dir: &Option<std::path::PathBuf>) -> Vec<u32> {
+    pids_named("containerd-shim")
+        .into_iter()
+        .filter(|p| {
+            let addr = arg_after(*p, "-address").map(std::path::PathBuf::from);
+            dir.is_none()
+                || addr
+                    .as_deref()
+                    .and_then(std::path::Path::parent)
+                    .is_some_and(|d| Some(d) == dir.as_deref())
+        })
+        .collect()
+}
+
+/// The CPU of the containerd shims (and the `runc` calls they reap) over a block. A shim
+/// is reparented to the host's init when its container is started, and its time goes
+/// there when it exits, so it is sampled: the last value seen of each shim, every 10 ms
+/// (what a shim spends in its last 10 ms is missed, the same with and without netguard).
+struct ShimSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl ShimSampler {
+    fn start(dir: Option<std::path::PathBuf>) -> ShimSampler {
+        let before: BTreeMap<u32, u64> = shims_of(&dir)
+            .into_iter()
+            .filter_map(|p| Some((p, cpu_ticks(p)?)))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut last: BTreeMap<u32, u64> = before.clone();
+            loop {
+                let done = flag.load(std::sync::atomic::Ordering::Relaxed);
+                for p in shims_of(&dir) {
+                    if let Some(t) = cpu_ticks(p) {
+                        last.insert(p, t);
+                    }
+                }
+                if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            last.iter()
+                .map(|(p, t)| t - before.get(p).copied().unwrap_or(0).min(*t))
+                .sum()
+        });
+        ShimSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+/// One side of the steady comparison: without netguard, or with one binary.
+#[derive(Default)]
+struct Side {
+    label: String,
+    wall_ms: Vec<f64>,
+    /// Per block: the median wall time.
+    block_medians: Vec<f64>,
+    /// Clock ticks over the timed runs: netguard, dockerd, containerd, shims.
+    ticks: [u64; 4],
+    runs: usize,
+}
+
+fn docker_run_ms(name: &str, net: &str) -> f64 {
+    let t = Instant::now();
+    let _ = sh(&[
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        name,
+        "--network",
+        net,
+        IMAGE,
+        "true",
+    ]);
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// `docker run --rm IMAGE true` against a daemon that has been running for a while: blocks
+/// of `block` timed runs after `warmup` discarded ones, the sides (without netguard, then
+/// each binary) in an order rotated every round, and the CPU the host's Docker processes
+/// and netguard spent over each block's timed runs.
+#[allow(clippy::too_many_arguments)]
+fn steady(
+    lab: &mut Lab,
+    net: &str,
+    prefix: &str,
+    seq: &mut usize,
+    bins: &[PathBuf],
+    rounds: usize,
+    block: usize,
+    warmup: usize,
+) {
+    // The host's engine: the dockerd of the default pid file (a soak or a test may run a
+    // dockerd of its own beside it), and the containerd it started.
+    let dockerd = std::fs::read_to_string("/var/run/docker.pid")
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .or_else(|| pids_named("dockerd").first().copied());
+    let containerd = pids_named("containerd").into_iter().find(|p| {
+        comm(*p).as_deref() == Some("containerd")
+            && std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse()
+                        .ok()
+                })
+                == dockerd
+    });
+    let shim_dir = containerd
+        .and_then(|p| arg_after(p, "--config"))
+        .and_then(|c| std::path::Path::new(&c).parent().map(|d| d.to_path_buf()));
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut sides: Vec<Side> = std::iter::once("without".to_string())
+        .chain(bins.iter().map(|b| b.display().to_string()))
+        .map(|label| Side {
+            label,
+            ..Default::default()
+        })
+        .collect();
+    let mut running: Option<usize> = None;
+    lab.stop_daemon();
+    for r in 0..rounds {
+        for k in 0..sides.len() {
+            let side = (k + r) % sides.len();
+            if running != Some(side) || (side == 0 && lab.daemon.is_some()) {
+                if lab.daemon.is_some() {
+                    lab.stop_daemon();
+                    let _ = sh(&[
+                        lab.netguard.to_str().unwrap_or_default(),
+                        "-c",
+                        lab.policy.to_str().unwrap_or_default(),
+                        "uninstall",
+                    ]);
+                }
+                if side > 0 {
+                    lab.start_daemon_of(&bins[side - 1]);
+                }
+                running = Some(side);
+            }
+            for _ in 0..warmup {
+                *seq += 1;
+                docker_run_ms(&format!("{prefix}u{seq}"), net);
+            }
+            let ng = lab.daemon.as_ref().map(|c| c.id());
+            let read = |p: Option<u32>| p.and_then(cpu_ticks).unwrap_or(0);
+            let before = [read(ng), read(dockerd), read(containerd)];
+            let shims = ShimSampler::start(shim_dir.clone());
+            let mut times = Vec::new();
+            for _ in 0..block {
+                *seq += 1;
+                times.push(docker_run_ms(&format!("{prefix}s{seq}"), net));
+            }
+            let shim_ticks = shims.finish();
+            let after = [read(ng), read(dockerd), read(containerd)];
+            let s = &mut sides[side];
+            for i in 0..3 {
+                s.ticks[i] += after[i].saturating_sub(before[i]);
+            }
+            s.ticks[3] += shim_ticks;
+            s.runs += times.len();
+            s.wall_ms.extend(times.iter().copied());
+            s.block_medians.push(median(&mut times));
+        }
+    }
+    lab.stop_daemon();
+    let _ = sh(&[
+        lab.netguard.to_str().unwrap_or_default(),
+        "-c",
+        lab.policy.to_str().unwrap_or_default(),
+        "uninstall",
+    ]);
+    let base = median(&mut sides[0].wall_ms.clone());
+    println!(
+        "\n`docker run --rm IMAGE true`, steady daemon: {rounds} rounds, each side a block of \
+         {block} timed runs after {warmup} discarded, order rotated every round; CPU over the \
+         timed runs, ms per run (clock ticks of {:.0} ms)\n",
+        1e3 / hz
+    );
+    println!(
+        "| side | runs | median ms | mean ms | ratio (medians) | median of per-round ratios | netguard CPU | dockerd CPU | containerd CPU | shims CPU | sum |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for s in &sides {
+        let n = s.runs.max(1) as f64;
+        let per = |t: u64| t as f64 * 1e3 / hz / n;
+        let mean = s.wall_ms.iter().sum::<f64>() / n;
+        let mut ratios: Vec<f64> = s
+            .block_medians
+            .iter()
+            .zip(&sides[0].block_medians)
+            .map(|(a, b)| a / b)
+            .collect();
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            s.label,
+            s.runs,
+            median(&mut s.wall_ms.clone()),
+            mean,
+            median(&mut s.wall_ms.clone()) / base,
+            median(&mut ratios),
+            per(s.ticks[0]),
+            per(s.ticks[1]),
+            per(s.ticks[2]),
+            per(s.ticks[3]),
+            per(s.ticks.iter().sum()),
+        );
+    }
+    for s in &sides {
+        let b: Vec<String> = s.block_medians.iter().map(|m| format!("{m:.0}")).collect();
+        println!("block medians, {}: {}", s.label, b.join(" "));
+    }
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
@@ -241,8 +536,19 @@ fn main() {
     };
     let starts: usize = opt("--starts").and_then(|v| v.parse().ok()).unwrap_or(100);
     let pairs: usize = opt("--pairs").and_then(|v| v.parse().ok()).unwrap_or(20);
-    let netguard =
-        PathBuf::from(opt("--netguard").unwrap_or_else(|| "target/release/netguard".into()));
+    let rounds: usize = opt("--steady").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let block: usize = opt("--block").and_then(|v| v.parse().ok()).unwrap_or(10);
+    let warmup: usize = opt("--warmup").and_then(|v| v.parse().ok()).unwrap_or(3);
+    // `--netguard` may be given more than once: the steady comparison measures each.
+    let mut bins: Vec<PathBuf> = args
+        .windows(2)
+        .filter(|w| w[0] == "--netguard")
+        .map(|w| PathBuf::from(&w[1]))
+        .collect();
+    if bins.is_empty() {
+        bins.push(PathBuf::from("target/release/netguard"));
+    }
+    let netguard = bins[0].clone();
     if sh(&["nft", "list", "table", "inet", "netguard"]).is_ok() {
         eprintln!("netguard's host tables exist already (another netguard runs?): refusing");
         std::process::exit(2);
@@ -434,12 +740,20 @@ fn main() {
             if on { with.push(ms) } else { without.push(ms) }
         }
     }
-    let (mw, mo) = (median(&mut with), median(&mut without));
-    println!(
-        "\n`docker run --rm IMAGE true`, {pairs} alternating pairs: median {mw:.0} ms with netguard, \
-         {mo:.0} ms without, ratio {:.3}",
-        mw / mo
-    );
+    if pairs > 0 {
+        let (mw, mo) = (median(&mut with), median(&mut without));
+        println!(
+            "\n`docker run --rm IMAGE true`, {pairs} alternating pairs (every run with netguard \
+             is among the first of a freshly started daemon): median {mw:.0} ms with netguard, \
+             {mo:.0} ms without, ratio {:.3}",
+            mw / mo
+        );
+    }
+    if rounds > 0 {
+        steady(
+            &mut lab, &net, &prefix, &mut seq, &bins, rounds, block, warmup,
+        );
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -105,6 +105,12 @@ pub trait Enforcer {
     fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
         self.cut(addrs);
     }
+    /// Whether a cut of `addr` that began at or after `since` has completed (every
+    /// connection of that address found then was deleted). Not known: `false`, so the caller
+    /// cuts again.
+    fn cut_since(&mut self, _addr: &IpAddr, _since: Instant) -> bool {
+        false
+    }
     /// Cuts open connections the plan no longer allows (all, or those touching `only`).
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>);
     /// How the cuts went since the last call (a cut that fails, ctnetlink down, is kept
@@ -153,6 +159,28 @@ pub struct Kernel {
     /// Addresses whose connections the cutter thread deletes, started on first use.
     cutter: Option<std::sync::mpsc::Sender<Vec<IpAddr>>>,
     owed: Arc<std::sync::Mutex<Owed>>,
+    /// When the last cut of each address that went through began (see [`CutsDone`]).
+    done: Arc<std::sync::Mutex<CutsDone>>,
+}
+
+/// When the last complete cut of each address began, for [`Enforcer::cut_since`]: an
+/// address handed to a new endpoint right after it left is cut again before the admission
+/// only when the cut of its leaving has not gone through yet. Each cut is one dump of the
+/// whole conntrack table, which costs the same however few connections it holds (the
+/// kernel walks every bucket: 262,144 of them on a host with 24 GiB), so a `docker run`
+/// right after another's `die` paid two where one does.
+#[derive(Debug, Default)]
+struct CutsDone(BTreeMap<IpAddr, Instant>);
+
+impl CutsDone {
+    fn note(&mut self, addrs: &[IpAddr], began: Instant) {
+        // Only recent cuts are asked about (within RELEASE_CUT_WINDOW of the release).
+        self.0
+            .retain(|_, t| began.duration_since(*t) < RELEASE_CUT_WINDOW * 2);
+        for a in addrs {
+            self.0.insert(*a, began);
+        }
+    }
 }
 
 impl Kernel {
@@ -163,6 +191,7 @@ impl Kernel {
             conntrack: Arc::new(Ctnetlink),
             cutter: None,
             owed: Arc::default(),
+            done: Arc::default(),
         }
     }
 
@@ -173,7 +202,7 @@ impl Kernel {
 
     /// Cuts the connections of `addrs` here; a failure leaves them owed.
     fn cut_here(&self, addrs: &[IpAddr]) {
-        cut_or_owe(&*self.conntrack, &self.owed, addrs);
+        cut_or_owe(&*self.conntrack, &self.owed, &self.done, addrs);
     }
 
     /// One long-lived thread for cutting: a dump of the conntrack table grows with the host's
@@ -184,6 +213,7 @@ impl Kernel {
             let (tx, rx) = std::sync::mpsc::channel::<Vec<IpAddr>>();
             let conntrack = self.conntrack.clone();
             let owed = self.owed.clone();
+            let done = self.done.clone();
             let spawned = std::thread::Builder::new()
                 .name("netguard-cut".into())
                 .spawn(move || {
@@ -192,7 +222,7 @@ impl Kernel {
                         while let Ok(more) = rx.try_recv() {
                             addrs.extend(more);
                         }
-                        cut_or_owe(&*conntrack, &owed, &addrs);
+                        cut_or_owe(&*conntrack, &owed, &done, &addrs);
                     }
                 });
             match spawned {
@@ -204,16 +234,25 @@ impl Kernel {
     }
 }
 
-/// Deletes the connections of `addrs`; when ctnetlink fails, they stay owed for a retry.
+/// Deletes the connections of `addrs`; when ctnetlink fails, they stay owed for a retry,
+/// when it works, the cut is noted as done from the moment it began.
 fn cut_or_owe(
     conntrack: &(dyn Conntrack + Send + Sync),
     owed: &std::sync::Mutex<Owed>,
+    done: &std::sync::Mutex<CutsDone>,
     addrs: &[IpAddr],
 ) {
-    if let Err(e) = conntrack.try_delete_addresses(addrs) {
-        let mut o = owed.lock().unwrap_or_else(|e| e.into_inner());
-        o.addrs.extend(addrs.iter().copied());
-        o.failed(e);
+    let began = Instant::now();
+    match conntrack.try_delete_addresses(addrs) {
+        Ok(()) => done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(addrs, began),
+        Err(e) => {
+            let mut o = owed.lock().unwrap_or_else(|e| e.into_inner());
+            o.addrs.extend(addrs.iter().copied());
+            o.failed(e);
+        }
     }
 }
 
@@ -283,6 +322,15 @@ impl Enforcer for Kernel {
     fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
         let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
         self.cut_here(&addrs);
+    }
+
+    fn cut_since(&mut self, addr: &IpAddr, since: Instant) -> bool {
+        self.done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .get(addr)
+            .is_some_and(|t| *t >= since)
     }
 
     fn rejudge(&mut self, plan: &Plan, only: Option<&BTreeSet<IpAddr>>) {
@@ -1333,10 +1381,16 @@ impl<E: Enforcer> EarlyPath<'_, E> {
                         let d = self.engine.remove(&stale);
                         merge(self.held, d);
                     }
+                    // Released a moment ago, and the cut of its leaving (queued to the
+                    // cutter then) has not gone through yet: the connections the previous
+                    // holder left may still be there. Once that cut went through, none is
+                    // left and none can open (the address is in no set until this
+                    // admission), so a second dump of the table would find nothing.
+                    let (released, enforcer) = (self.released, &mut *self.enforcer);
                     let recent = |a: &IpAddr| {
-                        self.released
-                            .get(a)
-                            .is_some_and(|t| t.elapsed() < RELEASE_CUT_WINDOW)
+                        released.get(a).is_some_and(|t| {
+                            t.elapsed() < RELEASE_CUT_WINDOW && !enforcer.cut_since(a, *t)
+                        })
                     };
                     if !self.held.gone.is_empty() || addrs.iter().any(recent) {
                         cut_after = Some(addrs.clone());

@@ -12,7 +12,7 @@ use crate::plan::Plan;
 use crate::plan::ruleset::{Elem, Family, Ruleset};
 use crate::policy::parse_policy;
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -149,6 +149,8 @@ struct Calls {
     owed: BTreeSet<IpAddr>,
     ct_failed: u32,
     cut_retries: usize,
+    /// When the last cut of each address went through (the fake's cuts are done at once).
+    cut_done: BTreeMap<IpAddr, Instant>,
     /// The bridges cannot be prepared (netlink down).
     bridges_down: bool,
     bridge_attempts: usize,
@@ -214,7 +216,16 @@ impl Enforcer for FakeKernel {
             return;
         }
         c.cut.extend(addrs.iter().copied());
+        let now = Instant::now();
+        c.cut_done.extend(addrs.iter().map(|a| (*a, now)));
         c.log.push(format!("cut {addrs:?}"));
+    }
+    fn cut_since(&mut self, addr: &IpAddr, since: Instant) -> bool {
+        self.0
+            .borrow()
+            .cut_done
+            .get(addr)
+            .is_some_and(|t| *t >= since)
     }
     fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
         let mut c = self.0.borrow_mut();
@@ -791,6 +802,59 @@ async fn an_address_handed_to_a_new_endpoint_leaves_its_previous_holder_and_its_
     c7.endpoints[0].ipv4 = Some(old);
     r.world.borrow_mut().containers = vec![container(0), c7];
     r.assert_converged();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_address_whose_cut_went_through_is_not_cut_again_for_its_next_holder() {
+    // Back-to-back `docker run --rm`: the first one's die is processed (removed, its
+    // connections cut), then the next container gets the same address.
+    let mut r = rig(2);
+    let _rx = r.ctl.connect().await;
+    let early = r.world.borrow().early.clone().expect("early stream");
+    let old = container(1).endpoints[0].ipv4.expect("address");
+    r.world.borrow_mut().containers.retain(|c| c.id != "id1");
+    let mut b = Batch::default();
+    b.add(Change::Gone("id1".into()), Instant::now());
+    r.ctl.process(b).await;
+    let same_address = |n: u32| {
+        let mut change = early_endpoint(n, Instant::now());
+        if let crate::docker::early::EarlyChange::Endpoint { endpoint, .. } = &mut change {
+            endpoint.ipv4 = Some(old);
+        }
+        change
+    };
+    early.send(same_address(7)).await.unwrap();
+    r.calls.borrow_mut().log.clear();
+    let mut b = Batch::default();
+    b.add(Change::Container("id7".into()), Instant::now());
+    r.ctl.process(b).await;
+    assert!(r.ctl.engine.container("id7").is_some());
+    let log = r.calls.borrow().log.clone();
+    assert_eq!(
+        log,
+        vec!["apply".to_string()],
+        "the cut at the die went through: no second one at the admission"
+    );
+
+    // The cut of a leaving that did not go through (conntrack down) is still owed: the
+    // next holder's admission cuts first.
+    r.calls.borrow_mut().ct_down = true;
+    r.world.borrow_mut().containers.retain(|c| c.id != "id7");
+    let mut b = Batch::default();
+    b.add(Change::Gone("id7".into()), Instant::now());
+    r.ctl.process(b).await;
+    r.calls.borrow_mut().ct_down = false;
+    early.send(same_address(9)).await.unwrap();
+    r.calls.borrow_mut().log.clear();
+    let mut b = Batch::default();
+    b.add(Change::Container("id9".into()), Instant::now());
+    r.ctl.process(b).await;
+    let log = r.calls.borrow().log.clone();
+    assert_eq!(
+        log.get(..2),
+        Some(&["apply".to_string(), format!("cut_now {{{old}}}")][..]),
+        "its leaving's cut failed: cut before the new holder's first packet: {log:?}"
+    );
 }
 
 /// The gauge a metrics observer would export.

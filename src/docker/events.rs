@@ -49,6 +49,65 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
     }
 }
 
+/// Containers the event stream has shown created or dead and not started since: a network
+/// connect or disconnect of one of them changes nothing netguard enforces (a container that
+/// does not run holds no endpoint in the engine, and what was admitted early has its own
+/// `disconnect` path), and its `start` event refreshes it with the endpoint. A `docker run`
+/// sends `connect` before `start` and `disconnect` after `die`: without this, each of them
+/// cost a container list (and a connect three more, see `daemon::source`) that Docker
+/// answered while it was starting or removing the container.
+///
+/// Only what the stream itself showed counts: a container not seen is refreshed as before,
+/// and the set is cleared when it grows past [`NOT_RUNNING_MAX`] (that only costs lists).
+#[derive(Debug, Default)]
+pub struct NotRunning(std::collections::HashSet<String>);
+
+/// Past this many containers created and never started, [`NotRunning`] forgets them all.
+const NOT_RUNNING_MAX: usize = 4096;
+
+impl NotRunning {
+    /// Takes in one event; `false` when the event is a network connect or disconnect of a
+    /// container that does not run (nothing to refresh).
+    pub fn note(&mut self, ev: &EventMessage) -> bool {
+        let action = ev.action.as_deref().unwrap_or_default();
+        let Some(actor) = ev.actor.as_ref() else {
+            return true;
+        };
+        match ev.typ {
+            Some(EventMessageTypeEnum::CONTAINER) => {
+                let Some(id) = actor.id.as_ref() else {
+                    return true;
+                };
+                match action {
+                    // Not `kill` or `stop`: a signal may leave the container running, and a
+                    // stop that ends it is followed by its `die`.
+                    "create" | "die" => {
+                        if self.0.len() >= NOT_RUNNING_MAX {
+                            self.0.clear();
+                        }
+                        self.0.insert(id.clone());
+                    }
+                    "start" | "restart" | "unpause" | "destroy" => {
+                        self.0.remove(id);
+                    }
+                    _ => {}
+                }
+                true
+            }
+            // Docker names the container in an attribute; Podman makes it the actor and is
+            // left as it was.
+            Some(EventMessageTypeEnum::NETWORK) if matches!(action, "connect" | "disconnect") => {
+                !actor
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("container"))
+                    .is_some_and(|c| self.0.contains(c))
+            }
+            _ => true,
+        }
+    }
+}
+
 /// `change_of`, and whether the event is a network connect.
 pub fn event_of(ev: &EventMessage) -> Option<Event> {
     let change = change_of(ev)?;
@@ -96,13 +155,19 @@ impl DockerSource {
         };
         let host = self.host.clone();
         self.count();
+        // One per stream: a new subscription (after a break) starts with a full sync.
+        let mut not_running = NotRunning::default();
         self.docker().events(Some(opts)).filter_map(move |r| {
             let mapped = match r {
                 Ok(ev) => {
                     if let Some((watch, emit)) = &early {
                         watch.on_event(&ev, std::time::Instant::now(), emit);
                     }
-                    event_of(&ev).map(Ok)
+                    if not_running.note(&ev) {
+                        event_of(&ev).map(Ok)
+                    } else {
+                        None
+                    }
                 }
                 Err(e) => Some(Err(classify(&host, "events", e))),
             };
@@ -121,6 +186,56 @@ mod tests {
                 "Actor":{{"ID":"net1","Attributes":{{"container":"c1"}}}}}}"#
         ))
         .expect("event json")
+    }
+
+    fn container_ev(action: &str, id: &str) -> EventMessage {
+        serde_json::from_str(&format!(
+            r#"{{"Type":"container","Action":"{action}","Actor":{{"ID":"{id}"}}}}"#
+        ))
+        .expect("event json")
+    }
+
+    #[test]
+    fn a_network_event_of_a_container_that_does_not_run_asks_for_nothing() {
+        let mut nr = NotRunning::default();
+        // Not seen yet: refreshed as before.
+        assert!(nr.note(&ev("network", "connect")));
+        // `docker run`: create, connect, start, die, disconnect, destroy.
+        assert!(nr.note(&container_ev("create", "c1")));
+        assert!(
+            !nr.note(&ev("network", "connect")),
+            "connect before the start"
+        );
+        assert!(nr.note(&container_ev("start", "c1")));
+        assert!(
+            nr.note(&ev("network", "connect")),
+            "connect of a running container"
+        );
+        assert!(nr.note(&ev("network", "disconnect")));
+        // A signal does not stop it.
+        assert!(nr.note(&container_ev("kill", "c1")));
+        assert!(nr.note(&ev("network", "disconnect")));
+        assert!(nr.note(&container_ev("die", "c1")));
+        assert!(
+            !nr.note(&ev("network", "disconnect")),
+            "disconnect after the die"
+        );
+        assert!(nr.note(&container_ev("destroy", "c1")));
+        assert!(
+            nr.note(&ev("network", "connect")),
+            "forgotten once destroyed"
+        );
+        // A restart: die, connect, start.
+        assert!(nr.note(&container_ev("die", "c1")));
+        assert!(!nr.note(&ev("network", "connect")));
+        assert!(nr.note(&container_ev("restart", "c1")));
+        assert!(nr.note(&ev("network", "connect")));
+        // Podman's network events name the container as the actor: left as they were.
+        let podman: EventMessage =
+            serde_json::from_str(r#"{"Type":"network","Action":"connect","Actor":{"ID":"c2"}}"#)
+                .expect("event json");
+        assert!(nr.note(&container_ev("create", "c2")));
+        assert!(nr.note(&podman));
     }
 
     #[test]
