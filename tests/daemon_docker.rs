@@ -301,6 +301,18 @@ fn daemon_follows_docker_events() {
     let took = wait_set("g_app_4", &ip_c, false, &d);
     eprintln!("network disconnect: out of the set after {took:?} (with its sidecar {cs})");
 
+    // A signal that leaves it running (`docker kill -s HUP` to reload a config; the init of
+    // a PID namespace ignores a signal it has no handler for): it stays admitted.
+    let events = d.state_u64("events");
+    docker_ok(&["kill", "-s", "HUP", &a]);
+    d.wait_state("the kill event taken in", CONVERGE, |s| {
+        s.get("events").and_then(|n| n.as_u64()) > Some(events)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    if !set_has("g_app_4", &ip_a) || !tcp(&b, &ip_a) {
+        d.fail("a container sent SIGHUP (still running) lost its admission");
+    }
+
     // Stop (die), then remove; and remove a running one.
     docker_ok(&["kill", &b]);
     let took = wait_set("g_app_4", &ip_b, false, &d);

@@ -25,8 +25,13 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
         Some(EventMessageTypeEnum::CONTAINER) => {
             let id = actor.id.clone()?;
             match action {
-                "start" | "rename" | "unpause" | "restart" => Some(Change::Container(id)),
-                "die" | "destroy" | "stop" | "kill" | "oom" => Some(Change::Gone(id)),
+                // A signal (`docker kill -s HUP` to reload a config) or the OOM killer taking one of
+                // its processes may leave the container running: looked at again, and removed
+                // only if it no longer runs. Its `die` says so when it ends.
+                "start" | "rename" | "unpause" | "restart" | "kill" | "oom" => {
+                    Some(Change::Container(id))
+                }
+                "die" | "destroy" | "stop" => Some(Change::Gone(id)),
                 _ => None,
             }
         }
@@ -255,5 +260,16 @@ mod tests {
         );
         assert_eq!(got("network", "create"), Some((Change::Networks, false)));
         assert_eq!(got("container", "exec_start"), None);
+    }
+
+    #[test]
+    fn a_signal_or_an_oom_kill_is_a_second_look_and_only_a_die_is_gone() {
+        let c = |a| change_of(&container_ev(a, "c1"));
+        for a in ["kill", "oom"] {
+            assert_eq!(c(a), Some(Change::Container("c1".into())), "{a}");
+        }
+        for a in ["die", "stop", "destroy"] {
+            assert_eq!(c(a), Some(Change::Gone("c1".into())), "{a}");
+        }
     }
 }
