@@ -3,7 +3,7 @@
 //! capability lets a container do.
 
 use super::fixture::enter_netns;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -42,6 +42,110 @@ pub fn ip6_frame(eth_src: &str, src: Ipv6Addr) -> Vec<u8> {
     f.extend(src.octets());
     f.extend("ff02::1".parse::<Ipv6Addr>().unwrap().octets());
     f
+}
+
+/// Internet checksum (RFC 1071) over `data`.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A UDP datagram from `src` to `dst`:`port` carrying `payload`, in a frame from `eth_src`
+/// to `eth_dst`, with valid checksums (the receiver's socket gets it as if sent by `src`).
+/// `src` and `dst` are of one family.
+pub fn udp_frame(
+    eth_src: &str,
+    eth_dst: &str,
+    src: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = 8 + payload.len() as u16;
+    let mut udp = Vec::new();
+    udp.extend(40000u16.to_be_bytes());
+    udp.extend(port.to_be_bytes());
+    udp.extend(len.to_be_bytes());
+    udp.extend([0, 0]);
+    udp.extend(payload);
+    let mut f = Vec::from(mac_bytes(eth_dst));
+    f.extend(mac_bytes(eth_src));
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend([0x08, 0x00]);
+            let mut ip = vec![0x45, 0];
+            ip.extend((20 + len).to_be_bytes());
+            ip.extend([0, 1, 0x40, 0, 64, 17, 0, 0]);
+            ip.extend(s.octets());
+            ip.extend(d.octets());
+            let ck = checksum(&ip);
+            ip[10..12].copy_from_slice(&ck.to_be_bytes());
+            // UDP over IPv4 may go without a checksum (0).
+            f.extend(ip);
+            f.extend(udp);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend(s.octets());
+            pseudo.extend(d.octets());
+            pseudo.extend(u32::from(len).to_be_bytes());
+            pseudo.extend([0, 0, 0, 17]);
+            pseudo.extend(&udp);
+            let ck = checksum(&pseudo);
+            udp[6..8].copy_from_slice(&ck.to_be_bytes());
+            f.extend([0x86, 0xdd]);
+            f.extend([0x60, 0, 0, 0]);
+            f.extend(len.to_be_bytes());
+            f.extend([17, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+            f.extend(udp);
+        }
+        _ => panic!("udp_frame: {src} and {dst} are of two families"),
+    }
+    f
+}
+
+/// Sends each of `frames` once out of `eth0` in namespace `ns`.
+pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+        // SAFETY: as in `flood`.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
+            addr.sll_halen = 6;
+            for f in &frames {
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    n,
+                    f.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    })
+    .join()
+    .expect("sender thread");
 }
 
 /// Sends `frames` out of `eth0` in namespace `ns` with an AF_PACKET socket (what Docker's

@@ -11,6 +11,11 @@
 # the machine (builds, a fuzzer) does not dilute the shares; the default counts every sample.
 # The setup dh+ng-edges is dh+netguard with every edge closed (host, egress, ingress = "deny",
 # one line open at each): the edges must not cost container-to-container traffic anything.
+# PROFILE_LOAD=crr replaces the bulk transfer by short connections: a client in one namespace
+# opens TCP connections to a server in the other in a loop (connect, 64-byte request, 64-byte
+# answer, the server closes), as fast as it can for the same seconds; both are python3
+# processes named ngcrr (use PROFILE_COMMS=ngcrr,ksoftirqd/0,ksoftirqd/1), and the rate shows
+# as connections per second instead of Gbit/s.
 # Namespaces are named ngpp<pid>-*, removed on exit (also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +48,37 @@ for ns in "$A" "$B"; do
   ip -n "$ns" link set eth0 up
   i=$((i + 1))
 done
-ip netns exec "$B" iperf3 -s -D -p 5201 >/dev/null
+LOAD="${PROFILE_LOAD:-bulk}"
+case "$LOAD" in
+  bulk) ip netns exec "$B" iperf3 -s -D -p 5201 >/dev/null ;;
+  crr)
+    # Short connections on the allowed port; the server closes first, so the TIME_WAIT
+    # entries stay on its side and the client's ports do not run out.
+    cat >"$WORK/crr.py" <<'PY'
+import ctypes, json, socket, sys, time
+ctypes.CDLL(None).prctl(15, b"ngcrr", 0, 0, 0)  # PR_SET_NAME: what PROFILE_COMMS names
+if sys.argv[1] == "server":
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("0.0.0.0", 5201)); ls.listen(512)
+    open(sys.argv[2], "w").close()
+    while True:
+        c, _ = ls.accept()
+        c.recv(64); c.sendall(b"y" * 64); c.close()
+else:
+    end = time.monotonic() + float(sys.argv[2]); n = 0
+    while time.monotonic() < end:
+        c = socket.create_connection(("10.78.0.2", 5201))
+        c.sendall(b"x" * 64)
+        while c.recv(4096): pass
+        c.close(); n += 1
+    print(json.dumps({"conns": n, "secs": float(sys.argv[2])}))
+PY
+    ip netns exec "$B" python3 "$WORK/crr.py" server "$WORK/crr.ready" >/dev/null 2>&1 &
+    for _ in $(seq 50); do [ -e "$WORK/crr.ready" ] && break; sleep 0.1; done
+    [ -e "$WORK/crr.ready" ] || { echo "crr server did not start" >&2; exit 2; } ;;
+  *) echo "PROFILE_LOAD is bulk or crr, not $LOAD" >&2; exit 2 ;;
+esac
 
 cat >"$WORK/policy.toml" <<'POL'
 [groups.client]
@@ -101,14 +136,20 @@ docker_host() {
 run() {
   local name="$1"
   sleep 0.5
-  perf record -q -a -e cpu-clock -F 2000 -g -o "$WORK/$name.data" -- \
-    ip netns exec "$A" iperf3 -c 10.78.0.2 -p 5201 -t "$SECS" -J >"$WORK/$name.json" 2>/dev/null
   local gbps
-  gbps=$(python3 -c "import json,sys; print('%.2f' % (json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second']/1e9))" "$WORK/$name.json")
+  if [ "$LOAD" = crr ]; then
+    perf record -q -a -e cpu-clock -F 2000 -g -o "$WORK/$name.data" -- \
+      ip netns exec "$A" python3 "$WORK/crr.py" client "$SECS" >"$WORK/$name.json"
+    gbps=$(python3 -c "import json,sys; j = json.load(open(sys.argv[1])); print('%.0f' % (j['conns'] / j['secs']))" "$WORK/$name.json")
+  else
+    perf record -q -a -e cpu-clock -F 2000 -g -o "$WORK/$name.data" -- \
+      ip netns exec "$A" iperf3 -c 10.78.0.2 -p 5201 -t "$SECS" -J >"$WORK/$name.json" 2>/dev/null
+    gbps=$(python3 -c "import json,sys; print('%.2f' % (json.load(open(sys.argv[1]))['end']['sum_received']['bits_per_second']/1e9))" "$WORK/$name.json")
+  fi
   local comms=()
   [ -z "${PROFILE_COMMS:-}" ] || comms=(--comms "$PROFILE_COMMS")
   perf report -q -i "$WORK/$name.data" "${comms[@]}" --no-children --sort symbol --percent-limit 0 2>/dev/null \
-    | awk -v name="$name" -v gbps="$gbps" '
+    | awk -v name="$name" -v gbps="$gbps" -v unit="$([ "$LOAD" = crr ] && echo conn/s || echo Gbit/s)" '
       /%/ { p = $1; sub("%", "", p); s = $3;
             if (s ~ /safe_halt|^default_idle|cpuidle|^acpi_idle/) { idle += p; next }
             if (s ~ /^br_nf|^br_netfilter|nf_bridge/) brnf += p;
@@ -117,7 +158,7 @@ run() {
             else if (s ~ /^nft_|^nf_tables|^__nft|^nf_hook_slow|^expr_call/) nft += p;
             total += p }
       END { b = total / 100;
-            printf "%-13s %6s Gbit/s  busy %5.1f %% of both cores; of that: br_netfilter %4.1f %%, conntrack %4.1f %%, nf_tables %4.1f %%, all three %4.1f %%\n", name, gbps, total, brnf / b, ct / b, nft / b, (brnf + ct + nft) / b }'
+            printf "%-13s %6s %s  busy %5.1f %% of both cores; of that: br_netfilter %4.1f %%, conntrack %4.1f %%, nf_tables %4.1f %%, all three %4.1f %%\n", name, gbps, unit, total, brnf / b, ct / b, nft / b, (brnf + ct + nft) / b }'
   # PROFILE_TOP=N: the N hottest netfilter symbols of each run.
   if [ -n "${PROFILE_TOP:-}" ]; then
     perf report -q -i "$WORK/$name.data" --no-children --sort symbol --percent-limit 0 2>/dev/null \
@@ -132,7 +173,11 @@ run() {
   printf '[[allow]]\nfrom = "world"\nto = "server"\nports = ["443/tcp"]\n'; } >"$WORK/edges.toml"
 apply() { ip netns exec "$H" "$NG" -c "$1" --inventory "$WORK/inv.toml" apply >/dev/null; }
 
-echo "iperf3 -t $SECS between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
+if [ "$LOAD" = crr ]; then
+  echo "short TCP connections for $SECS s between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
+else
+  echo "iperf3 -t $SECS between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
+fi
 reset; run none
 reset; flags 1; run br_netfilter
 reset; flags 1

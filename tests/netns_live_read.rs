@@ -224,6 +224,24 @@ fn netlink_reader_equals_nft_json_listing() {
                 Elem::Mac(mac("02:42:0a:0a:09:01")),
             ),
             (
+                Family::Bridge,
+                "genuine_4".into(),
+                Elem::IfnameMacV4(
+                    "vethnew0123456".into(),
+                    mac("02:42:0a:0a:09:01"),
+                    v4("10.10.9.1"),
+                ),
+            ),
+            (
+                Family::Bridge,
+                "genuine_6".into(),
+                Elem::IfnameMacV6(
+                    "vethnew0123456".into(),
+                    mac("02:42:0a:0a:09:01"),
+                    v6("fd10::9:1"),
+                ),
+            ),
+            (
                 Family::Inet,
                 "published_w".into(),
                 Elem::ProtoPort(PortProto::Udp, 25000),

@@ -238,6 +238,121 @@ fn raw_frames_with_a_neighbours_mac_do_not_cut_it_off() {
     );
 }
 
+/// The one-lookup path for genuine frames (`iifname . ether saddr . ip saddr @genuine_4`,
+/// first in the bridge `prerouting`) accepts only a frame whose port, MAC and address all
+/// belong to one endpoint. web-1 (allowed to api-1 on udp/5353, so only the bridge table
+/// judges) sends raw datagrams from its own port: with its own MAC and another container's
+/// address (web-2's, allowed to api-1 too), and with its own address and another MAC
+/// (web-2's, and one no endpoint owns). None reaches api-1; the genuine one does. Then a
+/// wrong fast path is put first by hand, once matching only `iifname . ip saddr` and once
+/// only `iifname . ether saddr`: the spoofed datagrams get through, so this test would catch
+/// either.
+#[test]
+fn the_genuine_frame_path_accepts_only_a_bound_port_mac_and_address_together() {
+    let Some(fx) = setup("the_genuine_frame_path_accepts_only_a_bound_port_mac_and_address") else {
+        return;
+    };
+    let (web1, web2, api1) = (
+        fx.container("web-1").clone(),
+        fx.container("web-2").clone(),
+        fx.container("api-1").clone(),
+    );
+    apply(&fx, POLICY);
+    let pre = fx.host_ok(&["nft", "list", "chain", "bridge", "netguard", "prerouting"]);
+    let first: Vec<&str> = pre
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("ether") || l.starts_with("iifname"))
+        .take(2)
+        .collect();
+    assert!(
+        first.len() == 2
+            && first[0].starts_with("iifname . ether saddr . ip saddr @genuine_4 accept")
+            && first[1].starts_with("iifname . ether saddr . ip6 saddr @genuine_6 accept"),
+        "the genuine-frame rules are not first in prerouting:\n{pre}"
+    );
+    const UNOWNED: &str = "02:00:00:00:be:ef";
+    // (tag, Ethernet source, source address) for each family.
+    let cases = |v6: bool| {
+        vec![
+            ("own-mac-other-addr", web1.mac.clone(), web2.addr(v6)),
+            ("own-addr-neighbours-mac", web2.mac.clone(), web1.addr(v6)),
+            ("own-addr-unowned-mac", UNOWNED.to_string(), web1.addr(v6)),
+        ]
+    };
+    // Sends every case (and the genuine datagram) from web-1's port; returns the tags of
+    // those api-1 received.
+    let round = |name: &str| -> Vec<String> {
+        let mut frames = vec![];
+        let mut tags = vec![];
+        for v6 in [false, true] {
+            let fam = if v6 { "v6" } else { "v4" };
+            let mut all = cases(v6);
+            all.push(("genuine", web1.mac.clone(), web1.addr(v6)));
+            for (tag, mac, src) in all {
+                let needle = format!("{name}-{tag}-{fam}");
+                frames.push(udp_frame(
+                    &mac,
+                    &api1.mac,
+                    src,
+                    api1.addr(v6),
+                    5353,
+                    needle.as_bytes(),
+                ));
+                tags.push(needle);
+            }
+        }
+        send_frames(&web1.ns, frames);
+        std::thread::sleep(Duration::from_millis(400));
+        tags.into_iter()
+            .filter(|t| api1.got(t.as_bytes()))
+            .collect()
+    };
+    let got = round("fast");
+    assert_eq!(
+        got,
+        vec!["fast-genuine-v4", "fast-genuine-v6"],
+        "only the genuine datagrams may reach api-1\n{}",
+        fx.ruleset()
+    );
+    // Forget what the bridge learned from the spoofed sources (none should have been).
+    assert_eq!(
+        fdb_port(&fx, &web2.bridge, &web2.mac).as_deref(),
+        Some(web2.veth.as_str()),
+        "web-2's MAC moved"
+    );
+
+    // A wrong fast path on the address alone lets the foreign MACs through, ...
+    fx.nft(
+        "insert rule bridge netguard prerouting ether type ip iifname . ip saddr @bind_4 accept\n\
+         insert rule bridge netguard prerouting ether type ip6 iifname . ip6 saddr @bind_6 accept\n",
+    );
+    let got = round("by-addr");
+    for fam in ["v4", "v6"] {
+        for tag in ["own-addr-neighbours-mac", "own-addr-unowned-mac"] {
+            assert!(
+                got.contains(&format!("by-addr-{tag}-{fam}")),
+                "control: a fast path on (port, address) alone did not let {tag} {fam} \
+                 through, the test proves nothing: {got:?}"
+            );
+        }
+    }
+    // ... and one on the MAC alone another container's address.
+    apply(&fx, POLICY);
+    fx.nft(
+        "insert rule bridge netguard prerouting ether type ip iifname . ether saddr @bind_mac accept\n\
+         insert rule bridge netguard prerouting ether type ip6 iifname . ether saddr @bind_mac accept\n",
+    );
+    let got = round("by-mac");
+    for fam in ["v4", "v6"] {
+        assert!(
+            got.contains(&format!("by-mac-own-mac-other-addr-{fam}")),
+            "control: a fast path on (port, MAC) alone did not let another address {fam} \
+             through, the test proves nothing: {got:?}"
+        );
+    }
+}
+
 /// lonely (as with NET_ADMIN) sets api-1's MAC on its own interface and pings.
 #[test]
 fn a_container_taking_a_neighbours_mac_does_not_cut_it_off() {

@@ -188,6 +188,8 @@ fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
                 ["ifname", "ipv4_addr"] => Some(SetKind::IfnameV4),
                 ["ifname", "ipv6_addr"] => Some(SetKind::IfnameV6),
                 ["ifname", "ether_addr"] => Some(SetKind::IfnameMac),
+                ["ifname", "ether_addr", "ipv4_addr"] => Some(SetKind::IfnameMacV4),
+                ["ifname", "ether_addr", "ipv6_addr"] => Some(SetKind::IfnameMacV6),
                 ["inet_proto", "inet_service"] => Some(SetKind::ProtoPort),
                 ["ipv4_addr", "inet_proto", "inet_service"] => Some(SetKind::V4ProtoPort),
                 ["ipv6_addr", "inet_proto", "inet_service"] => Some(SetKind::V6ProtoPort),
@@ -228,6 +230,16 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
             .ok()
             .map(|a| Elem::IfnameV6(i.to_string(), a)),
         (SetKind::IfnameMac, [i, m]) => m.parse().ok().map(|m| Elem::IfnameMac(i.to_string(), m)),
+        (SetKind::IfnameMacV4, [i, m, a]) => Some(Elem::IfnameMacV4(
+            i.to_string(),
+            m.parse().ok()?,
+            a.parse().ok()?,
+        )),
+        (SetKind::IfnameMacV6, [i, m, a]) => Some(Elem::IfnameMacV6(
+            i.to_string(),
+            m.parse().ok()?,
+            a.parse().ok()?,
+        )),
         (SetKind::Mac, [m]) => m.parse().ok().map(Elem::Mac),
         (SetKind::V4, [a]) => a.parse().ok().map(Elem::V4),
         (SetKind::V6, [a]) => a.parse().ok().map(Elem::V6),

@@ -112,6 +112,12 @@ fn kind_of(key_type: u32, flags: u32) -> Option<SetKind> {
         t if t == (TYPE_IFNAME << 6) | TYPE_IPADDR => Some(SetKind::IfnameV4),
         t if t == (TYPE_IFNAME << 6) | TYPE_IP6ADDR => Some(SetKind::IfnameV6),
         t if t == (TYPE_IFNAME << 6) | TYPE_ETHERADDR => Some(SetKind::IfnameMac),
+        t if t == (((TYPE_IFNAME << 6) | TYPE_ETHERADDR) << 6) | TYPE_IPADDR => {
+            Some(SetKind::IfnameMacV4)
+        }
+        t if t == (((TYPE_IFNAME << 6) | TYPE_ETHERADDR) << 6) | TYPE_IP6ADDR => {
+            Some(SetKind::IfnameMacV6)
+        }
         t if t == (TYPE_INET_PROTOCOL << 6) | TYPE_INET_SERVICE => Some(SetKind::ProtoPort),
         t if t == (((TYPE_IPADDR << 6) | TYPE_INET_PROTOCOL) << 6) | TYPE_INET_SERVICE => {
             Some(SetKind::V4ProtoPort)
@@ -208,6 +214,16 @@ fn elem_of(kind: SetKind, k: &[u8]) -> Option<Elem> {
         (SetKind::IfnameV6, 32) => Some(Elem::IfnameV6(ifname(&k[..n])?, v6(&k[n..])?)),
         // In a concatenation the 6-byte address is padded to 8.
         (SetKind::IfnameMac, 24) => Some(Elem::IfnameMac(ifname(&k[..n])?, mac(&k[n..n + 6])?)),
+        (SetKind::IfnameMacV4, 28) => Some(Elem::IfnameMacV4(
+            ifname(&k[..n])?,
+            mac(&k[n..n + 6])?,
+            v4(&k[n + 8..])?,
+        )),
+        (SetKind::IfnameMacV6, 40) => Some(Elem::IfnameMacV6(
+            ifname(&k[..n])?,
+            mac(&k[n..n + 6])?,
+            v6(&k[n + 8..])?,
+        )),
         (SetKind::Mac, 6) => Some(Elem::Mac(mac(k)?)),
         (SetKind::V4, 4) => Some(Elem::V4(v4(k)?)),
         (SetKind::V6, 16) => Some(Elem::V6(v6(k)?)),
@@ -462,6 +478,18 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
             k.extend_from_slice(&m.0);
             k.extend_from_slice(&[0, 0]);
         }
+        Elem::IfnameMacV4(i, m, a) => {
+            name(&mut k, i);
+            k.extend_from_slice(&m.0);
+            k.extend_from_slice(&[0, 0]);
+            k.extend_from_slice(&a.octets());
+        }
+        Elem::IfnameMacV6(i, m, a) => {
+            name(&mut k, i);
+            k.extend_from_slice(&m.0);
+            k.extend_from_slice(&[0, 0]);
+            k.extend_from_slice(&a.octets());
+        }
         Elem::Mac(m) => k.extend_from_slice(&m.0),
         Elem::V4(a) => k.extend_from_slice(&a.octets()),
         Elem::V6(a) => k.extend_from_slice(&a.octets()),
@@ -646,6 +674,33 @@ mod tests {
             vec![Elem::Port(80, 80), Elem::Port(81, 82)]
         );
         assert!(port_ranges(vec![]).is_empty());
+    }
+
+    /// The (veth, MAC, address) keys: written as the kernel stores them (the MAC padded
+    /// to 8 bytes inside the concatenation) and read back as the same element.
+    #[test]
+    fn genuine_keys_round_trip() {
+        let m = Mac([2, 0x42, 0x0a, 0, 0, 7]);
+        for (e, kind, key_type, len) in [
+            (
+                Elem::IfnameMacV4("veth1234".into(), m, Ipv4Addr::new(10, 0, 0, 7)),
+                SetKind::IfnameMacV4,
+                (((TYPE_IFNAME << 6) | TYPE_ETHERADDR) << 6) | TYPE_IPADDR,
+                28,
+            ),
+            (
+                Elem::IfnameMacV6("veth1234".into(), m, "fd00::7".parse().expect("v6")),
+                SetKind::IfnameMacV6,
+                (((TYPE_IFNAME << 6) | TYPE_ETHERADDR) << 6) | TYPE_IP6ADDR,
+                40,
+            ),
+        ] {
+            let k = key_bytes(&e);
+            assert_eq!(k.len(), len, "{e}");
+            assert_eq!(&k[IFNAMSIZ..IFNAMSIZ + 8], &[2, 0x42, 0x0a, 0, 0, 7, 0, 0]);
+            assert_eq!(kind_of(key_type, 0), Some(kind));
+            assert_eq!(elem_of(kind, &k), Some(e));
+        }
     }
 
     #[test]

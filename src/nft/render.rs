@@ -72,6 +72,12 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::IfnameMac => {
             schema::SetTypeValue::Concatenated(vec![T::Ifname, T::EtherAddr].into())
         }
+        SetKind::IfnameMacV4 => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::EtherAddr, T::Ipv4Addr].into())
+        }
+        SetKind::IfnameMacV6 => {
+            schema::SetTypeValue::Concatenated(vec![T::Ifname, T::EtherAddr, T::Ipv6Addr].into())
+        }
         SetKind::Mac => schema::SetTypeValue::Single(T::EtherAddr),
         SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
@@ -117,6 +123,16 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
         Elem::IfnameMac(i, m) => Expression::Named(NamedExpression::Concat(vec![
             s(i.clone()),
             s(m.to_string()),
+        ])),
+        Elem::IfnameMacV4(i, m, a) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(m.to_string()),
+            s(a.to_string()),
+        ])),
+        Elem::IfnameMacV6(i, m, a) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(m.to_string()),
+            s(a.to_string()),
         ])),
         Elem::Mac(m) => s(m.to_string()),
         Elem::V4(a) => s(a.to_string()),
@@ -361,6 +377,15 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         Match::DaddrInSet { ip, iface, set } => {
             m(keyed(*iface, addr(*ip, "daddr")), EQ, set_ref(set))
         }
+        Match::IifMacSaddrInSet { ip, set } => m(
+            Expression::Named(NamedExpression::Concat(vec![
+                meta(MetaKey::Iifname),
+                payload("ether", "saddr"),
+                addr(*ip, "saddr"),
+            ])),
+            EQ,
+            set_ref(set),
+        ),
         Match::ArpSaddrInSet { iface, set } => {
             m(keyed(*iface, payload("arp", "saddr ip")), EQ, set_ref(set))
         }

@@ -413,7 +413,7 @@ fn owner_of(owners: &BTreeMap<String, String>, e: &Elem) -> String {
     let key = match e {
         IfnameV4(_, a) | V4(a) => a.to_string(),
         IfnameV6(_, a) | V6(a) => a.to_string(),
-        Ifname(i) | IfnameMac(i, _) => i.clone(),
+        Ifname(i) | IfnameMac(i, _) | IfnameMacV4(i, ..) | IfnameMacV6(i, ..) => i.clone(),
         IfnamePair(..) | Port(..) | Mac(_) | ProtoPort(..) | V4ProtoPort(..) | V6ProtoPort(..) => {
             return String::new();
         }

@@ -16,6 +16,8 @@ pub(super) fn table() -> Table {
         (names::BIND_4, SetKind::IfnameV4),
         (names::BIND_6, SetKind::IfnameV6),
         (names::BIND_MAC, SetKind::IfnameMac),
+        (names::GENUINE_4, SetKind::IfnameMacV4),
+        (names::GENUINE_6, SetKind::IfnameMacV6),
         (names::MAC_VETHS, SetKind::Ifname),
         (names::MACS, SetKind::Mac),
         (names::VETHS, SetKind::Ifname),
@@ -73,22 +75,35 @@ pub(super) fn table() -> Table {
         )
         .counted(),
     ];
-    let mut pre = bound_mac();
+    let mut pre = genuine();
+    pre.extend(bound_mac());
     pre.extend(bound_source(Ip, V4, names::BIND_4, names::ADDRS_4));
     pre.extend(arp);
-    pre.push(Rule::new(
-        vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
-        Verdict::Accept,
-        "link-local and unspecified",
-    ));
-    pre.extend(bound_source(Ip6, V6, names::BIND_6, names::ADDRS_6));
+    // A bound source before the link-local test: both accept, so their order changes no
+    // verdict, and a genuine frame is accepted by its first lookup.
+    let mut v6 = bound_source(Ip6, V6, names::BIND_6, names::ADDRS_6);
+    v6.insert(
+        1,
+        Rule::new(
+            vec![Match::EtherType(Ip6), Match::Saddr6In(ll.clone())],
+            Verdict::Accept,
+            "link-local and unspecified",
+        ),
+    );
+    pre.extend(v6);
     let mut post = bound_destination(Ip, V4, names::BIND_4, names::ADDRS_4);
-    post.push(Rule::new(
-        vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
-        Verdict::Accept,
-        "link-local",
-    ));
-    post.extend(bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6));
+    // As in prerouting: two accepts in a row, the bound destination first, so a genuine
+    // delivery costs one lookup over IPv6 too.
+    let mut v6 = bound_destination(Ip6, V6, names::BIND_6, names::ADDRS_6);
+    v6.insert(
+        1,
+        Rule::new(
+            vec![Match::EtherType(Ip6), Match::Daddr6In(ll)],
+            Verdict::Accept,
+            "link-local",
+        ),
+    );
+    post.extend(v6);
     Table {
         family: Family::Bridge,
         sets,
@@ -118,13 +133,47 @@ pub(super) fn table() -> Table {
     }
 }
 
-/// First in `prerouting`, whose hook runs before the bridge learns a frame's source MAC:
+/// First in `prerouting`: a frame whose (port, source MAC, source address) is an
+/// endpoint's own, in one lookup. This accept is exactly what the rules after it decide:
+/// `genuine_4` holds (veth, MAC, address) only for an endpoint whose (veth, MAC) is in
+/// `bind_mac` and whose (veth, address) is in `bind_4` (same for `genuine_6` and `bind_6`;
+/// `container_elements` writes the three together, and the daemon's element updates are one
+/// transaction). Such a frame does not jump to `foreign_mac` (its MAC is bound to its port),
+/// is no ARP, and the `own address` accept (or, over IPv6, that or the link-local accept)
+/// takes it. Every other frame (another MAC, another address, another port, ARP, an
+/// endpoint without a known MAC) matches nothing here and meets the rules below unchanged.
+/// An opted-out endpoint (`mac_binding = false`) has its own MAC in `bind_mac` too, so its
+/// frames from that MAC are genuine here; those from other MACs take the long path.
+fn genuine() -> Vec<Rule> {
+    [
+        (EtherType::Ip, IpVersion::V4, names::GENUINE_4),
+        (EtherType::Ip6, IpVersion::V6, names::GENUINE_6),
+    ]
+    .into_iter()
+    .map(|(ether, ip, set)| {
+        Rule::new(
+            vec![
+                Match::EtherType(ether),
+                Match::IifMacSaddrInSet {
+                    ip,
+                    set: set.into(),
+                },
+            ],
+            Verdict::Accept,
+            "own port, MAC and address",
+        )
+    })
+    .collect()
+}
+
+/// After `genuine`, in `prerouting`, whose hook runs before the bridge learns a frame's source MAC:
 /// a frame whose Ethernet source is another endpoint's MAC never moves that MAC's
 /// forwarding entry to the sender's port (which would cut its owner off, the address
 /// binding then dropping whatever reaches the wrong port), and a MAC-bound veth sends from
 /// its own MAC only. ARP's sender hardware address is held to the same binding.
-/// A genuine frame costs one lookup: only a frame whose source is not bound to its port
-/// goes on to `foreign_mac` to learn whether that is allowed.
+/// A genuine IP frame never gets here (`genuine`); a frame that does costs one lookup to
+/// tell whether its source is bound to its port, and only one that is not goes on to
+/// `foreign_mac` to learn whether that is allowed.
 fn bound_mac() -> Vec<Rule> {
     let own_sha = |negate| Match::ArpShaInSet {
         iface: IfSide::Iif,
@@ -346,6 +395,115 @@ mod tests {
             "{:?}",
             p.warnings
         );
+    }
+
+    #[test]
+    fn genuine_frames_are_the_bound_mac_and_address_of_one_endpoint() {
+        let inv = format!(
+            "{INV}[[container]]\nname = \"v6\"\n[[container.endpoint]]\nnetwork = \"n\"\n\
+             bridge = \"br-n\"\nveth = \"vsix\"\nipv4 = \"10.0.0.6\"\nipv6 = \"fd00::6\"\n\
+             mac = \"02:00:00:00:00:06\"\n"
+        );
+        let p = parse_policy(
+            Path::new("p.toml"),
+            "[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
+        )
+        .expect("policy");
+        let inv = parse_inventory(Path::new("i.toml"), &inv).expect("inventory");
+        let planned = plan(&p, &inv);
+        let all = planned.ruleset.elements();
+        let of = |set: &str| -> BTreeSet<Elem> {
+            all.iter()
+                .filter(|(f, s, _)| *f == Family::Bridge && s == set)
+                .map(|(_, _, e)| e.clone())
+                .collect()
+        };
+        let v4 = |s: &str| s.parse().expect("v4");
+        // web and lb (opted out: its own MAC is still bound to its veth) and v6; old has
+        // no known MAC and keeps the long path.
+        assert_eq!(
+            of(names::GENUINE_4),
+            [
+                Elem::IfnameMacV4("vlb".into(), mac("02:00:00:00:00:03"), v4("10.0.0.3")),
+                Elem::IfnameMacV4("vsix".into(), mac("02:00:00:00:00:06"), v4("10.0.0.6")),
+                Elem::IfnameMacV4("vweb".into(), mac("02:00:00:00:00:02"), v4("10.0.0.2")),
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(
+            of(names::GENUINE_6),
+            [Elem::IfnameMacV6(
+                "vsix".into(),
+                mac("02:00:00:00:00:06"),
+                "fd00::6".parse().expect("v6")
+            )]
+            .into_iter()
+            .collect()
+        );
+        // The fast path's accept is the long path's: each element is a (veth, MAC) of
+        // bind_mac together with a (veth, address) of bind_4 / bind_6.
+        let (bind_mac, bind_4, bind_6) =
+            (of(names::BIND_MAC), of(names::BIND_4), of(names::BIND_6));
+        for e in of(names::GENUINE_4).into_iter().chain(of(names::GENUINE_6)) {
+            let ok = match &e {
+                Elem::IfnameMacV4(v, m, a) => {
+                    bind_mac.contains(&Elem::IfnameMac(v.clone(), *m))
+                        && bind_4.contains(&Elem::IfnameV4(v.clone(), *a))
+                }
+                Elem::IfnameMacV6(v, m, a) => {
+                    bind_mac.contains(&Elem::IfnameMac(v.clone(), *m))
+                        && bind_6.contains(&Elem::IfnameV6(v.clone(), *a))
+                }
+                _ => false,
+            };
+            assert!(ok, "{e}");
+        }
+        // First in prerouting, one rule a family, nowhere else.
+        let t = planned.ruleset.table(Family::Bridge).expect("bridge table");
+        let pre = &t.chains[0];
+        assert_eq!(pre.name, names::PREROUTING);
+        for (i, set) in [names::GENUINE_4, names::GENUINE_6].iter().enumerate() {
+            assert!(
+                matches!(&pre.rules[i].matches[1], Match::IifMacSaddrInSet { set: s, .. } if s == set)
+                    && pre.rules[i].verdict == Verdict::Accept,
+                "{:?}",
+                pre.rules[i]
+            );
+        }
+        // Without anti_spoofing the sets stay empty.
+        let off = parse_policy(Path::new("p.toml"), "[settings]\nanti_spoofing = false\n")
+            .expect("policy");
+        assert!(
+            plan(&off, &inv)
+                .ruleset
+                .elements()
+                .iter()
+                .all(|(_, s, _)| !s.starts_with("genuine"))
+        );
+    }
+
+    #[test]
+    fn a_bound_destination_is_tested_before_the_link_local_one() {
+        let p = parse_policy(Path::new("p.toml"), "").expect("policy");
+        let inv = parse_inventory(Path::new("i.toml"), INV).expect("inventory");
+        let planned = plan(&p, &inv);
+        let t = planned.ruleset.table(Family::Bridge).expect("bridge table");
+        for (chain, first) in [
+            (names::PREROUTING, "own address"),
+            (names::POSTROUTING, "delivered to its owner"),
+        ] {
+            let c = t.chains.iter().find(|c| c.name == chain).expect("chain");
+            let v6: Vec<&str> = c
+                .rules
+                .iter()
+                .filter(|r| r.matches.first() == Some(&Match::EtherType(EtherType::Ip6)))
+                .map(|r| r.comment.as_str())
+                .collect();
+            let n = if chain == names::PREROUTING { 1 } else { 0 };
+            assert_eq!(v6[n], first, "{chain}: {v6:?}");
+            assert!(v6[n + 1].starts_with("link-local"), "{chain}: {v6:?}");
+        }
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub mod names {
     pub const BIND_MAC: &str = "bind_mac";
     pub const MACS: &str = "macs";
     pub const MAC_VETHS: &str = "mac_veths";
+    /// `ifname . ether_addr . ipv4_addr` (and `ipv6_addr`): each endpoint's veth, bound MAC
+    /// and address together, so that a genuine frame is accepted by one lookup in the
+    /// bridge table's `prerouting` (src/plan/binding.rs says why that changes no verdict).
+    pub const GENUINE_4: &str = "genuine_4";
+    pub const GENUINE_6: &str = "genuine_6";
     pub const FORWARD: &str = "forward";
     pub const ISOLATE: &str = "isolate";
     pub const INPUT: &str = "input";
@@ -503,6 +508,22 @@ pub fn container_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family
                     Elem::IfnameMac(v.clone(), m),
                 ));
                 out.push((Family::Bridge, names::MACS.into(), Elem::Mac(m)));
+                // Exactly the (veth, MAC) of `bind_mac` with the (veth, address) of `bind_4`
+                // and `bind_6` below, never a pair of them not both there.
+                if let Some(a) = ep.ipv4 {
+                    out.push((
+                        Family::Bridge,
+                        names::GENUINE_4.into(),
+                        Elem::IfnameMacV4(v.clone(), m, a),
+                    ));
+                }
+                if let Some(a) = ep.ipv6 {
+                    out.push((
+                        Family::Bridge,
+                        names::GENUINE_6.into(),
+                        Elem::IfnameMacV6(v.clone(), m, a),
+                    ));
+                }
             }
             if ep.mac_binding {
                 out.push((

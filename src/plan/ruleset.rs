@@ -76,6 +76,11 @@ pub enum SetKind {
     IfnameV6,
     /// `ifname . ether_addr`: a veth and the MAC bound to it.
     IfnameMac,
+    /// `ifname . ether_addr . ipv4_addr`: a veth, the MAC bound to it and one of its
+    /// addresses (the bridge table's one-lookup path for a genuine frame).
+    IfnameMacV4,
+    /// `ifname . ether_addr . ipv6_addr`.
+    IfnameMacV6,
     /// `ether_addr`: every bound MAC.
     Mac,
     V4,
@@ -106,6 +111,8 @@ pub enum Elem {
     IfnameV4(String, Ipv4Addr),
     IfnameV6(String, Ipv6Addr),
     IfnameMac(String, Mac),
+    IfnameMacV4(String, Mac, Ipv4Addr),
+    IfnameMacV6(String, Mac, Ipv6Addr),
     Mac(Mac),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
@@ -126,6 +133,8 @@ impl Elem {
             Elem::IfnameV4(..) => SetKind::IfnameV4,
             Elem::IfnameV6(..) => SetKind::IfnameV6,
             Elem::IfnameMac(..) => SetKind::IfnameMac,
+            Elem::IfnameMacV4(..) => SetKind::IfnameMacV4,
+            Elem::IfnameMacV6(..) => SetKind::IfnameMacV6,
             Elem::Mac(_) => SetKind::Mac,
             Elem::V4(_) => SetKind::V4,
             Elem::V6(_) => SetKind::V6,
@@ -145,6 +154,8 @@ impl std::fmt::Display for Elem {
             Elem::IfnameV4(i, a) => write!(f, "{i:?} . {a}"),
             Elem::IfnameV6(i, a) => write!(f, "{i:?} . {a}"),
             Elem::IfnameMac(i, m) => write!(f, "{i:?} . {m}"),
+            Elem::IfnameMacV4(i, m, a) => write!(f, "{i:?} . {m} . {a}"),
+            Elem::IfnameMacV6(i, m, a) => write!(f, "{i:?} . {m} . {a}"),
             Elem::Mac(m) => write!(f, "{m}"),
             Elem::V4(a) => write!(f, "{a}"),
             Elem::V6(a) => write!(f, "{a}"),
@@ -253,6 +264,12 @@ pub enum Match {
         iface: IfSide,
         set: String,
         negate: bool,
+    },
+    /// `iifname . ether saddr . ip saddr @set` (`ip6 saddr` for `V6`): the frame's port,
+    /// source MAC and source address, one lookup.
+    IifMacSaddrInSet {
+        ip: IpVersion,
+        set: String,
     },
     /// `[iifname .] arp saddr ether [!=] @set`: the ARP sender hardware address.
     ArpShaInSet {
