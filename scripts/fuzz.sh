@@ -54,7 +54,8 @@ figures() {
     local t last execs rate cov ft corp crashes status
     t="$(basename "$log" .log)"
     # The final `#N DONE` line, else the last progress line of a run still going.
-    last="$(grep -E '^#[0-9]+' "$log" | tail -n 1)"
+    # A target that crashed on its first input has no status line: the row says so.
+    last="$(grep -E '^#[0-9]+' "$log" | tail -n 1 || true)"
     execs="$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$' || true)"
     [ -n "$execs" ] || execs="$(sed -E 's/^#([0-9]+).*/\1/' <<<"$last")"
     rate="$(grep -o 'stat::average_exec_per_sec: [0-9]*' "$log" | tail -n 1 | grep -o '[0-9]*$' || true)"

@@ -135,6 +135,8 @@ pub fn derived_name(policy: &Policy, s: &str) -> bool {
         names::BIND_MAC,
         names::MACS,
         names::MAC_VETHS,
+        names::GENUINE_4,
+        names::GENUINE_6,
         names::FORWARD,
         names::ISOLATE,
         names::INPUT,
