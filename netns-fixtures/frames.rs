@@ -56,6 +56,18 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// The checksum of an IPv6 upper-layer packet (`proto`: 17 UDP, 58 ICMPv6) over its
+/// pseudo-header (RFC 8200, 8.1) and the packet itself, whose checksum field is zero.
+fn checksum6(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, upper: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend(src.octets());
+    pseudo.extend(dst.octets());
+    pseudo.extend((upper.len() as u32).to_be_bytes());
+    pseudo.extend([0, 0, 0, proto]);
+    pseudo.extend(upper);
+    checksum(&pseudo)
+}
+
 /// A UDP datagram from `src` to `dst`:`port` carrying `payload`, in a frame from `eth_src`
 /// to `eth_dst`, with valid checksums (the receiver's socket gets it as if sent by `src`).
 /// `src` and `dst` are of one family.
@@ -91,13 +103,7 @@ pub fn udp_frame(
             f.extend(udp);
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend(s.octets());
-            pseudo.extend(d.octets());
-            pseudo.extend(u32::from(len).to_be_bytes());
-            pseudo.extend([0, 0, 0, 17]);
-            pseudo.extend(&udp);
-            let ck = checksum(&pseudo);
+            let ck = checksum6(s, d, 17, &udp);
             udp[6..8].copy_from_slice(&ck.to_be_bytes());
             f.extend([0x86, 0xdd]);
             f.extend([0x60, 0, 0, 0]);
@@ -112,12 +118,16 @@ pub fn udp_frame(
     f
 }
 
-/// Sends each of `frames` once out of `eth0` in namespace `ns`.
-pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
-        // SAFETY: as in `flood`.
+/// An AF_PACKET socket on `eth0` of the calling thread's namespace (what Docker's default
+/// NET_RAW allows a container); closed on drop.
+struct RawEth0 {
+    fd: libc::c_int,
+    addr: libc::sockaddr_ll,
+}
+
+impl RawEth0 {
+    fn open() -> RawEth0 {
+        // SAFETY: plain socket calls; the address is a zeroed sockaddr_ll filled in below.
         unsafe {
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
             assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
@@ -125,24 +135,49 @@ pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
             addr.sll_family = libc::AF_PACKET as u16;
             addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
             addr.sll_halen = 6;
-            for f in &frames {
-                let n = libc::sendto(
-                    fd,
+            RawEth0 { fd, addr }
+        }
+    }
+
+    /// Sends each of `frames` once.
+    fn send(&self, frames: &[Vec<u8>]) {
+        for f in frames {
+            // SAFETY: `f` and `addr` outlive the call; `fd` is open until drop.
+            let n = unsafe {
+                libc::sendto(
+                    self.fd,
                     f.as_ptr().cast(),
                     f.len(),
                     0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
+                    (&self.addr as *const libc::sockaddr_ll).cast(),
                     std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    n,
-                    f.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
+                )
+            };
+            assert_eq!(
+                n,
+                f.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
         }
+    }
+}
+
+impl Drop for RawEth0 {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is this value's own.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
+
+/// Sends each of `frames` once out of `eth0` in namespace `ns`.
+pub fn send_frames(ns: &str, frames: Vec<Vec<u8>>) {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
+        RawEth0::open().send(&frames);
     })
     .join()
     .expect("sender thread");
@@ -154,39 +189,14 @@ pub fn flood(ns: &str, frames: Vec<Vec<u8>>, stop: Arc<AtomicBool>) -> JoinHandl
     let ns = ns.to_string();
     std::thread::spawn(move || {
         enter_netns(&ns).unwrap_or_else(|e| panic!("setns {ns}: {e}"));
-        // SAFETY: plain socket calls on a descriptor this thread owns; the address is a
-        // zeroed sockaddr_ll filled in below.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(c"eth0".as_ptr()) as i32;
-            addr.sll_halen = 6;
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for f in &frames {
-                    let n = libc::sendto(
-                        fd,
-                        f.as_ptr().cast(),
-                        f.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    );
-                    assert_eq!(
-                        n,
-                        f.len() as isize,
-                        "sendto: {}",
-                        std::io::Error::last_os_error()
-                    );
-                    sent += 1;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            libc::close(fd);
-            sent
+        let sock = RawEth0::open();
+        let mut sent = 0;
+        while !stop.load(Ordering::Relaxed) {
+            sock.send(&frames);
+            sent += frames.len();
+            std::thread::sleep(Duration::from_millis(20));
         }
+        sent
     })
 }
 
@@ -206,20 +216,7 @@ pub fn na_frame(
     icmp.extend(target.octets());
     icmp.extend([2, 1]);
     icmp.extend(mac_bytes(lladdr));
-    let mut pseudo = Vec::new();
-    pseudo.extend(src.octets());
-    pseudo.extend(dst.octets());
-    pseudo.extend((icmp.len() as u32).to_be_bytes());
-    pseudo.extend([0, 0, 0, 58]);
-    pseudo.extend(&icmp);
-    let mut sum: u32 = pseudo
-        .chunks(2)
-        .map(|c| u32::from(c[0]) << 8 | u32::from(*c.get(1).unwrap_or(&0)))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let ck = !(sum as u16);
+    let ck = checksum6(src, dst, 58, &icmp);
     icmp[2..4].copy_from_slice(&ck.to_be_bytes());
     let mut f = Vec::from(mac_bytes(eth_dst));
     f.extend(mac_bytes(eth_src));
