@@ -696,21 +696,7 @@ fn main() {
     }
 
     // `docker run` wall time, with and without netguard, in alternating pairs.
-    let run_once = |n: &str| {
-        let t = Instant::now();
-        let _ = sh(&[
-            "docker",
-            "run",
-            "--rm",
-            "--name",
-            n,
-            "--network",
-            &net,
-            IMAGE,
-            "true",
-        ]);
-        t.elapsed().as_secs_f64() * 1e3
-    };
+    let run_once = |n: &str| docker_run_ms(n, &net);
     let (mut with, mut without) = (Vec::new(), Vec::new());
     lab.log_level = "netguard=info";
     lab.stop_daemon();
