@@ -2,7 +2,7 @@
 
 use super::{DockerError, DockerSource, EarlyWatch, Emit, classify};
 use crate::inventory::Change;
-use bollard::models::{EventMessage, EventMessageTypeEnum};
+use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum};
 use bollard::query_parameters::EventsOptions;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -39,12 +39,7 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
             "connect" | "disconnect" => {
                 // Docker names the container in an attribute (the actor is the network);
                 // Podman's compat events make the container the actor and leave it out.
-                let c = actor
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get("container"))
-                    .or(actor.id.as_ref())?
-                    .clone();
+                let c = named_container(actor).or(actor.id.as_ref())?.clone();
                 Some(Change::Container(c))
             }
             "create" | "destroy" | "remove" => Some(Change::Networks),
@@ -52,6 +47,11 @@ pub fn change_of(ev: &EventMessage) -> Option<Change> {
         },
         _ => None,
     }
+}
+
+/// The container a Docker network event names in its attributes (Podman's leave it out).
+fn named_container(actor: &EventActor) -> Option<&String> {
+    actor.attributes.as_ref().and_then(|a| a.get("container"))
 }
 
 /// Containers the event stream has shown created or dead and not started since: a network
@@ -102,11 +102,7 @@ impl NotRunning {
             // Docker names the container in an attribute; Podman makes it the actor and is
             // left as it was.
             Some(EventMessageTypeEnum::NETWORK) if matches!(action, "connect" | "disconnect") => {
-                !actor
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.get("container"))
-                    .is_some_and(|c| self.0.contains(c))
+                !named_container(actor).is_some_and(|c| self.0.contains(c))
             }
             _ => true,
         }
