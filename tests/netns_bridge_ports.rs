@@ -3,8 +3,9 @@
 //! ports; "sandbox" namespaces receive the peers, as Docker moves them at container start.
 //! Needs root (skips loudly without, fails under CI=true).
 
-use netguard::docker::{VethError, bridge_ports, wait_for_port};
+use netguard::docker::{LinkWatch, PortFinder, VethError, bridge_ports, wait_for_port};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn skip(why: &str) -> bool {
@@ -227,4 +228,132 @@ fn two_ports_leading_to_one_mac_bind_neither() {
     w.move_peer("vdb-peer", 1, MAC_A);
     let got = w.in_host(|| wait_for_port("brx", MAC_A, Duration::ZERO));
     assert!(matches!(got, Err(VethError::Failed(_))), "{got:?}");
+}
+
+/// Runs a finder's future on a runtime of the calling thread (whose blocking threads, for the
+/// safety-net reads, start in that thread's namespace).
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+impl World {
+    /// netguard's link watcher, started inside the host namespace (its thread stays there).
+    fn watch(&self) -> Arc<LinkWatch> {
+        let w = self.in_host(|| Arc::new(LinkWatch::start().expect("link watcher")));
+        assert!(w.wait_ready(Duration::from_secs(5)), "the first dump");
+        w
+    }
+
+    /// `watch.find` on a thread inside the host namespace (where its safety-net reads go).
+    fn find(
+        &self,
+        watch: &Arc<LinkWatch>,
+        mac: &str,
+        timeout: Duration,
+    ) -> Result<String, VethError> {
+        let (w, mac) = (Arc::clone(watch), mac.to_string());
+        self.in_host(move || block(w.find("brx", &mac, timeout)).map(|v| v.veth))
+    }
+}
+
+/// The watcher binds a MAC to its port from the kernel's notifications alone: no read of the
+/// bridge's ports (which would queue behind Docker's netlink work on the RTNL lock), and as
+/// soon as the peer has the MAC in its sandbox.
+#[test]
+fn the_link_watcher_answers_from_notifications_alone() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("watch", 3);
+    let watch = w.watch();
+    w.port("vna", "vna-peer", "02:00:00:00:00:02");
+    w.port("vnb", "vnb-peer", MAC_A);
+    // The endpoint's MAC on a peer still in the host: never taken.
+    assert!(matches!(
+        w.find(&watch, MAC_A, Duration::from_millis(200)),
+        Err(VethError::NoInterface { .. })
+    ));
+    let reads = watch.reads();
+    let waiter = {
+        let (watch, path) = (Arc::clone(&watch), format!("/run/netns/{}", w.host));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let r = block(watch.find("brx", MAC_B, Duration::from_secs(10)));
+            (r, Instant::now())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    w.move_peer("vna-peer", 0, MAC_B);
+    let moved = Instant::now();
+    let (r, found) = waiter.join().expect("waiter");
+    assert_eq!(r.map(|v| v.veth), Ok("vna".to_string()));
+    let after = found.saturating_duration_since(moved);
+    assert_eq!(
+        watch.reads(),
+        reads,
+        "the ports were read: not from notifications"
+    );
+    assert!(
+        after < Duration::from_millis(500),
+        "found {after:?} after the move"
+    );
+    eprintln!("found {after:?} after the MAC was set, from notifications");
+    // Already known: answered at once, again without a read.
+    assert_eq!(w.find(&watch, MAC_B, Duration::ZERO), Ok("vna".into()));
+    assert_eq!(watch.reads(), reads);
+
+    // A second peer moved with the same MAC: neither is bound.
+    w.move_peer("vnb-peer", 1, MAC_B);
+    let t = Instant::now();
+    loop {
+        match w.find(&watch, MAC_B, Duration::ZERO) {
+            Err(VethError::Failed(e)) if e.contains("both lead to MAC") => break,
+            other if t.elapsed() > Duration::from_secs(2) => panic!("{other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    // A pair made inside a sandbox (as a container with NET_ADMIN could), one end carrying
+    // an endpoint's MAC: no port's peer, binds nothing.
+    let s2 = w.sandboxes[2].clone();
+    sh(&[
+        "ip", "-n", &s2, "link", "add", "fake0", "address", MAC_A, "type", "veth", "peer", "name",
+        "fake1",
+    ]);
+    sh(&["ip", "-n", &s2, "link", "set", "fake0", "up"]);
+    let before = watch.reads();
+    assert!(matches!(
+        w.find(&watch, MAC_A, Duration::from_millis(300)),
+        Err(VethError::NoInterface { .. })
+    ));
+    assert_eq!(watch.reads(), before + 1, "one read, at the deadline");
+}
+
+/// What the notifications cannot know (a peer moved before the watcher started) is still
+/// found: by reading the ports after a short wait.
+#[test]
+fn a_peer_moved_before_the_watcher_started_is_found_by_reading_the_ports() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("before", 1);
+    w.port("vba", "vba-peer", "02:00:00:00:00:06");
+    w.move_peer("vba-peer", 0, MAC_A);
+    let watch = w.watch();
+    let t = Instant::now();
+    assert_eq!(
+        w.find(&watch, MAC_A, Duration::from_secs(5)),
+        Ok("vba".into())
+    );
+    assert_eq!(watch.reads(), 1);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A bridge the host does not have: an error at once.
+    let (wa, t) = (Arc::clone(&watch), Instant::now());
+    let got = w.in_host(move || block(wa.find("brnone", MAC_A, Duration::from_secs(5))));
+    assert!(matches!(got, Err(VethError::Failed(_))), "{got:?}");
+    assert!(t.elapsed() < Duration::from_secs(1));
 }

@@ -1006,6 +1006,33 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         }
     }
 
+    /// [`gather`], admitting the early changes that come while the batch's window is open:
+    /// a starting container's admission must not wait out the coalescing of other events.
+    async fn gather(
+        &mut self,
+        first: Stamped,
+        rx: &mut mpsc::Receiver<Stamped>,
+        last_apply: Option<Instant>,
+    ) -> Batch {
+        let mut held = Delta::default();
+        let mut failed = false;
+        let batch = admitting(
+            gather(first, rx, last_apply, self.opts.coalesce),
+            EarlyPath {
+                rx: &mut self.early_rx,
+                engine: &mut self.engine,
+                early: &mut self.early,
+                enforcer: &mut self.enforcer,
+                held: &mut held,
+                failed: &mut failed,
+                released: &self.released,
+            },
+        )
+        .await;
+        self.after_early(held, failed);
+        batch
+    }
+
     /// Early changes that came while the loop was idle: admitted at once.
     fn admit_now(&mut self, e: EarlyChange) {
         let mut held = Delta::default();
@@ -1020,6 +1047,12 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
             released: &self.released,
         }
         .admit(e);
+        self.after_early(held, failed);
+    }
+
+    /// What early admissions outside a batch leave to do: a failed apply marks the tables
+    /// for a full reconcile; the addresses they took from previous holders are cut.
+    fn after_early(&mut self, held: Delta, failed: bool) {
         if failed {
             self.dirty = true;
         }
@@ -1207,11 +1240,15 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 }
             };
             tokio::select! {
+                // An early admission races the container's process: before anything else
+                // but a signal.
+                biased;
                 sig = signals.recv() => match sig {
                     Some(Signal::Reload) => self.reload().await,
                     Some(Signal::Stop(why)) => { tracing::info!("{why}: exiting, rules stay in place"); break; }
                     None => break,
                 },
+                Some(e) = next_early(&mut self.early_rx) => self.admit_now(e),
                 _ = tick.tick() => {
                     self.expire_early().await;
                     // A failed reconcile (nft refused the transaction, the source did not
@@ -1261,7 +1298,6 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                         Some(_) => {}
                     }
                 }
-                Some(e) = next_early(&mut self.early_rx) => self.admit_now(e),
                 _ = resync.tick() => self.resync().await,
                 _ = tokio::time::sleep_until(reconnect_at), if !connected => {
                     tracing::info!("reconnecting to {}", self.source.describe());
@@ -1281,7 +1317,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                     }
                     Some(c) => {
                         let batch = match rx.as_mut() {
-                            Some(r) => gather(c, r, last_apply, self.opts.coalesce).await,
+                            Some(r) => self.gather(c, r, last_apply).await,
                             None => Batch::default(),
                         };
                         self.process(batch).await;

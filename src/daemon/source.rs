@@ -3,7 +3,8 @@
 
 use crate::docker::early::EarlyChange;
 use crate::docker::{
-    ContainerState, DockerError, DockerSource, EarlyWatch, Emit, NetlinkFailure, NetlinkPortFinder,
+    ContainerState, DockerError, DockerSource, EarlyWatch, Emit, LinkWatch, NetlinkFailure,
+    NetlinkPortFinder, PortFinder,
 };
 pub use crate::inventory::Change;
 use crate::inventory::{Inventory, InventoryFileError, load_inventory_file};
@@ -99,9 +100,20 @@ impl Source for Docker {
         self.src()?.ping().await?;
         let (tx, rx) = mpsc::channel(8192);
         // A connection of its own: its requests run beside the controller's.
+        // The link watcher answers from notifications; without it each wait reads the
+        // bridge's ports itself (slower in a burst, the same answers).
+        let finder: std::sync::Arc<dyn PortFinder> = match LinkWatch::start() {
+            Ok(w) => std::sync::Arc::new(w),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch link notifications ({e}); early admission reads the ports"
+                );
+                std::sync::Arc::new(NetlinkPortFinder)
+            }
+        };
         let watch = EarlyWatch::new(
             std::sync::Arc::new(DockerSource::connect(self.host.as_deref())?),
-            std::sync::Arc::new(NetlinkPortFinder),
+            finder,
         );
         let (early_tx, early_rx) = mpsc::channel(8192);
         self.early = Some(early_rx);

@@ -66,9 +66,7 @@ impl DockerSource {
             endpoint.mac.clone().unwrap_or_default(),
         );
         tracing::debug!(%container, %bridge, %mac, "early: endpoint listed, waiting for its veth");
-        let found = tokio::task::spawn_blocking(move || finder.find(&bridge, &mac, wait))
-            .await
-            .map_err(|e| DockerError::Veth(e.to_string()))?;
+        let found = finder.find(&bridge, &mac, wait).await;
         match found {
             Ok(v) => {
                 endpoint.veth = Some(v.veth);

@@ -13,6 +13,7 @@
 pub mod early;
 mod early_source;
 pub mod events;
+pub mod link_watch;
 pub mod map;
 mod netns;
 pub mod podman;
@@ -21,6 +22,7 @@ pub mod security;
 pub mod veth;
 
 pub use early_source::{EarlyWatch, Emit, PORT_WAIT};
+pub use link_watch::LinkWatch;
 pub use map::{bridge_name, finish, map_inventory, names_unknown_network, needs_inspect, prepare};
 pub use veth::{
     BridgePort, NetlinkFailure, NetlinkPortFinder, NetlinkVethResolver, PortFinder, ResolvedVeth,

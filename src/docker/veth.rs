@@ -147,18 +147,42 @@ impl Default for NetlinkVethResolver {
 }
 
 /// One link as netlink reports it.
-#[derive(Debug, Clone, Default)]
-struct LinkInfo {
-    index: u32,
-    name: String,
-    mac: Option<String>,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct LinkInfo {
+    pub(super) index: u32,
+    pub(super) name: String,
+    pub(super) mac: Option<String>,
     /// `IFLA_LINK`: for a veth, the peer's ifindex (in the peer's namespace).
-    link: Option<u32>,
+    pub(super) link: Option<u32>,
     /// `IFLA_MASTER`: the bridge the link is a port of.
-    master: Option<u32>,
+    pub(super) master: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the namespace the peer is in, as this namespace numbers it;
+    /// absent while the peer is in the same namespace.
+    pub(super) link_netnsid: Option<i32>,
 }
 
-fn format_mac(bytes: &[u8]) -> String {
+impl LinkInfo {
+    pub(super) fn of(msg: netlink_packet_route::link::LinkMessage) -> LinkInfo {
+        use netlink_packet_route::link::LinkAttribute;
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            ..LinkInfo::default()
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => info.name = n,
+                LinkAttribute::Address(a) => info.mac = Some(format_mac(&a)),
+                LinkAttribute::Link(l) => info.link = Some(l),
+                LinkAttribute::Controller(m) => info.master = Some(m),
+                LinkAttribute::LinkNetNsId(n) => info.link_netnsid = Some(n),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+pub(super) fn format_mac(bytes: &[u8]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -169,7 +193,7 @@ fn format_mac(bytes: &[u8]) -> String {
 /// Lists the links of the namespace the calling thread is in, over a fresh netlink socket
 /// (a socket stays bound to the namespace it was created in, so it must be opened after
 /// `setns`).
-fn list_links(rt: &tokio::runtime::Runtime) -> Result<Vec<LinkInfo>, String> {
+pub(super) fn list_links(rt: &tokio::runtime::Runtime) -> Result<Vec<LinkInfo>, String> {
     rt.block_on(async {
         let (conn, handle) = connection()?;
         let conn = tokio::spawn(conn);
@@ -226,33 +250,17 @@ async fn collect_links(
     what: &str,
 ) -> Result<Vec<LinkInfo>, String> {
     use futures::TryStreamExt;
-    use netlink_packet_route::link::LinkAttribute;
     let mut links = Vec::new();
     loop {
         match stream.try_next().await {
-            Ok(Some(msg)) => {
-                let mut info = LinkInfo {
-                    index: msg.header.index,
-                    ..LinkInfo::default()
-                };
-                for attr in msg.attributes {
-                    match attr {
-                        LinkAttribute::IfName(n) => info.name = n,
-                        LinkAttribute::Address(a) => info.mac = Some(format_mac(&a)),
-                        LinkAttribute::Link(l) => info.link = Some(l),
-                        LinkAttribute::Controller(m) => info.master = Some(m),
-                        _ => {}
-                    }
-                }
-                links.push(info);
-            }
+            Ok(Some(msg)) => links.push(LinkInfo::of(msg)),
             Ok(None) => return Ok(links),
             Err(e) => return Err(format!("{what}: {e}")),
         }
     }
 }
 
-fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(super) fn current_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -458,20 +466,29 @@ pub fn port_with_mac<'a>(
     }
 }
 
+/// What a [`PortFinder`] answers, later.
+pub type Found<'a> = futures::future::BoxFuture<'a, Result<ResolvedVeth, VethError>>;
+
 /// Finds the host veth of an endpoint from the host alone, without the container's PID (which
 /// Docker only gives once the start is over): by the bridge and the endpoint's MAC.
 pub trait PortFinder: Send + Sync {
     /// Waits up to `timeout` for the port of `bridge` whose peer carries `mac`.
-    fn find(&self, bridge: &str, mac: &str, timeout: Duration) -> Result<ResolvedVeth, VethError>;
+    fn find<'a>(&'a self, bridge: &'a str, mac: &'a str, timeout: Duration) -> Found<'a>;
 }
 
-/// The real finder: rtnetlink in the host's namespace (the calling thread's).
+/// The finder without a watcher: each wait reads the bridge's ports itself (rtnetlink in the
+/// host's namespace, on a blocking thread of the runtime).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NetlinkPortFinder;
 
 impl PortFinder for NetlinkPortFinder {
-    fn find(&self, bridge: &str, mac: &str, timeout: Duration) -> Result<ResolvedVeth, VethError> {
-        wait_for_port(bridge, mac, timeout)
+    fn find<'a>(&'a self, bridge: &'a str, mac: &'a str, timeout: Duration) -> Found<'a> {
+        let (bridge, mac) = (bridge.to_string(), mac.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || wait_for_port(&bridge, &mac, timeout))
+                .await
+                .map_err(|e| VethError::Failed(e.to_string()))?
+        })
     }
 }
 
@@ -490,8 +507,8 @@ impl StaticPortFinder {
 }
 
 impl PortFinder for StaticPortFinder {
-    fn find(&self, bridge: &str, mac: &str, _: Duration) -> Result<ResolvedVeth, VethError> {
-        match self.answers.get(&(bridge.to_string(), mac.to_string())) {
+    fn find<'a>(&'a self, bridge: &'a str, mac: &'a str, _: Duration) -> Found<'a> {
+        let answer = match self.answers.get(&(bridge.to_string(), mac.to_string())) {
             Some(v) => Ok(ResolvedVeth {
                 veth: v.clone(),
                 bridge: Some(bridge.to_string()),
@@ -499,7 +516,8 @@ impl PortFinder for StaticPortFinder {
             None => Err(VethError::NoInterface {
                 mac: mac.to_string(),
             }),
-        }
+        };
+        Box::pin(std::future::ready(answer))
     }
 }
 
@@ -588,7 +606,7 @@ pub fn bridge_ports(bridge: &str) -> Result<Vec<BridgePort>, VethError> {
 
 /// Runs `f` with a current-thread runtime on a thread of our own, in the caller's namespace
 /// (a new thread starts in its creator's).
-fn on_own_thread<T: Send>(
+pub(super) fn on_own_thread<T: Send>(
     f: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, String> + Send,
 ) -> Result<T, String> {
     std::thread::scope(|s| {
