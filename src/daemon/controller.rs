@@ -1038,7 +1038,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let mut held = Delta::default();
         let mut failed = false;
         EarlyPath {
-            rx: &mut None,
+            rx: &mut self.early_rx,
             engine: &mut self.engine,
             early: &mut self.early,
             enforcer: &mut self.enforcer,
@@ -1358,7 +1358,47 @@ struct EarlyPath<'a, E: Enforcer> {
 }
 
 impl<E: Enforcer> EarlyPath<'_, E> {
+    /// Admits `e` and every early change queued behind it, in one kernel transaction: in a
+    /// burst of starts each transaction can wait for the commit lock (Docker's own iptables
+    /// runs on nf_tables too), and the last of several queued admissions must not wait for
+    /// all the transactions before it.
     fn admit(&mut self, e: EarlyChange) {
+        let mut cut_after = BTreeSet::new();
+        self.stage(e, &mut cut_after);
+        while let Some(e) = self.rx.as_mut().and_then(|r| r.try_recv().ok()) {
+            self.stage(e, &mut cut_after);
+        }
+        self.flush(cut_after);
+    }
+
+    /// Applies what the staged admissions changed, then cuts what they took over.
+    fn flush(&mut self, cut_after: BTreeSet<IpAddr>) {
+        let now = Delta {
+            add: std::mem::take(&mut self.held.add),
+            delete: std::mem::take(&mut self.held.delete),
+            ..Delta::default()
+        };
+        if !now.is_empty() {
+            match self.enforcer.apply(&now) {
+                Ok(()) => tracing::debug!(elements = now.len(), "applied early"),
+                Err(e) => {
+                    tracing::warn!("early element update failed ({e}); reconciling fully");
+                    *self.failed = true;
+                }
+            }
+        }
+        // No connection of a previous holder of the address may be left for the new one to
+        // ride on (conntrack would pass its packets as established, admitted or not). When
+        // the holder was removed just now, or a moment ago (its cut off the loop may still be
+        // under way), the cut is done here, right after the admission and still before the
+        // new container's process runs; an address that left longer ago was cut then.
+        if !cut_after.is_empty() {
+            self.enforcer.cut_now(&cut_after);
+        }
+    }
+
+    /// The engine's side of one early change; its elements wait in `held` for [`Self::flush`].
+    fn stage(&mut self, e: EarlyChange, cut: &mut BTreeSet<IpAddr>) {
         let id = match &e {
             EarlyChange::Endpoint { created, .. } | EarlyChange::Sharer { created, .. } => {
                 created.id.clone()
@@ -1443,27 +1483,8 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             Action::Nothing => return,
         };
         merge(self.held, d);
-        let now = Delta {
-            add: std::mem::take(&mut self.held.add),
-            delete: std::mem::take(&mut self.held.delete),
-            ..Delta::default()
-        };
-        if !now.is_empty() {
-            match self.enforcer.apply(&now) {
-                Ok(()) => tracing::debug!(elements = now.len(), "applied early"),
-                Err(e) => {
-                    tracing::warn!("early element update failed ({e}); reconciling fully");
-                    *self.failed = true;
-                }
-            }
-        }
-        // No connection of a previous holder of the address may be left for the new one to
-        // ride on (conntrack would pass its packets as established, admitted or not). When
-        // the holder was removed just now, or a moment ago (its cut off the loop may still be
-        // under way), the cut is done here, right after the admission and still before the
-        // new container's process runs; an address that left longer ago was cut then.
         if let Some(addrs) = cut_after {
-            self.enforcer.cut_now(&addrs);
+            cut.extend(addrs);
         }
     }
 }

@@ -6,8 +6,8 @@
 //! blocks until the start has finished, but the container list (`GET /containers/json`) and
 //! the network (`GET /networks/{id}`) answer at once: the list has the name, image, labels and
 //! network mode; the network has the endpoint's addresses and MAC. The host veth is found from
-//! the bridge's ports (see [`super::veth::wait_for_port`]) as soon as Docker moves its peer into
-//! the sandbox, which it does before the process runs.
+//! the kernel's link notifications (see [`super::link_watch`]) as soon as Docker gives the peer
+//! the endpoint's MAC in the sandbox, which it does before the process runs.
 //!
 //! Pure functions here; the requests are in [`super::DockerSource`].
 

@@ -174,21 +174,30 @@ impl EarlyWatch {
                 let (me, emit) = (Arc::clone(self), Arc::clone(emit));
                 tokio::spawn(async move {
                     let t0 = Instant::now();
-                    let created = match me.recall(&container) {
-                        Some(c) => c,
-                        None => match me.src.created(&container).await {
-                            Ok(Some(c)) => c,
-                            Ok(None) => return,
-                            Err(e) => {
-                                tracing::debug!(%container, "early: cannot list: {e}");
-                                return;
-                            }
-                        },
+                    // The list (when the create was missed, as for a running container's
+                    // `network connect`) and the network are asked at once: neither needs the
+                    // other, and a running container's new interface already carries traffic.
+                    let listed = async {
+                        match me.recall(&container) {
+                            Some(c) => Ok(Some(c)),
+                            None => me.src.created(&container).await,
+                        }
                     };
-                    let found = me
-                        .src
-                        .early_endpoint(&network, &container, Arc::clone(&me.finder), PORT_WAIT)
-                        .await;
+                    let endpoint = me.src.early_endpoint(
+                        &network,
+                        &container,
+                        Arc::clone(&me.finder),
+                        PORT_WAIT,
+                    );
+                    let (listed, found) = tokio::join!(listed, endpoint);
+                    let created = match listed {
+                        Ok(Some(c)) => c,
+                        Ok(None) => return,
+                        Err(e) => {
+                            tracing::debug!(%container, "early: cannot list: {e}");
+                            return;
+                        }
+                    };
                     match found {
                         Ok(Some(endpoint)) => {
                             tracing::debug!(

@@ -394,8 +394,7 @@ impl LinkWatch {
                 // Read at once where the notifications cannot answer: no watcher, or a bridge
                 // it does not know (which may not exist: the read says so).
                 let first = reads == 0 && (failed || (st.ready && !st.model.knows(bridge)));
-                if reading.is_none() && (first || resynced || now >= next_read || now >= deadline)
-                {
+                if reading.is_none() && (first || resynced || now >= next_read || now >= deadline) {
                     reads += 1;
                     reading = Some(Box::pin(self.read_ports(bridge, &mac)));
                 }
