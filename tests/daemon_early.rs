@@ -501,3 +501,134 @@ fn an_address_handed_from_an_allowed_container_to_a_denied_one_lets_nothing_thro
         ));
     }
 }
+
+/// The IPv4 address of `container` on `net`.
+fn ip_on(container: &str, net: &str) -> String {
+    docker_ok(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        container,
+    ])
+}
+
+/// A neighbour with `NET_ADMIN` that puts the next endpoint's MAC on its own interface before
+/// that endpoint's container starts (Docker 20.10 derives the MAC from the address it hands
+/// out next) does not get the newcomer bound to its port: early admission refuses the port
+/// another admitted container holds, the newcomer's start finds its veth from its own
+/// namespace, and it reaches the db then; the thief, sending with the newcomer's address and
+/// MAC, gets nothing through.
+#[test]
+fn a_neighbour_with_net_admin_that_takes_the_next_mac_gets_nothing_of_the_newcomer() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut env) = Env::new("theft", "theft") else {
+        return;
+    };
+    let (net, db) = (env.net.clone(), env.db_ip.clone());
+    let thief = env.scene.run(
+        "thief",
+        &[
+            "--network",
+            &net,
+            "--label",
+            "nge.role=other",
+            "--cap-add",
+            "NET_ADMIN",
+        ],
+        IMAGE,
+        &["sleep", "3600"],
+    );
+    let thief_ip: std::net::Ipv4Addr = ip_on(&thief, &net).parse().expect("thief address");
+    if poll(Duration::from_secs(5), Duration::from_millis(20), || {
+        bound(&thief_ip.to_string())
+    })
+    .is_none()
+    {
+        env.fail("the thief was never admitted");
+    }
+    let next = std::net::Ipv4Addr::from(u32::from(thief_ip) + 1);
+    let o = next.octets();
+    let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    let d: std::net::Ipv4Addr = db.parse().expect("db address");
+    let d = d.octets();
+    let db_mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", d[0], d[1], d[2], d[3]);
+    let took = docker(&[
+        "exec",
+        &thief,
+        "sh",
+        "-c",
+        &format!(
+            "ip link set dev eth0 down && ip link set dev eth0 address {mac} && \
+             ip link set dev eth0 up && ip addr add {next}/32 dev eth0 && \
+             arp -i eth0 -s {db} {db_mac}"
+        ),
+    ]);
+    if let Err(e) = took {
+        env.fail(&format!("the thief could not take MAC {mac}: {e}"));
+    }
+    // The thief keeps sending as the newcomer from before its start until well after it:
+    // bound to the thief's port for any moment, the newcomer's address would get answers (the
+    // db's MAC is set by hand: an ARP retry, a second apart, would miss a short moment).
+    if let Err(e) = docker(&[
+        "exec",
+        "-d",
+        &thief,
+        "sh",
+        "-c",
+        &format!("ping -c 100 -i 0.05 -W 1 -I {next} {db} > /tmp/as-newcomer 2>&1"),
+    ]) {
+        env.fail(&format!("the thief's ping: {e}"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let web = env.scene.run(
+        "web",
+        &["--network", &net, "--label", "nge.role=web"],
+        IMAGE,
+        &["sleep", "3600"],
+    );
+    let web_ip = ip_on(&web, &net);
+    if web_ip != next.to_string() {
+        env.fail(&format!(
+            "Docker gave the newcomer {web_ip}, not the predicted {next}: nothing was tested"
+        ));
+    }
+    let reaches = |from: &str, args: &[&str]| {
+        let mut a = vec!["exec", from, "ping", "-c1", "-W1"];
+        a.extend_from_slice(args);
+        a.push(&db);
+        docker(&a).is_ok()
+    };
+    if poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        reaches(&web, &[])
+    })
+    .is_none()
+    {
+        env.fail("the newcomer never reached the db on its own veth");
+    }
+    // The thief's ping (5 s) ends and writes what it got.
+    let mut sent = String::new();
+    poll(Duration::from_secs(20), Duration::from_millis(200), || {
+        sent = docker(&["exec", &thief, "cat", "/tmp/as-newcomer"]).unwrap_or_default();
+        sent.contains("packets transmitted")
+    });
+    if sent.contains("bytes from") {
+        env.fail(&format!(
+            "the thief got answers with the newcomer's address and MAC:\n{sent}"
+        ));
+    }
+    if !sent.contains("100 packets transmitted") {
+        env.fail(&format!("the thief's ping did not run as meant:\n{sent}"));
+    }
+    let log = env
+        .daemon
+        .as_ref()
+        .map(|d| d.log_text())
+        .unwrap_or_default();
+    // Refused as another container's port, or (when the newcomer's own peer had the MAC
+    // by the time its port was looked for) as a MAC two ports lead to.
+    if !log.contains("the port carrying its MAC is another container's")
+        && !log.contains("both lead to MAC")
+    {
+        env.fail("early admission did not meet the thief's port: nothing was tested");
+    }
+}

@@ -157,7 +157,8 @@ pub struct Kernel {
     bridges: Option<NetlinkBridges>,
     conntrack: Arc<dyn Conntrack + Send + Sync>,
     /// Addresses whose connections the cutter thread deletes, started on first use.
-    cutter: Option<std::sync::mpsc::Sender<Vec<IpAddr>>>,
+    /// Addresses to cut, and when they were queued.
+    cutter: Option<std::sync::mpsc::Sender<(Vec<IpAddr>, Instant)>>,
     owed: Arc<std::sync::Mutex<Owed>>,
     /// When the last cut of each address that went through began (see [`CutsDone`]).
     done: Arc<std::sync::Mutex<CutsDone>>,
@@ -208,21 +209,25 @@ impl Kernel {
     /// One long-lived thread for cutting: a dump of the conntrack table grows with the host's
     /// connections, so it runs off the controller's path, and one batch at a time, so that
     /// churn does not pile dumps on each other.
-    fn cutter(&mut self) -> Option<&std::sync::mpsc::Sender<Vec<IpAddr>>> {
+    fn cutter(&mut self) -> Option<&std::sync::mpsc::Sender<(Vec<IpAddr>, Instant)>> {
         if self.cutter.is_none() {
-            let (tx, rx) = std::sync::mpsc::channel::<Vec<IpAddr>>();
+            let (tx, rx) = std::sync::mpsc::channel::<(Vec<IpAddr>, Instant)>();
             let conntrack = self.conntrack.clone();
             let owed = self.owed.clone();
             let done = self.done.clone();
             let spawned = std::thread::Builder::new()
                 .name("netguard-cut".into())
                 .spawn(move || {
-                    while let Ok(mut addrs) = rx.recv() {
+                    while let Ok(first) = rx.recv() {
                         // What queued up meanwhile is one dump, not one each.
+                        let mut queued = vec![first];
                         while let Ok(more) = rx.try_recv() {
-                            addrs.extend(more);
+                            queued.push(more);
                         }
-                        cut_or_owe(&*conntrack, &owed, &done, &addrs);
+                        let addrs = still_to_cut(&done, &queued);
+                        if !addrs.is_empty() {
+                            cut_or_owe(&*conntrack, &owed, &done, &addrs);
+                        }
                     }
                 });
             match spawned {
@@ -232,6 +237,30 @@ impl Kernel {
         }
         self.cutter.as_ref()
     }
+}
+
+/// The queued addresses not cut since they were queued. An address handed to a new endpoint
+/// is cut at that endpoint's admission (`cut_now`) when the cut of its leaving has not gone
+/// through yet; cutting it once more, later, would delete the new holder's first connections,
+/// which may be open by then.
+fn still_to_cut(
+    done: &std::sync::Mutex<CutsDone>,
+    queued: &[(Vec<IpAddr>, Instant)],
+) -> Vec<IpAddr> {
+    let done = done.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out: Vec<IpAddr> = queued
+        .iter()
+        .flat_map(|(addrs, at)| {
+            addrs
+                .iter()
+                .filter(|a| !done.0.get(a).is_some_and(|t| t >= at))
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Deletes the connections of `addrs`; when ctnetlink fails, they stay owed for a retry,
@@ -310,7 +339,7 @@ impl Enforcer for Kernel {
         // The addresses are already out of every set: nothing new can open meanwhile.
         let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
         let queued = match self.cutter() {
-            Some(tx) => tx.send(addrs).map_err(|e| e.0),
+            Some(tx) => tx.send((addrs, Instant::now())).map_err(|e| e.0.0),
             None => Err(addrs),
         };
         // No thread: cut here rather than not at all.
@@ -1504,5 +1533,33 @@ async fn admitting<T, E: Enforcer>(
             Some(e) = next_early(rx) => p.admit(e),
             r = &mut fut => return r,
         }
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_cut_since_it_was_queued_is_not_cut_again() {
+        let (x, y): (IpAddr, IpAddr) = ("172.18.0.5".parse().unwrap(), "fd00::5".parse().unwrap());
+        let t0 = Instant::now();
+        let done = std::sync::Mutex::new(CutsDone::default());
+        let queued = vec![(vec![x, y], t0)];
+        assert_eq!(still_to_cut(&done, &queued), vec![x, y]);
+        // Cut before it was queued (an older leaving): still cut.
+        done.lock()
+            .unwrap()
+            .0
+            .insert(x, t0 - Duration::from_millis(5));
+        assert_eq!(still_to_cut(&done, &queued), vec![x, y]);
+        // Cut at a new holder's admission after it was queued: not again.
+        done.lock()
+            .unwrap()
+            .note(&[x], t0 + Duration::from_millis(1));
+        assert_eq!(still_to_cut(&done, &queued), vec![y]);
+        // Queued again after that cut (the new holder left too): cut.
+        let later = vec![(vec![x], t0 + Duration::from_millis(2))];
+        assert_eq!(still_to_cut(&done, &later), vec![x]);
     }
 }
