@@ -253,7 +253,7 @@ fn still_to_cut(
         .flat_map(|(addrs, at)| {
             addrs
                 .iter()
-                .filter(|a| !done.0.get(a).is_some_and(|t| t >= at))
+                .filter(|a| done.0.get(a).is_none_or(|t| t < at))
                 .copied()
                 .collect::<Vec<_>>()
         })
