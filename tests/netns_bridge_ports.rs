@@ -357,3 +357,51 @@ fn a_peer_moved_before_the_watcher_started_is_found_by_reading_the_ports() {
     assert!(matches!(got, Err(VethError::Failed(_))), "{got:?}");
     assert!(t.elapsed() < Duration::from_secs(1));
 }
+
+/// A Docker that creates the container side directly in the sandbox, with the endpoint's MAC
+/// already, and attaches the host side to the bridge afterwards (the order is the kernel's to
+/// tell, not netguard's to assume): the port is found from the notifications alone once the
+/// sandbox side is configured.
+#[test]
+fn a_peer_made_in_the_sandbox_with_its_mac_before_the_port_joins_the_bridge() {
+    if !ready() {
+        return;
+    }
+    let w = World::new("direct", 1);
+    let watch = w.watch();
+    let reads = watch.reads();
+    let s0 = w.sandboxes[0].clone();
+    w.ip(&[
+        "link", "add", "vca", "type", "veth", "peer", "name", "eth0", "netns", &s0, "address",
+        MAC_A,
+    ]);
+    // Not a port of the bridge yet: nothing.
+    assert!(matches!(
+        w.find(&watch, MAC_A, Duration::from_millis(200)),
+        Err(VethError::NoInterface { .. })
+    ));
+    let before = watch.reads();
+    let waiter = {
+        let (watch, path) = (Arc::clone(&watch), format!("/run/netns/{}", w.host));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            block(watch.find("brx", MAC_A, Duration::from_secs(10)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    w.ip(&["link", "set", "vca", "master", "brx", "up"]);
+    // The sandbox side's own creation is announced before the host has an id for the sandbox
+    // (so not to netguard); Docker configures it there next, which is announced.
+    sh(&["ip", "-n", &s0, "link", "set", "eth0", "up"]);
+    assert_eq!(
+        waiter.join().expect("waiter").map(|v| v.veth),
+        Ok("vca".to_string())
+    );
+    assert_eq!(
+        watch.reads(),
+        before,
+        "found by a read, not from notifications"
+    );
+    assert_eq!(before, reads + 1, "one read, at the first wait's deadline");
+}
