@@ -20,7 +20,7 @@
 
 use super::veth::{
     Found, LinkInfo, PortFinder, ResolvedVeth, VethError, bridge_ports, current_thread_runtime,
-    list_links, port_with_mac,
+    link_socket, list_links, port_with_mac, route_messages,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -457,19 +457,9 @@ impl LinkWatch {
 
 type ReadResult = Result<Option<ResolvedVeth>, VethError>;
 
-/// A netlink socket on the link group of this namespace and of every namespace it has an id
-/// for.
+/// The link notifications' socket (see [`super::veth::link_socket`]) with a large buffer.
 fn open_socket() -> Result<rtnetlink::sys::Socket, String> {
-    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-    crate::fault::check(crate::fault::DOCKER_NETLINK)
-        .map_err(|e| format!("netlink socket: {e}"))?;
-    let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| format!("netlink socket: {e}"))?;
-    s.bind(&SocketAddr::new(0, 0))
-        .map_err(|e| format!("netlink bind: {e}"))?;
-    s.add_membership(libc::RTNLGRP_LINK)
-        .map_err(|e| format!("netlink link group: {e}"))?;
-    s.set_listen_all_namespaces(true)
-        .map_err(|e| format!("NETLINK_LISTEN_ALL_NSID: {e}"))?;
+    let s = link_socket()?;
     let fd = s.as_raw_fd();
     // Forced past rmem_max where the process may (root); the plain size otherwise.
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
@@ -563,26 +553,18 @@ fn receive(fd: libc::c_int, buf: &mut [u8], wait: Duration) -> io::Result<Receiv
 }
 
 /// The link messages of one datagram.
-fn apply(model: &mut LinkModel, mut buf: &[u8], origin: Origin) {
+fn apply(model: &mut LinkModel, buf: &[u8], origin: Origin) {
     use netlink_packet_route::RouteNetlinkMessage;
-    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            return;
-        }
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len]).map(|m| m.payload) {
-            Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l))) => {
+    for m in route_messages(buf) {
+        match m {
+            RouteNetlinkMessage::NewLink(l) => {
                 let l = LinkInfo::of(l);
                 tracing::trace!(?origin, ?l, "new link");
                 model.new_link(origin, l)
             }
-            Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l))) => {
-                model.del_link(origin, l.header.index)
-            }
+            RouteNetlinkMessage::DelLink(l) => model.del_link(origin, l.header.index),
             _ => {}
         }
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
     }
 }
 

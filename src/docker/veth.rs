@@ -619,6 +619,48 @@ pub(super) fn on_own_thread<T: Send>(
 /// How often the ports are read again when no notification showed the MAC: a safety net.
 const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// A netlink socket on the link notifications of this namespace and of every namespace it has
+/// an id for (`NETLINK_LISTEN_ALL_NSID`), or the injected fault (`fault::DOCKER_NETLINK`).
+pub(super) fn link_socket() -> Result<rtnetlink::sys::Socket, String> {
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+    crate::fault::check(crate::fault::DOCKER_NETLINK)
+        .map_err(|e| format!("netlink socket: {e}"))?;
+    let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| format!("netlink socket: {e}"))?;
+    s.bind(&SocketAddr::new(0, 0))
+        .map_err(|e| format!("netlink bind: {e}"))?;
+    s.add_membership(libc::RTNLGRP_LINK)
+        .map_err(|e| format!("netlink link group: {e}"))?;
+    s.set_listen_all_namespaces(true)
+        .map_err(|e| format!("NETLINK_LISTEN_ALL_NSID: {e}"))?;
+    Ok(s)
+}
+
+/// The route messages of one datagram of notifications, in order; a malformed length ends it.
+pub(super) fn route_messages(
+    mut buf: &[u8],
+) -> impl Iterator<Item = netlink_packet_route::RouteNetlinkMessage> + '_ {
+    use netlink_packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    std::iter::from_fn(move || {
+        while buf.len() >= 16 {
+            let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len < 16 || len > buf.len() {
+                return None;
+            }
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len]);
+            buf = &buf[((len + 3) & !3).min(buf.len())..];
+            if let Ok(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(r),
+                ..
+            }) = m
+            {
+                return Some(r);
+            }
+        }
+        None
+    })
+}
+
 /// Link notifications of this namespace and of every namespace it has an id for (the
 /// sandboxes, once a veth peer has moved there): the container side getting its MAC is such a
 /// notification, so the port is found the moment it can be, without polling.
@@ -626,16 +668,7 @@ struct LinkEvents(rtnetlink::sys::Socket);
 
 impl LinkEvents {
     fn open() -> Result<LinkEvents, String> {
-        use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-        crate::fault::check(crate::fault::DOCKER_NETLINK)
-            .map_err(|e| format!("netlink socket: {e}"))?;
-        let mut s = Socket::new(NETLINK_ROUTE).map_err(|e| format!("netlink socket: {e}"))?;
-        s.bind(&SocketAddr::new(0, 0))
-            .map_err(|e| format!("netlink bind: {e}"))?;
-        s.add_membership(libc::RTNLGRP_LINK)
-            .map_err(|e| format!("netlink link group: {e}"))?;
-        s.set_listen_all_namespaces(true)
-            .map_err(|e| format!("NETLINK_LISTEN_ALL_NSID: {e}"))?;
+        let s = link_socket()?;
         s.set_non_blocking(true)
             .map_err(|e| format!("netlink non-blocking: {e}"))?;
         Ok(LinkEvents(s))
@@ -670,26 +703,13 @@ impl LinkEvents {
 }
 
 /// Whether one datagram of link notifications has a link whose address is `mac`.
-fn carries_mac(mut buf: &[u8], mac: &str) -> bool {
+fn carries_mac(buf: &[u8], mac: &str) -> bool {
     use netlink_packet_route::RouteNetlinkMessage;
     use netlink_packet_route::link::LinkAttribute;
-    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < 16 || len > buf.len() {
-            return false;
-        }
-        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len])
-            && let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) = m.payload
-            && l.attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::Address(a) if format_mac(a) == mac))
-        {
-            return true;
-        }
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-    }
-    false
+    route_messages(buf).any(|m| {
+        matches!(&m, RouteNetlinkMessage::NewLink(l) if l.attributes.iter()
+            .any(|a| matches!(a, LinkAttribute::Address(a) if format_mac(a) == mac)))
+    })
 }
 
 /// Waits up to `timeout` for the port of `bridge` whose peer carries `mac` (see
