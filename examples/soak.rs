@@ -1355,12 +1355,36 @@ impl Soak {
                     ])
                 })
             }
-            _ => self.ns_cmd(&["nft", "flush", "chain", "inet", "netguard", "forward"]),
+            _ => {
+                // The step's own change may still be on its way to the kernel, and the
+                // daemon's transaction for it rewrites the chain: flush only once the daemon
+                // has settled and stayed so, or the fault is repaired before it is checked.
+                self.wait_quiet();
+                self.ns_cmd(&["nft", "flush", "chain", "inet", "netguard", "forward"])
+            }
         };
         if let Err(e) = r {
             eprintln!("soak: self-test: injecting {what} failed: {e}");
         }
         Some(what)
+    }
+
+    /// Until `diff` has exited 0 twice, 300 ms apart (bounded by the settle bound).
+    fn wait_quiet(&mut self) {
+        let t = Instant::now();
+        let mut clean_since: Option<Instant> = None;
+        while t.elapsed() < settle_bound() {
+            if self.netguard(&["diff"]).0 == 0 {
+                match clean_since {
+                    Some(c) if c.elapsed() >= Duration::from_millis(300) => return,
+                    Some(_) => {}
+                    None => clean_since = Some(Instant::now()),
+                }
+            } else {
+                clean_since = None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Undoes an injection after its checks, so that the next steps start clean.
