@@ -5,7 +5,7 @@
 //!
 //!     cargo build --release --bin netguard --example first_packet_bench
 //!     target/release/examples/first_packet_bench [--starts 100] [--pairs 20] \
-//!         [--netguard target/release/netguard]
+//!         [--netguard target/release/netguard] [--hold on|off]
 //!
 //! It creates a network `ngfp<pid>-net`, a `db` container answering on 8080/tcp, and runs
 //! `netguard run` (policy: `web -> db 8080/tcp, icmp`) on that network only; it refuses when
@@ -16,6 +16,11 @@
 //!   (`other`).
 //! - rules live vs the process start: the container's first command reads the wall clock
 //!   (`adjtimex`, microseconds); the daemon logs when the transaction admitting it returned.
+//! - held: packets the admission hold queued during the row (the hold rule's nft counter),
+//!   i.e. packets sent before their container's admission was live (`--hold off`:
+//!   `admission_hold = false`, the column is then empty).
+//! - each start of the daemon logs to its own file (`netguard-N.log` in the bench's temp
+//!   directory, kept): N = 1 is the daemon of every start row.
 //! - `docker run --rm IMAGE true` wall time with and without netguard, in alternating pairs
 //!   (`--pairs`): the daemon is stopped for every run without, so every run with it is among
 //!   the first of a freshly started daemon (its cold paths).
@@ -56,6 +61,8 @@ struct Lab {
     netguard: PathBuf,
     daemon: Option<Child>,
     log: PathBuf,
+    /// How many times the daemon was started (each start logs to `netguard-N.log`).
+    lives: usize,
     /// `NETGUARD_LOG` of the daemon: debug while the admission times are read from its log,
     /// info (what a host runs) while `docker run` is timed.
     log_level: &'static str,
@@ -69,6 +76,8 @@ impl Lab {
     }
 
     fn start_daemon_of(&mut self, netguard: &std::path::Path) {
+        self.lives += 1;
+        self.log = self.dir.join(format!("netguard-{}.log", self.lives));
         let logf = std::fs::File::create(&self.log).expect("log file");
         let child = Command::new(netguard)
             .args(["-c", self.policy.to_str().unwrap_or_default(), "run"])
@@ -172,6 +181,24 @@ fn client(name: &str, net: &str, role: &str, probe: &str) -> Run {
         out: text,
         proc_start_us,
     }
+}
+
+/// Packets the hold rule has queued so far (its nft counter), if the table has one.
+fn held_packets() -> Option<u64> {
+    let json = sh(&["nft", "-j", "list", "chain", "inet", "netguard", "hold"]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    v["nftables"].as_array()?.iter().find_map(|o| {
+        let r = o.get("rule")?;
+        r["comment"]
+            .as_str()?
+            .starts_with("held until admitted")
+            .then(|| {
+                r["expr"]
+                    .as_array()?
+                    .iter()
+                    .find_map(|e| e.get("counter")?.get("packets")?.as_u64())
+            })?
+    })
 }
 
 fn ping_probe(ip: &str) -> String {
@@ -539,6 +566,7 @@ fn main() {
     let rounds: usize = opt("--steady").and_then(|v| v.parse().ok()).unwrap_or(0);
     let block: usize = opt("--block").and_then(|v| v.parse().ok()).unwrap_or(10);
     let warmup: usize = opt("--warmup").and_then(|v| v.parse().ok()).unwrap_or(3);
+    let hold = opt("--hold").as_deref() != Some("off");
     // `--netguard` may be given more than once: the steady comparison measures each.
     let mut bins: Vec<PathBuf> = args
         .windows(2)
@@ -560,7 +588,7 @@ fn main() {
     std::fs::write(
         &policy,
         format!(
-            "[settings]\nnetworks = [\"{prefix}net\"]\n\n[groups.web]\nmatch = {{ label = {{ \"ngfp.role\" = \"web\" }} }}\n\
+            "[settings]\nnetworks = [\"{prefix}net\"]\nadmission_hold = {hold}\n\n[groups.web]\nmatch = {{ label = {{ \"ngfp.role\" = \"web\" }} }}\n\
              [groups.db]\nmatch = {{ label = {{ \"ngfp.role\" = \"db\" }} }}\n\n[[allow]]\nfrom = \"web\"\nto = \"db\"\nports = [\"8080/tcp\", \"icmp\"]\n"
         ),
     )
@@ -568,7 +596,8 @@ fn main() {
     let net = format!("{prefix}net");
     let mut lab = Lab {
         prefix: prefix.clone(),
-        log: dir.join("netguard.log"),
+        log: dir.join("netguard-0.log"),
+        lives: 0,
         dir,
         policy,
         netguard,
@@ -606,8 +635,10 @@ fn main() {
     .expect("db address");
     std::thread::sleep(Duration::from_secs(1));
 
-    println!("| kind | starts | first packet passed | rules live before the process | disturbed |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| kind | starts | first packet passed | rules live before the process | held | disturbed |"
+    );
+    println!("|---|---|---|---|---|---|");
     let kinds: [(&str, &str, String); 4] = [
         ("ICMP echo, allowed (web → db)", "web", ping_probe(&db_ip)),
         ("TCP connect < 100 ms, allowed", "web", tcp_probe(&db_ip)),
@@ -624,6 +655,7 @@ fn main() {
         for (what, role, probe) in &kinds {
             let mut runs: Vec<Run> = Vec::new();
             let log_before = std::fs::read_to_string(&lab.log).unwrap_or_default().len();
+            let held_before = held_packets();
             let mut i = 0;
             while i < starts {
                 let n = burst.min(starts - i);
@@ -677,8 +709,12 @@ fn main() {
                     r.out.replace('\n', " ")
                 ));
             }
+            let held = match (held_before, held_packets()) {
+                (Some(a), Some(b)) => b.saturating_sub(a).to_string(),
+                _ => "-".to_string(),
+            };
             println!(
-                "| {what}, {} | {} | {passed} of {} | {before} of {known} | {} |",
+                "| {what}, {} | {} | {passed} of {} | {before} of {known} | {held} | {} |",
                 if burst == 1 {
                     "one by one"
                 } else {
@@ -744,7 +780,11 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    println!("(finished at unix {now}; daemon log {})", lab.log.display());
+    println!(
+        "(finished at unix {now}; logs netguard-1.log (the start rows) .. netguard-{}.log in {})",
+        lab.lives,
+        lab.dir.display()
+    );
     for f in &failures {
         println!("failure: {f}");
     }

@@ -220,3 +220,16 @@ sm = nlmsg(0x0A0A, 2, 5, gen + T + attr(2, s("g_web_4")) + attr(3, be32(0)) + at
 done = nlmsg(3, 2, 5, b"\0\0\0\0")
 put("nft", b"\x02\x00" + struct.pack("<I", 5) + rec(0, sm + sm) + rec(0, done))
 put("nft", b"\x02\x01" + struct.pack("<I", 5) + rec(0, nlmsg(2, 0, 5, struct.pack("=i", -2))))
+
+# nft, 4 mod 8: datagrams of the admission hold's queue (NFQUEUE packet messages), one
+# from an interface index the target names after a bound veth, with an IPv4 header.
+def nfq_packet(pid, indev, physin, saddr, daddr, mac):
+    a = attr(1, struct.pack(">IHB", pid, 0x0800, 2) + b"\x00")
+    a += attr(5, be32(indev)) + attr(6, be32(indev)) + attr(7, be32(physin))
+    a += attr(9, struct.pack(">HH", 6, 0) + bytes(mac) + b"\x00\x00")
+    ip = bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]) + bytes(saddr) + bytes(daddr)
+    a += attr(10, ip)
+    return nlmsg((3 << 8) | 0, 0, 0, struct.pack("=BBH", 2, 0, 0) + a)
+
+put("nft", b"\x04" + nfq_packet(1, 0, 1, [10, 10, 0, 11], [10, 10, 0, 21], [2, 0, 0, 0, 0, 1])
+    + nfq_packet(2, 0, 2, [10, 10, 0, 12], [10, 10, 0, 21], [2, 0, 0, 0, 0, 2]))

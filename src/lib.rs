@@ -16,6 +16,7 @@ pub mod inventory;
 pub mod loc;
 pub mod metrics;
 pub mod nfnetlink;
+pub mod nfqueue;
 pub mod nft;
 pub mod ops;
 pub mod plan;

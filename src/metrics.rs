@@ -11,6 +11,7 @@
 //! | `netguard_errors_total{kind}` | counter | errors by kind (`source`, `nft`, `reconcile`, `bridge`, `conntrack`, `veth`, `reload`, `state`) |
 //! | `netguard_denied_packets_total{from_group,to_group}` | counter | packets dropped by the default deny, per group pair, from nft counters |
 //! | `netguard_default_deny_packets_total` | counter | every packet dropped by the default deny (in a group or not) |
+//! | `netguard_held_packets_total` | counter | packets of containers not admitted yet that the kernel queued to the daemon to hold until their admission (`[settings] admission_hold`), from the hold rule's nft counter; absent when the hold is off |
 //! | `netguard_denied_total{edge}` | counter | new connections dropped at an edge closed by its setting: `host`, `egress`, `ingress` (only the closed edges are listed); `published`: a managed container's connection through docker-proxy to a published port of a managed container that no line allows (always listed) |
 //!
 //! The denied counters are copies of kernel counters: they restart from 0 when the
@@ -20,7 +21,7 @@
 use crate::nft::LiveState;
 use crate::nft::render::comment_text;
 use crate::plan::ruleset::Family;
-use crate::plan::{DENY_COUNTER_PREFIX, EDGE_DENY_PREFIX, EDGES, names};
+use crate::plan::{DENY_COUNTER_PREFIX, EDGE_DENY_PREFIX, EDGES, HOLD_COMMENT, names};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -85,6 +86,8 @@ struct Inner {
     default_deny: u64,
     /// Edge name -> packets its drops counted; only edges with a drop rule in the table.
     edge_denied: BTreeMap<String, u64>,
+    /// Packets the hold rule queued, when the table has one.
+    held: Option<u64>,
 }
 
 /// The registry. Cheap to update from any task; `render` takes a consistent snapshot.
@@ -211,10 +214,25 @@ impl Metrics {
                 }
             }
         }
+        let held = live
+            .get(&Family::Inet)
+            .and_then(|t| t.as_ref())
+            .and_then(|t| t.chains.get(names::HOLD))
+            .and_then(|ch| {
+                ch.rules
+                    .iter()
+                    .find(|r| {
+                        r.comment
+                            .as_deref()
+                            .is_some_and(|c| comment_text(c) == HOLD_COMMENT)
+                    })
+                    .map(|r| r.packets.unwrap_or(0))
+            });
         let mut i = self.lock();
         i.denied = denied;
         i.default_deny = default_deny;
         i.edge_denied = edge_denied;
+        i.held = held;
     }
 
     /// The text exposition format.
@@ -294,6 +312,15 @@ impl Metrics {
             "netguard_default_deny_packets_total {}",
             i.default_deny
         );
+        if let Some(held) = i.held {
+            head(
+                &mut out,
+                "netguard_held_packets_total",
+                "counter",
+                "Packets of containers not admitted yet queued to the daemon to wait for their admission.",
+            );
+            let _ = writeln!(out, "netguard_held_packets_total {held}");
+        }
         if !i.edge_denied.is_empty() {
             head(
                 &mut out,

@@ -164,7 +164,15 @@ impl Answer {
 }
 
 /// One netlink message with its nfgenmsg header (version 0, `res_id` big-endian).
-fn msg(out: &mut Vec<u8>, ty: u16, flags: u16, seq: u32, family: u8, res_id: u16, payload: &[u8]) {
+pub(crate) fn msg(
+    out: &mut Vec<u8>,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    payload: &[u8],
+) {
     let len = 16 + 4 + payload.len();
     out.extend_from_slice(&(len as u32).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());

@@ -218,3 +218,34 @@ fn edge_denials_by_edge() {
     m.set_denied_from_live(&live_with_deny_counters());
     assert!(!m.render().contains("netguard_denied_total"));
 }
+
+/// The hold rule's counter (listed with the xtables target nft shows for it) becomes
+/// `netguard_held_packets_total`; without a hold chain the family is absent.
+#[test]
+fn held_packets_from_the_hold_rule() {
+    let json = r#"{"nftables": [
+      {"table": {"family": "inet", "name": "netguard"}},
+      {"chain": {"family": "inet", "table": "netguard", "name": "hold"}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "hold",
+        "comment": "both admitted, IPv4 [ng:0000000000000001]",
+        "expr": [{"return": null}]}},
+      {"rule": {"family": "inet", "table": "netguard", "chain": "hold",
+        "comment": "held until admitted [ng:0000000000000002]",
+        "expr": [{"limit": {"rate": 500, "burst": 500, "per": "second"}},
+                 {"counter": {"packets": 6, "bytes": 360}},
+                 {"xt": {"type": "target", "name": "NFQUEUE"}}]}}
+    ]}"#;
+    let live: LiveState = [
+        (Family::Inet, Some(parse_table(json).unwrap())),
+        (Family::Bridge, None),
+    ]
+    .into_iter()
+    .collect();
+    let m = Metrics::new();
+    m.set_denied_from_live(&live);
+    let s = parse(&m.render());
+    assert_eq!(s["netguard_held_packets_total"], 6.0);
+    let m = Metrics::new();
+    m.set_denied_from_live(&live_with_deny_counters());
+    assert!(!m.render().contains("netguard_held_packets_total"));
+}

@@ -349,6 +349,17 @@ fn example_policy_plan() {
     let planned = plan(&p, &inv);
     insta::assert_json_snapshot!("example_plan", planned);
     insta::assert_json_snapshot!("example_batch", batch_json(&planned));
+    // The hold chain's queue rule is not in the libnftables batch: it is appended over
+    // nfnetlink after it (`nft::netlink::append_queue_rules`).
+    let changes = diff(&planned.ruleset, &empty_live());
+    let queued: Vec<String> = changes
+        .queue_rules()
+        .iter()
+        .map(|(f, chain, r)| format!("{} {chain}: {}", f.as_str(), r.comment))
+        .collect();
+    assert_eq!(queued, ["inet hold: held until admitted"]);
+    let batch = serde_json::to_string(&changes.batch()).expect("batch");
+    assert!(!batch.contains("held until admitted") && !batch.contains("queue"));
 }
 
 /// The edges closed: host, egress and ingress deny, with one line of each kind open.

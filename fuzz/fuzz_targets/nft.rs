@@ -8,7 +8,10 @@
 //! Input: starting with `{`, `[` or whitespace, nft JSON text. Else the first byte picks:
 //! odd, nfnetlink: the rest is records `[kind][len lo][len hi][len bytes]`, kind % 4 =
 //! 0 chain message, 1 rule message, 2 set message, 3 element message of the last set;
-//! 0 mod 4, a ctnetlink message: the second byte is the address family, the rest the body;
+//! 0 mod 8, a ctnetlink message: the second byte is the address family, the rest the body;
+//! 4 mod 8, datagrams of the admission hold's queue (`nfqueue::parse_packets`), judged by
+//! the hold against the example plan's bindings (interface index i names the i-th name
+//! of those bindings): a packet released must come from the veth its address is bound to;
 //! 2 mod 4, received buffers of an answer: the second byte picks the request's flags, the
 //! next four its sequence number, the rest is records as above (kind ignored), one per
 //! `recv`; a complete answer's messages are then read as set messages.
@@ -22,9 +25,43 @@ use netguard::nft::{LiveState, diff};
 use netguard::plan::Plan;
 use netguard::plan::ruleset::Family;
 use netguard_fuzz::{example_inventory, example_policy};
+use netguard::daemon::hold::{Bindings, Held, Named};
+use netguard::plan::ruleset::Elem;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 static PLAN: OnceLock<Plan> = OnceLock::new();
+static NAMES: OnceLock<(Bindings, Vec<String>, BTreeSet<(String, IpAddr)>)> = OnceLock::new();
+
+/// The hold's view of the example plan, the interface names in it, and its (veth, address)
+/// bindings.
+fn hold_view() -> &'static (Bindings, Vec<String>, BTreeSet<(String, IpAddr)>) {
+    NAMES.get_or_init(|| {
+        let rs = &plan().ruleset;
+        let mut names = BTreeSet::new();
+        let mut bound = BTreeSet::new();
+        for (_, set, e) in rs.elements() {
+            match e {
+                Elem::IfnameV4(n, a) => {
+                    if set == "bind_4" {
+                        bound.insert((n.clone(), IpAddr::V4(a)));
+                    }
+                    names.insert(n);
+                }
+                Elem::IfnameV6(n, a) => {
+                    if set == "bind_6" {
+                        bound.insert((n.clone(), IpAddr::V6(a)));
+                    }
+                    names.insert(n);
+                }
+                _ => {}
+            }
+        }
+        (Bindings::of(rs), names.into_iter().collect(), bound)
+    })
+}
 
 fn plan() -> &'static Plan {
     PLAN.get_or_init(|| netguard::plan::plan(&example_policy(), &example_inventory()))
@@ -104,6 +141,27 @@ fuzz_target!(|data: &[u8]| {
                 break;
             }
         }
+    } else if first % 8 == 4 {
+        let (b, names, bound) = hold_view();
+        let name = |i: u32| names.get(i as usize % names.len().max(1)).cloned();
+        let (now, hold) = (Instant::now(), Duration::from_millis(1000));
+        let mut held = Held::default();
+        for p in netguard::nfqueue::parse_packets(&data[1..]) {
+            let n = Named::of(&p, name);
+            if b.releases(&n) {
+                let (Some(port), Some(s)) = (&n.port_in, n.saddr) else {
+                    panic!("released without a port or a source: {n:?}");
+                };
+                assert!(
+                    bound.contains(&(port.clone(), s)),
+                    "released from a port its source is not bound to: {n:?}"
+                );
+            }
+            let _ = held.push(now, n);
+        }
+        let _ = held.due(now, hold, b);
+        let _ = held.due(now + hold, hold, b);
+        assert!(held.is_empty(), "everything is judged after the hold");
     } else {
         let family = data.get(1).copied().unwrap_or(2);
         let body = data.get(2..).unwrap_or_default();

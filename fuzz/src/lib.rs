@@ -139,6 +139,7 @@ pub fn derived_name(policy: &Policy, s: &str) -> bool {
         names::GENUINE_6,
         names::FORWARD,
         names::ISOLATE,
+        names::HOLD,
         names::INPUT,
         names::EGRESS,
         names::INGRESS,

@@ -162,6 +162,8 @@ pub struct Kernel {
     owed: Arc<std::sync::Mutex<Owed>>,
     /// When the last cut of each address that went through began (see [`CutsDone`]).
     done: Arc<std::sync::Mutex<CutsDone>>,
+    /// Holds the packets the `hold` chain queues, while the committed ruleset has one.
+    holder: Option<super::hold::Holder>,
 }
 
 /// When the last complete cut of each address began, for [`Enforcer::cut_since`]: an
@@ -193,6 +195,32 @@ impl Kernel {
             cutter: None,
             owed: Arc::default(),
             done: Arc::default(),
+            holder: None,
+        }
+    }
+
+    /// After a committed full ruleset: the holder follows its queue rule (started, moved
+    /// to another queue number, or stopped) and its sets.
+    fn follow_hold(&mut self, desired: &Ruleset) {
+        let want = hold_queue(desired);
+        if self.holder.as_ref().map(|h| h.num()) != want {
+            // The old queue is closed first: a number can be bound by one socket only.
+            self.holder = None;
+            if let Some(num) = want {
+                let hold = Duration::from_millis(crate::policy::HOLD_MS);
+                match super::hold::Holder::start(num, hold, super::hold::Bindings::of(desired)) {
+                    Ok(h) => self.holder = Some(h),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "cannot hold packets of containers not admitted yet: they are dropped \
+                         until their admission (a container's first packets may be lost)"
+                    ),
+                }
+                return;
+            }
+        }
+        if let Some(h) = &self.holder {
+            h.reset(desired);
         }
     }
 
@@ -285,6 +313,19 @@ fn cut_or_owe(
     }
 }
 
+/// The queue number of the `hold` chain's queue rule, if the ruleset has one.
+fn hold_queue(rs: &Ruleset) -> Option<u16> {
+    rs.table(crate::plan::ruleset::Family::Inet)?
+        .chains
+        .iter()
+        .filter(|c| c.name == crate::plan::names::HOLD)
+        .flat_map(|c| &c.rules)
+        .find_map(|r| match r.verdict {
+            crate::plan::ruleset::Verdict::Queue(n) => Some(n),
+            _ => None,
+        })
+}
+
 /// The per-event kernel path: one transaction of set elements. Public so the benchmarks
 /// measure exactly what the daemon runs.
 pub fn enforce_delta(backend: &Backend, delta: &Delta) -> Result<(), NftError> {
@@ -324,11 +365,17 @@ impl Enforcer for Kernel {
     }
 
     fn reconcile(&mut self, desired: &Ruleset) -> Result<Changes, EnforceError> {
-        Ok(self.backend.reconcile(desired)?)
+        let changes = self.backend.reconcile(desired)?;
+        self.follow_hold(desired);
+        Ok(changes)
     }
 
     fn apply(&mut self, delta: &Delta) -> Result<(), EnforceError> {
-        Ok(enforce_delta(&self.backend, delta)?)
+        enforce_delta(&self.backend, delta)?;
+        if let Some(h) = &self.holder {
+            h.apply(delta);
+        }
+        Ok(())
     }
 
     fn structure_in_sync(&mut self, desired: &Ruleset) -> Result<bool, EnforceError> {

@@ -7,6 +7,7 @@
 pub mod controller;
 pub mod early;
 pub mod engine;
+pub mod hold;
 pub mod notify;
 mod observe;
 pub mod separation;

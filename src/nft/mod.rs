@@ -27,6 +27,11 @@ pub enum NftError {
     Netlink(#[from] netlink::NetlinkError),
     #[error("cannot encode nft batch: {0}")]
     Encode(String),
+    #[error(
+        "cannot add the rule that holds packets of containers not admitted yet ({0}); \
+         the kernel needs nft_compat and xt_NFQUEUE, or set [settings] admission_hold = false"
+    )]
+    Queue(String),
 }
 
 /// The live state of every table netguard owns (absent tables are `None`).
@@ -180,6 +185,13 @@ impl Backend {
         let json =
             serde_json::to_string(&changes.batch()).map_err(|e| NftError::Encode(e.to_string()))?;
         self.exec.run(&json)?;
+        // Queue rules go in after the chains they end were written (`netlink::
+        // append_queue_rules`). Meanwhile their packets meet the rules after the chain:
+        // the drop, as with no daemon listening.
+        let queued = changes.queue_rules();
+        if !queued.is_empty() {
+            netlink::append_queue_rules(&queued).map_err(|e| NftError::Queue(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -423,12 +435,42 @@ impl Changes {
                 .flat_map(|d| &d.chains)
                 .filter(|c| t.rewrite_chains.contains(&c.name))
             {
-                for r in &c.rules {
+                // A queue rule ends its chain and is appended after this transaction.
+                for r in c.rules.iter().filter(|r| !is_queue(r)) {
                     o.push(add(render::rule_obj(f, &c.name, r)));
                 }
             }
         }
         Nftables { objects: o.into() }
+    }
+}
+
+fn is_queue(r: &Rule) -> bool {
+    matches!(r.verdict, Verdict::Queue(_))
+}
+
+impl Changes {
+    /// The queue rules of the chains this change writes, in order (see [`Backend::apply`]).
+    pub fn queue_rules(&self) -> Vec<(Family, &str, &Rule)> {
+        let mut out = Vec::new();
+        for t in self
+            .tables
+            .iter()
+            .filter(|t| !t.is_empty() && !t.delete_table)
+        {
+            let Some(f) = t.family else { continue };
+            for c in t
+                .desired
+                .iter()
+                .flat_map(|d| &d.chains)
+                .filter(|c| t.rewrite_chains.contains(&c.name))
+            {
+                for r in c.rules.iter().filter(|r| is_queue(r)) {
+                    out.push((f, c.name.as_str(), r));
+                }
+            }
+        }
+        out
     }
 }
 

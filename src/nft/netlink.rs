@@ -568,6 +568,92 @@ fn transact(sock: &mut Sock, ops: &[ElementOp]) -> Result<(), NetlinkError> {
     sock.commit(batch)
 }
 
+const NFT_MSG_NEWRULE: u16 = 6;
+const NLM_F_APPEND: u16 = 0x800;
+
+/// Appends rules that send packets to an NFQUEUE, which libnftables cannot write here:
+/// the kernels this runs on may lack `nft_queue`, so the queue is xtables' `NFQUEUE`
+/// target (revision 1) run by `nft_compat`, which the kernel takes in any table. Each rule
+/// carries its plan comment (with fingerprint), so the diff reads it as the planned rule;
+/// `nft list` shows it as `queue num N`. Only a queue verdict after `limit` matches is
+/// expressible this way.
+pub fn append_queue_rules(rules: &[(Family, &str, &Rule)]) -> Result<(), NetlinkError> {
+    let mut msgs = Vec::new();
+    for (family, chain, r) in rules {
+        let Verdict::Queue(num) = r.verdict else {
+            return Err(NetlinkError::Malformed(format!(
+                "rule {:?} has no queue verdict",
+                r.comment
+            )));
+        };
+        let mut exprs = Vec::new();
+        let mut expr = |name: &str, data: &[u8]| {
+            let mut e = Vec::new();
+            attr_str(&mut e, 1, name); // NFTA_EXPR_NAME
+            nested(&mut e, 2, data); // NFTA_EXPR_DATA
+            nested(&mut exprs, 1, &e); // NFTA_LIST_ELEM
+        };
+        for m in &r.matches {
+            let Match::Limit { rate, burst } = m else {
+                return Err(NetlinkError::Malformed(format!(
+                    "rule {:?}: only limit matches go with a queue verdict",
+                    r.comment
+                )));
+            };
+            let mut d = Vec::new();
+            attr(&mut d, 1, &u64::from(*rate).to_be_bytes()); // NFTA_LIMIT_RATE
+            attr(&mut d, 2, &1u64.to_be_bytes()); // NFTA_LIMIT_UNIT: per second
+            attr(&mut d, 3, &burst.to_be_bytes()); // NFTA_LIMIT_BURST
+            attr(&mut d, 4, &0u32.to_be_bytes()); // NFTA_LIMIT_TYPE: packets
+            expr("limit", &d);
+        }
+        if r.counter {
+            expr("counter", &[]);
+        }
+        let mut t = Vec::new();
+        attr_str(&mut t, 1, "NFQUEUE"); // NFTA_TARGET_NAME
+        attr(&mut t, 2, &1u32.to_be_bytes()); // NFTA_TARGET_REV
+        // struct xt_NFQ_info_v1 { u16 queuenum; u16 queues_total; }, host order, padded
+        // to the 8-byte alignment xtables gives targets.
+        let mut info = num.to_ne_bytes().to_vec();
+        info.extend_from_slice(&1u16.to_ne_bytes());
+        info.extend_from_slice(&[0; 4]);
+        attr(&mut t, 3, &info); // NFTA_TARGET_INFO
+        expr("target", &t);
+        let comment = super::render::rule_comment(r);
+        let mut udata = vec![0u8, (comment.len() + 1) as u8]; // NFTNL_UDATA_RULE_COMMENT
+        udata.extend_from_slice(comment.as_bytes());
+        udata.push(0);
+        let mut p = Vec::new();
+        attr_str(&mut p, 1, TABLE_NAME); // NFTA_RULE_TABLE
+        attr_str(&mut p, 2, chain); // NFTA_RULE_CHAIN
+        nested(&mut p, 4, &exprs); // NFTA_RULE_EXPRESSIONS
+        attr(&mut p, 7, &udata); // NFTA_RULE_USERDATA
+        msgs.push((family_code(*family), p));
+    }
+    if msgs.is_empty() {
+        return Ok(());
+    }
+    // A batch that needs a module the kernel has not loaded yet (nft_compat, xt_NFQUEUE,
+    // nft_limit) is refused with EAGAIN once the kernel has loaded it: sent again, it goes in.
+    let mut tries = 0;
+    loop {
+        let r = with_sock(NFNL_SUBSYS_NFTABLES, |sock| {
+            let mut batch = sock.batch();
+            for (family, p) in &msgs {
+                batch.push(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, *family, p);
+            }
+            sock.commit(batch)
+        });
+        match r {
+            Err(NetlinkError::Kernel(e)) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 3 => {
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -402,6 +402,14 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         Match::ArpSaddrIsZero => m(payload("arp", "saddr ip"), EQ, s("0.0.0.0")),
         Match::Saddr6In(p) => m(payload("ip6", "saddr"), EQ, prefixes(p)),
         Match::Daddr6In(p) => m(payload("ip6", "daddr"), EQ, prefixes(p)),
+        Match::Limit { rate, burst } => Statement::Limit(stmt::Limit {
+            rate: *rate,
+            rate_unit: None,
+            per: Some("second".into()),
+            burst: Some(*burst),
+            burst_unit: None,
+            inv: None,
+        }),
         Match::Unicast => m(
             Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::AND(
                 payload("ether", "daddr"),
@@ -484,6 +492,10 @@ pub fn statements(r: &Rule) -> Vec<Statement<'static>> {
             target: t.clone().into(),
         })),
         Verdict::Continue => {}
+        Verdict::Queue(num) => out.push(Statement::Queue(stmt::Queue {
+            num: Expression::Number(u32::from(*num)),
+            flags: None,
+        })),
     }
     out
 }

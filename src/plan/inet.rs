@@ -41,6 +41,11 @@ pub(super) fn table(
             },
         ]
         .into_iter()
+        .chain(policy.settings.admission_hold.then(|| Chain {
+            name: names::HOLD.into(),
+            base: None,
+            rules: hold_rules(policy.settings.admission_queue),
+        }))
         .chain(edges::chains(policy, flows))
         .chain(by_source.into_iter().map(|(src, rules)| Chain {
             name: names::source_chain(&src.set),
@@ -207,6 +212,13 @@ fn isolate_rules(policy: &Policy, by_source: &[(Source, Vec<Rule>)]) -> Vec<Rule
             format!("allow lines from {}, {version}", src.group),
         ));
     }
+    if policy.settings.admission_hold {
+        isolate.push(Rule::new(
+            vec![],
+            Verdict::Jump(names::HOLD.into()),
+            "not admitted yet: held for the daemon",
+        ));
+    }
     isolate.extend(deny_counter_rules(policy));
     if policy.settings.log_denied {
         isolate.push(Rule {
@@ -228,6 +240,58 @@ fn isolate_rules(policy: &Policy, by_source: &[(Source, Vec<Rule>)]) -> Vec<Rule
 
     isolate
 }
+
+/// Packets that reach the end of `isolate` (no line allowed them) come here. Between two
+/// admitted endpoints they are denied: back to `isolate` and its drop. Anything else has
+/// a source or destination netguard has not admitted yet, most often a container whose
+/// process started before its admission was committed: it goes to the daemon's queue,
+/// which holds it until the admission (then the kernel judges it again, with the rules
+/// that are live by then) or drops it after `HOLD_MS`. No `bypass`: with no daemon
+/// listening the kernel drops it, as `isolate` would. The limit keeps a container that is
+/// never admitted from keeping the daemon busy; what exceeds it is dropped at once.
+fn hold_rules(queue: u16) -> Vec<Rule> {
+    let admitted = |ip: IpVersion, set: &str| {
+        vec![
+            Match::SaddrInSet {
+                ip,
+                iface: IfSide::Iif,
+                set: set.into(),
+            },
+            Match::DaddrInSet {
+                ip,
+                iface: IfSide::Oif,
+                set: set.into(),
+            },
+        ]
+    };
+    vec![
+        Rule::new(
+            admitted(IpVersion::V4, names::ALL_4),
+            Verdict::Return,
+            "both admitted, IPv4",
+        ),
+        Rule::new(
+            admitted(IpVersion::V6, names::ALL_6),
+            Verdict::Return,
+            "both admitted, IPv6",
+        ),
+        Rule::new(
+            vec![Match::Limit {
+                rate: HOLD_RATE,
+                burst: HOLD_RATE,
+            }],
+            Verdict::Queue(queue),
+            HOLD_COMMENT,
+        )
+        .counted(),
+    ]
+}
+
+/// The comment of the hold rule (read back by `metrics`).
+pub const HOLD_COMMENT: &str = "held until admitted";
+
+/// Packets per second the daemon is sent to hold, all containers together.
+pub const HOLD_RATE: u32 = 500;
 
 /// Above this many groups the per-pair deny counters are left out (they cost
 /// 2 × groups² rules, evaluated only for packets about to be dropped).

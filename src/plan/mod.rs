@@ -10,7 +10,7 @@ pub use edges::{
     EDGE_DENY_PREFIX, EDGES, LOG_PREFIX_EGRESS, LOG_PREFIX_HOST, LOG_PREFIX_INGRESS,
     LOG_PREFIX_PUBLISHED, PublishedTarget, published_targets,
 };
-pub use inet::{DENY_COUNTER_MAX_GROUPS, DENY_COUNTER_PREFIX};
+pub use inet::{DENY_COUNTER_MAX_GROUPS, DENY_COUNTER_PREFIX, HOLD_COMMENT};
 
 use crate::inventory::{Container, Inventory, Unisolable};
 use crate::policy::{Allow, Peers, Policy, PortSpec, Proto, Selector};
@@ -47,6 +47,7 @@ pub mod names {
     pub const GENUINE_6: &str = "genuine_6";
     pub const FORWARD: &str = "forward";
     pub const ISOLATE: &str = "isolate";
+    pub const HOLD: &str = "hold";
     pub const INPUT: &str = "input";
     pub const EGRESS: &str = "egress";
     pub const INGRESS: &str = "ingress";

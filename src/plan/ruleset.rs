@@ -284,6 +284,11 @@ pub enum Match {
     /// destination MAC, which is right for frames the host sends too (their `pkttype` is
     /// `host` even when they are multicast).
     Unicast,
+    /// `limit rate RATE/second burst BURST packets`: true for packets within the rate.
+    Limit {
+        rate: u32,
+        burst: u32,
+    },
     CtState(Vec<String>),
     /// `meta l4proto NAME` plus, when `dports` is non-empty, `th dport` matched against
     /// them: inline for one port or range, else against the named port set `set`.
@@ -313,6 +318,9 @@ pub enum Verdict {
     Jump(String),
     /// No verdict: evaluation goes on with the next rule (used for log rules).
     Continue,
+    /// To the NFQUEUE of this number, without `bypass`: with no one listening the kernel
+    /// drops the packet.
+    Queue(u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

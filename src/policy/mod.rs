@@ -51,7 +51,19 @@ pub struct Settings {
     pub egress: EdgeDefault,
     /// Outside -> a managed container (through its published ports).
     pub ingress: EdgeDefault,
+    /// A packet between two ports of a managed bridge whose source or destination is not
+    /// admitted yet waits on the NFQUEUE `admission_queue` for the daemon to admit it (at
+    /// most `HOLD_MS`), instead of being dropped at once. Off: dropped at once.
+    pub admission_hold: bool,
+    pub admission_queue: u16,
 }
+
+/// The NFQUEUE number held packets wait on unless `admission_queue` says otherwise.
+pub const DEFAULT_ADMISSION_QUEUE: u16 = 3710;
+
+/// How long the daemon holds a packet for its container's admission: the first TCP SYN
+/// is sent again after 1 s, so holding it longer than that only delays a drop.
+pub const HOLD_MS: u64 = 1000;
 
 /// What an edge of the managed networks does with a new connection no line allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -80,6 +92,8 @@ impl Default for Settings {
             host: EdgeDefault::Allow,
             egress: EdgeDefault::Allow,
             ingress: EdgeDefault::Allow,
+            admission_hold: true,
+            admission_queue: DEFAULT_ADMISSION_QUEUE,
         }
     }
 }

@@ -119,6 +119,8 @@ const SETTINGS_KEYS: &[&str] = &[
     "host",
     "egress",
     "ingress",
+    "admission_hold",
+    "admission_queue",
 ];
 const GROUP_KEYS: &[&str] = &["match", "mac_binding"];
 const SELECTOR_KEYS: &[&str] = &["name", "image", "network", "label"];
@@ -266,6 +268,30 @@ impl Parser<'_> {
         }
         if let Some(v) = table.get("log_denied") {
             s.log_denied = self.boolean("log_denied", v).unwrap_or(s.log_denied);
+        }
+        if let Some(v) = table.get("admission_hold") {
+            s.admission_hold = self
+                .boolean("admission_hold", v)
+                .unwrap_or(s.admission_hold);
+        }
+        if let Some(v) = table.get("admission_queue") {
+            match v.get_ref() {
+                DeValue::Integer(i) => match u16::from_str_radix(i.as_str(), i.radix()) {
+                    Ok(n) => s.admission_queue = n,
+                    Err(_) => self.err(
+                        v.span(),
+                        format!(
+                            "admission_queue = {} is not a queue number: an NFQUEUE number is 0 to 65535",
+                            i.as_str()
+                        ),
+                    ),
+                },
+                _ => self.type_error(
+                    "admission_queue",
+                    v,
+                    "an NFQUEUE number (an integer, 0 to 65535)",
+                ),
+            }
         }
         for (key, slot) in [
             ("host", &mut s.host),
@@ -1244,6 +1270,39 @@ to = "web"
     }
 
     #[test]
+    fn admission_hold_and_queue() {
+        let p = parse_policy(Path::new("p.toml"), "").expect("empty policy");
+        assert!(p.settings.admission_hold);
+        assert_eq!(
+            p.settings.admission_queue,
+            crate::policy::DEFAULT_ADMISSION_QUEUE
+        );
+        let p = parse_policy(
+            Path::new("p.toml"),
+            "[settings]\nadmission_hold = false\nadmission_queue = 0x10\n",
+        )
+        .expect("policy");
+        assert!(!p.settings.admission_hold);
+        assert_eq!(p.settings.admission_queue, 16);
+        assert_eq!(
+            one_error("[settings]\nadmission_queue = 70000\n"),
+            "2:19: admission_queue = 70000 is not a queue number: an NFQUEUE number is 0 to 65535"
+        );
+        assert_eq!(
+            one_error("[settings]\nadmission_queue = -1\n"),
+            "2:19: admission_queue = -1 is not a queue number: an NFQUEUE number is 0 to 65535"
+        );
+        assert_eq!(
+            one_error("[settings]\nadmission_queue = \"5\"\n"),
+            "2:19: \"admission_queue\" must be an NFQUEUE number (an integer, 0 to 65535), found the string \"5\""
+        );
+        assert_eq!(
+            one_error("[settings]\nadmission_hold = 1\n"),
+            "2:18: \"admission_hold\" must be a boolean (true or false), found the integer 1"
+        );
+    }
+
+    #[test]
     fn unknown_keys_everywhere() {
         assert_eq!(
             one_error("versoin = 1\n"),
@@ -1253,7 +1312,8 @@ to = "web"
         assert_eq!(
             one_error("[settings]\nanti_spofing = true\n"),
             "2:1: unknown key \"anti_spofing\" in [settings] (did you mean \"anti_spoofing\"?); \
-             expected one of \"networks\", \"anti_spoofing\", \"log_denied\", \"host\", \"egress\", \"ingress\""
+             expected one of \"networks\", \"anti_spoofing\", \"log_denied\", \"host\", \"egress\", \"ingress\", \
+             \"admission_hold\", \"admission_queue\""
         );
         assert_eq!(
             one_error(&format!("{WEB}matches = 1\n")),
