@@ -5,7 +5,7 @@
 //!
 //!     cargo build --release --bin netguard --example first_packet_bench
 //!     target/release/examples/first_packet_bench [--starts 100] [--pairs 20] \
-//!         [--netguard target/release/netguard] [--hold on|off]
+//!         [--netguard target/release/netguard] [--hold on|off] [--only TEXT]
 //!
 //! It creates a network `ngfp<pid>-net`, a `db` container answering on 8080/tcp, and runs
 //! `netguard run` (policy: `web -> db 8080/tcp, icmp`) on that network only; it refuses when
@@ -19,6 +19,7 @@
 //! - held: packets the admission hold queued during the row (the hold rule's nft counter),
 //!   i.e. packets sent before their container's admission was live (`--hold off`:
 //!   `admission_hold = false`, the column is then empty).
+//! - `--only TEXT`: only the rows whose name contains TEXT (e.g. `bursts`).
 //! - each start of the daemon logs to its own file (`netguard-N.log` in the bench's temp
 //!   directory, kept): N = 1 is the daemon of every start row.
 //! - `docker run --rm IMAGE true` wall time with and without netguard, in alternating pairs
@@ -567,6 +568,7 @@ fn main() {
     let block: usize = opt("--block").and_then(|v| v.parse().ok()).unwrap_or(10);
     let warmup: usize = opt("--warmup").and_then(|v| v.parse().ok()).unwrap_or(3);
     let hold = opt("--hold").as_deref() != Some("off");
+    let only = opt("--only");
     // `--netguard` may be given more than once: the steady comparison measures each.
     let mut bins: Vec<PathBuf> = args
         .windows(2)
@@ -653,6 +655,17 @@ fn main() {
     let mut failures: Vec<String> = Vec::new();
     for burst in [1usize, 10] {
         for (what, role, probe) in &kinds {
+            let row = format!(
+                "{what}, {}",
+                if burst == 1 {
+                    "one by one"
+                } else {
+                    "bursts of 10"
+                }
+            );
+            if only.as_deref().is_some_and(|o| !row.contains(o)) {
+                continue;
+            }
             let mut runs: Vec<Run> = Vec::new();
             let log_before = std::fs::read_to_string(&lab.log).unwrap_or_default().len();
             let held_before = held_packets();
@@ -714,12 +727,7 @@ fn main() {
                 _ => "-".to_string(),
             };
             println!(
-                "| {what}, {} | {} | {passed} of {} | {before} of {known} | {held} | {} |",
-                if burst == 1 {
-                    "one by one"
-                } else {
-                    "bursts of 10"
-                },
+                "| {row} | {} | {passed} of {} | {before} of {known} | {held} | {} |",
                 runs.len(),
                 runs.len(),
                 if disturbed == 0 {

@@ -162,6 +162,10 @@ pub struct Kernel {
     owed: Arc<std::sync::Mutex<Owed>>,
     /// When the last cut of each address that went through began (see [`CutsDone`]).
     done: Arc<std::sync::Mutex<CutsDone>>,
+    /// Held by whoever cuts (the cutter thread, `cut_now`): a cut at an admission never
+    /// runs beside a dump of the cutter's, which could otherwise reach the new holder's first
+    /// connection after the admission and delete it.
+    cut_lock: Arc<std::sync::Mutex<()>>,
     /// Holds the packets the `hold` chain queues, while the committed ruleset has one.
     holder: Option<super::hold::Holder>,
 }
@@ -195,6 +199,7 @@ impl Kernel {
             cutter: None,
             owed: Arc::default(),
             done: Arc::default(),
+            cut_lock: Arc::default(),
             holder: None,
         }
     }
@@ -243,6 +248,7 @@ impl Kernel {
             let conntrack = self.conntrack.clone();
             let owed = self.owed.clone();
             let done = self.done.clone();
+            let cut_lock = self.cut_lock.clone();
             let spawned = std::thread::Builder::new()
                 .name("netguard-cut".into())
                 .spawn(move || {
@@ -252,6 +258,7 @@ impl Kernel {
                         while let Ok(more) = rx.try_recv() {
                             queued.push(more);
                         }
+                        let _cutting = cut_lock.lock().unwrap_or_else(|e| e.into_inner());
                         let addrs = still_to_cut(&done, &queued);
                         if !addrs.is_empty() {
                             cut_or_owe(&*conntrack, &owed, &done, &addrs);
@@ -397,6 +404,8 @@ impl Enforcer for Kernel {
 
     fn cut_now(&mut self, addrs: &BTreeSet<IpAddr>) {
         let addrs: Vec<IpAddr> = addrs.iter().copied().collect();
+        let lock = self.cut_lock.clone();
+        let _cutting = lock.lock().unwrap_or_else(|e| e.into_inner());
         self.cut_here(&addrs);
     }
 
@@ -1439,16 +1448,28 @@ impl<E: Enforcer> EarlyPath<'_, E> {
     /// runs on nf_tables too), and the last of several queued admissions must not wait for
     /// all the transactions before it.
     fn admit(&mut self, e: EarlyChange) {
-        let mut cut_after = BTreeSet::new();
-        self.stage(e, &mut cut_after);
+        let mut cut_before = BTreeSet::new();
+        self.stage(e, &mut cut_before);
         while let Some(e) = self.rx.as_mut().and_then(|r| r.try_recv().ok()) {
-            self.stage(e, &mut cut_after);
+            self.stage(e, &mut cut_before);
         }
-        self.flush(cut_after);
+        self.flush(cut_before);
     }
 
-    /// Applies what the staged admissions changed, then cuts what they took over.
-    fn flush(&mut self, cut_after: BTreeSet<IpAddr>) {
+    /// Cuts what the staged admissions take over, then applies what they changed.
+    fn flush(&mut self, cut_before: BTreeSet<IpAddr>) {
+        // No connection of a previous holder of the address may be left for the new one to
+        // ride on (conntrack would pass its packets as established, admitted or not). When
+        // the holder was removed just now, or a moment ago (its cut off the loop may still be
+        // under way), the cut is done here, before the admission: a cut after it could reach
+        // the new holder's first connection, opened the moment its rules are live, and
+        // delete it (its SYN-ACK then finds no connection: a 1 s retransmit). Meanwhile no
+        // connection of the address can open: the old holder's veth is gone, and the new
+        // one's packets are not admitted yet (held or dropped). An address that left longer
+        // ago was cut then.
+        if !cut_before.is_empty() {
+            self.enforcer.cut_now(&cut_before);
+        }
         let now = Delta {
             add: std::mem::take(&mut self.held.add),
             delete: std::mem::take(&mut self.held.delete),
@@ -1462,14 +1483,6 @@ impl<E: Enforcer> EarlyPath<'_, E> {
                     *self.failed = true;
                 }
             }
-        }
-        // No connection of a previous holder of the address may be left for the new one to
-        // ride on (conntrack would pass its packets as established, admitted or not). When
-        // the holder was removed just now, or a moment ago (its cut off the loop may still be
-        // under way), the cut is done here, right after the admission and still before the
-        // new container's process runs; an address that left longer ago was cut then.
-        if !cut_after.is_empty() {
-            self.enforcer.cut_now(&cut_after);
         }
     }
 
@@ -1516,7 +1529,7 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             |o| engine.container(o),
             Instant::now(),
         );
-        let mut cut_after: Option<BTreeSet<IpAddr>> = None;
+        let mut cut_before: Option<BTreeSet<IpAddr>> = None;
         let d = match action {
             // A network created since the last full sync: the start refresh resyncs.
             Action::Upsert(c) if !self.engine.knows_networks_of(&c) => {
@@ -1545,7 +1558,7 @@ impl<E: Enforcer> EarlyPath<'_, E> {
                         })
                     };
                     if !self.held.gone.is_empty() || addrs.iter().any(recent) {
-                        cut_after = Some(addrs.clone());
+                        cut_before = Some(addrs.clone());
                     }
                 }
                 tracing::debug!(
@@ -1559,7 +1572,7 @@ impl<E: Enforcer> EarlyPath<'_, E> {
             Action::Nothing => return,
         };
         merge(self.held, d);
-        if let Some(addrs) = cut_after {
+        if let Some(addrs) = cut_before {
             cut.extend(addrs);
         }
     }

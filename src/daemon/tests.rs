@@ -791,10 +791,11 @@ async fn an_address_handed_to_a_new_endpoint_leaves_its_previous_holder_and_its_
     );
     assert!(r.ctl.engine.container("id7").is_some());
     let log = r.calls.borrow().log.clone();
-    // Right after the admission, on the loop (not queued behind the batch's end).
+    // Right before the admission, on the loop (not queued behind the batch's end): a cut
+    // after it could delete the new holder's first connection.
     assert_eq!(
         log.get(..2),
-        Some(&["apply".to_string(), format!("cut_now {{{old}}}")][..]),
+        Some(&[format!("cut_now {{{old}}}"), "apply".to_string()][..]),
         "its connections are cut as the new holder is admitted: {log:?}"
     );
     // The kernel holds the new holder only, as a plan of that world would.
@@ -852,7 +853,7 @@ async fn an_address_whose_cut_went_through_is_not_cut_again_for_its_next_holder(
     let log = r.calls.borrow().log.clone();
     assert_eq!(
         log.get(..2),
-        Some(&["apply".to_string(), format!("cut_now {{{old}}}")][..]),
+        Some(&[format!("cut_now {{{old}}}"), "apply".to_string()][..]),
         "its leaving's cut failed: cut before the new holder's first packet: {log:?}"
     );
 }
