@@ -308,10 +308,16 @@ fn cut_or_owe(
 ) {
     let began = Instant::now();
     match conntrack.try_delete_addresses(addrs) {
-        Ok(()) => done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note(addrs, began),
+        Ok(()) => {
+            tracing::debug!(
+                ?addrs,
+                took_ms = began.elapsed().as_secs_f64() * 1e3,
+                "cut the connections of addresses"
+            );
+            done.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(addrs, began)
+        }
         Err(e) => {
             let mut o = owed.lock().unwrap_or_else(|e| e.into_inner());
             o.addrs.extend(addrs.iter().copied());
