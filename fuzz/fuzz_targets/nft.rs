@@ -18,15 +18,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use netguard::daemon::hold::{Bindings, Held, Named};
 use netguard::nfnetlink::Answer;
 use netguard::nft::live::{LiveTable, parse_table};
 use netguard::nft::netlink::{sets_of, table_of};
 use netguard::nft::{LiveState, diff};
 use netguard::plan::Plan;
+use netguard::plan::ruleset::Elem;
 use netguard::plan::ruleset::Family;
 use netguard_fuzz::{example_inventory, example_policy};
-use netguard::daemon::hold::{Bindings, Held, Named};
-use netguard::plan::ruleset::Elem;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::OnceLock;
