@@ -226,23 +226,59 @@ impl Sock {
         family: u8,
         payload: &[u8],
     ) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        self.call_res(msg, flags, family, 0, payload)
+    }
+
+    /// [`Sock::call`] for a request to one resource of the subsystem (nfgenmsg `res_id`, such
+    /// as a queue number).
+    pub(crate) fn call_res(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        payload: &[u8],
+    ) -> Result<Vec<Vec<u8>>, NetlinkError> {
+        let seq = self.send(msg, flags, family, res_id, payload)?;
+        let mut answer = Answer::default();
+        loop {
+            let buf = self.recv_raw().map_err(NetlinkError::Io)?;
+            if let Some(done) = answer.feed(buf, seq, flags) {
+                return done.map(|()| answer.msgs);
+            }
+        }
+    }
+
+    /// Sends one request without waiting for an answer; its sequence number.
+    pub(crate) fn send(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        family: u8,
+        res_id: u16,
+        payload: &[u8],
+    ) -> Result<u32, NetlinkError> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
         let mut m = Vec::with_capacity(20 + payload.len());
-        let len = 16 + 4 + payload.len();
-        m.extend_from_slice(&(len as u32).to_ne_bytes());
-        m.extend_from_slice(&((self.subsys << 8) | msg).to_ne_bytes());
-        m.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
-        m.extend_from_slice(&seq.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.extend_from_slice(&[family, 0, 0, 0]);
-        m.extend_from_slice(payload);
+        msg(
+            &mut m,
+            (self.subsys << 8) | ty,
+            flags,
+            self.seq,
+            family,
+            res_id,
+            payload,
+        );
         // SAFETY: m is a valid buffer of m.len() bytes.
         let sent = unsafe { libc::send(self.fd, m.as_ptr() as *const libc::c_void, m.len(), 0) };
         if sent < 0 {
             return Err(NetlinkError::Io(io::Error::last_os_error()));
         }
-        let mut answer = Answer::default();
+        Ok(self.seq)
+    }
+
+    /// The next datagram on the socket (an interrupted call is made again).
+    pub(crate) fn recv_raw(&mut self) -> io::Result<&[u8]> {
         loop {
             // SAFETY: self.buf is a valid writable buffer of its length.
             let n = unsafe {
@@ -253,17 +289,18 @@ impl Sock {
                     0,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io(e));
+            if n >= 0 {
+                return Ok(&self.buf[..n as usize]);
             }
-            if let Some(done) = answer.feed(&self.buf[..n as usize], seq, flags) {
-                return done.map(|()| answer.msgs);
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
+    }
+
+    pub(crate) fn fd(&self) -> libc::c_int {
+        self.fd
     }
 
     /// Starts a batch (one transaction of the subsystem) on this socket.

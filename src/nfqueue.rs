@@ -3,17 +3,14 @@
 //! port, source MAC, addresses), and sending a verdict per packet. No libnetfilter_queue:
 //! the protocol is a handful of attributes, built and parsed with `nfnetlink`'s helpers.
 
-use crate::nfnetlink::{NetlinkError, attr, find, msg};
+use crate::nfnetlink::{NLM_F_ACK, NetlinkError, Sock, attr, find};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_QUEUE: u16 = 3;
 const NFQNL_MSG_PACKET: u16 = 0;
 const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_CONFIG: u16 = 2;
-const NLM_F_ACK: u16 = 0x4;
-const NLMSG_ERROR: u16 = 2;
 
 const NFQA_CFG_CMD: u16 = 1;
 const NFQA_CFG_PARAMS: u16 = 2;
@@ -131,17 +128,8 @@ pub fn parse_packets(buf: &[u8]) -> Vec<Packet> {
 
 /// A bound queue. Dropping it closes the socket: the kernel then drops what it still holds.
 pub struct Queue {
-    fd: libc::c_int,
+    sock: Sock,
     num: u16,
-    buf: Vec<u8>,
-    seq: u32,
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        // SAFETY: fd was opened by Queue::bind and is closed once.
-        unsafe { libc::close(self.fd) };
-    }
 }
 
 fn os_err() -> NetlinkError {
@@ -153,39 +141,13 @@ impl Queue {
     /// and letting the kernel keep at most `maxlen` waiting. Fails when another socket holds
     /// the queue (EBUSY) or without CAP_NET_ADMIN. The socket is non-blocking afterwards.
     pub fn bind(num: u16, maxlen: u32) -> Result<Queue, NetlinkError> {
-        // SAFETY: plain socket calls with a zeroed, correctly sized sockaddr_nl.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(os_err());
-        }
-        let mut q = Queue {
-            fd,
-            num,
-            buf: vec![0u8; 1 << 16],
-            seq: 0,
-        };
-        // SAFETY: as above; sa lives across the call.
+        let mut sock = Sock::open_subsys(NFNL_SUBSYS_QUEUE)?;
+        // Room for a burst of held packets; what does not fit the kernel drops.
+        let size: libc::c_int = 1 << 20;
+        // SAFETY: setsockopt on our own fd with a correctly sized int.
         unsafe {
-            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-            sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            if libc::bind(
-                fd,
-                &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            ) < 0
-            {
-                return Err(os_err());
-            }
-            // Room for a burst of held packets; what does not fit the kernel drops.
-            let size: libc::c_int = 1 << 20;
             libc::setsockopt(
-                fd,
+                sock.fd(),
                 libc::SOL_SOCKET,
                 libc::SO_RCVBUF,
                 &size as *const libc::c_int as *const libc::c_void,
@@ -199,16 +161,21 @@ impl Queue {
         params.push(NFQNL_COPY_PACKET);
         attr(&mut cfg, NFQA_CFG_PARAMS, &params);
         attr(&mut cfg, NFQA_CFG_QUEUE_MAXLEN, &maxlen.to_be_bytes());
-        q.send(NFQNL_MSG_CONFIG, NLM_F_ACK, &cfg)?;
-        q.wait_ack()?;
+        sock.call_res(
+            NFQNL_MSG_CONFIG,
+            NLM_F_ACK,
+            libc::AF_UNSPEC as u8,
+            num,
+            &cfg,
+        )?;
         // SAFETY: fcntl on our own fd.
         unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            let fl = libc::fcntl(sock.fd(), libc::F_GETFL);
+            if fl < 0 || libc::fcntl(sock.fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
                 return Err(os_err());
             }
         }
-        Ok(q)
+        Ok(Queue { sock, num })
     }
 
     pub fn num(&self) -> u16 {
@@ -216,84 +183,22 @@ impl Queue {
     }
 
     pub fn fd(&self) -> libc::c_int {
-        self.fd
-    }
-
-    fn send(&mut self, ty: u16, flags: u16, payload: &[u8]) -> Result<(), NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut m = Vec::with_capacity(32 + payload.len());
-        msg(
-            &mut m,
-            (NFNL_SUBSYS_QUEUE << 8) | ty,
-            flags,
-            self.seq,
-            libc::AF_UNSPEC as u8,
-            self.num,
-            payload,
-        );
-        // SAFETY: m is a valid buffer of m.len() bytes.
-        let sent = unsafe { libc::send(self.fd, m.as_ptr() as *const libc::c_void, m.len(), 0) };
-        if sent < 0 {
-            return Err(os_err());
-        }
-        Ok(())
-    }
-
-    /// The answer to the configuration request (still blocking then).
-    fn wait_ack(&mut self) -> Result<(), NetlinkError> {
-        loop {
-            // SAFETY: self.buf is a valid writable buffer of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io(e));
-            }
-            let b = &self.buf[..n as usize];
-            if b.len() >= 20 && u16::from_ne_bytes([b[4], b[5]]) == NLMSG_ERROR {
-                let code = i32::from_ne_bytes([b[16], b[17], b[18], b[19]]);
-                return match code {
-                    0 => Ok(()),
-                    c if c == -libc::EPERM => Err(NetlinkError::PermissionDenied),
-                    c => Err(NetlinkError::Kernel(io::Error::from_raw_os_error(-c))),
-                };
-            }
-        }
+        self.sock.fd()
     }
 
     /// The packets waiting on the socket now; empty when there are none.
     pub fn recv(&mut self) -> Result<Vec<Packet>, NetlinkError> {
         let mut out = Vec::new();
         loop {
-            // SAFETY: self.buf is a valid writable buffer of its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    0,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
+            match self.sock.recv_raw() {
+                Ok(buf) => out.extend(parse_packets(buf)),
+                Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(out),
-                    Some(libc::EINTR) => continue,
                     // The socket overflowed: the kernel dropped those packets itself.
                     Some(libc::ENOBUFS) => continue,
                     _ => return Err(NetlinkError::Io(e)),
-                }
+                },
             }
-            out.extend(parse_packets(&self.buf[..n as usize]));
         }
     }
 
@@ -302,12 +207,15 @@ impl Queue {
         hdr.extend_from_slice(&id.to_be_bytes());
         let mut p = Vec::with_capacity(12);
         attr(&mut p, NFQA_VERDICT_HDR, &hdr);
-        self.send(NFQNL_MSG_VERDICT, 0, &p)
+        self.sock
+            .send(NFQNL_MSG_VERDICT, 0, libc::AF_UNSPEC as u8, self.num, &p)
+            .map(|_| ())
     }
 }
 
-/// Every attribute of a packet message (for the unit tests and the fuzz seeds).
-pub fn packet_message(p: &Packet, payload: &[u8]) -> Vec<u8> {
+/// A packet message as the kernel sends it, for the unit tests.
+#[cfg(test)]
+fn packet_message(p: &Packet, payload: &[u8]) -> Vec<u8> {
     let mut a = Vec::new();
     let mut hdr = p.id.to_be_bytes().to_vec();
     hdr.extend_from_slice(&[0x08, 0x00, 2, 0]);
@@ -330,7 +238,7 @@ pub fn packet_message(p: &Packet, payload: &[u8]) -> Vec<u8> {
     }
     attr(&mut a, NFQA_PAYLOAD, payload);
     let mut m = Vec::new();
-    msg(
+    crate::nfnetlink::msg(
         &mut m,
         (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET,
         0,

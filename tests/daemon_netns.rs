@@ -749,23 +749,10 @@ fn policy_with_udp() -> String {
 
 /// Sends one datagram from inside `ns`, from `src` (which must be an address there).
 fn send_udp(ns: &str, src: std::net::IpAddr, dst: SocketAddr, payload: &'static [u8]) {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns).unwrap();
+    in_netns(ns, move || {
         let s = std::net::UdpSocket::bind((src, 0)).expect("udp bind");
         s.send_to(payload, dst).expect("udp send");
-    })
-    .join()
-    .unwrap();
-}
-
-fn ip_in(ns: &str, args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "ip"])
-        .args(args)
-        .output()
-        .expect("ip");
-    assert!(out.status.success(), "ip {args:?} in {ns}: {out:?}");
+    });
 }
 
 /// The first packets of a container the daemon has not admitted yet wait in the kernel
@@ -816,9 +803,9 @@ fn first_packets_before_the_admission_wait_for_it_and_pass() {
     // lonely takes web-1's address and sends as web-1, straight to api-1's MAC (an ARP
     // from it would teach api-1 a wrong MAC for web-1 and spoil the other probes).
     let web1_v4 = format!("{}/32", web1.addr(false));
-    ip_in(&lonely.ns, &["addr", "add", &web1_v4, "dev", "eth0"]);
-    ip_in(
-        &lonely.ns,
+    fx.ip_in("lonely", &["addr", "add", &web1_v4, "dev", "eth0"]);
+    fx.ip_in(
+        "lonely",
         &[
             "neigh",
             "replace",

@@ -71,6 +71,16 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// The live state of an nft JSON listing of `inet netguard`, with no bridge table.
+fn inet_live(json: &str) -> LiveState {
+    [
+        (Family::Inet, Some(parse_table(json).unwrap())),
+        (Family::Bridge, None),
+    ]
+    .into_iter()
+    .collect()
+}
+
 fn live_with_deny_counters() -> LiveState {
     let json = r#"{"nftables": [
       {"table": {"family": "inet", "name": "netguard"}},
@@ -88,12 +98,7 @@ fn live_with_deny_counters() -> LiveState {
         "comment": "default deny between managed containers [ng:0000000000000004]",
         "expr": [{"counter": {"packets": 11, "bytes": 700}}, {"drop": null}]}}
     ]}"#;
-    [
-        (Family::Inet, Some(parse_table(json).unwrap())),
-        (Family::Bridge, None),
-    ]
-    .into_iter()
-    .collect()
+    inet_live(json)
 }
 
 #[tokio::test]
@@ -189,12 +194,7 @@ fn edge_denials_by_edge() {
         "comment": "edge deny published [ng:0000000000000005]",
         "expr": [{"counter": {"packets": 7, "bytes": 420}}, {"drop": null}]}}
     ]}"#;
-    let live: LiveState = [
-        (Family::Inet, Some(parse_table(json).unwrap())),
-        (Family::Bridge, None),
-    ]
-    .into_iter()
-    .collect();
+    let live: LiveState = inet_live(json);
     let m = Metrics::new();
     m.set_denied_from_live(&live);
     let s = parse(&m.render());
@@ -204,12 +204,7 @@ fn edge_denials_by_edge() {
     assert_eq!(s["netguard_denied_total{edge=\"ingress\"}"], 5.0);
     assert_eq!(s["netguard_denied_total{edge=\"published\"}"], 7.0);
     let open = json.replace("edge deny ingress", "something else");
-    let live: LiveState = [
-        (Family::Inet, Some(parse_table(&open).unwrap())),
-        (Family::Bridge, None),
-    ]
-    .into_iter()
-    .collect();
+    let live: LiveState = inet_live(&open);
     let m = Metrics::new();
     m.set_denied_from_live(&live);
     assert!(!m.render().contains("edge=\"ingress\""));
@@ -235,12 +230,7 @@ fn held_packets_from_the_hold_rule() {
                  {"counter": {"packets": 6, "bytes": 360}},
                  {"xt": {"type": "target", "name": "NFQUEUE"}}]}}
     ]}"#;
-    let live: LiveState = [
-        (Family::Inet, Some(parse_table(json).unwrap())),
-        (Family::Bridge, None),
-    ]
-    .into_iter()
-    .collect();
+    let live: LiveState = inet_live(json);
     let m = Metrics::new();
     m.set_denied_from_live(&live);
     let s = parse(&m.render());

@@ -23,7 +23,7 @@ use crate::plan::names;
 use crate::plan::ruleset::{Elem, Family, Ruleset};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,15 +145,6 @@ impl Named {
     }
 }
 
-/// Counts since the daemon started, for logs and metrics.
-#[derive(Debug, Default)]
-pub struct HoldStats {
-    pub held: AtomicU64,
-    pub released: AtomicU64,
-    pub expired: AtomicU64,
-    pub overflow: AtomicU64,
-}
-
 /// The held packets in arrival order, and what to tell the kernel about them. Pure: the
 /// thread feeds it packets, bindings and the time.
 #[derive(Debug, Default)]
@@ -228,6 +219,9 @@ impl Held {
 struct Shared {
     bindings: Mutex<Bindings>,
     stop: AtomicBool,
+    /// The thread holds a packet: only then must a new delta wake it. Set before the thread
+    /// reads the bindings, so a delta committed after that read finds it set.
+    holding: AtomicBool,
 }
 
 /// The holding thread and its queue. Dropping it stops the thread and closes the queue: the
@@ -237,7 +231,6 @@ pub struct Holder {
     shared: Arc<Shared>,
     wake: libc::c_int,
     thread: Option<std::thread::JoinHandle<()>>,
-    pub stats: Arc<HoldStats>,
 }
 
 impl Holder {
@@ -252,19 +245,18 @@ impl Holder {
         let shared = Arc::new(Shared {
             bindings: Mutex::new(bindings),
             stop: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
         });
-        let stats = Arc::new(HoldStats::default());
-        let (s, st) = (shared.clone(), stats.clone());
+        let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name("netguard-hold".into())
-            .spawn(move || run(queue, wake, hold, &s, &st))
+            .spawn(move || run(queue, wake, hold, &s))
             .map_err(|e| format!("hold thread: {e}"))?;
         Ok(Holder {
             num,
             shared,
             wake,
             thread: Some(thread),
-            stats,
         })
     }
 
@@ -291,10 +283,13 @@ impl Holder {
         self.poke();
     }
 
-    /// After a committed element delta.
+    /// After a committed element delta (every container event: the thread is woken only
+    /// when it holds something).
     pub fn apply(&self, d: &Delta) {
         self.bindings().apply(d);
-        self.poke();
+        if self.shared.holding.load(Ordering::SeqCst) {
+            self.poke();
+        }
     }
 }
 
@@ -322,7 +317,7 @@ fn ifname(index: u32) -> Option<String> {
     Some(s.to_string_lossy().into_owned())
 }
 
-fn run(mut queue: Queue, wake: libc::c_int, hold: Duration, shared: &Shared, stats: &HoldStats) {
+fn run(mut queue: Queue, wake: libc::c_int, hold: Duration, shared: &Shared) {
     let mut held = Held::default();
     tracing::info!(
         queue = queue.num(),
@@ -366,11 +361,7 @@ fn run(mut queue: Queue, wake: libc::c_int, hold: Duration, shared: &Shared, sta
         match queue.recv() {
             Ok(pkts) => {
                 for p in pkts {
-                    stats.held.fetch_add(1, Ordering::Relaxed);
-                    if let Some(v) = held.push(now, Named::of(&p, ifname)) {
-                        stats.overflow.fetch_add(1, Ordering::Relaxed);
-                        verdicts.push(v);
-                    }
+                    verdicts.extend(held.push(now, Named::of(&p, ifname)));
                 }
             }
             Err(e) => {
@@ -378,21 +369,17 @@ fn run(mut queue: Queue, wake: libc::c_int, hold: Duration, shared: &Shared, sta
                 return;
             }
         }
+        shared.holding.store(!held.is_empty(), Ordering::SeqCst);
         {
             let b = shared.bindings.lock().unwrap_or_else(|e| e.into_inner());
             verdicts.extend(held.due(now, hold, &b));
         }
+        shared.holding.store(!held.is_empty(), Ordering::SeqCst);
         for (id, v) in verdicts {
             match v {
-                QueueVerdict::Repeat => {
-                    released += 1;
-                    stats.released.fetch_add(1, Ordering::Relaxed)
-                }
-                QueueVerdict::Drop => {
-                    dropped += 1;
-                    stats.expired.fetch_add(1, Ordering::Relaxed)
-                }
-            };
+                QueueVerdict::Repeat => released += 1,
+                QueueVerdict::Drop => dropped += 1,
+            }
             if let Err(e) = queue.verdict(id, v) {
                 tracing::warn!(error = %e, id, "hold: a verdict was refused");
             }
