@@ -212,10 +212,52 @@ pub fn na_frame(
     target: Ipv6Addr,
     lladdr: &str,
 ) -> Vec<u8> {
-    let mut icmp = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+    let options = nd_option(2, &mac_bytes(lladdr));
+    icmp6_frame(
+        eth_src,
+        eth_dst,
+        src,
+        dst,
+        nd_body(136, 0x20, target, &options),
+    )
+}
+
+/// A neighbour discovery message of ICMPv6 type `kind` (135 solicitation, 136
+/// advertisement) about `target`, its first flags byte `flags`, followed by `options`.
+pub fn nd_body(kind: u8, flags: u8, target: Ipv6Addr, options: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, 0, 0, 0, flags, 0, 0, 0];
     icmp.extend(target.octets());
-    icmp.extend([2, 1]);
-    icmp.extend(mac_bytes(lladdr));
+    icmp.extend(options);
+    icmp
+}
+
+/// A router advertisement (router lifetime 1800 s, no prefix) followed by `options`.
+pub fn ra_body(options: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    icmp.extend(options);
+    icmp
+}
+
+/// A neighbour discovery option (RFC 4861 4.6): its type, its length in 8-byte units,
+/// then `data`, padded to a multiple of 8 bytes.
+pub fn nd_option(kind: u8, data: &[u8]) -> Vec<u8> {
+    let len = (2 + data.len()).div_ceil(8);
+    let mut o = vec![kind, len as u8];
+    o.extend(data);
+    o.resize(len * 8, 0);
+    o
+}
+
+/// The ICMPv6 message `icmp` (checksum field zero) from `src` to `dst` in a frame from
+/// `eth_src` to `eth_dst`, hop limit 255 (neighbour discovery requires it), the checksum
+/// filled in.
+pub fn icmp6_frame(
+    eth_src: &str,
+    eth_dst: &str,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    mut icmp: Vec<u8>,
+) -> Vec<u8> {
     let ck = checksum6(src, dst, 58, &icmp);
     icmp[2..4].copy_from_slice(&ck.to_be_bytes());
     let mut f = Vec::from(mac_bytes(eth_dst));
@@ -228,6 +270,29 @@ pub fn na_frame(
     f.extend(dst.octets());
     f.extend(icmp);
     f
+}
+
+/// The EUI-64 link-local address the kernel gives an interface with `mac`.
+pub fn link_local(mac: &str) -> Ipv6Addr {
+    let m = mac_bytes(mac);
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
 }
 
 /// In `bridge fdb show` output, the port a learned (not permanent) entry puts `mac` on.

@@ -8,10 +8,13 @@
 //!    `eth0` from an AF_PACKET socket, what Docker's default NET_RAW lets evil's own process
 //!    do; the test sends them from a thread inside evil's namespace because the test image
 //!    has no tool that writes raw frames.
-//! 2. `thief`, started with `--cap-add NET_ADMIN`, sets db's MAC on its own `eth0` and pings.
+//! 2. evil's namespace advertises db's IPv6 address at evil's own MAC (unsolicited neighbour
+//!    advertisements to web, from evil's own MAC and address: IPv6's ARP poisoning).
+//! 3. `thief`, started with `--cap-add NET_ADMIN`, sets db's MAC on its own `eth0` and pings.
 //!
-//! In both, web's flows to db keep working over IPv4 and IPv6 and the bridge keeps db's MAC
-//! on db's veth. Without the binding (`anti_spoofing = false`, plain Docker) both cut db off.
+//! In all three, web's flows to db keep working over IPv4 and IPv6 and the bridge keeps
+//! db's MAC on db's veth. Without the binding (`anti_spoofing = false`, plain Docker) each
+//! cuts db off.
 //!
 //! Applies rules to the host's nftables, so only one such test may run at a time: this file
 //! holds one test.
@@ -22,7 +25,7 @@ mod docker_env;
 mod netns;
 
 use docker_env::{IMAGE, Scene, docker, docker_available, docker_ok};
-use netns::frames::{arp_frame, flood, ip6_frame, learned_port};
+use netns::frames::{arp_frame, flood, ip6_frame, learned_port, na_frame};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::Arc;
@@ -246,7 +249,41 @@ fn docker_neighbours_mac_taken_by_raw_frames_or_net_admin_does_not_cut_it_off() 
     );
     assert_eq!(port.as_deref(), Some(db_veth.as_str()), "db's MAC moved");
 
-    // 2. thief takes db's MAC on its own interface (NET_ADMIN) and keeps sending.
+    // 2. evil advertises db's IPv6 address at its own MAC, to web, while web uses its flows
+    // (which also keep web's entry for db, the one an unsolicited advertisement updates).
+    let stop = Arc::new(AtomicBool::new(false));
+    let poison = vec![na_frame(
+        &evil_ep.mac,
+        &web_ep.mac,
+        evil_ep.v6,
+        web_ep.v6,
+        db_ep.v6,
+        &evil_ep.mac,
+    )];
+    let attacker = flood(&ns, poison, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let bad = victim_failures(&web, &db_ep, 3);
+    let neigh = docker(&[
+        "exec",
+        &web,
+        "ip",
+        "-6",
+        "neigh",
+        "show",
+        &db_ep.v6.to_string(),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    let sent = attacker.join().expect("attacker thread");
+    assert!(sent > 30, "evil sent only {sent} frames");
+    assert!(
+        bad.is_empty(),
+        "db was cut off by evil advertising its IPv6 address: {bad:?}; web's entry for db: \
+         {neigh:?} (db's MAC {}, evil's {})",
+        db_ep.mac,
+        evil_ep.mac
+    );
+
+    // 3. thief takes db's MAC on its own interface (NET_ADMIN) and keeps sending.
     docker_ok(&[
         "exec",
         &thief,

@@ -170,6 +170,20 @@ fn netlink_reader_equals_nft_json_listing() {
                 assert_eq!(planned.len(), 1);
                 assert_eq!(a.sets[&planned[0].name].elements, planned[0].elements);
             }
+            if f == Family::Bridge {
+                // The raw-keyed sets (declared in nft's text syntax, listed by nft's JSON
+                // as `integer` keys) are read as the kinds and elements the plan gave them.
+                for set in ["nd_bind_6", "nd_addrs_6", "nd_bind_mac", "nd_macs"] {
+                    let want = p
+                        .ruleset
+                        .table(f)
+                        .and_then(|t| t.set(set))
+                        .expect("planned");
+                    assert_eq!(a.sets[set].kind, Some(want.kind), "{set}");
+                    assert_eq!(a.sets[set].elements, want.elements, "{set}");
+                    assert!(!want.elements.is_empty(), "{set}: nothing planned");
+                }
+            }
         }
         // The structure alone (no elements) equals nft's terse listing.
         for f in FAMILIES {
@@ -240,6 +254,26 @@ fn netlink_reader_equals_nft_json_listing() {
                     mac("02:42:0a:0a:09:01"),
                     v6("fd10::9:1"),
                 ),
+            ),
+            (
+                Family::Bridge,
+                "nd_bind_6".into(),
+                Elem::RawIfnameV6("vethnew0123456".into(), v6("fd10::9:1")),
+            ),
+            (
+                Family::Bridge,
+                "nd_addrs_6".into(),
+                Elem::RawV6(v6("fd10::9:1")),
+            ),
+            (
+                Family::Bridge,
+                "nd_bind_mac".into(),
+                Elem::RawIfnameMac("vethnew0123456".into(), mac("02:42:0a:0a:09:01")),
+            ),
+            (
+                Family::Bridge,
+                "nd_macs".into(),
+                Elem::RawMac(mac("02:42:0a:0a:09:01")),
             ),
             (
                 Family::Inet,

@@ -164,8 +164,19 @@ impl LiveStmt {
 #[error("unexpected nft listing: {0}")]
 pub struct ParseError(String);
 
-fn kind_of(t: &Value, interval: bool) -> Option<SetKind> {
+fn kind_of(t: &Value, interval: bool, name: &str) -> Option<SetKind> {
     let s = |v: &Value| v.as_str().map(str::to_string);
+    // A raw-keyed set lists as `integer` (after `ifname`), with no length: its name says
+    // which one it is.
+    if let Some(raw) = crate::plan::names::raw_kind(name) {
+        let listed = match raw {
+            SetKind::RawIfnameV6 | SetKind::RawIfnameMac => t
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p[0] == "ifname" && p[1] == "integer"),
+            _ => t == "integer",
+        };
+        return (listed && !interval).then_some(raw);
+    }
     match t {
         Value::String(one) if interval => (one == "inet_service").then_some(SetKind::Ports),
         _ if interval => None,
@@ -214,6 +225,9 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
     ) {
         return proto_port_elem(kind, v);
     }
+    if let Some(e) = raw_elem_of(kind, v) {
+        return e;
+    }
     let parts: Vec<&str> = match v.get("concat").and_then(Value::as_array) {
         Some(c) => c.iter().filter_map(Value::as_str).collect(),
         None => v.as_str().into_iter().collect(),
@@ -245,6 +259,44 @@ fn elem_of(kind: SetKind, v: &Value) -> Option<Elem> {
         (SetKind::V6, [a]) => a.parse().ok().map(Elem::V6),
         _ => None,
     }
+}
+
+/// A raw-keyed set's element as nft's JSON prints it: the interface name, then the key as an
+/// integer (a number when it fits in 64 bits, else a hexadecimal string). `None` when
+/// `kind` is not raw; `Some(None)` when the element is not one netguard writes.
+fn raw_elem_of(kind: SetKind, v: &Value) -> Option<Option<Elem>> {
+    let int = |v: &Value, bytes: usize| -> Option<Vec<u8>> {
+        let n: u128 = match v {
+            Value::Number(n) => u128::from(n.as_u64()?),
+            Value::String(s) => match s.strip_prefix("0x") {
+                Some(hex) => u128::from_str_radix(hex, 16).ok()?,
+                None => s.parse().ok()?,
+            },
+            _ => return None,
+        };
+        let all = n.to_be_bytes();
+        let (high, low) = all.split_at(16 - bytes);
+        high.iter().all(|b| *b == 0).then(|| low.to_vec())
+    };
+    let pair = || -> Option<(String, &Value)> {
+        match v.get("concat").and_then(Value::as_array)?.as_slice() {
+            [i, k] => Some((i.as_str()?.to_string(), k)),
+            _ => None,
+        }
+    };
+    let v6 = |b: Vec<u8>| <[u8; 16]>::try_from(b).ok().map(Ipv6Addr::from);
+    let mac = |b: Vec<u8>| <[u8; 6]>::try_from(b).ok().map(Mac);
+    Some(match kind {
+        SetKind::RawIfnameV6 => {
+            pair().and_then(|(i, k)| Some(Elem::RawIfnameV6(i, v6(int(k, 16)?)?)))
+        }
+        SetKind::RawV6 => int(v, 16).and_then(v6).map(Elem::RawV6),
+        SetKind::RawIfnameMac => {
+            pair().and_then(|(i, k)| Some(Elem::RawIfnameMac(i, mac(int(k, 6)?)?)))
+        }
+        SetKind::RawMac => int(v, 6).and_then(mac).map(Elem::RawMac),
+        _ => return None,
+    })
 }
 
 /// A published-port element as nft's JSON prints it: `{"concat": ["tcp", 15432]}`, with the
@@ -313,7 +365,7 @@ pub fn parse_table(json: &str) -> Result<LiveTable, ParseError> {
                 .get("flags")
                 .and_then(Value::as_array)
                 .is_some_and(|f| f.iter().any(|f| f == "interval"));
-            let mut kind = set.get("type").and_then(|t| kind_of(t, interval));
+            let mut kind = set.get("type").and_then(|t| kind_of(t, interval, &name));
             let elements = match (kind, set.get("elem").and_then(Value::as_array)) {
                 (Some(k), Some(es)) => {
                     let parsed: BTreeSet<Elem> = es.iter().filter_map(|e| elem_of(k, e)).collect();

@@ -184,6 +184,9 @@ impl Backend {
         }
         let json =
             serde_json::to_string(&changes.batch()).map_err(|e| NftError::Encode(e.to_string()))?;
+        if let Some(decls) = changes.raw_set_decls() {
+            self.exec.run(&decls)?;
+        }
         self.exec.run(&json)?;
         // Queue rules go in after the chains they end were written (`netlink::
         // append_queue_rules`). Meanwhile their packets meet the rules after the chain:
@@ -399,12 +402,19 @@ impl Changes {
                         render::chain_ref(f, c),
                     ))));
                 }
-                for s in &t.delete_sets {
+                // Raw-keyed sets are declared (and re-declared) before this transaction,
+                // in nft's text syntax: `Changes::raw_set_decls`.
+                let raw = |name: &str| {
+                    t.create_sets
+                        .iter()
+                        .any(|(n, k)| n == name && render::raw_set_decl(f, n, *k).is_some())
+                };
+                for s in t.delete_sets.iter().filter(|s| !raw(s)) {
                     o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
                         Box::new(render::set_obj(f, s, SetKind::Ifname)),
                     ))));
                 }
-                for (name, kind) in &t.create_sets {
+                for (name, kind) in t.create_sets.iter().filter(|(n, _)| !raw(n)) {
                     o.push(add(NfListObject::Set(Box::new(render::set_obj(
                         f, name, *kind,
                     )))));
@@ -450,6 +460,55 @@ fn is_queue(r: &Rule) -> bool {
 }
 
 impl Changes {
+    /// nft text declaring the raw-keyed sets this change creates, run just before its
+    /// transaction (nft 1.0.6's JSON cannot declare them; it can fill and use them once
+    /// they exist). An empty set in a table changes no verdict, so declaring them first is
+    /// safe; if the transaction then fails they stay, empty, and the next reconcile finds
+    /// them. A raw set re-created (its type was changed by hand) is deleted here first,
+    /// after the planned chains that may use it are flushed: the one case where the
+    /// bridge table judges nothing for the moment until the transaction. Only netguard's
+    /// own constant names are written.
+    pub fn raw_set_decls(&self) -> Option<String> {
+        let mut cmds = Vec::new();
+        for t in self
+            .tables
+            .iter()
+            .filter(|t| !t.is_empty() && !t.delete_table)
+        {
+            let Some(f) = t.family else { continue };
+            let decls: Vec<(&str, String)> = t
+                .create_sets
+                .iter()
+                .filter_map(|(n, k)| render::raw_set_decl(f, n, *k).map(|d| (n.as_str(), d)))
+                .collect();
+            if decls.is_empty() {
+                continue;
+            }
+            cmds.push(format!("add table {} {TABLE_NAME}", f.as_str()));
+            let again: Vec<&str> = decls
+                .iter()
+                .map(|(n, _)| *n)
+                .filter(|n| t.delete_sets.iter().any(|d| d == n))
+                .collect();
+            if !again.is_empty() {
+                for c in t.desired.iter().flat_map(|d| &d.chains) {
+                    if t.live_chains.contains(&c.name) {
+                        cmds.push(format!(
+                            "flush chain {} {TABLE_NAME} {}",
+                            f.as_str(),
+                            c.name
+                        ));
+                    }
+                }
+                for n in again {
+                    cmds.push(format!("delete set {} {TABLE_NAME} {n}", f.as_str()));
+                }
+            }
+            cmds.extend(decls.into_iter().map(|(_, d)| d));
+        }
+        (!cmds.is_empty()).then(|| cmds.join("\n"))
+    }
+
     /// The queue rules of the chains this change writes, in order (see [`Backend::apply`]).
     pub fn queue_rules(&self) -> Vec<(Family, &str, &Rule)> {
         let mut out = Vec::new();
@@ -594,4 +653,110 @@ fn diff_table(f: Family, want: Option<&Table>, have: Option<&LiveTable>) -> Tabl
     // Chains being deleted and re-created need no flush; the rewrite adds their rules.
     c.live_chains.retain(|n| !c.delete_chains.contains(n));
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bridge_table() -> Table {
+        let policy =
+            crate::policy::parse_policy(std::path::Path::new("p.toml"), "").expect("policy");
+        let inv = crate::inventory::parse_inventory(std::path::Path::new("i.toml"), "")
+            .expect("inventory");
+        crate::plan::plan(&policy, &inv)
+            .ruleset
+            .table(Family::Bridge)
+            .cloned()
+            .expect("bridge table")
+    }
+
+    fn live_bridge(t: &Table, nd_bind_6: Option<SetKind>) -> LiveState {
+        let mut live = LiveTable::default();
+        for s in &t.sets {
+            let kind = if s.name == crate::plan::names::ND_BIND_6 {
+                nd_bind_6
+            } else {
+                Some(s.kind)
+            };
+            live.sets.insert(
+                s.name.clone(),
+                live::LiveSet {
+                    kind,
+                    elements: BTreeSet::new(),
+                },
+            );
+        }
+        for c in &t.chains {
+            live.chains.insert(
+                c.name.clone(),
+                live::LiveChain {
+                    base: c.base,
+                    rules: vec![],
+                },
+            );
+        }
+        [(Family::Inet, None), (Family::Bridge, Some(live))].into()
+    }
+
+    /// The sets a batch adds and deletes, by name.
+    fn set_cmds(c: &Changes) -> (Vec<String>, Vec<String>) {
+        let doc = serde_json::to_value(c.batch()).expect("json");
+        let mut out = (vec![], vec![]);
+        for cmd in doc["nftables"].as_array().expect("array") {
+            for (verb, list) in [("add", &mut out.0), ("delete", &mut out.1)] {
+                if let Some(name) = cmd[verb]["set"]["name"].as_str() {
+                    list.push(name.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// nft's JSON cannot declare the raw-keyed sets: they are declared in its text syntax
+    /// before the transaction, which then leaves them out (and never deletes one it needs).
+    #[test]
+    fn raw_sets_are_declared_in_text_before_the_transaction() {
+        let t = bridge_table();
+        let desired = Ruleset {
+            tables: vec![t.clone()],
+        };
+        let fresh = diff(&desired, &LiveState::new());
+        assert_eq!(
+            fresh.raw_set_decls().as_deref(),
+            Some(
+                "add table bridge netguard\n\
+                 add set bridge netguard nd_addrs_6 { typeof @th,64,128; }\n\
+                 add set bridge netguard nd_bind_6 { typeof iifname . @th,64,128; }\n\
+                 add set bridge netguard nd_bind_mac { typeof iifname . @th,208,48; }\n\
+                 add set bridge netguard nd_macs { typeof @th,208,48; }"
+            )
+        );
+        let (added, deleted) = set_cmds(&fresh);
+        assert!(added.contains(&"bind_6".to_string()), "{added:?}");
+        assert!(added.iter().all(|n| !n.starts_with("nd_")), "{added:?}");
+        assert!(deleted.is_empty());
+
+        // In place: nothing to declare.
+        let same = diff(&desired, &live_bridge(&t, Some(SetKind::RawIfnameV6)));
+        assert_eq!(same.raw_set_decls(), None);
+
+        // Changed by hand: the planned chains are emptied, the set re-declared, and the
+        // transaction neither deletes nor adds it again.
+        let wrong = diff(&desired, &live_bridge(&t, None));
+        let text = wrong.raw_set_decls().expect("re-declared");
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "add table bridge netguard",
+                "flush chain bridge netguard prerouting",
+                "flush chain bridge netguard postrouting",
+                "flush chain bridge netguard foreign_mac",
+                "flush chain bridge netguard nd",
+                "delete set bridge netguard nd_bind_6",
+                "add set bridge netguard nd_bind_6 { typeof iifname . @th,64,128; }",
+            ]
+        );
+        assert_eq!(set_cmds(&wrong), (vec![], vec![]));
+    }
 }

@@ -38,6 +38,8 @@ const TYPE_ETHERADDR: u32 = 9;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_IFNAME: u32 = 41;
+/// nft's type of a raw payload (`@th,64,128`), in the key type of a `typeof` set.
+const TYPE_INTEGER: u32 = 4;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 const IFNAMSIZ: usize = 16;
 
@@ -126,6 +128,23 @@ fn kind_of(key_type: u32, flags: u32) -> Option<SetKind> {
             Some(SetKind::V6ProtoPort)
         }
         _ => None,
+    }
+}
+
+fn raw_key_type(raw: SetKind) -> u32 {
+    match raw {
+        SetKind::RawIfnameV6 | SetKind::RawIfnameMac => (TYPE_IFNAME << 6) | TYPE_INTEGER,
+        _ => TYPE_INTEGER,
+    }
+}
+
+/// Bytes of a raw kind's key: as its typed twin's (a 6-byte MAC after a name padded to 8).
+fn raw_key_len(raw: SetKind) -> u32 {
+    match raw {
+        SetKind::RawIfnameV6 => 32,
+        SetKind::RawIfnameMac => 24,
+        SetKind::RawV6 => 16,
+        _ => 6,
     }
 }
 
@@ -227,6 +246,12 @@ fn elem_of(kind: SetKind, k: &[u8]) -> Option<Elem> {
         (SetKind::Mac, 6) => Some(Elem::Mac(mac(k)?)),
         (SetKind::V4, 4) => Some(Elem::V4(v4(k)?)),
         (SetKind::V6, 16) => Some(Elem::V6(v6(k)?)),
+        (SetKind::RawIfnameV6, 32) => Some(Elem::RawIfnameV6(ifname(&k[..n])?, v6(&k[n..])?)),
+        (SetKind::RawIfnameMac, 24) => {
+            Some(Elem::RawIfnameMac(ifname(&k[..n])?, mac(&k[n..n + 6])?))
+        }
+        (SetKind::RawV6, 16) => Some(Elem::RawV6(v6(k)?)),
+        (SetKind::RawMac, 6) => Some(Elem::RawMac(mac(k)?)),
         _ => None,
     }
 }
@@ -312,7 +337,7 @@ fn read_once(
 /// The named sets of netguard's table in a `NFT_MSG_GETSET` dump, with their kind (`None`:
 /// not a set netguard could have made). Pure: the fuzz target `nft` feeds it any bytes.
 pub fn sets_of(msgs: &[Vec<u8>]) -> Vec<(String, Option<SetKind>)> {
-    // NFTA_SET_TABLE = 1, NAME = 2, FLAGS = 3, KEY_TYPE = 4.
+    // NFTA_SET_TABLE = 1, NAME = 2, FLAGS = 3, KEY_TYPE = 4, KEY_LEN = 5.
     let mut sets = Vec::new();
     for m in msgs {
         if find(m, 1).map(str_of).as_deref() != Some(TABLE_NAME) {
@@ -323,7 +348,17 @@ pub fn sets_of(msgs: &[Vec<u8>]) -> Vec<(String, Option<SetKind>)> {
             continue;
         }
         let name = find(m, 2).map(str_of).unwrap_or_default();
-        let kind = find(m, 4).and_then(be32).and_then(|k| kind_of(k, flags));
+        let key_type = find(m, 4).and_then(be32);
+        let kind = match crate::plan::names::raw_kind(&name) {
+            // A raw key's type says only "integer": its length tells the kinds apart.
+            Some(raw) => {
+                let key_len = find(m, 5).and_then(be32);
+                (key_type == Some(raw_key_type(raw)) && key_len == Some(raw_key_len(raw)))
+                    .then_some(raw)
+                    .filter(|_| flags & (NFT_SET_MAP | NFT_SET_OBJECT | NFT_SET_INTERVAL) == 0)
+            }
+            None => key_type.and_then(|k| kind_of(k, flags)),
+        };
         sets.push((name, kind));
     }
     sets
@@ -469,11 +504,11 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
             name(&mut k, i);
             k.extend_from_slice(&a.octets());
         }
-        Elem::IfnameV6(i, a) => {
+        Elem::IfnameV6(i, a) | Elem::RawIfnameV6(i, a) => {
             name(&mut k, i);
             k.extend_from_slice(&a.octets());
         }
-        Elem::IfnameMac(i, m) => {
+        Elem::IfnameMac(i, m) | Elem::RawIfnameMac(i, m) => {
             name(&mut k, i);
             k.extend_from_slice(&m.0);
             k.extend_from_slice(&[0, 0]);
@@ -490,9 +525,9 @@ fn key_bytes(e: &Elem) -> Vec<u8> {
             k.extend_from_slice(&[0, 0]);
             k.extend_from_slice(&a.octets());
         }
-        Elem::Mac(m) => k.extend_from_slice(&m.0),
+        Elem::Mac(m) | Elem::RawMac(m) => k.extend_from_slice(&m.0),
         Elem::V4(a) => k.extend_from_slice(&a.octets()),
-        Elem::V6(a) => k.extend_from_slice(&a.octets()),
+        Elem::V6(a) | Elem::RawV6(a) => k.extend_from_slice(&a.octets()),
         // Never sent: an interval is two elements, and `apply_elements` refuses ranges.
         Elem::Port(lo, _) => k.extend_from_slice(&lo.to_be_bytes()),
         Elem::ProtoPort(p, n) => proto_port_bytes(&mut k, *p, *n),

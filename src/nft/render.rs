@@ -82,6 +82,11 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
         SetKind::V4 => schema::SetTypeValue::Single(T::Ipv4Addr),
         SetKind::V6 => schema::SetTypeValue::Single(T::Ipv6Addr),
         SetKind::Ports => schema::SetTypeValue::Single(T::InetService),
+        // Never declared through JSON, which has no type for them (`raw_set_decl`); named
+        // only, to be deleted.
+        SetKind::RawIfnameV6 | SetKind::RawIfnameMac | SetKind::RawV6 | SetKind::RawMac => {
+            schema::SetTypeValue::Single(T::Ifname)
+        }
         SetKind::ProtoPort => {
             schema::SetTypeValue::Concatenated(vec![T::InetProto, T::InetService].into())
         }
@@ -92,6 +97,23 @@ fn set_type(k: SetKind) -> schema::SetTypeValue<'static> {
             vec![T::Ipv6Addr, T::InetProto, T::InetService].into(),
         ),
     }
+}
+
+/// The nft text that declares a raw-keyed set, which nft 1.0.6's JSON cannot (it has no
+/// `typeof`, and an `integer` key has no length there): `None` for every other kind.
+/// Only netguard's own constant names and keys are ever written here.
+pub fn raw_set_decl(f: Family, name: &str, kind: SetKind) -> Option<String> {
+    let key = match kind {
+        SetKind::RawIfnameV6 => "iifname . @th,64,128",
+        SetKind::RawV6 => "@th,64,128",
+        SetKind::RawIfnameMac => "iifname . @th,208,48",
+        SetKind::RawMac => "@th,208,48",
+        _ => return None,
+    };
+    Some(format!(
+        "add set {} {TABLE_NAME} {name} {{ typeof {key}; }}",
+        f.as_str()
+    ))
 }
 
 pub fn set_obj(f: Family, name: &str, kind: SetKind) -> schema::Set<'static> {
@@ -137,6 +159,16 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
         Elem::Mac(m) => s(m.to_string()),
         Elem::V4(a) => s(a.to_string()),
         Elem::V6(a) => s(a.to_string()),
+        Elem::RawIfnameV6(i, a) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(raw_hex(&a.octets())),
+        ])),
+        Elem::RawV6(a) => s(raw_hex(&a.octets())),
+        Elem::RawIfnameMac(i, m) => Expression::Named(NamedExpression::Concat(vec![
+            s(i.clone()),
+            s(raw_hex(&m.0)),
+        ])),
+        Elem::RawMac(m) => s(raw_hex(&m.0)),
         Elem::Port(lo, hi) => port_item(*lo, *hi),
         Elem::ProtoPort(p, n) => Expression::Named(NamedExpression::Concat(vec![
             s(p.as_str().to_string()),
@@ -153,6 +185,17 @@ pub fn elem_expr(e: &Elem) -> Expression<'static> {
             Expression::Number(*n as u32),
         ])),
     }
+}
+
+/// Bytes as the hexadecimal integer nft reads for a raw key (`0xfd00…02`), big-endian
+/// like the packet they are compared with.
+pub fn raw_hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(2 + 2 * bytes.len());
+    out.push_str("0x");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 fn port_item(lo: u16, hi: u16) -> Expression<'static> {
@@ -332,6 +375,21 @@ fn ct(key: &'static str) -> Expression<'static> {
     }))
 }
 
+/// `@th,OFFSET,LEN`: bits of the transport header (here: of the ICMPv6 message).
+fn th_bits(offset: u32, len: u32) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadRaw(
+        nftables::expr::PayloadRaw {
+            base: nftables::expr::PayloadBase::TH,
+            offset,
+            len,
+        },
+    )))
+}
+
+fn eq_or_ne(negate: bool) -> Operator {
+    if negate { Operator::NEQ } else { Operator::EQ }
+}
+
 fn match_stmt(mt: &Match) -> Statement<'static> {
     use Operator::EQ;
     match mt {
@@ -400,6 +458,36 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
             set_ref(set),
         ),
         Match::ArpSaddrIsZero => m(payload("arp", "saddr ip"), EQ, s("0.0.0.0")),
+        Match::NdTargetInSet { iface, set, negate } => m(
+            keyed(*iface, th_bits(64, 128)),
+            eq_or_ne(*negate),
+            set_ref(set),
+        ),
+        // fe80::/10: the first ten bits 1111 1110 10.
+        Match::NdTargetNotLinkLocal => m(th_bits(64, 10), Operator::NEQ, Expression::Number(0x3fa)),
+        Match::NdOption { offset, kind } => m(
+            th_bits(u32::from(*offset) * 8, 16),
+            EQ,
+            Expression::Number(u32::from(*kind) << 8 | 1),
+        ),
+        Match::NdOptionMacInSet {
+            offset,
+            iface,
+            set,
+            negate,
+        } => m(
+            keyed(*iface, th_bits((u32::from(*offset) + 2) * 8, 48)),
+            eq_or_ne(*negate),
+            set_ref(set),
+        ),
+        // `!= 0-N`, not `> N`: the nftables crate (0.6.3) writes its `GT` as "<".
+        Match::Ip6LengthOver(n) => m(
+            payload("ip6", "length"),
+            Operator::NEQ,
+            Expression::Range(Box::new(nftables::expr::Range {
+                range: [Expression::Number(0), Expression::Number(u32::from(*n))],
+            })),
+        ),
         Match::Saddr6In(p) => m(payload("ip6", "saddr"), EQ, prefixes(p)),
         Match::Daddr6In(p) => m(payload("ip6", "daddr"), EQ, prefixes(p)),
         Match::Limit { rate, burst } => Statement::Limit(stmt::Limit {

@@ -412,9 +412,14 @@ fn owner_of(owners: &BTreeMap<String, String>, e: &Elem) -> String {
     use Elem::*;
     let key = match e {
         IfnameV4(_, a) | V4(a) => a.to_string(),
-        IfnameV6(_, a) | V6(a) => a.to_string(),
-        Ifname(i) | IfnameMac(i, _) | IfnameMacV4(i, ..) | IfnameMacV6(i, ..) => i.clone(),
-        IfnamePair(..) | Port(..) | Mac(_) | ProtoPort(..) | V4ProtoPort(..) | V6ProtoPort(..) => {
+        IfnameV6(_, a) | V6(a) | RawIfnameV6(_, a) | RawV6(a) => a.to_string(),
+        Ifname(i)
+        | IfnameMac(i, _)
+        | IfnameMacV4(i, ..)
+        | IfnameMacV6(i, ..)
+        | RawIfnameMac(i, _) => i.clone(),
+        IfnamePair(..) | Port(..) | Mac(_) | RawMac(_) | ProtoPort(..) | V4ProtoPort(..)
+        | V6ProtoPort(..) => {
             return String::new();
         }
     };

@@ -20,6 +20,10 @@ pub(super) fn table() -> Table {
         (names::GENUINE_6, SetKind::IfnameMacV6),
         (names::MAC_VETHS, SetKind::Ifname),
         (names::MACS, SetKind::Mac),
+        (names::ND_ADDRS_6, SetKind::RawV6),
+        (names::ND_BIND_6, SetKind::RawIfnameV6),
+        (names::ND_BIND_MAC, SetKind::RawIfnameMac),
+        (names::ND_MACS, SetKind::RawMac),
         (names::VETHS, SetKind::Ifname),
     ]
     .into_iter()
@@ -75,7 +79,20 @@ pub(super) fn table() -> Table {
         )
         .counted(),
     ];
+    // Neighbour discovery is judged before the genuine IPv6 path (a genuine frame may still
+    // advertise a neighbour's address); after the IPv4 one, which no ICMPv6 frame matches,
+    // so a genuine IPv4 frame never pays for it.
     let mut pre = genuine();
+    pre.insert(
+        1,
+        Rule::new(
+            vec![Match::Icmpv6Types(
+                ND_TYPES.iter().map(|t| t.to_string()).collect(),
+            )],
+            Verdict::Jump(names::ND.into()),
+            "neighbour discovery",
+        ),
+    );
     pre.extend(bound_mac());
     pre.extend(bound_source(Ip, V4, names::BIND_4, names::ADDRS_4));
     pre.extend(arp);
@@ -128,6 +145,11 @@ pub(super) fn table() -> Table {
                 name: names::FOREIGN_MAC.into(),
                 base: None,
                 rules: foreign_mac(),
+            },
+            Chain {
+                name: names::ND.into(),
+                base: None,
+                rules: nd_rules(),
             },
         ],
     }
@@ -241,6 +263,133 @@ fn foreign_mac() -> Vec<Rule> {
     ]
 }
 
+const NS: &str = "nd-neighbor-solicit";
+const NA: &str = "nd-neighbor-advert";
+const RS: &str = "nd-router-solicit";
+const RA: &str = "nd-router-advert";
+const REDIRECT: &str = "nd-redirect";
+/// The ICMPv6 messages that make a receiver bind an address to a link-layer address.
+const ND_TYPES: [&str; 5] = [RS, RA, NS, NA, REDIRECT];
+/// Option types (RFC 4861 4.6.1): source and target link-layer address.
+const SLL: u8 = 1;
+const TLL: u8 = 2;
+
+/// `nd`, jumped to from `prerouting` for the ND messages above: IPv6's ARP. What ARP's
+/// sender addresses are held to, ND's target address and link-layer options are held to
+/// here, so that no container can make a neighbour's or the host's cache send another
+/// container's IPv6 traffic to itself (where `postrouting` would drop it: a cut-off).
+/// - A neighbour advertisement is for the sender's own address: one bound to another
+///   port is never advertised from this one, and a managed veth advertises only its own
+///   bound addresses and link-local ones (which are not bound, and which the inet table
+///   denies any connection).
+/// - Router advertisements and redirects never come from a managed veth: on a Docker
+///   bridge the host is the router.
+/// - A link-layer option carries the sender's own MAC: never another endpoint's, and from
+///   a MAC-bound veth only that veth's. Linux takes the first option of each type and only
+///   an 8-byte one on Ethernet; a MAC-bound veth's solicitations and advertisements carry
+///   no option after it, so the first is the only one (Linux's own carry one: the
+///   link-layer address, or a DAD nonce).
+///
+/// The lookups key raw transport-header bytes (`SetKind::RawIfnameV6`). Every other frame
+/// returns to `prerouting` unchanged, where the address and MAC binding judge it as any.
+fn nd_rules() -> Vec<Rule> {
+    let types = |t: &[&str]| Match::Icmpv6Types(t.iter().map(|t| t.to_string()).collect());
+    let target = |iface, set: &str, negate| Match::NdTargetInSet {
+        iface,
+        set: set.into(),
+        negate,
+    };
+    let mut rules = vec![
+        Rule::new(
+            vec![
+                types(&[NA]),
+                target(IfSide::None, names::ND_ADDRS_6, false),
+                target(IfSide::Iif, names::ND_BIND_6, true),
+            ],
+            Verdict::Drop,
+            "advertisement for another container's address",
+        )
+        .counted(),
+        Rule::new(
+            vec![
+                types(&[NA]),
+                Match::IifInSet(names::VETHS.into()),
+                target(IfSide::Iif, names::ND_BIND_6, true),
+                Match::NdTargetNotLinkLocal,
+            ],
+            Verdict::Drop,
+            "managed veth, advertisement for an address not its own",
+        )
+        .counted(),
+        Rule::new(
+            vec![types(&[RA, REDIRECT]), Match::IifInSet(names::VETHS.into())],
+            Verdict::Drop,
+            "managed veth, router advertisement or redirect",
+        )
+        .counted(),
+    ];
+    // Where each message's options start (RFC 4861 4.1-4.5), and its link-layer option.
+    let options: [(&str, u16, u8); 5] = [
+        (NS, 24, SLL),
+        (NA, 24, TLL),
+        (RS, 8, SLL),
+        (RA, 16, SLL),
+        (REDIRECT, 40, TLL),
+    ];
+    for (t, offset, kind) in options {
+        let mac = |iface, set: &str, negate| Match::NdOptionMacInSet {
+            offset,
+            iface,
+            set: set.into(),
+            negate,
+        };
+        rules.push(
+            Rule::new(
+                vec![
+                    types(&[t]),
+                    Match::NdOption { offset, kind },
+                    mac(IfSide::None, names::ND_MACS, false),
+                    mac(IfSide::Iif, names::ND_BIND_MAC, true),
+                ],
+                Verdict::Drop,
+                "link-layer option with another container's MAC",
+            )
+            .counted(),
+        );
+        // Router advertisements and redirects from a managed veth were dropped above.
+        if matches!(t, NS | NA | RS) {
+            rules.push(
+                Rule::new(
+                    vec![
+                        types(&[t]),
+                        Match::NdOption { offset, kind },
+                        Match::IifInSet(names::MAC_VETHS.into()),
+                        mac(IfSide::Iif, names::ND_BIND_MAC, true),
+                    ],
+                    Verdict::Drop,
+                    "MAC-bound veth, link-layer option not its own MAC",
+                )
+                .counted(),
+            );
+        }
+    }
+    for (t, len) in [(&[NS, NA][..], 32), (&[RS][..], 16)] {
+        rules.push(
+            Rule::new(
+                vec![
+                    types(t),
+                    Match::IifInSet(names::MAC_VETHS.into()),
+                    Match::Ip6LengthOver(len),
+                ],
+                Verdict::Drop,
+                "MAC-bound veth, more than one option",
+            )
+            .counted(),
+        );
+    }
+    rules
+}
+
 /// A frame may leave a veth only with that veth's own address; a bound address coming from
 /// any other port is someone pretending, and a managed veth has no other address to use.
 fn bound_source(ether: EtherType, ip: IpVersion, bind: &str, addrs: &str) -> Vec<Rule> {
@@ -345,7 +494,7 @@ mod tests {
             .ruleset
             .elements()
             .into_iter()
-            .filter(|(f, s, _)| *f == Family::Bridge && s.contains("mac"))
+            .filter(|(f, s, _)| *f == Family::Bridge && s.contains("mac") && !s.starts_with("nd_"))
             .map(|(_, s, e)| (s, e))
             .collect();
         (planned, e)
@@ -459,11 +608,13 @@ mod tests {
             };
             assert!(ok, "{e}");
         }
-        // First in prerouting, one rule a family, nowhere else.
+        // First in prerouting, one rule a family, nowhere else; neighbour discovery between
+        // them (an ICMPv6 frame never matches the IPv4 one).
         let t = planned.ruleset.table(Family::Bridge).expect("bridge table");
         let pre = &t.chains[0];
         assert_eq!(pre.name, names::PREROUTING);
-        for (i, set) in [names::GENUINE_4, names::GENUINE_6].iter().enumerate() {
+        assert_eq!(pre.rules[1].verdict, Verdict::Jump(names::ND.into()));
+        for (i, set) in [(0, names::GENUINE_4), (2, names::GENUINE_6)] {
             assert!(
                 matches!(&pre.rules[i].matches[1], Match::IifMacSaddrInSet { set: s, .. } if s == set)
                     && pre.rules[i].verdict == Verdict::Accept,
@@ -481,6 +632,51 @@ mod tests {
                 .iter()
                 .all(|(_, s, _)| !s.starts_with("genuine"))
         );
+    }
+
+    /// The raw-keyed sets neighbour discovery is judged by hold exactly what their typed
+    /// twins hold: an ND check that disagreed with the address or MAC binding would either
+    /// cut a container off or let a poisoning through.
+    #[test]
+    fn the_neighbour_discovery_sets_mirror_the_bindings() {
+        let inv = format!(
+            "{INV}[[container]]\nname = \"v6\"\n[[container.endpoint]]\nnetwork = \"n\"\n\
+             bridge = \"br-n\"\nveth = \"vsix\"\nipv6 = \"fd00::6\"\n\
+             mac = \"02:00:00:00:00:06\"\n"
+        );
+        let p = parse_policy(
+            Path::new("p.toml"),
+            "[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
+        )
+        .expect("policy");
+        let inv = parse_inventory(Path::new("i.toml"), &inv).expect("inventory");
+        let all = plan(&p, &inv).ruleset.elements();
+        let of = |set: &str| -> BTreeSet<Elem> {
+            all.iter()
+                .filter(|(f, s, _)| *f == Family::Bridge && s == set)
+                .map(|(_, _, e)| e.clone())
+                .collect()
+        };
+        let typed = |raw: Elem| match raw {
+            Elem::RawIfnameV6(v, a) => Elem::IfnameV6(v, a),
+            Elem::RawV6(a) => Elem::V6(a),
+            Elem::RawIfnameMac(v, m) => Elem::IfnameMac(v, m),
+            Elem::RawMac(m) => Elem::Mac(m),
+            other => panic!("not a raw element: {other:?}"),
+        };
+        for (raw, twin) in [
+            (names::ND_BIND_6, names::BIND_6),
+            (names::ND_ADDRS_6, names::ADDRS_6),
+            (names::ND_BIND_MAC, names::BIND_MAC),
+            (names::ND_MACS, names::MACS),
+        ] {
+            let mirrored: BTreeSet<Elem> = of(raw).into_iter().map(typed).collect();
+            assert_eq!(mirrored, of(twin), "{raw} against {twin}");
+            assert!(
+                !mirrored.is_empty(),
+                "{raw} is empty: the test proves nothing"
+            );
+        }
     }
 
     #[test]

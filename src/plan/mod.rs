@@ -54,6 +54,28 @@ pub mod names {
     pub const PREROUTING: &str = "prerouting";
     pub const POSTROUTING: &str = "postrouting";
     pub const FOREIGN_MAC: &str = "foreign_mac";
+    /// IPv6 neighbour discovery from a bridge port (src/plan/binding.rs, `nd_rules`).
+    pub const ND: &str = "nd";
+    /// `bind_6`, `addrs_6`, `bind_mac` and `macs` again, keyed as raw transport-header
+    /// bytes: what a neighbour advertisement's target and a link-layer option are looked up
+    /// in (`SetKind::RawIfnameV6` says why they are separate sets).
+    pub const ND_BIND_6: &str = "nd_bind_6";
+    pub const ND_ADDRS_6: &str = "nd_addrs_6";
+    pub const ND_BIND_MAC: &str = "nd_bind_mac";
+    pub const ND_MACS: &str = "nd_macs";
+
+    /// The kind of a raw-keyed set, by its name: nft's JSON lists all of them as `integer`
+    /// keys of no stated length, so the name is what tells them apart there.
+    pub fn raw_kind(set: &str) -> Option<super::SetKind> {
+        use super::SetKind::*;
+        match set {
+            ND_BIND_6 => Some(RawIfnameV6),
+            ND_ADDRS_6 => Some(RawV6),
+            ND_BIND_MAC => Some(RawIfnameMac),
+            ND_MACS => Some(RawMac),
+            _ => None,
+        }
+    }
     /// Every published mapping of an admitted managed container, host side, in
     /// `table inet netguard`: `inet_proto . inet_service` for a wildcard host address
     /// (every local address), `ipv4_addr . inet_proto . inet_service` and
@@ -509,6 +531,12 @@ pub fn container_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family
                     Elem::IfnameMac(v.clone(), m),
                 ));
                 out.push((Family::Bridge, names::MACS.into(), Elem::Mac(m)));
+                out.push((
+                    Family::Bridge,
+                    names::ND_BIND_MAC.into(),
+                    Elem::RawIfnameMac(v.clone(), m),
+                ));
+                out.push((Family::Bridge, names::ND_MACS.into(), Elem::RawMac(m)));
                 // Exactly the (veth, MAC) of `bind_mac` with the (veth, address) of `bind_4`
                 // and `bind_6` below, never a pair of them not both there.
                 if let Some(a) = ep.ipv4 {
@@ -548,6 +576,12 @@ pub fn container_elements(pc: &PlannedContainer, policy: &Policy) -> Vec<(Family
                     Elem::IfnameV6(v.clone(), a),
                 ));
                 out.push((Family::Bridge, names::ADDRS_6.into(), Elem::V6(a)));
+                out.push((
+                    Family::Bridge,
+                    names::ND_BIND_6.into(),
+                    Elem::RawIfnameV6(v.clone(), a),
+                ));
+                out.push((Family::Bridge, names::ND_ADDRS_6.into(), Elem::RawV6(a)));
             }
         }
     }

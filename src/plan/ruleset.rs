@@ -85,6 +85,19 @@ pub enum SetKind {
     Mac,
     V4,
     V6,
+    /// `typeof iifname . @th,64,128`: `IfnameV6`'s elements keyed as raw transport-header
+    /// bytes, so that a neighbour advertisement's target address can be looked up (nft
+    /// 1.0.6 has no named field for it, and its JSON can look a raw payload up only in a
+    /// set declared `typeof` the same way). Created through nft's text syntax.
+    RawIfnameV6,
+    /// `typeof @th,64,128`: `V6`'s elements, raw.
+    RawV6,
+    /// `typeof iifname . @th,208,48`: `IfnameMac`'s elements, raw, for the MAC in a
+    /// neighbour discovery link-layer option (looked up at whichever offset the message
+    /// type puts it; the kernel compares bytes).
+    RawIfnameMac,
+    /// `typeof @th,208,48`: `Mac`'s elements, raw.
+    RawMac,
     /// `type inet_service; flags interval`: one allow line's destination ports, shared by
     /// every rule with the same list. Written only through libnftables.
     Ports,
@@ -116,6 +129,12 @@ pub enum Elem {
     Mac(Mac),
     V4(Ipv4Addr),
     V6(Ipv6Addr),
+    /// The elements of the raw-keyed sets (`SetKind::RawIfnameV6` ...): the same values,
+    /// written as the integers nft declares those keys to be.
+    RawIfnameV6(String, Ipv6Addr),
+    RawV6(Ipv6Addr),
+    RawIfnameMac(String, Mac),
+    RawMac(Mac),
     /// An inclusive port range (`lo == hi` for one port).
     Port(u16, u16),
     /// A published port's host side: (protocol, host port) for a wildcard binding, with
@@ -138,6 +157,10 @@ impl Elem {
             Elem::Mac(_) => SetKind::Mac,
             Elem::V4(_) => SetKind::V4,
             Elem::V6(_) => SetKind::V6,
+            Elem::RawIfnameV6(..) => SetKind::RawIfnameV6,
+            Elem::RawV6(_) => SetKind::RawV6,
+            Elem::RawIfnameMac(..) => SetKind::RawIfnameMac,
+            Elem::RawMac(_) => SetKind::RawMac,
             Elem::Port(..) => SetKind::Ports,
             Elem::ProtoPort(..) => SetKind::ProtoPort,
             Elem::V4ProtoPort(..) => SetKind::V4ProtoPort,
@@ -152,13 +175,13 @@ impl std::fmt::Display for Elem {
             Elem::Ifname(i) => write!(f, "{i:?}"),
             Elem::IfnamePair(a, b) => write!(f, "{a:?} . {b:?}"),
             Elem::IfnameV4(i, a) => write!(f, "{i:?} . {a}"),
-            Elem::IfnameV6(i, a) => write!(f, "{i:?} . {a}"),
-            Elem::IfnameMac(i, m) => write!(f, "{i:?} . {m}"),
+            Elem::IfnameV6(i, a) | Elem::RawIfnameV6(i, a) => write!(f, "{i:?} . {a}"),
+            Elem::IfnameMac(i, m) | Elem::RawIfnameMac(i, m) => write!(f, "{i:?} . {m}"),
             Elem::IfnameMacV4(i, m, a) => write!(f, "{i:?} . {m} . {a}"),
             Elem::IfnameMacV6(i, m, a) => write!(f, "{i:?} . {m} . {a}"),
-            Elem::Mac(m) => write!(f, "{m}"),
+            Elem::Mac(m) | Elem::RawMac(m) => write!(f, "{m}"),
             Elem::V4(a) => write!(f, "{a}"),
-            Elem::V6(a) => write!(f, "{a}"),
+            Elem::V6(a) | Elem::RawV6(a) => write!(f, "{a}"),
             Elem::Port(lo, hi) if lo == hi => write!(f, "{lo}"),
             Elem::Port(lo, hi) => write!(f, "{lo}-{hi}"),
             Elem::ProtoPort(p, n) => write!(f, "{} . {n}", p.as_str()),
@@ -277,6 +300,32 @@ pub enum Match {
         set: String,
         negate: bool,
     },
+    /// `[iifname .] @th,64,128 [!=] @set`: the target address of a neighbour
+    /// advertisement (bytes 8-23 of the ICMPv6 message) in a raw-keyed set.
+    NdTargetInSet {
+        iface: IfSide,
+        set: String,
+        negate: bool,
+    },
+    /// `@th,64,10 != 0x3fa`: the target address is not link-local (fe80::/10).
+    NdTargetNotLinkLocal,
+    /// `@th,OFFSET*8,16 == TYPE << 8 | 1`: the neighbour discovery option at byte `offset`
+    /// of the ICMPv6 message is of this type and 8 bytes long (an Ethernet link-layer
+    /// address option, the only length Linux takes one of on Ethernet).
+    NdOption {
+        offset: u16,
+        kind: u8,
+    },
+    /// `[iifname .] @th,(OFFSET+2)*8,48 [!=] @set`: the MAC in the option at byte `offset`,
+    /// in a raw-keyed set.
+    NdOptionMacInSet {
+        offset: u16,
+        iface: IfSide,
+        set: String,
+        negate: bool,
+    },
+    /// `ip6 length > N`: an IPv6 payload longer than N bytes.
+    Ip6LengthOver(u16),
     /// `ip6 saddr { prefixes }`
     Saddr6In(Vec<(Ipv6Addr, u8)>),
     Daddr6In(Vec<(Ipv6Addr, u8)>),

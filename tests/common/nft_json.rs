@@ -20,6 +20,9 @@ pub fn type_json(k: SetKind) -> Value {
         SetKind::ProtoPort => json!(["inet_proto", "inet_service"]),
         SetKind::V4ProtoPort => json!(["ipv4_addr", "inet_proto", "inet_service"]),
         SetKind::V6ProtoPort => json!(["ipv6_addr", "inet_proto", "inet_service"]),
+        // `typeof` sets of raw payloads: nft lists the key as an integer of no length.
+        SetKind::RawIfnameV6 | SetKind::RawIfnameMac => json!(["ifname", "integer"]),
+        SetKind::RawV6 | SetKind::RawMac => json!("integer"),
     }
 }
 
@@ -40,7 +43,23 @@ pub fn elem_json(e: &Elem) -> Value {
         Elem::ProtoPort(p, n) => json!({ "concat": [p.as_str(), n] }),
         Elem::V4ProtoPort(a, p, n) => json!({ "concat": [a.to_string(), p.as_str(), n] }),
         Elem::V6ProtoPort(a, p, n) => json!({ "concat": [a.to_string(), p.as_str(), n] }),
+        // As nft prints a raw integer: a hexadecimal string past 64 bits, else a number.
+        Elem::RawIfnameV6(i, a) => json!({ "concat": [i, hex(&a.octets())] }),
+        Elem::RawV6(a) => json!(hex(&a.octets())),
+        Elem::RawIfnameMac(i, m) => json!({ "concat": [i, int48(&m.0)] }),
+        Elem::RawMac(m) => json!(int48(&m.0)),
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    format!(
+        "0x{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+fn int48(b: &[u8; 6]) -> u64 {
+    b.iter().fold(0, |n, x| n << 8 | u64::from(*x))
 }
 
 /// The `set` object: no `elem` key when empty, `flags` only on interval sets.
