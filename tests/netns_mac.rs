@@ -775,7 +775,7 @@ fn the_sticky_fdb_alternative_lets_a_wrong_neighbour_entry_misdeliver() {
 /// A raw-keyed set netguard declares in nft's text syntax, changed by hand to another type
 /// (a typed `ifname . ipv6_addr`, which the advertisement check cannot use), is re-declared
 /// by the next `apply`: the chains that use it are rewritten, the advertisement check works
-/// again, and a second `apply` finds nothing to do.
+/// again, and a second `apply` finds nothing to do. The nft binary declares them too.
 #[test]
 fn a_neighbour_discovery_set_changed_by_hand_is_repaired() {
     let Some(fx) = setup("a_neighbour_discovery_set_changed_by_hand_is_repaired") else {
@@ -817,6 +817,40 @@ fn a_neighbour_discovery_set_changed_by_hand_is_repaired() {
             || String::from_utf8_lossy(&again.stdout).contains("in sync"),
         "a second apply changed something: {}",
         String::from_utf8_lossy(&again.stdout)
+    );
+    // The same from scratch through the nft binary (`NETGUARD_NFT=process`), which reads
+    // the text declarations without its JSON flag.
+    let uninstalled = fx.netguard(&p, &fx.inventory, &["uninstall"]);
+    assert_eq!(uninstalled.status.code(), Some(0));
+    let (pol, inv) = (p.display().to_string(), fx.inventory.display().to_string());
+    let bin = netguard_bin();
+    let process = output(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &fx.host_ns,
+            "env",
+            "NETGUARD_NFT=process",
+            &bin,
+            "-c",
+            &pol,
+            "--inventory",
+            &inv,
+            "apply",
+        ],
+        None,
+    );
+    assert_eq!(
+        process.status.code(),
+        Some(0),
+        "apply through the nft binary: {}",
+        String::from_utf8_lossy(&process.stderr)
+    );
+    let set = fx.host_ok(&["nft", "list", "set", "bridge", "netguard", "nd_bind_6"]);
+    assert!(
+        set.contains("typeof iifname . @th,64,128") && set.contains(&format!("0x{raw}")),
+        "through the nft binary: {set}"
     );
     // The check works again: lonely's advertisement of api-1's address is dropped.
     send_udp_from(&web1, web1.addr(true), api1.addr(true), 5353, b"warm-up");

@@ -92,6 +92,8 @@ const KEYWORDS: &[&str] = &[
     "nd-neighbor-solicit",
     "nd-router-advert",
     "nd-router-solicit",
+    "nd-redirect",
+    "length",
     "0.0.0.0",
     "::",
     "fe80::",
@@ -146,6 +148,11 @@ pub fn derived_name(policy: &Policy, s: &str) -> bool {
         names::PREROUTING,
         names::POSTROUTING,
         names::FOREIGN_MAC,
+        names::ND,
+        names::ND_BIND_6,
+        names::ND_ADDRS_6,
+        names::ND_BIND_MAC,
+        names::ND_MACS,
         names::PUBLISHED_W,
         names::PUBLISHED_4,
         names::PUBLISHED_6,
@@ -285,7 +292,11 @@ pub fn check_rendered(policy: &Policy, inv: &Inventory, plan: &Plan, doc: &Value
             Elem::Ifname(a)
             | Elem::IfnameV4(a, _)
             | Elem::IfnameV6(a, _)
-            | Elem::IfnameMac(a, _) => {
+            | Elem::IfnameMac(a, _)
+            | Elem::IfnameMacV4(a, ..)
+            | Elem::IfnameMacV6(a, ..)
+            | Elem::RawIfnameV6(a, _)
+            | Elem::RawIfnameMac(a, _) => {
                 vec![a]
             }
             Elem::IfnamePair(a, b) => vec![a, b],

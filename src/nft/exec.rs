@@ -112,6 +112,11 @@ impl NftProcess {
 
 impl NftExec for NftProcess {
     fn run(&self, input: &str) -> Result<String, ExecError> {
+        // `nft -j -f -` reads text commands as nothing at all (exit 0): the raw-set
+        // declarations (`Changes::raw_set_decls`) go without `-j`.
+        if !input.starts_with("list ") && !input.trim_start().starts_with('{') {
+            return self.run_any(&[], input);
+        }
         self.run_any(&["-j"], input)
     }
 
