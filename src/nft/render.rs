@@ -517,6 +517,11 @@ fn match_stmt(mt: &Match) -> Statement<'static> {
         ),
         // The ports follow as a second statement (see `statements`).
         Match::L4 { proto, .. } => m(meta(MetaKey::L4proto), EQ, s(proto)),
+        Match::L4ProtoNot(proto) => m(
+            meta(MetaKey::L4proto),
+            Operator::NEQ,
+            Expression::Number(u32::from(*proto)),
+        ),
         Match::PublishedIn { daddr, set } => {
             let mut key: Vec<Expression<'static>> =
                 daddr.iter().map(|ip| addr(*ip, "daddr")).collect();

@@ -79,20 +79,16 @@ pub(super) fn table() -> Table {
         )
         .counted(),
     ];
-    // Neighbour discovery is judged before the genuine IPv6 path (a genuine frame may still
-    // advertise a neighbour's address); after the IPv4 one, which no ICMPv6 frame matches,
-    // so a genuine IPv4 frame never pays for it.
+    // Neighbour discovery right after the genuine paths, which leave ICMPv6 out (a genuine
+    // frame may still advertise a neighbour's address): a genuine frame never pays for it.
     let mut pre = genuine();
-    pre.insert(
-        1,
-        Rule::new(
-            vec![Match::Icmpv6Types(
-                ND_TYPES.iter().map(|t| t.to_string()).collect(),
-            )],
-            Verdict::Jump(names::ND.into()),
-            "neighbour discovery",
-        ),
-    );
+    pre.push(Rule::new(
+        vec![Match::Icmpv6Types(
+            ND_TYPES.iter().map(|t| t.to_string()).collect(),
+        )],
+        Verdict::Jump(names::ND.into()),
+        "neighbour discovery",
+    ));
     pre.extend(bound_mac());
     pre.extend(bound_source(Ip, V4, names::BIND_4, names::ADDRS_4));
     pre.extend(arp);
@@ -156,7 +152,7 @@ pub(super) fn table() -> Table {
 }
 
 /// First in `prerouting`: a frame whose (port, source MAC, source address) is an
-/// endpoint's own, in one lookup. This accept is exactly what the rules after it decide:
+/// endpoint's own, in one lookup (over IPv6, unless it is ICMPv6: see `nd_rules`). This accept is exactly what the rules after it decide:
 /// `genuine_4` holds (veth, MAC, address) only for an endpoint whose (veth, MAC) is in
 /// `bind_mac` and whose (veth, address) is in `bind_4` (same for `genuine_6` and `bind_6`;
 /// `container_elements` writes the three together, and the daemon's element updates are one
@@ -173,17 +169,17 @@ fn genuine() -> Vec<Rule> {
     ]
     .into_iter()
     .map(|(ether, ip, set)| {
-        Rule::new(
-            vec![
-                Match::EtherType(ether),
-                Match::IifMacSaddrInSet {
-                    ip,
-                    set: set.into(),
-                },
-            ],
-            Verdict::Accept,
-            "own port, MAC and address",
-        )
+        let mut matches = vec![Match::EtherType(ether)];
+        // ICMPv6 takes the long path, past the neighbour discovery checks (`nd_rules`):
+        // one compare for a genuine IPv6 frame, where a jump before this rule cost a rule.
+        if ip == IpVersion::V6 {
+            matches.push(Match::L4ProtoNot(IPPROTO_ICMPV6));
+        }
+        matches.push(Match::IifMacSaddrInSet {
+            ip,
+            set: set.into(),
+        });
+        Rule::new(matches, Verdict::Accept, "own port, MAC and address")
     })
     .collect()
 }
@@ -263,6 +259,7 @@ fn foreign_mac() -> Vec<Rule> {
     ]
 }
 
+const IPPROTO_ICMPV6: u8 = 58;
 const NS: &str = "nd-neighbor-solicit";
 const NA: &str = "nd-neighbor-advert";
 const RS: &str = "nd-router-solicit";
@@ -608,20 +605,25 @@ mod tests {
             };
             assert!(ok, "{e}");
         }
-        // First in prerouting, one rule a family, nowhere else; neighbour discovery between
-        // them (an ICMPv6 frame never matches the IPv4 one).
+        // First in prerouting, one rule a family, nowhere else; ICMPv6 left out of the IPv6
+        // one, and neighbour discovery right after them.
         let t = planned.ruleset.table(Family::Bridge).expect("bridge table");
         let pre = &t.chains[0];
         assert_eq!(pre.name, names::PREROUTING);
-        assert_eq!(pre.rules[1].verdict, Verdict::Jump(names::ND.into()));
-        for (i, set) in [(0, names::GENUINE_4), (2, names::GENUINE_6)] {
+        for (i, set) in [names::GENUINE_4, names::GENUINE_6].iter().enumerate() {
             assert!(
-                matches!(&pre.rules[i].matches[1], Match::IifMacSaddrInSet { set: s, .. } if s == set)
+                matches!(pre.rules[i].matches.last(), Some(Match::IifMacSaddrInSet { set: s, .. }) if s == set)
                     && pre.rules[i].verdict == Verdict::Accept,
                 "{:?}",
                 pre.rules[i]
             );
         }
+        assert!(
+            pre.rules[1]
+                .matches
+                .contains(&Match::L4ProtoNot(IPPROTO_ICMPV6))
+        );
+        assert_eq!(pre.rules[2].verdict, Verdict::Jump(names::ND.into()));
         // Without anti_spoofing the sets stay empty.
         let off = parse_policy(Path::new("p.toml"), "[settings]\nanti_spoofing = false\n")
             .expect("policy");

@@ -347,6 +347,8 @@ pub enum Match {
         #[serde(skip_serializing_if = "Option::is_none")]
         set: Option<String>,
     },
+    /// `meta l4proto != N` (a protocol number: no name to resolve through /etc/protocols).
+    L4ProtoNot(u8),
     /// `[ip daddr .] meta l4proto . th dport @set` (`ip6 daddr` for `V6`): a published
     /// port's host side in one of the published-port sets (`None`: a wildcard set).
     PublishedIn {
