@@ -81,6 +81,15 @@ fn setup(test: &str) -> Option<Fixture> {
     Some(Fixture::new(&Topology::standard()))
 }
 
+/// The attacker, the victim's allowed client and the victim (the roles above).
+fn roles(fx: &Fixture) -> (Container, Container, Container) {
+    (
+        fx.container("lonely").clone(),
+        fx.container("web-1").clone(),
+        fx.container("api-1").clone(),
+    )
+}
+
 fn apply(fx: &Fixture, policy: &str) {
     let p = fx.write_file("policy.toml", policy);
     let out = fx.netguard(&p, &fx.inventory, &["apply"]);
@@ -204,11 +213,7 @@ fn raw_frames_with_a_neighbours_mac_do_not_cut_it_off() {
     let Some(fx) = setup("raw_frames_with_a_neighbours_mac_do_not_cut_it_off") else {
         return;
     };
-    let (lonely, web1, api1) = (
-        fx.container("lonely").clone(),
-        fx.container("web-1").clone(),
-        fx.container("api-1").clone(),
-    );
+    let (lonely, web1, api1) = roles(&fx);
     apply(&fx, POLICY);
     let bad = failing(&fx, &victim_flows(), 1);
     assert!(bad.is_empty(), "before the attack: {bad:?}");
@@ -362,11 +367,7 @@ fn a_container_taking_a_neighbours_mac_does_not_cut_it_off() {
     let Some(fx) = setup("a_container_taking_a_neighbours_mac_does_not_cut_it_off") else {
         return;
     };
-    let (lonely, web1, api1) = (
-        fx.container("lonely").clone(),
-        fx.container("web-1").clone(),
-        fx.container("api-1").clone(),
-    );
+    let (lonely, web1, api1) = roles(&fx);
     apply(&fx, POLICY);
     let bad = failing(&fx, &victim_flows(), 1);
     assert!(bad.is_empty(), "before the attack: {bad:?}");
@@ -482,11 +483,7 @@ fn a_container_whose_forwarding_entry_aged_out_is_still_reached_and_only_it() {
     let Some(fx) = setup("a_container_whose_forwarding_entry_aged_out_is_still_reached") else {
         return;
     };
-    let (lonely, web1, api1) = (
-        fx.container("lonely").clone(),
-        fx.container("web-1").clone(),
-        fx.container("api-1").clone(),
-    );
+    let (lonely, web1, api1) = roles(&fx);
     fx.host_ok(&[
         "ip",
         "link",
@@ -618,11 +615,7 @@ fn neighbour_discovery_cannot_poison_a_neighbours_cache() {
     let Some(fx) = setup("neighbour_discovery_cannot_poison_a_neighbours_cache") else {
         return;
     };
-    let (lonely, web1, api1) = (
-        fx.container("lonely").clone(),
-        fx.container("web-1").clone(),
-        fx.container("api-1").clone(),
-    );
+    let (lonely, web1, api1) = roles(&fx);
     let frames = nd_poison(&lonely, &web1, &api1);
     // Entries for api-1 and lonely first: an unsolicited advertisement only updates one.
     let warm_up = || {
@@ -692,11 +685,7 @@ fn the_sticky_fdb_alternative_lets_a_wrong_neighbour_entry_misdeliver() {
     else {
         return;
     };
-    let (lonely, web1, api1) = (
-        fx.container("lonely").clone(),
-        fx.container("web-1").clone(),
-        fx.container("api-1").clone(),
-    );
+    let (lonely, web1, api1) = roles(&fx);
     // lonely answers for api-1's address once traffic for it arrives at its interface.
     fx.ip_in(
         "lonely",
@@ -783,11 +772,7 @@ fn a_neighbour_discovery_set_changed_by_hand_is_repaired() {
     let Some(fx) = setup("a_neighbour_discovery_set_changed_by_hand_is_repaired") else {
         return;
     };
-    let (lonely, web1, api1) = (
-        fx.container("lonely").clone(),
-        fx.container("web-1").clone(),
-        fx.container("api-1").clone(),
-    );
+    let (lonely, web1, api1) = roles(&fx);
     apply(&fx, POLICY);
     fx.nft(
         "flush chain bridge netguard nd\n\

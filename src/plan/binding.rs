@@ -501,6 +501,31 @@ mod tests {
         s.parse().expect("mac")
     }
 
+    /// `INV` and a dual-stack container `v6`, under a policy opting `lb` out of the MAC
+    /// binding.
+    fn dual_stack_and_lb_opted_out() -> (crate::policy::Policy, crate::inventory::Inventory) {
+        let inv = format!(
+            "{INV}[[container]]\nname = \"v6\"\n[[container.endpoint]]\nnetwork = \"n\"\n\
+             bridge = \"br-n\"\nveth = \"vsix\"\nipv4 = \"10.0.0.6\"\nipv6 = \"fd00::6\"\n\
+             mac = \"02:00:00:00:00:06\"\n"
+        );
+        let p = parse_policy(
+            Path::new("p.toml"),
+            "[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
+        )
+        .expect("policy");
+        let inv = parse_inventory(Path::new("i.toml"), &inv).expect("inventory");
+        (p, inv)
+    }
+
+    /// The elements of the bridge table's set `set` among a plan's elements.
+    fn bridge_set(all: &BTreeSet<(Family, String, Elem)>, set: &str) -> BTreeSet<Elem> {
+        all.iter()
+            .filter(|(f, s, _)| *f == Family::Bridge && s == set)
+            .map(|(_, _, e)| e.clone())
+            .collect()
+    }
+
     #[test]
     fn opted_out_members_keep_their_mac_bound_but_not_their_veth() {
         let (p, got) = elements(
@@ -545,25 +570,10 @@ mod tests {
 
     #[test]
     fn genuine_frames_are_the_bound_mac_and_address_of_one_endpoint() {
-        let inv = format!(
-            "{INV}[[container]]\nname = \"v6\"\n[[container.endpoint]]\nnetwork = \"n\"\n\
-             bridge = \"br-n\"\nveth = \"vsix\"\nipv4 = \"10.0.0.6\"\nipv6 = \"fd00::6\"\n\
-             mac = \"02:00:00:00:00:06\"\n"
-        );
-        let p = parse_policy(
-            Path::new("p.toml"),
-            "[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
-        )
-        .expect("policy");
-        let inv = parse_inventory(Path::new("i.toml"), &inv).expect("inventory");
+        let (p, inv) = dual_stack_and_lb_opted_out();
         let planned = plan(&p, &inv);
         let all = planned.ruleset.elements();
-        let of = |set: &str| -> BTreeSet<Elem> {
-            all.iter()
-                .filter(|(f, s, _)| *f == Family::Bridge && s == set)
-                .map(|(_, _, e)| e.clone())
-                .collect()
-        };
+        let of = |set: &str| bridge_set(&all, set);
         let v4 = |s: &str| s.parse().expect("v4");
         // web and lb (opted out: its own MAC is still bound to its veth) and v6; old has
         // no known MAC and keeps the long path.
@@ -641,24 +651,9 @@ mod tests {
     /// cut a container off or let a poisoning through.
     #[test]
     fn the_neighbour_discovery_sets_mirror_the_bindings() {
-        let inv = format!(
-            "{INV}[[container]]\nname = \"v6\"\n[[container.endpoint]]\nnetwork = \"n\"\n\
-             bridge = \"br-n\"\nveth = \"vsix\"\nipv6 = \"fd00::6\"\n\
-             mac = \"02:00:00:00:00:06\"\n"
-        );
-        let p = parse_policy(
-            Path::new("p.toml"),
-            "[groups.lb]\nmatch = { name = \"lb\" }\nmac_binding = false\n",
-        )
-        .expect("policy");
-        let inv = parse_inventory(Path::new("i.toml"), &inv).expect("inventory");
+        let (p, inv) = dual_stack_and_lb_opted_out();
         let all = plan(&p, &inv).ruleset.elements();
-        let of = |set: &str| -> BTreeSet<Elem> {
-            all.iter()
-                .filter(|(f, s, _)| *f == Family::Bridge && s == set)
-                .map(|(_, _, e)| e.clone())
-                .collect()
-        };
+        let of = |set: &str| bridge_set(&all, set);
         let typed = |raw: Elem| match raw {
             Elem::RawIfnameV6(v, a) => Elem::IfnameV6(v, a),
             Elem::RawV6(a) => Elem::V6(a),
