@@ -4,8 +4,8 @@
 use netguard::inventory::{PortProto, parse_inventory};
 use netguard::nft::exec::{LibNftables, NftExec};
 use netguard::nft::{Backend, Changes, FAMILIES, diff, live, netlink};
-use netguard::plan::plan;
 use netguard::plan::ruleset::{Elem, Family, SetKind};
+use netguard::plan::{names, plan};
 use netguard::policy::parse_policy;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -130,6 +130,17 @@ fn netlink_reader_equals_nft_json_listing() {
             let b = json(f).expect("table present");
             assert_eq!(a, b, "{f:?}");
             assert!(!a.sets.is_empty() && !a.chains.is_empty());
+            // A set read with the kind and elements the plan gave it, and not an empty one.
+            let read_as_planned = |set: &str| {
+                let want = p
+                    .ruleset
+                    .table(f)
+                    .and_then(|t| t.set(set))
+                    .expect("planned");
+                assert_eq!(a.sets[set].kind, Some(want.kind), "{set}");
+                assert_eq!(a.sets[set].elements, want.elements, "{set}");
+                assert!(!want.elements.is_empty(), "{set}: nothing planned");
+            };
             if f == Family::Inet {
                 assert_eq!(
                     a.sets["ports_edges"].elements,
@@ -144,14 +155,7 @@ fn netlink_reader_equals_nft_json_listing() {
                 );
                 // db-1's published ports, in the kinds and sets the plan gave them.
                 for set in ["published_w", "published_4", "published_6"] {
-                    let want = p
-                        .ruleset
-                        .table(f)
-                        .and_then(|t| t.set(set))
-                        .expect("planned");
-                    assert_eq!(a.sets[set].kind, Some(want.kind), "{set}");
-                    assert_eq!(a.sets[set].elements, want.elements, "{set}");
-                    assert!(!want.elements.is_empty(), "{set}: db-1 published nothing");
+                    read_as_planned(set);
                 }
                 assert!(
                     a.sets["published_w"]
@@ -173,15 +177,8 @@ fn netlink_reader_equals_nft_json_listing() {
             if f == Family::Bridge {
                 // The raw-keyed sets (declared in nft's text syntax, listed by nft's JSON
                 // as `integer` keys) are read as the kinds and elements the plan gave them.
-                for set in ["nd_bind_6", "nd_addrs_6", "nd_bind_mac", "nd_macs"] {
-                    let want = p
-                        .ruleset
-                        .table(f)
-                        .and_then(|t| t.set(set))
-                        .expect("planned");
-                    assert_eq!(a.sets[set].kind, Some(want.kind), "{set}");
-                    assert_eq!(a.sets[set].elements, want.elements, "{set}");
-                    assert!(!want.elements.is_empty(), "{set}: nothing planned");
+                for (set, _) in names::RAW_SETS {
+                    read_as_planned(set);
                 }
             }
         }

@@ -788,14 +788,10 @@ fn a_neighbour_discovery_set_changed_by_hand_is_repaired() {
     );
     apply(&fx, POLICY);
     let set = fx.host_ok(&["nft", "list", "set", "bridge", "netguard", "nd_bind_6"]);
-    let raw: String = api1
-        .ipv6
-        .octets()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    // As nft lists a raw key: api-1's address as one hexadecimal integer.
+    let raw = netguard::nft::render::raw_hex(&api1.ipv6.octets());
     assert!(
-        set.contains("typeof iifname . @th,64,128") && set.contains(&format!("0x{raw}")),
+        set.contains("typeof iifname . @th,64,128") && set.contains(&raw),
         "{set}"
     );
     let again = fx.netguard(&p, &fx.inventory, &["apply"]);
@@ -836,7 +832,7 @@ fn a_neighbour_discovery_set_changed_by_hand_is_repaired() {
     );
     let set = fx.host_ok(&["nft", "list", "set", "bridge", "netguard", "nd_bind_6"]);
     assert!(
-        set.contains("typeof iifname . @th,64,128") && set.contains(&format!("0x{raw}")),
+        set.contains("typeof iifname . @th,64,128") && set.contains(&raw),
         "through the nft binary: {set}"
     );
     // The check works again: lonely's advertisement of api-1's address is dropped.

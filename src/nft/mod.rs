@@ -404,11 +404,7 @@ impl Changes {
                 }
                 // Raw-keyed sets are declared (and re-declared) before this transaction,
                 // in nft's text syntax: `Changes::raw_set_decls`.
-                let raw = |name: &str| {
-                    t.create_sets
-                        .iter()
-                        .any(|(n, k)| n == name && render::raw_set_decl(f, n, *k).is_some())
-                };
+                let raw = |name: &str| t.create_sets.iter().any(|(n, k)| n == name && k.is_raw());
                 for s in t.delete_sets.iter().filter(|s| !raw(s)) {
                     o.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Set(
                         Box::new(render::set_obj(f, s, SetKind::Ifname)),

@@ -9,8 +9,7 @@ use std::net::Ipv6Addr;
 /// Binds each admitted address to its veth, in both directions: a veth may only send from
 /// its own addresses, and a bound address is only ever delivered to its own veth.
 pub(super) fn table() -> Table {
-    // Sorted by name, like the inet table's sets.
-    let sets = [
+    let mut sets = vec![
         (names::ADDRS_4, SetKind::V4),
         (names::ADDRS_6, SetKind::V6),
         (names::BIND_4, SetKind::IfnameV4),
@@ -20,19 +19,19 @@ pub(super) fn table() -> Table {
         (names::GENUINE_6, SetKind::IfnameMacV6),
         (names::MAC_VETHS, SetKind::Ifname),
         (names::MACS, SetKind::Mac),
-        (names::ND_ADDRS_6, SetKind::RawV6),
-        (names::ND_BIND_6, SetKind::RawIfnameV6),
-        (names::ND_BIND_MAC, SetKind::RawIfnameMac),
-        (names::ND_MACS, SetKind::RawMac),
         (names::VETHS, SetKind::Ifname),
-    ]
-    .into_iter()
-    .map(|(name, kind)| SetDef {
-        name: name.into(),
-        kind,
-        elements: BTreeSet::new(),
-    })
-    .collect::<Vec<_>>();
+    ];
+    sets.extend(names::RAW_SETS);
+    // Sorted by name, like the inet table's sets.
+    sets.sort_by_key(|(name, _)| *name);
+    let sets = sets
+        .into_iter()
+        .map(|(name, kind)| SetDef {
+            name: name.into(),
+            kind,
+            elements: BTreeSet::new(),
+        })
+        .collect::<Vec<_>>();
     use EtherType::*;
     use IpVersion::*;
     let ll: Vec<(Ipv6Addr, u8)> = vec![

@@ -64,17 +64,19 @@ pub mod names {
     pub const ND_BIND_MAC: &str = "nd_bind_mac";
     pub const ND_MACS: &str = "nd_macs";
 
+    /// The raw-keyed sets and their kinds: the bridge table declares them from here, and
+    /// the live readers tell them apart by name through `raw_kind`.
+    pub const RAW_SETS: [(&str, super::SetKind); 4] = [
+        (ND_ADDRS_6, super::SetKind::RawV6),
+        (ND_BIND_6, super::SetKind::RawIfnameV6),
+        (ND_BIND_MAC, super::SetKind::RawIfnameMac),
+        (ND_MACS, super::SetKind::RawMac),
+    ];
+
     /// The kind of a raw-keyed set, by its name: nft's JSON lists all of them as `integer`
     /// keys of no stated length, so the name is what tells them apart there.
     pub fn raw_kind(set: &str) -> Option<super::SetKind> {
-        use super::SetKind::*;
-        match set {
-            ND_BIND_6 => Some(RawIfnameV6),
-            ND_ADDRS_6 => Some(RawV6),
-            ND_BIND_MAC => Some(RawIfnameMac),
-            ND_MACS => Some(RawMac),
-            _ => None,
-        }
+        RAW_SETS.iter().find(|(n, _)| *n == set).map(|(_, k)| *k)
     }
     /// Every published mapping of an admitted managed container, host side, in
     /// `table inet netguard`: `inet_proto . inet_service` for a wildcard host address

@@ -144,6 +144,16 @@ pub enum Elem {
     V6ProtoPort(Ipv6Addr, PortProto, u16),
 }
 
+impl SetKind {
+    /// A raw-keyed set (`RawIfnameV6` ...): declared in nft's text syntax, not its JSON.
+    pub fn is_raw(self) -> bool {
+        matches!(
+            self,
+            SetKind::RawIfnameV6 | SetKind::RawV6 | SetKind::RawIfnameMac | SetKind::RawMac
+        )
+    }
+}
+
 impl Elem {
     pub fn kind(&self) -> SetKind {
         match self {

@@ -1,6 +1,7 @@
 //! Sets as `nft -j list table FAMILY netguard` prints them (nft 1.0.6), for tests that
 //! build a live listing from a planned table without a kernel.
 
+use netguard::nft::render::raw_hex;
 use netguard::plan::ruleset::{Elem, SetDef, SetKind};
 use serde_json::{Value, json};
 
@@ -44,18 +45,11 @@ pub fn elem_json(e: &Elem) -> Value {
         Elem::V4ProtoPort(a, p, n) => json!({ "concat": [a.to_string(), p.as_str(), n] }),
         Elem::V6ProtoPort(a, p, n) => json!({ "concat": [a.to_string(), p.as_str(), n] }),
         // As nft prints a raw integer: a hexadecimal string past 64 bits, else a number.
-        Elem::RawIfnameV6(i, a) => json!({ "concat": [i, hex(&a.octets())] }),
-        Elem::RawV6(a) => json!(hex(&a.octets())),
+        Elem::RawIfnameV6(i, a) => json!({ "concat": [i, raw_hex(&a.octets())] }),
+        Elem::RawV6(a) => json!(raw_hex(&a.octets())),
         Elem::RawIfnameMac(i, m) => json!({ "concat": [i, int48(&m.0)] }),
         Elem::RawMac(m) => json!(int48(&m.0)),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    format!(
-        "0x{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
 }
 
 fn int48(b: &[u8; 6]) -> u64 {
