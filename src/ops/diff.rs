@@ -7,7 +7,8 @@
 //! managed network is open: the denied list is then the impact of the rollout.
 
 use super::access::{Matrix, PairAccess, View, matrix};
-use super::edges::{Edge, Published, edge_matrix, outside_blocks, published_matrix};
+use super::edge_access::{edge_matrix, outside_blocks, published_matrix};
+use super::edges::{Edge, Published};
 use super::style::Style;
 use crate::inventory::Unisolable;
 use crate::nft::{Changes, LiveState};

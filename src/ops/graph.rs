@@ -130,7 +130,8 @@ fn label_of(acc: &super::access::PairAccess) -> Option<String> {
 /// nodes, and what each container may open to them (or they to it). An open edge (the
 /// default) is not drawn: every container reaches it, netguard adds nothing there.
 fn edge_nodes(out: &mut String, view: &View, plan: &Plan) {
-    use super::edges::{Edge, Outside, edge_matrix, outside_blocks};
+    use super::edge_access::{edge_matrix, outside_blocks};
+    use super::edges::{Edge, Outside};
     // Node ids start with `@`, so no container name collides with them.
     let id = |o: &str| q(&format!("@{o}"));
     let mut drawn: Vec<String> = Vec::new();

@@ -5,11 +5,13 @@
 pub mod access;
 pub mod audit;
 pub mod diff;
+pub mod edge_access;
 pub mod edges;
 pub mod explain;
 pub mod explain_edge;
 pub mod graph;
 pub mod klog;
 pub mod probe_marks;
+pub mod service;
 pub mod status;
 pub mod style;
