@@ -26,6 +26,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
+/// An [`EarlyPath`] over the controller `$c`'s fields: a macro, not a method, so that it
+/// borrows those fields alone and `$c.source` stays free for the request it runs beside.
+macro_rules! early_path {
+    ($c:ident, $held:expr, $failed:expr) => {
+        EarlyPath {
+            rx: &mut $c.early_rx,
+            engine: &mut $c.engine,
+            early: &mut $c.early,
+            enforcer: &mut $c.enforcer,
+            held: $held,
+            failed: $failed,
+            released: &$c.released,
+        }
+    };
+}
+
 /// Pings systemd's watchdog while the controller loop keeps beating: a loop stuck for longer
 /// than the watchdog allows stops the pings and systemd restarts netguard.
 async fn watchdog(heartbeat: Arc<AtomicU64>, every: Duration) {
@@ -855,15 +871,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let mut failed = false;
         let read = admitting(
             self.source.inventory(),
-            EarlyPath {
-                rx: &mut self.early_rx,
-                engine: &mut self.engine,
-                early: &mut self.early,
-                enforcer: &mut self.enforcer,
-                held: &mut held,
-                failed: &mut failed,
-                released: &self.released,
-            },
+            early_path!(self, &mut held, &mut failed),
         )
         .await;
         let mut inv = match read {
@@ -1006,15 +1014,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
                 let asked = Instant::now();
                 let read = admitting(
                     self.source.container(id),
-                    EarlyPath {
-                        rx: &mut self.early_rx,
-                        engine: &mut self.engine,
-                        early: &mut self.early,
-                        enforcer: &mut self.enforcer,
-                        held: &mut delta,
-                        failed: &mut early_failed,
-                        released: &self.released,
-                    },
+                    early_path!(self, &mut delta, &mut early_failed),
                 )
                 .await;
                 self.note_veth_failures(Some(id));
@@ -1109,15 +1109,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
         let mut failed = false;
         let batch = admitting(
             gather(first, rx, last_apply, self.opts.coalesce),
-            EarlyPath {
-                rx: &mut self.early_rx,
-                engine: &mut self.engine,
-                early: &mut self.early,
-                enforcer: &mut self.enforcer,
-                held: &mut held,
-                failed: &mut failed,
-                released: &self.released,
-            },
+            early_path!(self, &mut held, &mut failed),
         )
         .await;
         self.after_early(held, failed);
@@ -1128,16 +1120,7 @@ impl<S: Source, E: Enforcer> Controller<S, E> {
     fn admit_now(&mut self, e: EarlyChange) {
         let mut held = Delta::default();
         let mut failed = false;
-        EarlyPath {
-            rx: &mut self.early_rx,
-            engine: &mut self.engine,
-            early: &mut self.early,
-            enforcer: &mut self.enforcer,
-            held: &mut held,
-            failed: &mut failed,
-            released: &self.released,
-        }
-        .admit(e);
+        early_path!(self, &mut held, &mut failed).admit(e);
         self.after_early(held, failed);
     }
 
