@@ -21,8 +21,13 @@
 # The Docker-host setups still load Docker's IPv4 rules only (Docker 20.10 writes no IPv6
 # rules without its experimental ip6tables switch), so over IPv6 compare the netguard setups
 # with each other (dh+netguard against dh+ng-no-bind: the bridge table's share).
-# PROFILE_SETUPS="A B ..." profiles only the setups named (the others are still set up and
-# torn down, unmeasured): more rounds of the comparison at hand in the same time.
+# PROFILE_SETUPS="A B ..." builds and profiles only the setups named: more rounds of the
+# comparison at hand in the same time (scripts/profile-rounds.sh runs rounds of them).
+# dh+ng-iif is dh+netguard with the two rules a genuine frame takes keyed on interface indexes
+# by hand. The floor setups hold no rule of netguard's, only the hooks its design needs, on the
+# Docker host: dh+inet-only (the stateful forward chain and its one rule), dh+pre-inet (and an
+# empty bridge prerouting chain), dh+floor (and an empty postrouting chain), dh+bridge-empty
+# (the two empty bridge chains alone).
 # Namespaces are named ngpp<pid>-*, removed on exit (also on failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -151,10 +156,6 @@ docker_host() {
 
 run() {
   local name="$1"
-  # PROFILE_SETUPS="dh+netguard dh+ng-no-bind" profiles only the setups named.
-  if [ -n "${PROFILE_SETUPS:-}" ] && [[ " $PROFILE_SETUPS " != *" $name "* ]]; then
-    return 0
-  fi
   sleep 0.5
   local gbps
   if [ "$LOAD" = crr ]; then
@@ -198,35 +199,87 @@ if [ "$LOAD" = crr ]; then
 else
   echo "iperf3 -t $SECS (IPv$FAMILY) between two namespaces on one bridge; CPU samples (perf cpu-clock, all CPUs):"
 fi
-reset; run none
-reset; flags 1; run br_netfilter
-reset; flags 1
-ip netns exec "$H" nft 'add table inet dockerlike; add chain inet dockerlike forward { type filter hook forward priority 0; policy accept; }; add rule inet dockerlike forward ct state established,related accept'
-run docker-like
-reset; apply "$WORK/policy.toml"; run netguard
+# want NAME: whether PROFILE_SETUPS names the setup (all of them when it is unset), so that
+# the setups not asked for are not even built.
+want() { [ -z "${PROFILE_SETUPS:-}" ] || [[ " $PROFILE_SETUPS " == *" $1 "* ]]; }
+# floor TEXT: a hand-written table set named `floor` (chains that hold no rule of netguard's).
+floor() { ip netns exec "$H" nft -f - <<<"$1"; }
+unfloor() {
+  ip netns exec "$H" nft delete table bridge floor 2>/dev/null || true
+  ip netns exec "$H" nft delete table inet floor 2>/dev/null || true
+}
+INET_FLOOR='table inet floor {
+  chain forward { type filter hook forward priority -10; policy accept; ct state established,related accept; }
+}'
+PRE_FLOOR='table bridge floor {
+  chain prerouting { type filter hook prerouting priority -200; policy accept; }
+}'
+POST_FLOOR='table bridge floor {
+  chain postrouting { type filter hook postrouting priority -200; policy accept; }
+}'
+
+if want none; then reset; run none; fi
+if want br_netfilter; then reset; flags 1; run br_netfilter; fi
+if want docker-like; then
+  reset; flags 1
+  ip netns exec "$H" nft 'add table inet dockerlike; add chain inet dockerlike forward { type filter hook forward priority 0; policy accept; }; add rule inet dockerlike forward ct state established,related accept'
+  run docker-like
+fi
+if want netguard; then reset; apply "$WORK/policy.toml"; run netguard; fi
 # On a Docker host: netguard's own cost is the difference between the last three.
-reset; docker_host; run docker-host
-reset; docker_host; apply "$WORK/policy.toml"; run "dh+netguard"
-reset; docker_host; apply "$WORK/edges.toml"; run "dh+ng-edges"
+if want docker-host; then reset; docker_host; run docker-host; fi
+if want dh+netguard; then reset; docker_host; apply "$WORK/policy.toml"; run "dh+netguard"; fi
+if want dh+ng-edges; then reset; docker_host; apply "$WORK/edges.toml"; run "dh+ng-edges"; fi
 # Issue 19's rejected alternative to the bridge postrouting check (tests/netns_mac.rs says
 # why): the chain deleted by hand, no unknown-unicast flooding toward the two ports, a static
 # sticky forwarding entry each. What it would have saved.
-reset; docker_host; apply "$WORK/policy.toml"
-ip netns exec "$H" nft delete chain bridge netguard postrouting
-i=1
-for v in v1 v2; do
-  bridge -n "$H" link set dev "$v" flood off
-  bridge -n "$H" fdb replace "02:78:00:00:00:0$i" dev "$v" master static sticky
-  i=$((i + 1))
-done
-run "dh+ng-no-post"
-i=1
-for v in v1 v2; do
-  bridge -n "$H" link set dev "$v" flood on
-  bridge -n "$H" fdb del "02:78:00:00:00:0$i" dev "$v" master
-  i=$((i + 1))
-done
+if want dh+ng-no-post; then
+  reset; docker_host; apply "$WORK/policy.toml"
+  ip netns exec "$H" nft delete chain bridge netguard postrouting
+  i=1
+  for v in v1 v2; do
+    bridge -n "$H" link set dev "$v" flood off
+    bridge -n "$H" fdb replace "02:78:00:00:00:0$i" dev "$v" master static sticky
+    i=$((i + 1))
+  done
+  run "dh+ng-no-post"
+  i=1
+  for v in v1 v2; do
+    bridge -n "$H" link set dev "$v" flood on
+    bridge -n "$H" fdb del "02:78:00:00:00:0$i" dev "$v" master
+    i=$((i + 1))
+  done
+fi
+# The bridge table keyed on interface indexes instead of names (4-byte keys instead of 16):
+# two rules put first by hand, so that a genuine frame takes them and nothing else.
+if want dh+ng-iif; then
+  reset; docker_host; apply "$WORK/policy.toml"
+  i1=$(ip netns exec "$H" cat /sys/class/net/v1/ifindex)
+  i2=$(ip netns exec "$H" cat /sys/class/net/v2/ifindex)
+  ip netns exec "$H" nft -f - <<NFT
+add set bridge netguard gi4 { type iface_index . ether_addr . ipv4_addr; }
+add set bridge netguard bo4 { type iface_index . ipv4_addr; }
+add element bridge netguard gi4 { $i1 . 02:78:00:00:00:01 . 10.78.0.1, $i2 . 02:78:00:00:00:02 . 10.78.0.2 }
+add element bridge netguard bo4 { $i1 . 10.78.0.1, $i2 . 10.78.0.2 }
+insert rule bridge netguard prerouting iif . ether saddr . ip saddr @gi4 accept
+insert rule bridge netguard postrouting oif . ip daddr @bo4 accept
+NFT
+  run "dh+ng-iif"
+fi
+# The floor: the hooks netguard's design needs before any lookup, on the Docker host. The
+# stateful forward chain with its one rule (dh+inet-only), plus an empty bridge prerouting
+# chain (dh+pre-inet: what the MAC binding before learning needs at least), plus an empty
+# postrouting chain (dh+floor: the delivery check's hook); the two bridge chains alone
+# (dh+bridge-empty).
+if want dh+inet-only; then reset; docker_host; floor "$INET_FLOOR"; run "dh+inet-only"; unfloor; fi
+if want dh+pre-inet; then reset; docker_host; floor "$INET_FLOOR"; floor "$PRE_FLOOR"; run "dh+pre-inet"; unfloor; fi
+if want dh+floor; then
+  reset; docker_host; floor "$INET_FLOOR"; floor "$PRE_FLOOR"; floor "$POST_FLOOR"; run "dh+floor"; unfloor
+fi
+if want dh+bridge-empty; then reset; docker_host; floor "$PRE_FLOOR"; floor "$POST_FLOOR"; run "dh+bridge-empty"; unfloor; fi
 # The same without the bridge table (address-to-veth binding), to see its share.
-reset; docker_host; apply "$WORK/nospoof.toml"; run "dh+ng-no-bind"
-ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
+if want dh+ng-no-bind; then
+  reset; docker_host; apply "$WORK/nospoof.toml"; run "dh+ng-no-bind"
+  ip netns exec "$H" "$NG" -c "$WORK/nospoof.toml" --inventory "$WORK/inv.toml" uninstall >/dev/null 2>&1 || true
+fi
 reset
