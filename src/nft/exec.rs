@@ -49,6 +49,9 @@ pub trait NftExec: Send + Sync {
     /// Like `run`, with set contents left out of listings (nft's `-t`): a structure check
     /// that costs the same at 10 and at 100,000 elements.
     fn run_terse(&self, input: &str) -> Result<String, ExecError>;
+    /// An nft script in its text syntax: what JSON cannot say (the raw-keyed sets'
+    /// `typeof` declarations, `Changes::raw_set_decls`).
+    fn run_text(&self, input: &str) -> Result<(), ExecError>;
     fn describe(&self) -> &'static str;
 }
 
@@ -112,16 +115,16 @@ impl NftProcess {
 
 impl NftExec for NftProcess {
     fn run(&self, input: &str) -> Result<String, ExecError> {
-        // `nft -j -f -` reads text commands as nothing at all (exit 0): the raw-set
-        // declarations (`Changes::raw_set_decls`) go without `-j`.
-        if !input.starts_with("list ") && !input.trim_start().starts_with('{') {
-            return self.run_any(&[], input);
-        }
         self.run_any(&["-j"], input)
     }
 
     fn run_terse(&self, input: &str) -> Result<String, ExecError> {
         self.run_any(&["-t", "-j"], input)
+    }
+
+    /// Without `-j`: `nft -j -f -` reads text commands as nothing at all (exit 0).
+    fn run_text(&self, input: &str) -> Result<(), ExecError> {
+        self.run_any(&[], input).map(drop)
     }
 
     fn describe(&self) -> &'static str {
@@ -243,6 +246,11 @@ impl NftExec for LibNftables {
 
     fn run_terse(&self, input: &str) -> Result<String, ExecError> {
         self.run_flags(input, NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_TERSE)
+    }
+
+    /// libnftables parses a buffer that is not JSON as text.
+    fn run_text(&self, input: &str) -> Result<(), ExecError> {
+        self.run(input).map(drop)
     }
 }
 

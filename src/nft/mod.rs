@@ -185,7 +185,7 @@ impl Backend {
         let json =
             serde_json::to_string(&changes.batch()).map_err(|e| NftError::Encode(e.to_string()))?;
         if let Some(decls) = changes.raw_set_decls() {
-            self.exec.run(&decls)?;
+            self.exec.run_text(&decls)?;
         }
         self.exec.run(&json)?;
         // Queue rules go in after the chains they end were written (`netlink::
