@@ -442,6 +442,24 @@ impl Fixture {
         run_cmd("ip", &full, None).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A permanent neighbour entry in `container`'s namespace: `addr` at `mac` on its eth0,
+    /// whatever ARP or neighbour discovery would say.
+    pub fn pin_neighbour(&self, container: &str, addr: IpAddr, mac: &str) {
+        let addr = addr.to_string();
+        let args = [
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ];
+        self.ip_in(container, &args);
+    }
+
     /// Feeds an nft script to `nft -f -` in the host namespace; panics on failure.
     pub fn nft(&self, script: &str) {
         run_cmd(

@@ -804,20 +804,7 @@ fn first_packets_before_the_admission_wait_for_it_and_pass() {
     // from it would teach api-1 a wrong MAC for web-1 and spoil the other probes).
     let web1_v4 = format!("{}/32", web1.addr(false));
     fx.ip_in("lonely", &["addr", "add", &web1_v4, "dev", "eth0"]);
-    fx.ip_in(
-        "lonely",
-        &[
-            "neigh",
-            "replace",
-            &api1.addr(false).to_string(),
-            "lladdr",
-            &api1.mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    );
+    fx.pin_neighbour("lonely", api1.addr(false), &api1.mac);
     send_udp(&lonely.ns, web1.addr(false), udp_dst, b"pretender");
     std::thread::sleep(Duration::from_millis(300).saturating_sub(started.elapsed()));
     write_atomic(&fx.inventory, &inventory_toml(&fx.containers));

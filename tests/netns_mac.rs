@@ -699,21 +699,7 @@ fn the_sticky_fdb_alternative_lets_a_wrong_neighbour_entry_misdeliver() {
         ],
     );
     apply(&fx, POLICY);
-    fx.ip_in(
-        "web-1",
-        &[
-            "-6",
-            "neigh",
-            "replace",
-            &api1.ipv6.to_string(),
-            "lladdr",
-            &lonely.mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    );
+    fx.pin_neighbour("web-1", api1.ipv6.into(), &lonely.mac);
     // Let the bridge learn lonely's MAC on its port.
     send_frames(&lonely.ns, vec![ip6_frame(&lonely.mac, lonely.ipv6)]);
     // Sends to api-1; true when lonely received any of it.

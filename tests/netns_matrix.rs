@@ -413,20 +413,7 @@ fn anti_spoofing_drops_forged_source_addresses() {
     );
     // Static neighbours, so lonely needs no ARP/ND (which could be filtered) to send.
     for v6 in [false, true] {
-        fx.ip_in(
-            "lonely",
-            &[
-                "neigh",
-                "replace",
-                &api1.addr(v6).to_string(),
-                "lladdr",
-                &api1.mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        );
+        fx.pin_neighbour("lonely", api1.addr(v6), &api1.mac);
     }
     let spoof = |tag: &str| {
         for v6 in [false, true] {
@@ -513,20 +500,7 @@ fn misdelivery_to_an_address_thief_is_dropped() {
         ],
     );
     for v6 in [false, true] {
-        fx.ip_in(
-            "web-1",
-            &[
-                "neigh",
-                "replace",
-                &api1.addr(v6).to_string(),
-                "lladdr",
-                &lonely.mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        );
+        fx.pin_neighbour("web-1", api1.addr(v6), &lonely.mac);
     }
     // Let the bridge learn lonely's MAC on its port.
     send_udp_from(
