@@ -82,9 +82,7 @@ pub(super) fn table() -> Table {
     // frame may still advertise a neighbour's address): a genuine frame never pays for it.
     let mut pre = genuine();
     pre.push(Rule::new(
-        vec![Match::Icmpv6Types(
-            ND_TYPES.iter().map(|t| t.to_string()).collect(),
-        )],
+        vec![icmpv6_types(&ND_TYPES)],
         Verdict::Jump(names::ND.into()),
         "neighbour discovery",
     ));
@@ -151,7 +149,8 @@ pub(super) fn table() -> Table {
 }
 
 /// First in `prerouting`: a frame whose (port, source MAC, source address) is an
-/// endpoint's own, in one lookup (over IPv6, unless it is ICMPv6: see `nd_rules`). This accept is exactly what the rules after it decide:
+/// endpoint's own, in one lookup (over IPv6, unless it is ICMPv6: see `nd_rules`). This
+/// accept is exactly what the rules after it decide:
 /// `genuine_4` holds (veth, MAC, address) only for an endpoint whose (veth, MAC) is in
 /// `bind_mac` and whose (veth, address) is in `bind_4` (same for `genuine_6` and `bind_6`;
 /// `container_elements` writes the three together, and the daemon's element updates are one
@@ -270,6 +269,10 @@ const ND_TYPES: [&str; 5] = [RS, RA, NS, NA, REDIRECT];
 const SLL: u8 = 1;
 const TLL: u8 = 2;
 
+fn icmpv6_types(t: &[&str]) -> Match {
+    Match::Icmpv6Types(t.iter().map(|t| t.to_string()).collect())
+}
+
 /// `nd`, jumped to from `prerouting` for the ND messages above: IPv6's ARP. What ARP's
 /// sender addresses are held to, ND's target address and link-layer options are held to
 /// here, so that no container can make a neighbour's or the host's cache send another
@@ -289,7 +292,6 @@ const TLL: u8 = 2;
 /// The lookups key raw transport-header bytes (`SetKind::RawIfnameV6`). Every other frame
 /// returns to `prerouting` unchanged, where the address and MAC binding judge it as any.
 fn nd_rules() -> Vec<Rule> {
-    let types = |t: &[&str]| Match::Icmpv6Types(t.iter().map(|t| t.to_string()).collect());
     let target = |iface, set: &str, negate| Match::NdTargetInSet {
         iface,
         set: set.into(),
@@ -298,7 +300,7 @@ fn nd_rules() -> Vec<Rule> {
     let mut rules = vec![
         Rule::new(
             vec![
-                types(&[NA]),
+                icmpv6_types(&[NA]),
                 target(IfSide::None, names::ND_ADDRS_6, false),
                 target(IfSide::Iif, names::ND_BIND_6, true),
             ],
@@ -308,7 +310,7 @@ fn nd_rules() -> Vec<Rule> {
         .counted(),
         Rule::new(
             vec![
-                types(&[NA]),
+                icmpv6_types(&[NA]),
                 Match::IifInSet(names::VETHS.into()),
                 target(IfSide::Iif, names::ND_BIND_6, true),
                 Match::NdTargetNotLinkLocal,
@@ -318,7 +320,10 @@ fn nd_rules() -> Vec<Rule> {
         )
         .counted(),
         Rule::new(
-            vec![types(&[RA, REDIRECT]), Match::IifInSet(names::VETHS.into())],
+            vec![
+                icmpv6_types(&[RA, REDIRECT]),
+                Match::IifInSet(names::VETHS.into()),
+            ],
             Verdict::Drop,
             "managed veth, router advertisement or redirect",
         )
@@ -342,7 +347,7 @@ fn nd_rules() -> Vec<Rule> {
         rules.push(
             Rule::new(
                 vec![
-                    types(&[t]),
+                    icmpv6_types(&[t]),
                     Match::NdOption { offset, kind },
                     mac(IfSide::None, names::ND_MACS, false),
                     mac(IfSide::Iif, names::ND_BIND_MAC, true),
@@ -357,7 +362,7 @@ fn nd_rules() -> Vec<Rule> {
             rules.push(
                 Rule::new(
                     vec![
-                        types(&[t]),
+                        icmpv6_types(&[t]),
                         Match::NdOption { offset, kind },
                         Match::IifInSet(names::MAC_VETHS.into()),
                         mac(IfSide::Iif, names::ND_BIND_MAC, true),
@@ -373,7 +378,7 @@ fn nd_rules() -> Vec<Rule> {
         rules.push(
             Rule::new(
                 vec![
-                    types(t),
+                    icmpv6_types(t),
                     Match::IifInSet(names::MAC_VETHS.into()),
                     Match::Ip6LengthOver(len),
                 ],
